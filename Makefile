@@ -1,0 +1,36 @@
+# Ferry's two commands: `go run ./cmd/ferry` runs it, `make test` tests it.
+# `make test` does its own set-up on a fresh Debian machine with Go: it
+# installs (as root, with apt-get) and starts on private ports the real
+# services the integration tests need, runs the checks and every test with
+# the race detector, and stops the services again, also when tests fail.
+
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+GO ?= go
+
+.PHONY: test check fmt vet staticcheck gotest bench build
+
+test:
+	@scripts/test.sh
+
+# check runs the static checks only (what `make test` runs before the tests).
+check: fmt vet staticcheck
+
+fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+staticcheck:
+	$(GO) run $(STATICCHECK) ./...
+
+# gotest assumes the services are already up (scripts/test.sh starts them).
+gotest:
+	$(GO) test -race -timeout 20m ./...
+
+build:
+	$(GO) build -o bin/ferry ./cmd/ferry
+
+bench:
+	@bench/run.sh

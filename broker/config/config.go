@@ -1,0 +1,305 @@
+// Package config holds Ferry's one configuration: the YAML file, FERRY_*
+// environment overrides and command-line flags, merged in that order of
+// precedence (flag over env over file over built-in default) and validated
+// before anything listens.
+//
+// Every field has a default, so the zero file (or no file) is a working
+// broker: MQTT on :1883, WebSocket on :8083, admin on 127.0.0.1:8080, data in
+// ./data.
+package config
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Defaults. Each is the value a field takes when the file, the environment
+// and the flags leave it unset.
+const (
+	DefaultMQTTAddr        = ":1883"
+	DefaultWSAddr          = ":8083"
+	DefaultAdminAddr       = "127.0.0.1:8080"
+	DefaultDataDir         = "./data"
+	DefaultSync            = SyncBatch
+	DefaultSyncInterval    = 100 * time.Millisecond
+	DefaultShutdownTimeout = 5 * time.Second
+	DefaultSysInterval     = 10 * time.Second
+	DefaultLogLevel        = "info"
+	DefaultLogFormat       = "text"
+
+	// DefaultMaxPacketSize is advertised in CONNACK; larger packets are
+	// refused with reason 0x95. 1 MiB, as EMQX; Mosquitto's is unlimited.
+	DefaultMaxPacketSize = 1 << 20
+	// DefaultTopicAliasMaximum is the number of inbound topic aliases a
+	// client may use; advertised in CONNACK.
+	DefaultTopicAliasMaximum = 1024
+	// DefaultReceiveMaximum is how many QoS 1/2 publishes a client may have
+	// unacknowledged towards Ferry.
+	DefaultReceiveMaximum = 1024
+	// DefaultMaxInflight bounds the QoS 1/2 messages held per session.
+	DefaultMaxInflight = 8192
+	// DefaultClientWritesPending sizes each client's outbound queue.
+	DefaultClientWritesPending = 8192
+	// DefaultReadBufferSize and DefaultWriteBufferSize size each
+	// connection's buffers.
+	DefaultReadBufferSize  = 2048
+	DefaultWriteBufferSize = 2048
+	// DefaultCloseLinger is how long a connection the broker closes is
+	// drained, so the client can read the DISCONNECT it was sent.
+	DefaultCloseLinger = 2 * time.Second
+)
+
+// Storage durability modes.
+const (
+	SyncAlways = "always"
+	SyncBatch  = "batch"
+	SyncNone   = "none"
+)
+
+// Listener types.
+const (
+	ListenerTCP  = "tcp"
+	ListenerTLS  = "tls"
+	ListenerWS   = "ws"
+	ListenerWSS  = "wss"
+	ListenerUnix = "unix"
+)
+
+// Config is the whole of Ferry's configuration.
+type Config struct {
+	// Listeners are the MQTT endpoints. Default: tcp on :1883 and ws on :8083.
+	Listeners []Listener `yaml:"listeners"`
+	// MQTT holds protocol features and their limits as advertised in CONNACK.
+	MQTT MQTT `yaml:"mqtt"`
+	// Limits bound what one client may cost.
+	Limits Limits `yaml:"limits"`
+	// Storage is the Badger data directory and its durability.
+	Storage Storage `yaml:"storage"`
+	// Admin is the HTTP listener for health, readiness, metrics and pprof.
+	Admin Admin `yaml:"admin"`
+	// Log sets the log level and format.
+	Log Log `yaml:"log"`
+	// Shutdown bounds the graceful drain on SIGINT/SIGTERM.
+	Shutdown Shutdown `yaml:"shutdown"`
+}
+
+// Listener is one MQTT endpoint.
+type Listener struct {
+	// Name identifies the listener in logs and metrics. Default: type and
+	// position, e.g. "tcp0".
+	Name string `yaml:"name"`
+	// Type is tcp, tls, ws, wss or unix.
+	Type string `yaml:"type"`
+	// Addr is host:port, or a socket path for unix.
+	Addr string `yaml:"addr"`
+	// Path is the HTTP path of a ws/wss listener. Default "/" accepts any.
+	Path string `yaml:"path"`
+	// Cert and Key are PEM files for tls and wss.
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+	// ClientCA, when set, makes the listener mutual TLS: clients must
+	// present a certificate signed by this CA.
+	ClientCA string `yaml:"client_ca"`
+}
+
+// MQTT holds the protocol features Ferry offers. What is switched off here is
+// advertised as unavailable in CONNACK and refused with the reason code the
+// MQTT 5 specification gives, not silently downgraded.
+type MQTT struct {
+	// MaxQoS is the highest QoS accepted (0, 1 or 2). Default 2.
+	MaxQoS *int `yaml:"max_qos"`
+	// RetainAvailable allows retained messages. Default true.
+	RetainAvailable *bool `yaml:"retain_available"`
+	// WildcardSubscriptions allows + and # in subscriptions. Default true.
+	WildcardSubscriptions *bool `yaml:"wildcard_subscriptions"`
+	// SharedSubscriptions allows $share/group/filter. Default true.
+	SharedSubscriptions *bool `yaml:"shared_subscriptions"`
+	// SubscriptionIdentifiers allows MQTT 5 subscription ids. Default true.
+	SubscriptionIdentifiers *bool `yaml:"subscription_identifiers"`
+	// TopicAliasMaximum is the inbound topic alias limit. 0 disables
+	// aliases. Default 1024.
+	TopicAliasMaximum *int `yaml:"topic_alias_maximum"`
+	// ReceiveMaximum is how many unacknowledged QoS 1/2 publishes a client
+	// may send. Default 1024.
+	ReceiveMaximum int `yaml:"receive_maximum"`
+	// MaxSessionExpiry caps the session expiry a client asks for. 0 means no
+	// cap.
+	MaxSessionExpiry time.Duration `yaml:"max_session_expiry"`
+	// MaxMessageExpiry caps the message expiry a publisher asks for.
+	// Messages without an expiry (retained ones included) never expire.
+	// 0 means no cap.
+	MaxMessageExpiry time.Duration `yaml:"max_message_expiry"`
+	// SysInterval is how often $SYS topics are republished. Default 10s.
+	SysInterval time.Duration `yaml:"sys_interval"`
+}
+
+// Limits bound what one client may cost.
+type Limits struct {
+	// MaxPacketSize is the largest packet accepted, in bytes, advertised in
+	// CONNACK. 0 means the protocol maximum. Default 1 MiB.
+	MaxPacketSize *int `yaml:"max_packet_size"`
+	// MaxConnections is the most clients connected at once. 0 = no limit.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxInflight bounds QoS 1/2 messages held per session. Default 8192.
+	MaxInflight int `yaml:"max_inflight"`
+	// ClientWritesPending sizes each client's outbound queue. Default 8192.
+	ClientWritesPending int `yaml:"client_writes_pending"`
+	// ReadBufferSize and WriteBufferSize size each connection's buffers.
+	ReadBufferSize  int `yaml:"read_buffer_size"`
+	WriteBufferSize int `yaml:"write_buffer_size"`
+	// CloseLinger is how long a closed connection is drained so the client
+	// can read the broker's DISCONNECT. Default 2s.
+	CloseLinger time.Duration `yaml:"close_linger"`
+}
+
+// Storage is where and how durably Ferry keeps sessions and messages.
+type Storage struct {
+	// Dir is the Badger data directory. Default ./data.
+	Dir string `yaml:"dir"`
+	// Sync is always, batch or none: see docs/persistence.md. Default batch.
+	Sync string `yaml:"sync"`
+	// SyncInterval is the longest batch mode waits before fsync. Default
+	// 100ms.
+	SyncInterval time.Duration `yaml:"sync_interval"`
+}
+
+// Admin is the HTTP listener for operators.
+type Admin struct {
+	// Addr is host:port; empty string disables it. Default 127.0.0.1:8080.
+	Addr *string `yaml:"addr"`
+	// Token, when set, is required as "Authorization: Bearer TOKEN" on every
+	// path but /healthz and /readyz.
+	Token string `yaml:"token"`
+	// Pprof mounts /debug/pprof/. Default false.
+	Pprof bool `yaml:"pprof"`
+}
+
+// Log sets logging.
+type Log struct {
+	// Level is debug, info, warn or error. Default info.
+	Level string `yaml:"level"`
+	// Format is text or json. Default text.
+	Format string `yaml:"format"`
+}
+
+// Shutdown bounds the graceful drain.
+type Shutdown struct {
+	// Timeout is how long a graceful shutdown may take before connections
+	// are cut. Default 5s.
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// Default returns the configuration Ferry runs on when nothing is set.
+func Default() Config {
+	var c Config
+	return c.WithDefaults()
+}
+
+// WithDefaults returns a copy of c with every unset field given its default.
+func (c Config) WithDefaults() Config {
+	if c.Listeners == nil {
+		c.Listeners = []Listener{
+			{Type: ListenerTCP, Addr: DefaultMQTTAddr},
+			{Type: ListenerWS, Addr: DefaultWSAddr},
+		}
+	} else {
+		c.Listeners = append([]Listener(nil), c.Listeners...)
+	}
+	for i := range c.Listeners {
+		l := &c.Listeners[i]
+		if l.Name == "" {
+			l.Name = l.Type + itoa(i)
+		}
+		if (l.Type == ListenerWS || l.Type == ListenerWSS) && l.Path == "" {
+			l.Path = "/"
+		}
+	}
+	m := &c.MQTT
+	m.MaxQoS = intOr(m.MaxQoS, 2)
+	m.RetainAvailable = boolOr(m.RetainAvailable, true)
+	m.WildcardSubscriptions = boolOr(m.WildcardSubscriptions, true)
+	m.SharedSubscriptions = boolOr(m.SharedSubscriptions, true)
+	m.SubscriptionIdentifiers = boolOr(m.SubscriptionIdentifiers, true)
+	m.TopicAliasMaximum = intOr(m.TopicAliasMaximum, DefaultTopicAliasMaximum)
+	if m.ReceiveMaximum == 0 {
+		m.ReceiveMaximum = DefaultReceiveMaximum
+	}
+	if m.SysInterval == 0 {
+		m.SysInterval = DefaultSysInterval
+	}
+	l := &c.Limits
+	l.MaxPacketSize = intOr(l.MaxPacketSize, DefaultMaxPacketSize)
+	if l.MaxInflight == 0 {
+		l.MaxInflight = DefaultMaxInflight
+	}
+	if l.ClientWritesPending == 0 {
+		l.ClientWritesPending = DefaultClientWritesPending
+	}
+	if l.ReadBufferSize == 0 {
+		l.ReadBufferSize = DefaultReadBufferSize
+	}
+	if l.WriteBufferSize == 0 {
+		l.WriteBufferSize = DefaultWriteBufferSize
+	}
+	if l.CloseLinger == 0 {
+		l.CloseLinger = DefaultCloseLinger
+	}
+	s := &c.Storage
+	if s.Dir == "" {
+		s.Dir = DefaultDataDir
+	}
+	if s.Sync == "" {
+		s.Sync = DefaultSync
+	}
+	if s.SyncInterval == 0 {
+		s.SyncInterval = DefaultSyncInterval
+	}
+	if c.Admin.Addr == nil {
+		a := DefaultAdminAddr
+		c.Admin.Addr = &a
+	} else {
+		a := *c.Admin.Addr
+		c.Admin.Addr = &a
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = DefaultLogLevel
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = DefaultLogFormat
+	}
+	if c.Shutdown.Timeout == 0 {
+		c.Shutdown.Timeout = DefaultShutdownTimeout
+	}
+	return c
+}
+
+// SlogLevel returns the configured log level; Validate has checked it.
+func (l Log) SlogLevel() slog.Level {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(l.Level))
+	return lv
+}
+
+func intOr(p *int, d int) *int {
+	if p == nil {
+		return &d
+	}
+	v := *p
+	return &v
+}
+
+func boolOr(p *bool, d bool) *bool {
+	if p == nil {
+		return &d
+	}
+	v := *p
+	return &v
+}
+
+func itoa(i int) string {
+	const digits = "0123456789"
+	if i < 10 {
+		return digits[i : i+1]
+	}
+	return itoa(i/10) + digits[i%10:i%10+1]
+}

@@ -1,0 +1,215 @@
+package config
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// FieldError is one problem with one configuration field.
+type FieldError struct {
+	// File and Line locate the field in the YAML file, when known.
+	File string
+	Line int
+	// Path is the field's YAML path, e.g. listeners[1].addr.
+	Path string
+	Err  error
+}
+
+func (e *FieldError) Error() string {
+	var b strings.Builder
+	if e.File != "" {
+		b.WriteString(e.File)
+		if e.Line > 0 {
+			fmt.Fprintf(&b, ":%d", e.Line)
+		}
+		b.WriteString(": ")
+	} else if e.Line > 0 {
+		fmt.Fprintf(&b, "line %d: ", e.Line)
+	}
+	if e.Path != "" {
+		b.WriteString(e.Path)
+		b.WriteString(": ")
+	}
+	b.WriteString(e.Err.Error())
+	return b.String()
+}
+
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// Protocol bounds.
+const (
+	// MaxPacketSizeLimit is the largest packet MQTT can frame.
+	MaxPacketSizeLimit = 268435455
+	minPacketSize      = 64
+)
+
+// Validate reports every problem in c (after WithDefaults) joined into one
+// error of *FieldError values; nil if c is usable.
+func (c Config) Validate() error {
+	v := &validator{}
+	v.listeners(c.Listeners)
+
+	m := c.MQTT
+	v.intRange("mqtt.max_qos", *m.MaxQoS, 0, 2)
+	v.intRange("mqtt.topic_alias_maximum", *m.TopicAliasMaximum, 0, 65535)
+	v.intRange("mqtt.receive_maximum", m.ReceiveMaximum, 1, 65535)
+	v.durationMin("mqtt.max_session_expiry", m.MaxSessionExpiry, 0)
+	v.durationMin("mqtt.max_message_expiry", m.MaxMessageExpiry, 0)
+	v.durationMin("mqtt.sys_interval", m.SysInterval, time.Second)
+
+	l := c.Limits
+	if *l.MaxPacketSize != 0 {
+		v.intRange("limits.max_packet_size", *l.MaxPacketSize, minPacketSize, MaxPacketSizeLimit)
+	}
+	v.intRange("limits.max_connections", l.MaxConnections, 0, 1<<31-1)
+	v.intRange("limits.max_inflight", l.MaxInflight, 1, 65535)
+	v.intRange("limits.client_writes_pending", l.ClientWritesPending, 1, 1<<20)
+	v.intRange("limits.read_buffer_size", l.ReadBufferSize, 256, 16<<20)
+	v.intRange("limits.write_buffer_size", l.WriteBufferSize, 256, 16<<20)
+	v.durationMin("limits.close_linger", l.CloseLinger, 0)
+
+	s := c.Storage
+	if strings.TrimSpace(s.Dir) == "" {
+		v.add("storage.dir", errors.New("must not be empty"))
+	}
+	switch s.Sync {
+	case SyncAlways, SyncBatch, SyncNone:
+	default:
+		v.add("storage.sync", fmt.Errorf("must be one of always, batch, none; got %q", s.Sync))
+	}
+	v.durationMin("storage.sync_interval", s.SyncInterval, time.Millisecond)
+
+	if a := *c.Admin.Addr; a != "" {
+		v.hostPort("admin.addr", a)
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(c.Log.Level)); err != nil {
+		v.add("log.level", fmt.Errorf("must be debug, info, warn or error; got %q", c.Log.Level))
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		v.add("log.format", fmt.Errorf("must be text or json; got %q", c.Log.Format))
+	}
+	v.durationMin("shutdown.timeout", c.Shutdown.Timeout, 100*time.Millisecond)
+	return errors.Join(v.errs...)
+}
+
+type validator struct{ errs []error }
+
+func (v *validator) add(path string, err error) {
+	v.errs = append(v.errs, &FieldError{Path: path, Err: err})
+}
+
+func (v *validator) intRange(path string, n, lo, hi int) {
+	if n < lo || n > hi {
+		v.add(path, fmt.Errorf("%d is out of range [%d, %d]", n, lo, hi))
+	}
+}
+
+func (v *validator) durationMin(path string, d, lo time.Duration) {
+	if d < lo {
+		v.add(path, fmt.Errorf("%s is less than the minimum %s", d, lo))
+	}
+}
+
+func (v *validator) hostPort(path, addr string) {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		v.add(path, fmt.Errorf("%q is not host:port", addr))
+		return
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p > 65535 {
+		v.add(path, fmt.Errorf("port %q in %q is not a number from 0 to 65535", port, addr))
+	}
+}
+
+func (v *validator) listeners(ls []Listener) {
+	if len(ls) == 0 {
+		v.add("listeners", errors.New("at least one listener is required"))
+		return
+	}
+	names := map[string]int{}
+	for i, l := range ls {
+		p := fmt.Sprintf("listeners[%d]", i)
+		if j, dup := names[l.Name]; dup {
+			v.add(p+".name", fmt.Errorf("%q is already the name of listeners[%d]", l.Name, j))
+		}
+		names[l.Name] = i
+		secure := l.Type == ListenerTLS || l.Type == ListenerWSS
+		switch l.Type {
+		case ListenerTCP, ListenerTLS, ListenerWS, ListenerWSS:
+			if l.Addr == "" {
+				v.add(p+".addr", errors.New("must not be empty"))
+			} else {
+				v.hostPort(p+".addr", l.Addr)
+			}
+		case ListenerUnix:
+			if l.Addr == "" {
+				v.add(p+".addr", errors.New("must be a socket path"))
+			} else if fi, err := os.Stat(filepath.Dir(l.Addr)); err != nil || !fi.IsDir() {
+				v.add(p+".addr", fmt.Errorf("directory of socket %q does not exist", l.Addr))
+			}
+		default:
+			v.add(p+".type", fmt.Errorf("must be one of tcp, tls, ws, wss, unix; got %q", l.Type))
+			continue
+		}
+		if !secure {
+			for _, f := range []struct{ name, val string }{{"cert", l.Cert}, {"key", l.Key}, {"client_ca", l.ClientCA}} {
+				if f.val != "" {
+					v.add(p+"."+f.name, fmt.Errorf("only applies to tls and wss listeners, this one is %s", l.Type))
+				}
+			}
+			continue
+		}
+		if l.Cert == "" {
+			v.add(p+".cert", fmt.Errorf("a %s listener needs a certificate file", l.Type))
+		}
+		if l.Key == "" {
+			v.add(p+".key", fmt.Errorf("a %s listener needs a key file", l.Type))
+		}
+		if l.Cert != "" && l.Key != "" {
+			if err := fileReadable(l.Cert); err != nil {
+				v.add(p+".cert", err)
+			} else if err := fileReadable(l.Key); err != nil {
+				v.add(p+".key", err)
+			} else if _, err := tls.LoadX509KeyPair(l.Cert, l.Key); err != nil {
+				v.add(p+".cert", fmt.Errorf("load %s with %s: %w", l.Cert, l.Key, err))
+			}
+		}
+		if l.ClientCA != "" {
+			if _, err := LoadCertPool(l.ClientCA); err != nil {
+				v.add(p+".client_ca", err)
+			}
+		}
+	}
+}
+
+func fileReadable(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// LoadCertPool reads a PEM bundle of CA certificates.
+func LoadCertPool(path string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	return pool, nil
+}

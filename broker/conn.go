@@ -1,0 +1,365 @@
+package broker
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// maxHeldPacket bounds how much of one control packet conn buffers to check
+// it before mochi sees it. Bigger packets stream through unchecked (mochi
+// refuses them by size first unless the size limit is off).
+const maxHeldPacket = 1 << 20
+
+// ProtocolError is a packet that conn refused before mochi could decode it.
+type ProtocolError struct {
+	Code   packets.Code
+	Reason string
+}
+
+func (e *ProtocolError) Error() string {
+	return fmt.Sprintf("%s (reason code 0x%02x): %s", e.Code.Reason, e.Code.Code, e.Reason)
+}
+
+// conn wraps every accepted connection. It does three things mochi v2.7.9
+// does not:
+//
+//   - Every control packet other than PUBLISH is decoded once under
+//     recover() before mochi decodes it, so a packet that would panic mochi's
+//     decoder (upstream issue #501) becomes a read error that closes this one
+//     connection the normal way: will sent, hooks told.
+//   - Packets over the size limit are answered with DISCONNECT 0x95 (MQTT 5)
+//     before the connection closes, instead of a bare close.
+//   - Close is a lingering close: FIN after the last write, then the
+//     client's remaining bytes are read and dropped for a short while, so the
+//     kernel does not answer the client's next write with RST and destroy
+//     the DISCONNECT the client has not read yet.
+//
+// Reads happen on mochi's single reader goroutine; Close may come from any.
+type conn struct {
+	net.Conn
+	b        *Broker
+	listener string
+	tlsState func() *tls.ConnectionState
+
+	client atomic.Pointer[mqtt.Client] // set once CONNECT is processed
+
+	// reader state, only touched by the reading goroutine
+	version byte
+	sc      scanner
+	pending []byte
+	rerr    error
+	// reported is set once a refused packet has been logged and answered.
+	reported bool
+
+	mu        sync.Mutex // orders deadline changes against Close
+	closed    atomic.Bool
+	closeOnce sync.Once
+}
+
+func (c *conn) Read(p []byte) (int, error) {
+	for {
+		if len(c.pending) > 0 {
+			n := copy(p, c.pending)
+			c.pending = c.pending[n:]
+			if len(c.pending) == 0 {
+				c.pending = nil
+			}
+			return n, nil
+		}
+		if c.rerr != nil {
+			// Raised only once mochi has taken every byte before the bad
+			// packet: by then it has processed a CONNECT that came in the
+			// same segment, so the client can be named and told.
+			c.violation(c.rerr)
+			return 0, c.rerr
+		}
+		n, err := c.Conn.Read(p)
+		if c.closed.Load() {
+			return 0, net.ErrClosed
+		}
+		out, perr := c.scan(p[:n])
+		if perr != nil {
+			c.rerr = perr
+		} else if err != nil {
+			c.rerr = err
+		}
+		if out > 0 {
+			return out, nil
+		}
+	}
+}
+
+// violation logs a refused packet and, for an MQTT 5 client, sends the
+// DISCONNECT with its reason code before the read error ends the session.
+func (c *conn) violation(err error) {
+	var pe *ProtocolError
+	if !errors.As(err, &pe) || c.reported {
+		return
+	}
+	c.reported = true
+	cl := c.client.Load()
+	id := ""
+	if cl != nil {
+		id = cl.ID
+	}
+	c.b.log.Warn("closing connection: bad packet", "client_id", id, "remote", c.RemoteAddr().String(),
+		"listener", c.listener, "reason", pe.Error())
+	c.b.metrics.CountMalformed()
+	if cl != nil && cl.Properties.ProtocolVersion == 5 {
+		_ = c.b.mochi.DisconnectClient(cl, pe.Code)
+	}
+}
+
+// TLSConnectionState returns the TLS state of a tls or wss connection, nil
+// otherwise.
+func (c *conn) TLSConnectionState() *tls.ConnectionState {
+	if c.tlsState == nil {
+		return nil
+	}
+	return c.tlsState()
+}
+
+// ConnectionState is TLSConnectionState for code that expects *tls.Conn's
+// method; the zero value on a plain connection.
+func (c *conn) ConnectionState() tls.ConnectionState {
+	if s := c.TLSConnectionState(); s != nil {
+		return *s
+	}
+	return tls.ConnectionState{}
+}
+
+func (c *conn) SetDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed.Load() {
+		return nil
+	}
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *conn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed.Load() {
+		return nil
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+// Close sends FIN and drains the connection in the background for up to the
+// configured linger, then closes it. Safe to call more than once.
+func (c *conn) Close() error {
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closed.Store(true)
+		cw, ok := c.Conn.(interface{ CloseWrite() error })
+		linger := c.b.cfg.Limits.CloseLinger
+		if !ok || linger <= 0 || cw.CloseWrite() != nil {
+			c.mu.Unlock()
+			_ = c.Conn.Close()
+			c.b.untrack(c)
+			return
+		}
+		_ = c.Conn.SetReadDeadline(time.Now().Add(linger))
+		c.mu.Unlock()
+		c.b.wg.Add(1)
+		go func() {
+			defer c.b.wg.Done()
+			defer c.b.untrack(c)
+			defer c.Conn.Close()
+			buf := make([]byte, 512)
+			for {
+				if _, err := c.Conn.Read(buf); err != nil {
+					return
+				}
+			}
+		}()
+	})
+	return nil
+}
+
+// kill closes the socket at once, for a shutdown whose time is up.
+func (c *conn) kill() {
+	c.closed.Store(true)
+	_ = c.Conn.Close()
+}
+
+// scanner follows MQTT framing across reads.
+type scanner struct {
+	state     int
+	typ       byte
+	hold      bool
+	length    int
+	mult      int
+	hdrLen    int
+	remaining int
+	frame     []byte
+	// Where the current packet's first byte went, so a packet refused by
+	// its header alone can be taken back before mochi sees any of it.
+	startW, startPending int
+	startedHere          bool
+}
+
+const (
+	stFirst = iota
+	stLength
+	stBody
+)
+
+// scan walks buf, the bytes just read. Bytes mochi may see now are moved to
+// the front of buf (their count is returned) or, once order requires it,
+// appended to c.pending; bytes of a control packet still being checked are
+// held in c.sc.frame.
+func (c *conn) scan(buf []byte) (int, error) {
+	s := &c.sc
+	w, i := 0, 0
+	s.startedHere = false
+	refuse := func(err error) (int, error) {
+		if s.startedHere {
+			w = s.startW
+			c.pending = c.pending[:s.startPending]
+		}
+		return w, err
+	}
+	emit := func(b []byte) {
+		if len(c.pending) == 0 && w+len(b) <= i {
+			copy(buf[w:], b)
+			w += len(b)
+			return
+		}
+		c.pending = append(c.pending, b...)
+	}
+	for i < len(buf) {
+		switch s.state {
+		case stFirst:
+			s.startW, s.startPending, s.startedHere = w, len(c.pending), true
+			b := buf[i]
+			i++
+			s.typ = b >> 4
+			s.hold = s.typ != packets.Publish
+			s.length, s.mult, s.hdrLen = 0, 1, 1
+			if s.hold {
+				s.frame = append(s.frame[:0], b)
+			} else {
+				emit(buf[i-1 : i])
+			}
+			s.state = stLength
+		case stLength:
+			b := buf[i]
+			i++
+			s.hdrLen++
+			s.length += int(b&0x7f) * s.mult
+			s.mult *= 128
+			if s.hold {
+				s.frame = append(s.frame, b)
+			} else {
+				emit(buf[i-1 : i])
+			}
+			if b&0x80 != 0 {
+				if s.hdrLen == 5 {
+					return refuse(&ProtocolError{Code: packets.ErrMalformedPacket, Reason: "remaining length is longer than 4 bytes"})
+				}
+				continue
+			}
+			s.remaining = s.length
+			if max := c.maxPacket(); max > 0 && s.hdrLen+s.length > max {
+				return refuse(&ProtocolError{Code: packets.ErrPacketTooLarge,
+					Reason: fmt.Sprintf("packet of %d bytes exceeds the maximum %d", s.hdrLen+s.length, max)})
+			}
+			if s.hold && s.length > maxHeldPacket {
+				s.hold = false
+				emit(s.frame)
+			}
+			if s.remaining == 0 {
+				if err := c.complete(emit); err != nil {
+					return w, err
+				}
+				continue
+			}
+			s.state = stBody
+		case stBody:
+			k := min(s.remaining, len(buf)-i)
+			if s.hold {
+				s.frame = append(s.frame, buf[i:i+k]...)
+			} else {
+				emit(buf[i : i+k])
+			}
+			i += k
+			s.remaining -= k
+			if s.remaining == 0 {
+				if err := c.complete(emit); err != nil {
+					return w, err
+				}
+			}
+		}
+	}
+	return w, nil
+}
+
+func (c *conn) maxPacket() int {
+	return *c.b.cfg.Limits.MaxPacketSize
+}
+
+// complete checks a whole held packet and releases it.
+func (c *conn) complete(emit func([]byte)) error {
+	s := &c.sc
+	s.state = stFirst
+	if !s.hold {
+		return nil
+	}
+	if err := c.check(s.frame[0], s.frame[s.hdrLen:]); err != nil {
+		return err
+	}
+	emit(s.frame)
+	if cap(s.frame) > 64<<10 {
+		s.frame = nil // don't pin one large packet's buffer for the connection's life
+	}
+	return nil
+}
+
+// check decodes one control packet the way mochi will, under recover. A
+// decode error is left for mochi to report; only a panic is refused here.
+func (c *conn) check(first byte, body []byte) (err error) {
+	var fh packets.FixedHeader
+	if fh.Decode(first) != nil {
+		return nil
+	}
+	pk := packets.Packet{ProtocolVersion: c.version, FixedHeader: fh}
+	defer func() {
+		if r := recover(); r != nil {
+			err = &ProtocolError{Code: packets.ErrMalformedPacket,
+				Reason: fmt.Sprintf("malformed %s packet: %v", packets.PacketNames[fh.Type], r)}
+		}
+	}()
+	switch fh.Type {
+	case packets.Connect:
+		if pk.ConnectDecode(body) == nil {
+			c.version = pk.ProtocolVersion
+		}
+	case packets.Disconnect:
+		_ = pk.DisconnectDecode(body)
+	case packets.Puback:
+		_ = pk.PubackDecode(body)
+	case packets.Pubrec:
+		_ = pk.PubrecDecode(body)
+	case packets.Pubrel:
+		_ = pk.PubrelDecode(body)
+	case packets.Pubcomp:
+		_ = pk.PubcompDecode(body)
+	case packets.Subscribe:
+		_ = pk.SubscribeDecode(body)
+	case packets.Unsubscribe:
+		_ = pk.UnsubscribeDecode(body)
+	case packets.Auth:
+		_ = pk.AuthDecode(body)
+	}
+	return nil
+}

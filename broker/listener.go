@@ -1,0 +1,225 @@
+package broker
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ferrymq/ferry/broker/config"
+	"github.com/gorilla/websocket"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// listener is one MQTT endpoint. It implements mochi's listeners.Listener so
+// mochi drives its lifecycle, but accepting is Ferry's: every connection is
+// wrapped in a conn and served under recover(), and accepting can stop
+// before clients are disconnected (mochi's own listeners disconnect first).
+type listener struct {
+	cfg    config.Listener
+	b      *Broker
+	tlsCfg *tls.Config
+	ln     net.Listener
+	hs     *http.Server // ws and wss only
+	closed atomic.Bool
+}
+
+var _ listeners.Listener = (*listener)(nil)
+
+func (l *listener) ID() string       { return l.cfg.Name }
+func (l *listener) Protocol() string { return l.cfg.Type }
+
+// Address is the bound address once open (the real port when 0 was asked).
+func (l *listener) Address() string {
+	if l.ln != nil {
+		return l.ln.Addr().String()
+	}
+	return l.cfg.Addr
+}
+
+// Init opens the socket; mochi calls it from AddListener.
+func (l *listener) Init(*slog.Logger) error {
+	network := "tcp"
+	if l.cfg.Type == config.ListenerUnix {
+		network = "unix"
+		// A socket file left by a crashed run would make bind fail; only a
+		// socket is removed, never a regular file.
+		if fi, err := os.Lstat(l.cfg.Addr); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			_ = os.Remove(l.cfg.Addr)
+		}
+	}
+	ln, err := net.Listen(network, l.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listener %s (%s %s): %w", l.cfg.Name, l.cfg.Type, l.cfg.Addr, err)
+	}
+	if l.tlsCfg != nil && l.cfg.Type == config.ListenerTLS {
+		ln = tls.NewListener(ln, l.tlsCfg)
+	}
+	l.ln = ln
+	return nil
+}
+
+// Serve accepts until the listener is closed. mochi runs it on its own
+// goroutine.
+func (l *listener) Serve(establish listeners.EstablishFn) {
+	if l.cfg.Type == config.ListenerWS || l.cfg.Type == config.ListenerWSS {
+		l.serveHTTP(establish)
+		return
+	}
+	backoff := 5 * time.Millisecond
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if l.closed.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: wait, don't spin.
+			l.b.log.Error("accept", "listener", l.cfg.Name, "err", err)
+			time.Sleep(backoff)
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 5 * time.Millisecond
+		var state func() *tls.ConnectionState
+		if tc, ok := c.(*tls.Conn); ok {
+			state = func() *tls.ConnectionState { s := tc.ConnectionState(); return &s }
+		}
+		l.b.wg.Add(1)
+		go func() {
+			defer l.b.wg.Done()
+			l.b.serveConn(l, c, state, establish)
+		}()
+	}
+}
+
+func (l *listener) serveHTTP(establish listeners.EstablishFn) {
+	up := websocket.Upgrader{
+		Subprotocols: []string{"mqtt", "mqttv3.1"},
+		// Devices and dashboards connect from any origin; authentication is
+		// MQTT's, not the browser's.
+		CheckOrigin: func(*http.Request) bool { return true },
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc(l.cfg.Path, func(w http.ResponseWriter, r *http.Request) {
+		ws, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return // Upgrade has answered the client
+		}
+		var state func() *tls.ConnectionState
+		if r.TLS != nil {
+			st := *r.TLS
+			state = func() *tls.ConnectionState { return &st }
+		}
+		l.b.wg.Add(1)
+		defer l.b.wg.Done()
+		l.b.serveConn(l, &wsConn{Conn: ws}, state, establish)
+	})
+	l.hs = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(l.b.log.Handler(), slog.LevelDebug)}
+	var err error
+	if l.cfg.Type == config.ListenerWSS {
+		l.hs.TLSConfig = l.tlsCfg
+		err = l.hs.ServeTLS(l.ln, "", "")
+	} else {
+		err = l.hs.Serve(l.ln)
+	}
+	if err != nil && !errors.Is(err, http.ErrServerClosed) && !l.closed.Load() {
+		l.b.log.Error("websocket listener stopped", "listener", l.cfg.Name, "err", err)
+	}
+}
+
+// stopAccepting closes the socket; connections already accepted go on.
+func (l *listener) stopAccepting() {
+	if !l.closed.CompareAndSwap(false, true) {
+		return
+	}
+	if l.hs != nil {
+		// Close, not Shutdown: upgraded websockets are hijacked and
+		// untouched by either; Shutdown would only wait for idle handlers.
+		_ = l.hs.Close()
+	}
+	if l.ln != nil {
+		_ = l.ln.Close()
+	}
+}
+
+// Close is called by mochi's Server.Close: stop accepting, then disconnect
+// this listener's clients with reason 0x8B. mochi's own closeFn is not used:
+// its Clients.GetByListener takes the clients' read lock twice and
+// deadlocks against a client connecting or leaving at the same moment
+// (mochi v2.7.9). GetAll takes it once.
+func (l *listener) Close(listeners.CloseFn) {
+	l.stopAccepting()
+	for _, cl := range l.b.mochi.Clients.GetAll() {
+		if cl.Net.Listener == l.cfg.Name && !cl.Closed() {
+			_ = l.b.mochi.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
+}
+
+// ready reports whether the listener is accepting.
+func (l *listener) ready() error {
+	if l.ln == nil {
+		return fmt.Errorf("listener %s is not open", l.cfg.Name)
+	}
+	if l.closed.Load() {
+		return fmt.Errorf("listener %s is closed", l.cfg.Name)
+	}
+	return nil
+}
+
+// wsConn is a websocket as a byte stream: MQTT packets may span binary
+// messages and a message may hold several packets.
+type wsConn struct {
+	*websocket.Conn
+	r  io.Reader
+	mu sync.Mutex
+}
+
+var _ net.Conn = (*wsConn)(nil)
+
+func (c *wsConn) Read(p []byte) (int, error) {
+	for {
+		if c.r == nil {
+			typ, r, err := c.NextReader()
+			if err != nil {
+				return 0, err
+			}
+			if typ != websocket.BinaryMessage {
+				return 0, errors.New("websocket: MQTT needs binary frames, got a text frame")
+			}
+			c.r = r
+		}
+		n, err := c.r.Read(p)
+		if errors.Is(err, io.EOF) {
+			c.r = nil
+			if n > 0 {
+				return n, nil
+			}
+			continue
+		}
+		return n, err
+	}
+}
+
+func (c *wsConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.WriteMessage(websocket.BinaryMessage, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (c *wsConn) SetDeadline(t time.Time) error {
+	return c.NetConn().SetDeadline(t)
+}
+
+// closeAll is how listeners stop during a shutdown: all stop accepting first.

@@ -1,0 +1,168 @@
+package broker
+
+import (
+	"strings"
+	"time"
+
+	"github.com/ferrymq/ferry/broker/config"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// protocolHook makes mochi keep the promises Ferry's CONNACK makes. mochi
+// v2.7.9 does not advertise Topic Alias Maximum, Maximum Packet Size or the
+// feature flags, and silently ignores retained messages, QoS above the
+// maximum and wildcard, shared or identified subscriptions when they are
+// switched off. This hook advertises each as configured and refuses what is
+// off with the reason code MQTT 5 section 3.2.2.3 prescribes.
+type protocolHook struct {
+	mqtt.HookBase
+	b *Broker
+
+	maxQoS        byte
+	retain        bool
+	wildcard      bool
+	shared        bool
+	subID         bool
+	aliasMax      uint16
+	packetMax     uint32
+	messageExpiry uint32 // seconds; 0 = no cap
+}
+
+func newProtocolHook(b *Broker, c config.Config) *protocolHook {
+	return &protocolHook{
+		b:             b,
+		maxQoS:        byte(*c.MQTT.MaxQoS),
+		retain:        *c.MQTT.RetainAvailable,
+		wildcard:      *c.MQTT.WildcardSubscriptions,
+		shared:        *c.MQTT.SharedSubscriptions,
+		subID:         *c.MQTT.SubscriptionIdentifiers,
+		aliasMax:      uint16(*c.MQTT.TopicAliasMaximum),
+		packetMax:     uint32(*c.Limits.MaxPacketSize),
+		messageExpiry: uint32(c.MQTT.MaxMessageExpiry / time.Second),
+	}
+}
+
+func (h *protocolHook) ID() string { return "ferry-protocol" }
+
+func (h *protocolHook) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPacketEncode:
+		return true
+	case mqtt.OnPublish:
+		return h.messageExpiry > 0
+	}
+	return false
+}
+
+// OnConnect ties the client to its connection so the connection can name it
+// in logs and send it a DISCONNECT.
+func (h *protocolHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
+	if c, ok := cl.Net.Conn.(*conn); ok {
+		c.client.Store(cl)
+	}
+	return nil
+}
+
+// OnPacketEncode adds to a successful MQTT 5 CONNACK what the server offers.
+func (h *protocolHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type != packets.Connack || cl.Properties.ProtocolVersion != 5 || pk.ReasonCode >= packets.ErrUnspecifiedError.Code {
+		return pk
+	}
+	p := &pk.Properties
+	p.TopicAliasMaximum = h.aliasMax
+	p.MaximumPacketSize = h.packetMax
+	p.RetainAvailable, p.RetainAvailableFlag = flag(h.retain), true
+	p.WildcardSubAvailable, p.WildcardSubAvailableFlag = flag(h.wildcard), true
+	p.SharedSubAvailable, p.SharedSubAvailableFlag = flag(h.shared), true
+	p.SubIDAvailable, p.SubIDAvailableFlag = flag(h.subID), true
+	if h.maxQoS < 2 {
+		p.MaximumQos, p.MaximumQosFlag = h.maxQoS, true
+	}
+	return pk
+}
+
+func flag(b bool) byte {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// OnPacketRead refuses a PUBLISH or SUBSCRIBE that uses what CONNACK said is
+// unavailable: MQTT 5 gets DISCONNECT with the reason, MQTT 3 a closed
+// connection (3.1.1 has no DISCONNECT from the server).
+func (h *protocolHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	var code packets.Code
+	switch pk.FixedHeader.Type {
+	case packets.Publish:
+		switch {
+		case pk.FixedHeader.Retain && !h.retain:
+			code = packets.ErrRetainNotSupported
+		case pk.FixedHeader.Qos > h.maxQoS:
+			code = packets.ErrQosNotSupported
+		default:
+			return pk, nil
+		}
+	case packets.Subscribe:
+		if c, bad := h.subscribeViolation(pk); bad {
+			code = c
+		} else {
+			return pk, nil
+		}
+	default:
+		return pk, nil
+	}
+	h.b.log.Warn("closing connection: feature not available", "client_id", cl.ID,
+		"remote", cl.Net.Remote, "reason", code.Reason)
+	if cl.Properties.ProtocolVersion == 5 {
+		_ = h.b.mochi.DisconnectClient(cl, code)
+	} else {
+		cl.Stop(code)
+	}
+	return pk, packets.ErrRejectPacket
+}
+
+func (h *protocolHook) subscribeViolation(pk packets.Packet) (packets.Code, bool) {
+	if !h.subID && len(pk.Properties.SubscriptionIdentifier) > 0 {
+		return packets.ErrSubscriptionIdentifiersNotSupported, true
+	}
+	for _, f := range pk.Filters {
+		if !h.shared && mqtt.IsSharedFilter(f.Filter) {
+			return packets.ErrSharedSubscriptionsNotSupported, true
+		}
+		if !h.wildcard && strings.ContainsAny(f.Filter, "+#") {
+			return packets.ErrWildcardSubscriptionsNotSupported, true
+		}
+	}
+	return packets.Code{}, false
+}
+
+// OnPublish caps a publisher's message expiry at mqtt.max_message_expiry.
+// Messages without an expiry keep none: mochi's own maximum would also expire
+// every retained message a day after it was set.
+func (h *protocolHook) OnPublish(_ *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if e := pk.Properties.MessageExpiryInterval; e > h.messageExpiry {
+		pk.Properties.MessageExpiryInterval = h.messageExpiry
+		pk.Expiry = pk.Created + int64(h.messageExpiry)
+	}
+	return pk, nil
+}
+
+// openHook lets every client in when no authentication is configured. It is
+// never loaded beside real auth: mochi ORs auth hooks.
+type openHook struct{ mqtt.HookBase }
+
+func (*openHook) ID() string { return "ferry-open" }
+
+func (*openHook) Provides(b byte) bool {
+	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
+}
+
+func (*openHook) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
+
+// OnACLCheck allows everything but publishing to $SYS: those topics are the
+// broker's.
+func (*openHook) OnACLCheck(_ *mqtt.Client, topic string, write bool) bool {
+	return !write || !strings.HasPrefix(topic, "$SYS")
+}

@@ -1,0 +1,230 @@
+// Package load runs ferry-bench's load scenarios against an MQTT broker and
+// measures throughput, loss, duplicates, reordering and latency exactly.
+//
+// Every payload starts with a Header (run nonce, publisher id, sequence,
+// send time); receivers track per-publisher sequence sets, so loss, dupes
+// and out-of-order deliveries are counted message by message, and one-way
+// latency uses the shared machine clock. Run blocks until the scenario
+// finishes or ctx ends; it stops every connection and goroutine it started
+// before returning.
+package load
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/ferrymq/ferry/cmd/ferry-bench/internal/mqttc"
+)
+
+// Scenario names.
+const (
+	FanIn   = "fan-in"
+	Pairs   = "pairs"
+	FanOut  = "fan-out"
+	Latency = "latency"
+	Idle    = "idle"
+	ReqResp = "reqresp"
+)
+
+// Scenarios lists every scenario name.
+var Scenarios = []string{FanIn, Pairs, FanOut, Latency, Idle, ReqResp}
+
+// Defaults applied by Config.withDefaults.
+const (
+	DefaultDuration           = 10 * time.Second
+	DefaultDrain              = 3 * time.Second
+	DefaultPayload            = 64
+	DefaultInflight           = 64
+	DefaultLatencyRate        = 2000
+	DefaultIdleClients        = 1000
+	DefaultConnectConcurrency = 64
+	DefaultOutstanding        = 1
+	DefaultSessionExpiry      = 3600
+	DefaultKeepAlive          = 60
+)
+
+// Config describes one scenario run. Zero fields take the defaults above or
+// the per-scenario defaults documented on each field.
+type Config struct {
+	Scenario string
+	// Addr is the broker's host:port.
+	Addr string
+	// Label names the broker in results (e.g. "mosquitto"); optional.
+	Label string
+	// Tag names the benchmark case in results (e.g. "fan-in QoS0 64B");
+	// optional, used to group runs when summarizing.
+	Tag string
+	// TLS, when non-nil, makes every connection use TLS.
+	TLS *tls.Config
+	// Version is mqttc.V311 (default) or mqttc.V5. ReqResp forces V5.
+	Version byte
+	QoS     byte
+	// PayloadSize is the PUBLISH payload size in bytes, at least HeaderSize.
+	PayloadSize int
+	// Publishers: fan-in 10, pairs 100 (the pair count), fan-out 1,
+	// latency 1, reqresp 10 (requesters).
+	Publishers int
+	// Subscribers: fan-out 100; fixed at 1 for fan-in and latency, equal
+	// to Publishers for pairs.
+	Subscribers int
+	// Clients is the idle scenario's connection count (default 1000).
+	Clients int
+	// Duration bounds the send phase (default 10 s) unless Count is set;
+	// for idle it is how long the connections are held.
+	Duration time.Duration
+	// Count, when positive, is the number of messages per publisher.
+	Count int
+	// Rate is the total target publish rate in msg/s; 0 means as fast as
+	// possible (latency defaults to 2000).
+	Rate float64
+	// Inflight bounds unacknowledged QoS 1/2 publishes per publisher.
+	Inflight int
+	// Outstanding bounds requests awaiting a response per requester.
+	Outstanding int
+	// Drain is how long to wait after the send phase for acks and
+	// deliveries still under way.
+	Drain time.Duration
+	// Persistent connects with clean=false (and a session expiry in MQTT
+	// 5) using stable client ids built from ClientPrefix.
+	Persistent    bool
+	SessionExpiry uint32
+	ClientPrefix  string
+	// TopicPrefix prefixes every topic; default bench/<nonce>.
+	TopicPrefix string
+	// KeepAlive in seconds is sent in CONNECT and honoured with PINGREQs;
+	// default 60.
+	KeepAlive uint16
+	// SendBuffer, when positive, is each connection's SO_SNDBUF in bytes.
+	// Small values keep a QoS 0 publisher from queueing megabytes in the
+	// kernel that a saturated broker reads long after the run ended.
+	SendBuffer int
+	// BrokerPID, when positive, is read for VmRSS in the idle scenario.
+	BrokerPID          int
+	ConnectConcurrency int
+	// Progress receives a progress line every ProgressEvery; nil disables.
+	Progress      io.Writer
+	ProgressEvery time.Duration
+	Logger        *slog.Logger
+}
+
+var errConfig = errors.New("load: invalid config")
+
+func (c Config) withDefaults() Config {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	if c.Version == 0 {
+		c.Version = mqttc.V311
+	}
+	if c.Scenario == ReqResp {
+		c.Version = mqttc.V5
+	}
+	def(&c.PayloadSize, DefaultPayload)
+	if c.PayloadSize < HeaderSize {
+		c.PayloadSize = HeaderSize
+	}
+	def(&c.Inflight, DefaultInflight)
+	def(&c.Outstanding, DefaultOutstanding)
+	def(&c.ConnectConcurrency, DefaultConnectConcurrency)
+	if c.Duration == 0 {
+		c.Duration = DefaultDuration
+	}
+	if c.Drain == 0 {
+		c.Drain = DefaultDrain
+	}
+	if c.SessionExpiry == 0 && c.Persistent {
+		c.SessionExpiry = DefaultSessionExpiry
+	}
+	if c.KeepAlive == 0 {
+		c.KeepAlive = DefaultKeepAlive
+	}
+	if c.ProgressEvery == 0 {
+		c.ProgressEvery = time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	switch c.Scenario {
+	case FanIn:
+		def(&c.Publishers, 10)
+		c.Subscribers = 1
+	case Pairs:
+		def(&c.Publishers, 100)
+		c.Subscribers = c.Publishers
+	case FanOut:
+		def(&c.Publishers, 1)
+		def(&c.Subscribers, 100)
+	case Latency:
+		def(&c.Publishers, 1)
+		c.Subscribers = 1
+		if c.Rate == 0 {
+			c.Rate = DefaultLatencyRate
+		}
+	case ReqResp:
+		def(&c.Publishers, 10)
+		c.Subscribers = 1
+	case Idle:
+		def(&c.Clients, DefaultIdleClients)
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	var errs []error
+	bad := func(format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{errConfig}, a...)...))
+	}
+	known := false
+	for _, s := range Scenarios {
+		known = known || s == c.Scenario
+	}
+	if !known {
+		bad("scenario %q: want one of %v", c.Scenario, Scenarios)
+	}
+	if c.Addr == "" {
+		bad("broker address is empty")
+	}
+	if c.Version != mqttc.V311 && c.Version != mqttc.V5 {
+		bad("mqtt version %d: want 4 (3.1.1) or 5", c.Version)
+	}
+	if c.QoS > 2 {
+		bad("qos %d: want 0, 1 or 2", c.QoS)
+	}
+	if c.Inflight < 1 || c.Inflight > 65000 {
+		bad("inflight %d: want 1..65000", c.Inflight)
+	}
+	if c.Publishers < 0 || c.Subscribers < 0 || c.Clients < 0 || c.Count < 0 || c.Rate < 0 {
+		bad("negative counts")
+	}
+	if c.PayloadSize > 1<<20 {
+		bad("payload %d bytes: at most 1 MiB", c.PayloadSize)
+	}
+	if c.Scenario == ReqResp && c.QoS > 0 && c.Publishers*c.Outstanding > 1000 {
+		// The single responder publishes every response; most brokers
+		// cap unacked inbound QoS>0 publishes per client near 1024 and
+		// disconnect a client that exceeds it.
+		bad("reqresp: publishers %d x outstanding %d exceeds 1000 at qos>0", c.Publishers, c.Outstanding)
+	}
+	return errors.Join(errs...)
+}
+
+func (c Config) connect(id string, clean bool) *mqttc.Connect {
+	cp := &mqttc.Connect{Version: c.Version, ClientID: id, Clean: clean, KeepAlive: c.KeepAlive}
+	if c.Version == mqttc.V5 {
+		cp.ReceiveMaximum = 65535
+		if !clean {
+			cp.SessionExpiry = c.SessionExpiry
+		}
+	}
+	return cp
+}
+
+func (c Config) dialOptions() mqttc.DialOptions {
+	return mqttc.DialOptions{Addr: c.Addr, TLS: c.TLS, SendBuffer: c.SendBuffer}
+}

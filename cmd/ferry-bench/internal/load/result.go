@@ -1,0 +1,191 @@
+package load
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+)
+
+// Result is one scenario's measurements, encoded as one JSON line.
+type Result struct {
+	Scenario    string    `json:"scenario"`
+	Broker      string    `json:"broker,omitempty"`
+	Tag         string    `json:"tag,omitempty"`
+	Addr        string    `json:"addr"`
+	Start       time.Time `json:"start"`
+	MQTT        string    `json:"mqtt"`
+	QoS         int       `json:"qos"`
+	Payload     int       `json:"payload_bytes"`
+	Publishers  int       `json:"publishers,omitempty"`
+	Subscribers int       `json:"subscribers,omitempty"`
+	Inflight    int       `json:"inflight,omitempty"`
+	TargetRate  float64   `json:"target_rate,omitempty"`
+	Persistent  bool      `json:"persistent,omitempty"`
+	TLS         bool      `json:"tls,omitempty"`
+	// SendSeconds is the send phase; WallSeconds includes the drain.
+	SendSeconds float64 `json:"send_s"`
+	WallSeconds float64 `json:"wall_s"`
+
+	// Sent counts PUBLISHes written (requests for reqresp); Acked those
+	// the broker acknowledged (QoS 1/2). Expected is the deliveries the
+	// subscribers should have seen: acked (or, at QoS 0, sent) messages
+	// times the subscribers each one is routed to.
+	Sent     int64 `json:"sent"`
+	Acked    int64 `json:"acked,omitempty"`
+	Rejected int64 `json:"rejected,omitempty"`
+	Expected int64 `json:"expected"`
+	// Received counts deliveries (duplicates included), Unique distinct
+	// (publisher, seq) per subscriber. Lost is expected but never
+	// received after the drain period.
+	Received   int64   `json:"received"`
+	Unique     int64   `json:"unique"`
+	Lost       int64   `json:"lost"`
+	LossPct    float64 `json:"loss_pct"`
+	Dupes      int64   `json:"dupes"`
+	OutOfOrder int64   `json:"out_of_order"`
+	Stale      int64   `json:"stale,omitempty"`
+	// SendTimeouts counts publishers whose last write was still blocked
+	// cfg.Drain after the send phase ended: the broker stopped reading.
+	SendTimeouts int   `json:"send_timeouts,omitempty"`
+	Mismatched   int64 `json:"mismatched,omitempty"`
+	// Requests counts requests that reached the responder (reqresp), to
+	// tell a lost request from a lost response.
+	Requests int64 `json:"requests_received,omitempty"`
+	// SendRate is Sent per send-phase second; RecvRate is deliveries per
+	// second from start to the last delivery.
+	SendRate float64 `json:"send_rate"`
+	RecvRate float64 `json:"recv_rate"`
+	// Latency is one-way publish-to-delivery (round trip for reqresp).
+	Latency *LatencyMS `json:"latency_ms,omitempty"`
+
+	// Idle scenario.
+	Clients         int     `json:"clients,omitempty"`
+	Connected       int     `json:"connected,omitempty"`
+	Alive           int     `json:"alive,omitempty"`
+	ConnectSeconds  float64 `json:"connect_s,omitempty"`
+	ConnectRate     float64 `json:"connect_rate,omitempty"`
+	BrokerPID       int     `json:"broker_pid,omitempty"`
+	RSSBeforeBytes  int64   `json:"rss_before_bytes,omitempty"`
+	RSSAfterBytes   int64   `json:"rss_after_bytes,omitempty"`
+	RSSPerConnBytes int64   `json:"rss_per_conn_bytes,omitempty"`
+
+	// GenCPU is the generator's own CPU use (user+sys) over the wall time
+	// divided by the cores it may run on: near 1 means the generator, not
+	// the broker, may be the limit.
+	GenCPU   float64 `json:"gen_cpu"`
+	GenCores int     `json:"gen_cores"`
+
+	Errors    []string `json:"errors,omitempty"`
+	ErrorsAll int      `json:"errors_total,omitempty"`
+}
+
+// LatencyMS are latency percentiles in milliseconds.
+type LatencyMS struct {
+	Samples uint64  `json:"samples"`
+	Mean    float64 `json:"mean"`
+	P50     float64 `json:"p50"`
+	P90     float64 `json:"p90"`
+	P99     float64 `json:"p99"`
+	Max     float64 `json:"max"`
+}
+
+func latencyOf(h *Histogram) *LatencyMS {
+	if h.Count() == 0 {
+		return nil
+	}
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	return &LatencyMS{
+		Samples: h.Count(), Mean: ms(h.Mean()),
+		P50: ms(h.Quantile(0.5)), P90: ms(h.Quantile(0.9)), P99: ms(h.Quantile(0.99)), Max: ms(h.Max()),
+	}
+}
+
+// cpuMeter measures this process's CPU time over an interval.
+type cpuMeter struct {
+	wall time.Time
+	cpu  time.Duration
+}
+
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func startCPU() cpuMeter { return cpuMeter{wall: time.Now(), cpu: processCPU()} }
+
+// share returns CPU used / wall / usable cores, and the core count
+// (runtime.NumCPU honours the affinity mask, so taskset is reflected).
+func (m cpuMeter) share() (float64, int) {
+	wall := time.Since(m.wall)
+	cores := runtime.NumCPU()
+	if wall <= 0 {
+		return 0, cores
+	}
+	return float64(processCPU()-m.cpu) / float64(wall) / float64(cores), cores
+}
+
+// ReadRSS returns VmRSS of process pid in bytes.
+func ReadRSS(pid int) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("load: read rss: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("load: parse %q: %w", line, err)
+			}
+			return kb * 1024, nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return 0, fmt.Errorf("load: read rss: %w", err)
+	}
+	return 0, fmt.Errorf("load: no VmRSS in /proc/%d/status", pid)
+}
+
+// WriteTable writes results as an aligned human-readable table.
+func WriteTable(w io.Writer, rs []Result) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "scenario\tbroker\tqos\tbytes\tpub/sub\tsent/s\trecv/s\tloss%\tdupes\tooo\tp50ms\tp99ms\tmaxms\tconn/s\tRSS/conn\tgen cpu\t")
+	for _, r := range rs {
+		lat := [3]string{"-", "-", "-"}
+		if r.Latency != nil {
+			lat = [3]string{ff(r.Latency.P50, 2), ff(r.Latency.P99, 2), ff(r.Latency.Max, 2)}
+		}
+		clients := fmt.Sprintf("%d/%d", r.Publishers, r.Subscribers)
+		conn, rss := "-", "-"
+		if r.Scenario == Idle {
+			clients = fmt.Sprintf("%d idle", r.Clients)
+			conn = ff(r.ConnectRate, 0)
+			if r.RSSPerConnBytes > 0 {
+				rss = fmt.Sprintf("%.1fKB", float64(r.RSSPerConnBytes)/1024)
+			}
+		}
+		broker := r.Broker
+		if broker == "" {
+			broker = r.Addr
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+			r.Scenario, broker, r.QoS, r.Payload, clients, ff(r.SendRate, 0), ff(r.RecvRate, 0),
+			ff(r.LossPct, 2), r.Dupes, r.OutOfOrder, lat[0], lat[1], lat[2], conn, rss,
+			fmt.Sprintf("%.0f%%x%d", r.GenCPU*100, r.GenCores))
+	}
+	return tw.Flush()
+}
+
+func ff(v float64, prec int) string { return strconv.FormatFloat(v, 'f', prec, 64) }

@@ -1,0 +1,112 @@
+package load
+
+import (
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestHeaderRoundTrip(t *testing.T) {
+	h := Header{Nonce: 0xdeadbeef, Publisher: 77, Seq: 1<<40 + 3, SentNanos: time.Now().UnixNano()}
+	b := make([]byte, 64)
+	h.Put(b)
+	got, ok := ParseHeader(b)
+	if !ok || got != h {
+		t.Fatalf("got %+v, %v; want %+v", got, ok, h)
+	}
+	if _, ok := ParseHeader(b[:HeaderSize-1]); ok {
+		t.Fatal("short payload parsed")
+	}
+}
+
+func TestSeqSet(t *testing.T) {
+	tests := []struct {
+		name        string
+		have        []uint64
+		want        []uint64 // the acked set
+		below       uint64
+		missing     int64
+		missBelow   int64
+		max         int64
+		newOnSecond bool
+	}{
+		{name: "empty", below: 5, missBelow: 5, max: -1},
+		{name: "contiguous", have: []uint64{0, 1, 2, 3}, want: []uint64{0, 1, 2, 3}, below: 4, max: 3},
+		{name: "gaps", have: []uint64{0, 2, 4}, want: []uint64{0, 1, 2, 3, 4}, below: 5, missing: 2, missBelow: 2, max: 4},
+		{name: "word boundary", have: []uint64{63, 64, 65}, want: []uint64{62, 63, 64, 65, 200}, below: 66, missing: 2, missBelow: 63, max: 65},
+		{name: "received beyond limit", have: []uint64{1, 100}, below: 50, missBelow: 49, max: 100},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s, w := newSeqSet(), newSeqSet()
+			for _, v := range tc.have {
+				if !s.add(v) {
+					t.Fatalf("add %d reported a duplicate", v)
+				}
+				if s.add(v) {
+					t.Fatalf("second add %d reported new", v)
+				}
+			}
+			for _, v := range tc.want {
+				w.add(v)
+			}
+			if got := s.missing(w); got != tc.missing {
+				t.Errorf("missing %d, want %d", got, tc.missing)
+			}
+			if got := s.missingBelow(tc.below); got != tc.missBelow {
+				t.Errorf("missingBelow(%d) %d, want %d", tc.below, got, tc.missBelow)
+			}
+			if s.max != tc.max || s.n != int64(len(tc.have)) {
+				t.Errorf("max %d n %d", s.max, s.n)
+			}
+		})
+	}
+}
+
+func TestHistogramQuantiles(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	var h Histogram
+	var raw []time.Duration
+	for range 100000 {
+		// log-uniform from 1 µs to 10 s
+		d := time.Duration(float64(time.Microsecond) * math.Pow(10, r.Float64()*7))
+		raw = append(raw, d)
+		h.Record(d)
+	}
+	slices.Sort(raw)
+	for _, q := range []float64{0.5, 0.9, 0.99, 0.999} {
+		exact := raw[int(q*float64(len(raw)))-1]
+		got := h.Quantile(q)
+		if rel := float64(got-exact) / float64(exact); rel < -0.01 || rel > 0.01 {
+			t.Errorf("q%v: got %v, exact %v (%.2f%% off)", q, got, exact, rel*100)
+		}
+	}
+	if h.Max() != raw[len(raw)-1] || h.Count() != uint64(len(raw)) {
+		t.Errorf("max %v count %d", h.Max(), h.Count())
+	}
+	var m Histogram
+	m.Merge(&h)
+	m.Record(-time.Second) // a clock step counts as zero
+	if m.Count() != h.Count()+1 || m.Quantile(1e-9) != 0 {
+		t.Errorf("merge: count %d min quantile %v", m.Count(), m.Quantile(1e-9))
+	}
+}
+
+func TestHistIndexMonotonic(t *testing.T) {
+	prev := -1
+	for _, v := range []uint64{0, 1, 127, 128, 129, 255, 256, 1000, 1 << 20, 1<<40 + 12345, 1<<63 - 1, 1<<64 - 1} {
+		i := histIndex(v)
+		if i <= prev && v != 0 {
+			t.Fatalf("index of %d is %d, not above %d", v, i, prev)
+		}
+		if i >= len(Histogram{}.counts) {
+			t.Fatalf("index of %d is %d, out of range", v, i)
+		}
+		if hv := histValue(i); hv < v {
+			t.Fatalf("bucket %d upper bound %d below value %d", i, hv, v)
+		}
+		prev = i
+	}
+}

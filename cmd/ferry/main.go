@@ -1,0 +1,196 @@
+// Command ferry is the Ferry MQTT broker.
+//
+//	ferry [-c ferry.yaml] [--mqtt-addr :1883] [--ws-addr :8083] [--admin-addr 127.0.0.1:8080] [--data-dir ./data]
+//	ferry check -c ferry.yaml
+//	ferry version
+//
+// Exit codes: 0 clean stop, 1 runtime failure, 2 bad configuration or usage.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/ferrymq/ferry/broker"
+	"github.com/ferrymq/ferry/broker/config"
+)
+
+// version is set at build time with -ldflags "-X main.version=v1.2.3".
+var version = ""
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Environ(), os.Stdout, os.Stderr))
+}
+
+// exitUsage is the exit code for bad configuration or usage.
+const exitUsage = 2
+
+func run(args, env []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "version":
+			fmt.Fprintln(stdout, "ferry", versionString())
+			return 0
+		case "check":
+			return check(args[1:], env, stdout, stderr)
+		case "help", "-h", "--help":
+			usage(stdout)
+			return 0
+		}
+	}
+	src, code := parseFlags("ferry", args, env, stderr)
+	if code >= 0 {
+		return code
+	}
+	cfg, err := config.Load(src)
+	if err != nil {
+		fmt.Fprintf(stderr, "ferry: invalid configuration:\n%s\n", indent(err))
+		return exitUsage
+	}
+	return serve(cfg, stderr)
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `Ferry is an MQTT broker for IoT.
+
+Usage:
+  ferry [flags]            run the broker
+  ferry check -c FILE      validate a configuration file and exit
+  ferry version            print the version
+
+Flags (a flag wins over FERRY_* environment variables, which win over the file):
+  -c, --config FILE        YAML configuration file (see ferry.example.yaml)
+  --mqtt-addr ADDR         MQTT TCP listener (default :1883; "" disables)
+  --ws-addr ADDR           MQTT over WebSocket listener (default :8083; "" disables)
+  --admin-addr ADDR        health, readiness and metrics HTTP (default 127.0.0.1:8080; "" disables)
+  --data-dir DIR           storage directory (default ./data)
+  --log-level LEVEL        debug, info, warn or error (default info)
+`)
+}
+
+// parseFlags returns the config source, or an exit code >= 0 when the
+// program should stop.
+func parseFlags(name string, args, env []string, stderr io.Writer) (config.Source, int) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var path string
+	fs.StringVar(&path, "c", "", "")
+	fs.StringVar(&path, "config", "", "")
+	var mqttAddr, wsAddr, adminAddr, dataDir, logLevel string
+	fs.StringVar(&mqttAddr, "mqtt-addr", config.DefaultMQTTAddr, "")
+	fs.StringVar(&wsAddr, "ws-addr", config.DefaultWSAddr, "")
+	fs.StringVar(&adminAddr, "admin-addr", config.DefaultAdminAddr, "")
+	fs.StringVar(&dataDir, "data-dir", config.DefaultDataDir, "")
+	fs.StringVar(&logLevel, "log-level", config.DefaultLogLevel, "")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage(os.Stdout)
+			return config.Source{}, 0
+		}
+		fmt.Fprintf(stderr, "%s: %v\nRun 'ferry help' for usage.\n", name, err)
+		return config.Source{}, exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected argument %q\nRun 'ferry help' for usage.\n", name, fs.Arg(0))
+		return config.Source{}, exitUsage
+	}
+	src := config.Source{Path: path, Env: env}
+	fs.Visit(func(f *flag.Flag) {
+		v := f.Value.String()
+		switch f.Name {
+		case "mqtt-addr":
+			src.Flags.MQTTAddr = &v
+		case "ws-addr":
+			src.Flags.WSAddr = &v
+		case "admin-addr":
+			src.Flags.AdminAddr = &v
+		case "data-dir":
+			src.Flags.DataDir = &v
+		case "log-level":
+			src.Flags.LogLevel = &v
+		}
+	})
+	return src, -1
+}
+
+func check(args, env []string, stdout, stderr io.Writer) int {
+	src, code := parseFlags("ferry check", args, env, stderr)
+	if code >= 0 {
+		return code
+	}
+	if _, err := config.Load(src); err != nil {
+		fmt.Fprintf(stderr, "ferry check: invalid configuration:\n%s\n", indent(err))
+		return exitUsage
+	}
+	name := src.Path
+	if name == "" {
+		name = "built-in defaults"
+	}
+	fmt.Fprintf(stdout, "%s: ok\n", name)
+	return 0
+}
+
+func indent(err error) string {
+	var out []byte
+	line := []byte("  ")
+	for _, c := range []byte(err.Error()) {
+		line = append(line, c)
+		if c == '\n' {
+			out = append(out, line...)
+			line = []byte("  ")
+		}
+	}
+	return string(append(out, line...))
+}
+
+func newLogger(cfg config.Log, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.SlogLevel()}
+	if cfg.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func serve(cfg config.Config, stderr io.Writer) int {
+	log := newLogger(cfg.Log, stderr)
+	b, err := broker.New(cfg, broker.WithLogger(log))
+	if err != nil {
+		fmt.Fprintf(stderr, "ferry: %v\n", err)
+		return exitUsage
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := b.Start(ctx); err != nil {
+		log.Error("start failed", "err", err)
+		return 1
+	}
+	log.Info("ferry started", "version", versionString())
+	<-ctx.Done()
+	stop() // a second signal now kills the process the default way
+	log.Info("shutting down", "timeout", cfg.Shutdown.Timeout.String())
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown.Timeout)
+	defer cancel()
+	if err := b.Shutdown(sctx); err != nil {
+		log.Error("shutdown", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}

@@ -1,0 +1,49 @@
+// Command mochi-baseline runs a bare mochi-mqtt broker (mqtt.New with
+// default options, auth.AllowHook, one TCP listener, nothing else) so
+// benchmarks can compare Ferry against the library it is built on.
+//
+//	mochi-baseline -addr 127.0.0.1:1883
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/auth"
+	"github.com/mochi-mqtt/server/v2/listeners"
+)
+
+func main() {
+	addr := flag.String("addr", ":1883", "TCP listen address")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := serve(ctx, *addr); err != nil {
+		fmt.Fprintln(os.Stderr, "mochi-baseline:", err)
+		os.Exit(1)
+	}
+}
+
+// serve runs the broker until ctx ends.
+func serve(ctx context.Context, addr string) error {
+	s := mqtt.New(nil)
+	if err := s.AddHook(new(auth.AllowHook), nil); err != nil {
+		return fmt.Errorf("add allow hook: %w", err)
+	}
+	if err := s.AddListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: addr})); err != nil {
+		return fmt.Errorf("listen %s: %w", addr, err)
+	}
+	if err := s.Serve(); err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	<-ctx.Done()
+	if err := s.Close(); err != nil {
+		return fmt.Errorf("close: %w", err)
+	}
+	return nil
+}

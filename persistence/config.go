@@ -1,0 +1,103 @@
+package persistence
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Sync modes for Config.Sync.
+const (
+	// SyncAlways fsyncs every batch before any caller waiting on it is
+	// released: a QoS 1/2 PUBLISH is acknowledged only once its records are
+	// on disk.
+	SyncAlways = "always"
+	// SyncBatch commits every batch at once and fsyncs at most every
+	// SyncInterval: a crash of the machine (not only of the process) can lose
+	// up to SyncInterval of acknowledged writes.
+	SyncBatch = "batch"
+	// SyncNone never fsyncs explicitly; the operating system decides when
+	// data reaches the disk. A process crash loses nothing committed, a
+	// power loss can lose anything not yet written back by the OS.
+	SyncNone = "none"
+)
+
+// Defaults and limits of Config.
+const (
+	// DefaultSync is the sync mode used when Config.Sync is empty.
+	DefaultSync = SyncBatch
+	// DefaultSyncInterval is the fsync period of SyncBatch.
+	DefaultSyncInterval = 100 * time.Millisecond
+	// DefaultGCInterval is the period of Badger value-log garbage collection.
+	DefaultGCInterval = 5 * time.Minute
+	// DefaultGCDiscardRatio is the share of stale data in a value-log file
+	// above which garbage collection rewrites it.
+	DefaultGCDiscardRatio = 0.5
+	// MinSyncInterval and MaxSyncInterval bound Config.SyncInterval.
+	MinSyncInterval = time.Millisecond
+	MaxSyncInterval = time.Minute
+	// MinGCInterval bounds Config.GCInterval from below.
+	MinGCInterval = time.Second
+)
+
+// Config configures the store. The zero value of every field but Dir means
+// its default.
+type Config struct {
+	// Dir is the Badger data directory. Required. One Ferry at a time may
+	// use it: Open takes a lock on it.
+	Dir string `yaml:"dir"`
+	// Sync is one of "always", "batch" (default) or "none"; see SyncAlways,
+	// SyncBatch and SyncNone for what each risks.
+	Sync string `yaml:"sync"`
+	// SyncInterval is the longest time between two fsyncs in "batch" mode.
+	// Default 100ms.
+	SyncInterval time.Duration `yaml:"sync_interval"`
+	// GCInterval is the period of value-log garbage collection. Default 5m.
+	GCInterval time.Duration `yaml:"gc_interval"`
+	// GCDiscardRatio is in (0, 1); default 0.5.
+	GCDiscardRatio float64 `yaml:"gc_discard_ratio"`
+}
+
+// WithDefaults returns a copy of c with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	if c.Sync == "" {
+		c.Sync = DefaultSync
+	}
+	if c.SyncInterval == 0 {
+		c.SyncInterval = DefaultSyncInterval
+	}
+	if c.GCInterval == 0 {
+		c.GCInterval = DefaultGCInterval
+	}
+	if c.GCDiscardRatio == 0 {
+		c.GCDiscardRatio = DefaultGCDiscardRatio
+	}
+	return c
+}
+
+// Validate reports every problem of c, joined. Each message starts with the
+// field's yaml key, e.g. `sync: must be one of always, batch, none, got "x"`,
+// so a caller can prefix the path of this struct ("storage."). Zero fields
+// are valid: they mean the default.
+func (c Config) Validate() error {
+	c = c.WithDefaults()
+	var errs []error
+	if c.Dir == "" {
+		errs = append(errs, errors.New("dir: must not be empty"))
+	}
+	switch c.Sync {
+	case SyncAlways, SyncBatch, SyncNone:
+	default:
+		errs = append(errs, fmt.Errorf("sync: must be one of always, batch, none, got %q", c.Sync))
+	}
+	if c.SyncInterval < MinSyncInterval || c.SyncInterval > MaxSyncInterval {
+		errs = append(errs, fmt.Errorf("sync_interval: %s is outside the allowed range %s to %s", c.SyncInterval, MinSyncInterval, MaxSyncInterval))
+	}
+	if c.GCInterval < MinGCInterval {
+		errs = append(errs, fmt.Errorf("gc_interval: %s is less than allowed %s", c.GCInterval, MinGCInterval))
+	}
+	if !(c.GCDiscardRatio > 0 && c.GCDiscardRatio < 1) {
+		errs = append(errs, fmt.Errorf("gc_discard_ratio: %v must be greater than 0 and less than 1", c.GCDiscardRatio))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,103 @@
+// Package persistence is Ferry's durable store on Badger and the mochi
+// storage hook that uses it. It keeps, across a crash (kill -9) and restart
+// on the same data directory: persistent sessions (clean start false or
+// session expiry > 0) with their subscriptions and options, every QoS 1/2
+// message queued or in flight for them, the QoS 2 state of both directions,
+// and retained messages, with message and session expiry counted from the
+// original times.
+//
+// # Use
+//
+//	st, err := persistence.Open(cfg, logger) // locks cfg.Dir
+//	srv := mqtt.New(opts)
+//	srv.AddHook(authHook, nil)
+//	srv.AddHook(persistence.NewHook(st, srv), nil) // before Serve
+//	srv.Serve()                                    // loads the store
+//	...
+//	srv.Close() // then
+//	st.Close()  // commits what is queued, fsyncs, unlocks
+//
+// # Layout
+//
+// Keys (see keys.go) are c/<client> (session), s/<client><filter>
+// (subscription), q/<client><seq> (the session's queue, in order), p/<id>
+// (a message body, shared by the queue refs of every session it goes to),
+// r/<topic> (retained) and m/schema. Client ids inside s/ and q/ keys are
+// length-prefixed so one client is one key prefix. Values are a versioned
+// binary encoding (codec.go): the first byte is the record version, the
+// second the record kind; anything else is refused with ErrUnreadable
+// naming the key and the directory, never skipped or wiped. m/schema holds
+// the layout version; a newer one is refused with ErrNewerSchema.
+//
+// Sequences (q/ seq, p/ id) come from one counter that Open sets above every
+// id on disk, so the queue order of a session is the order in which
+// OnPublish saw the messages: per publisher, the publish order.
+//
+// # Writes and durability
+//
+// One writer goroutine owns all writes. Callers hand it batches; it takes
+// every batch waiting (up to 1024) into one Badger transaction, commits, and
+// in "always" mode calls db.Sync once for all of them before releasing the
+// callers (group commit). In "batch" mode it releases callers after the
+// commit and fsyncs at most every sync_interval; in "none" it never fsyncs
+// until Close. Badger's own SyncWrites is off: it fsyncs every commit
+// separately. A commit of one writer batch is atomic unless Badger finds it
+// too big, when it is split; no invariant depends on two records landing
+// together (a ref without its body is skipped at load, a body without refs
+// is deleted at load).
+//
+// What is written when, and whether the caller waits (W) or not (A):
+//
+//   - OnSessionEstablish (before CONNACK), W: the session record, or the
+//     deletion of every key of the client id if the new session starts clean
+//     or is not persistent.
+//   - OnSubscribed / OnUnsubscribed (before SUBACK/UNSUBACK), W.
+//   - OnRetainMessage (before the PUBACK), W.
+//   - OnPublish (before the PUBACK/PUBREC), W: see below.
+//   - OnQosPublish, A (W for QoS 2 to a connected client in "always" mode):
+//     the packet id mochi chose, on the ref written by OnPublish.
+//   - OnQosComplete, OnQosDropped, OnPublishDropped, OnPublished, PUBREC
+//     from a subscriber (OnPacketProcessed), OnWillSent, OnClientExpired,
+//     OnRetainedExpired, A: deletions and state changes. Losing one in a crash
+//     means a duplicate delivery (allowed for QoS 1; for QoS 2 the client
+//     recognises the packet id), never a loss.
+//   - OnDisconnect, W: the disconnect time (session expiry counts from it),
+//     or the deletion of all keys of a session that ends.
+//
+// # Acknowledged means durable
+//
+// mochi calls OnPublish before it writes the PUBACK (or PUBREC) but creates
+// the subscribers' in-flight entries (OnQosPublish) only after it. So
+// OnPublish itself finds the subscribers (srv.Topics.Subscribers, with one
+// member chosen per shared group, which OnSelectSubscribers then makes mochi
+// use), writes the message body once plus a q/ ref for every persistent
+// session that gets it at QoS > 0, and waits for the group commit. A QoS 2
+// message from a persistent publisher gets its PUBREC state in the same
+// batch. OnQosPublish then only maps mochi's packet id onto the stored ref.
+// Refs that mochi did not deliver after all (ACL, full in-flight window,
+// packet ids exhausted, a hook ignoring the message) are deleted in
+// OnPublished, and a message dropped on a full outbound queue in
+// OnPublishDropped, so a restart never delivers what mochi dropped. If the
+// write fails the publish is refused (MQTT 5: reason 0x83; MQTT 3: no ack).
+// Messages mochi publishes itself (wills, retained messages sent on
+// subscribe) are stored by OnQosPublish, without that guarantee.
+//
+// # Loading
+//
+// StoredClients returns unexpired sessions, expiry counted from the stored
+// disconnect time; expired ones are deleted with all their keys. Because
+// mochi restarts that clock at load, the hook expires restored sessions
+// itself (once a second) until they reconnect. StoredInflightMessages and
+// StoredRetainedMessages put packets straight into mochi (Client.State.
+// Inflight, Topics.RetainMessage) with their absolute expiry and publisher
+// protocol version, which mochi's storage.Message would drop, and return
+// nothing. mochi resends a session's in-flight messages sorted by the low 16
+// bits of their creation second; OnSessionEstablish temporarily rewrites
+// those times so that sort is the queue order (see orderForResendLocked).
+//
+// # Not covered
+//
+// Delayed wills pending when the broker stops are not sent after a restart.
+// $SYS values are not stored. Deletions are not fsynced in "always" mode
+// before the acknowledgement that causes them.
+package persistence

@@ -1,0 +1,301 @@
+package persistence
+
+import (
+	"fmt"
+	"math"
+	"sync/atomic"
+
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// sessionDeadline is the unix time after which a session disconnected at
+// rec.DisconnectedAt expires, as mochi's clearExpiredClients computes it.
+func (h *Hook) sessionDeadline(rec *sessionRec) int64 {
+	expiry := h.srv.Options.Capabilities.MaximumSessionExpiryInterval
+	if rec.ProtocolVersion == 5 && rec.ExpiryFlag {
+		expiry = min(expiry, rec.ExpiryInterval)
+	}
+	return rec.DisconnectedAt + int64(expiry)
+}
+
+// StoredClients returns the persistent sessions that have not expired,
+// counting from their stored disconnect time; expired ones are deleted with
+// all their keys. A session that was connected when the broker stopped
+// counts as disconnected now.
+func (h *Hook) StoredClients() ([]storage.Client, error) {
+	now := h.now().Unix()
+	var out []storage.Client
+	b := h.st.newBatch()
+	h.mu.Lock()
+	defer func() {
+		h.mu.Unlock()
+		h.write(b, true)
+	}()
+	err := h.st.scan(prefixSession, func(key, val []byte) error {
+		id := string(key[len(prefixSession):])
+		rec, err := decodeSession(val)
+		if err != nil {
+			return h.st.unreadable(key, err)
+		}
+		if rec.DisconnectedAt == 0 {
+			rec.DisconnectedAt = now
+			b.set(sessionKey(id), rec.appendTo)
+		}
+		deadline := h.sessionDeadline(&rec)
+		if deadline < now {
+			h.log.Info("session expired while the broker was down", "client_id", id)
+			h.dropSessionLocked(id, &session{}, b)
+			return nil
+		}
+		h.sessions[id] = &session{entries: map[uint16]*entry{}}
+		r := &restoredSession{deadline: deadline, rec: rec}
+		if rec.WillFlag {
+			r.willAt = min(rec.DisconnectedAt+int64(rec.WillDelay), deadline)
+		}
+		h.restored[id] = r
+		var willFlag uint32
+		if rec.WillFlag {
+			willFlag = 1
+		}
+		out = append(out, storage.Client{
+			ID:              id,
+			T:               storage.ClientKey,
+			Listener:        rec.Listener,
+			Username:        rec.Username,
+			ProtocolVersion: rec.ProtocolVersion,
+			Clean:           rec.Clean,
+			Properties: storage.ClientProperties{
+				AuthenticationData:        rec.AuthData,
+				User:                      rec.User,
+				AuthenticationMethod:      rec.AuthMethod,
+				SessionExpiryInterval:     rec.ExpiryInterval,
+				SessionExpiryIntervalFlag: rec.ExpiryFlag,
+				MaximumPacketSize:         rec.MaximumPacketSize,
+				ReceiveMaximum:            rec.ReceiveMaximum,
+				TopicAliasMaximum:         rec.TopicAliasMaximum,
+				RequestProblemInfo:        rec.RequestProblemInfo,
+				RequestProblemInfoFlag:    rec.RequestProblemInfoFlag,
+				RequestResponseInfo:       rec.RequestResponseInfo,
+			},
+			Will: storage.ClientWill{
+				Payload:           rec.WillPayload,
+				User:              rec.WillUser,
+				TopicName:         rec.WillTopic,
+				Flag:              willFlag,
+				WillDelayInterval: rec.WillDelay,
+				Qos:               rec.WillQos,
+				Retain:            rec.WillRetain,
+			},
+		})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load sessions: %w", err)
+	}
+	return out, nil
+}
+
+// StoredSubscriptions returns the subscriptions of the sessions
+// StoredClients returned and deletes any other (orphaned) ones.
+func (h *Hook) StoredSubscriptions() ([]storage.Subscription, error) {
+	var out []storage.Subscription
+	b := h.st.newBatch()
+	h.mu.Lock()
+	defer func() {
+		h.mu.Unlock()
+		h.write(b, false)
+	}()
+	err := h.st.scan(prefixSub, func(key, val []byte) error {
+		id, filter, err := splitClientKey(key, prefixSub)
+		if err != nil {
+			return h.st.unreadable(key, err)
+		}
+		rec, err := decodeSub(val)
+		if err != nil {
+			return h.st.unreadable(key, err)
+		}
+		if h.sessions[id] == nil {
+			b.delete(append([]byte(nil), key...))
+			return nil
+		}
+		out = append(out, storage.Subscription{
+			T:                 storage.SubscriptionKey,
+			Client:            id,
+			Filter:            string(filter),
+			Identifier:        rec.Identifier,
+			RetainHandling:    rec.RetainHandling,
+			Qos:               rec.Qos,
+			RetainAsPublished: rec.RetainAsPublished,
+			NoLocal:           rec.NoLocal,
+		})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load subscriptions: %w", err)
+	}
+	return out, nil
+}
+
+// StoredInflightMessages puts every queued and in-flight message of the
+// restored sessions straight into mochi's clients, with their absolute
+// expiry and publisher protocol version (which mochi's loadInflight would
+// drop), and returns none. Expired messages, refs of unknown sessions and
+// bodies no ref uses are deleted.
+func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
+	now := h.now().Unix()
+	maxExpiry := h.srv.Options.Capabilities.MaximumMessageExpiryInterval
+	bodies := map[uint64]*msgRec{}
+	b := h.st.newBatch()
+	h.mu.Lock()
+	defer func() {
+		h.mu.Unlock()
+		h.write(b, false)
+	}()
+	err := h.st.scan(prefixMessage, func(key, val []byte) error {
+		id, err := parseMessageKey(key)
+		if err != nil {
+			return h.st.unreadable(key, err)
+		}
+		rec, err := decodeMessage(val)
+		if err != nil {
+			return h.st.unreadable(key, err)
+		}
+		bodies[id] = &rec
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load messages: %w", err)
+	}
+
+	type loaded struct {
+		seq uint64
+		rec refRec
+		pk  packets.Packet
+	}
+	perClient := map[string][]loaded{}
+	err = h.st.scan(prefixQueue, func(key, val []byte) error {
+		id, seq, err := parseQueueKey(key)
+		if err != nil {
+			return h.st.unreadable(key, err)
+		}
+		rec, err := decodeRef(val)
+		if err != nil {
+			return h.st.unreadable(key, err)
+		}
+		if h.sessions[id] == nil {
+			b.delete(append([]byte(nil), key...))
+			return nil
+		}
+		var pk packets.Packet
+		switch rec.State {
+		case refPublish:
+			body := bodies[rec.MsgID]
+			if body == nil {
+				h.log.Warn("queued message without its body, skipped", "client_id", id, "seq", seq)
+				b.delete(append([]byte(nil), key...))
+				return nil
+			}
+			if (body.Expiry > 0 && body.Expiry < now) || (maxExpiry > 0 && now-body.Created > maxExpiry) {
+				b.delete(append([]byte(nil), key...))
+				return nil
+			}
+			pk = body.packet()
+			pk.FixedHeader.Qos = rec.Qos
+			pk.FixedHeader.Retain = rec.Retain
+			pk.Properties.SubscriptionIdentifier = rec.SubIDs
+		case refPubrel:
+			pk = packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, Created: now}
+		case refPubrec:
+			pk = packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, Created: now}
+		}
+		pk.PacketID = rec.PacketID
+		perClient[id] = append(perClient[id], loaded{seq: seq, rec: rec, pk: pk})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load queues: %w", err)
+	}
+
+	var restored int64
+	for id, list := range perClient {
+		cl, ok := h.srv.Clients.Get(id)
+		ss := h.sessions[id]
+		if !ok || ss == nil {
+			for _, l := range list {
+				b.delete(queueKey(id, l.seq))
+			}
+			continue
+		}
+		// Keep stored packet ids (the client may hold QoS 2 state for them);
+		// give queued messages that never got one, or clash, a free id.
+		used := make(map[uint16]bool, len(list))
+		var free uint16
+		for i := range list {
+			l := &list[i]
+			if l.pk.PacketID != 0 && !used[l.pk.PacketID] {
+				used[l.pk.PacketID] = true
+				l.pk.FixedHeader.Dup = l.pk.FixedHeader.Type == packets.Publish
+				continue
+			}
+			l.pk.PacketID = 0
+		}
+		for i := range list {
+			l := &list[i]
+			if l.pk.PacketID == 0 {
+				for free < math.MaxUint16 && (free == 0 || used[free]) {
+					free++
+				}
+				if used[free] || free == 0 || l.rec.State != refPublish {
+					h.log.Warn("no packet id free for a queued message, dropped", "client_id", id, "seq", l.seq)
+					b.delete(queueKey(id, l.seq))
+					continue
+				}
+				used[free] = true
+				l.pk.PacketID = free
+				l.rec.PacketID = free
+				b.set(queueKey(id, l.seq), l.rec.appendTo)
+			}
+			ss.entries[l.pk.PacketID] = &entry{seq: l.seq, msgID: l.rec.MsgID, state: l.rec.State, created: l.pk.Created}
+			if l.rec.MsgID != 0 {
+				h.refs[l.rec.MsgID]++
+			}
+			cl.State.Inflight.Set(l.pk)
+			restored++
+		}
+	}
+	atomic.AddInt64(&h.srv.Info.Inflight, restored)
+	for id := range bodies {
+		if h.refs[id] == 0 {
+			b.delete(messageKey(id))
+		}
+	}
+	return nil, nil
+}
+
+// StoredRetainedMessages puts the unexpired retained messages straight into
+// mochi's topic index, with their absolute expiry (which mochi's
+// loadRetained would drop), deletes expired ones and returns none.
+func (h *Hook) StoredRetainedMessages() ([]storage.Message, error) {
+	now := h.now().Unix()
+	maxExpiry := h.srv.Options.Capabilities.MaximumMessageExpiryInterval
+	b := h.st.newBatch()
+	defer h.write(b, false)
+	err := h.st.scan(prefixRetained, func(key, val []byte) error {
+		rec, err := decodeMessage(val)
+		if err != nil {
+			return h.st.unreadable(key, err)
+		}
+		if (rec.Expiry > 0 && rec.Expiry < now) || (maxExpiry > 0 && now-rec.Created > maxExpiry) {
+			b.delete(append([]byte(nil), key...))
+			return nil
+		}
+		h.srv.Topics.RetainMessage(rec.packet())
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load retained: %w", err)
+	}
+	atomic.StoreInt64(&h.srv.Info.Retained, int64(h.srv.Topics.Retained.Len()))
+	return nil, nil
+}

@@ -1,0 +1,398 @@
+package persistence
+
+import (
+	"bytes"
+	"slices"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// pendingMsg is a QoS 1/2 PUBLISH between OnPublish, which stored it for the
+// persistent sessions it will reach, and OnPublished, after mochi's fan-out.
+type pendingMsg struct {
+	created int64
+	topic   string
+	payload []byte
+	msgID   uint64
+	refs    map[string]*pendingRef          // by subscriber client id
+	shared  map[string]packets.Subscription // shared-subscription members chosen
+}
+
+type pendingRef struct {
+	seq     uint64
+	claimed bool
+	pid     uint16
+}
+
+// matches says whether pk (an OnQosPublish copy or the publisher's packet)
+// is this message. A topic alias may have blanked the copy's topic.
+func (p *pendingMsg) matches(pk *packets.Packet) bool {
+	return pk.Created == p.created &&
+		(pk.TopicName == "" || pk.TopicName == p.topic) &&
+		bytes.Equal(pk.Payload, p.payload)
+}
+
+// findPendingLocked returns the pending message of origin that pk is.
+func (h *Hook) findPendingLocked(origin string, pk *packets.Packet) (*pendingMsg, int) {
+	for i, p := range h.pending[origin] {
+		if p.matches(pk) {
+			return p, i
+		}
+	}
+	return nil, -1
+}
+
+// OnPublish stores a QoS 1/2 message, once, with one queue ref for each
+// persistent session it will be delivered to, and waits for the store
+// (fsync in "always" mode) before mochi acknowledges the publisher. mochi
+// creates the subscribers' in-flight entries only after the PUBACK, so
+// OnQosPublish later maps them onto these refs. A QoS 2 message from a
+// persistent publisher also gets its PUBREC state stored in the same batch.
+//
+// If the store fails the message is refused: MQTT 5 publishers get reason
+// 0x83 (implementation specific error), MQTT 3 publishers no acknowledgement.
+func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Qos == 0 || !h.started.Load() {
+		return pk, nil
+	}
+	if !cl.Net.Inline {
+		h.dropPending(cl.ID) // left by a publish mochi abandoned before OnPublished
+	}
+	subs := h.srv.Topics.Subscribers(pk.TopicName)
+	targets := subs.Subscriptions
+	var shared map[string]packets.Subscription
+	if len(subs.Shared) > 0 {
+		shared = selectShared(subs.Shared)
+		for id, sub := range shared {
+			if cur, ok := targets[id]; ok {
+				targets[id] = cur.Merge(sub)
+			} else {
+				targets[id] = sub
+			}
+		}
+	}
+	maxQos := h.srv.Options.Capabilities.MaximumQos
+
+	b := h.st.newBatch()
+	pm := &pendingMsg{created: pk.Created, topic: pk.TopicName, payload: pk.Payload, shared: shared}
+	h.mu.Lock()
+	for id, sub := range targets {
+		if sub.NoLocal && id == cl.ID {
+			continue
+		}
+		qos := min(pk.FixedHeader.Qos, sub.Qos, maxQos)
+		if qos == 0 || h.sessions[id] == nil {
+			continue
+		}
+		if pm.refs == nil {
+			pm.refs = make(map[string]*pendingRef, len(targets))
+			pm.msgID = h.st.nextSeq()
+		}
+		ref := &pendingRef{seq: h.st.nextSeq()}
+		pm.refs[id] = ref
+		rec := refRec{State: refPublish, Qos: qos, MsgID: pm.msgID}
+		b.set(b.queueKey(id, ref.seq), rec.appendTo)
+	}
+	if pm.refs != nil {
+		h.refs[pm.msgID] = int32(len(pm.refs))
+		h.pending[cl.ID] = append(h.pending[cl.ID], pm)
+		var body msgRec
+		body.fromPacket(&pk)
+		b.set(b.messageKey(pm.msgID), body.appendTo)
+	}
+	if ss := h.sessions[cl.ID]; ss != nil && pk.FixedHeader.Qos == 2 && !cl.Net.Inline {
+		// The PUBREC mochi is about to send: after a restart the publisher's
+		// PUBREL must find it, or a resent PUBLISH would be delivered twice.
+		h.removeEntryLocked(cl.ID, ss, pk.PacketID, b)
+		e := &entry{seq: h.st.nextSeq(), state: refPubrec, created: pk.Created}
+		ss.entries[pk.PacketID] = e
+		rec := refRec{State: refPubrec, Qos: 2, PacketID: pk.PacketID}
+		b.set(b.queueKey(cl.ID, e.seq), rec.appendTo)
+	}
+	h.mu.Unlock()
+	if len(b.ops) == 0 {
+		h.st.putBatch(b)
+		return pk, nil
+	}
+	if err := h.st.apply(b); err != nil {
+		h.log.Error("message not stored, publish refused", "client_id", cl.ID, "topic", pk.TopicName, "err", err)
+		h.dropPendingMsg(cl.ID, pm)
+		if cl.Properties.ProtocolVersion == 5 {
+			return pk, packets.ErrImplementationSpecificError
+		}
+		return pk, packets.ErrRejectPacket
+	}
+	return pk, nil
+}
+
+// selectShared picks one member of each shared group, merged per client as
+// mochi's Subscribers.SelectShared does.
+func selectShared(groups map[string]map[string]packets.Subscription) map[string]packets.Subscription {
+	out := make(map[string]packets.Subscription, len(groups))
+	for _, members := range groups {
+		for id, sub := range members {
+			cur, ok := out[id]
+			if !ok {
+				cur = sub
+			}
+			out[id] = cur.Merge(sub)
+			break
+		}
+	}
+	return out
+}
+
+// OnSelectSubscribers makes mochi deliver a shared-subscription message to
+// the members OnPublish stored it for.
+func (h *Hook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *mqtt.Subscribers {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if p, _ := h.findPendingLocked(pk.Origin, &pk); p != nil && p.shared != nil {
+		subs.SharedSelected = make(map[string]packets.Subscription, len(p.shared))
+		for id, sub := range p.shared {
+			subs.SharedSelected[id] = sub
+		}
+	}
+	return subs
+}
+
+// OnQosPublish maps mochi's packet id for a subscriber onto the ref stored
+// by OnPublish and records the id; a PUBLISH that OnPublish did not store
+// (a retained message sent on subscribe, a will) is stored now. Resends of
+// known packets write nothing.
+func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
+	if pk.FixedHeader.Type != packets.Publish {
+		return // PUBACK is transient, PUBREC was stored by OnPublish, PUBREL is a resend
+	}
+	b := h.st.newBatch()
+	h.mu.Lock()
+	ss := h.sessions[cl.ID]
+	if ss == nil || takenOver(cl) {
+		h.mu.Unlock()
+		h.st.putBatch(b)
+		return
+	}
+	if e := ss.entries[pk.PacketID]; e != nil && pk.FixedHeader.Dup {
+		h.mu.Unlock()
+		h.st.putBatch(b)
+		return
+	}
+	var seq, msgID uint64
+	if p, _ := h.findPendingLocked(pk.Origin, &pk); p != nil && p.refs[cl.ID] != nil && !p.refs[cl.ID].claimed {
+		ref := p.refs[cl.ID]
+		ref.claimed, ref.pid = true, pk.PacketID
+		seq, msgID = ref.seq, p.msgID
+	} else {
+		seq, msgID = h.st.nextSeq(), h.st.nextSeq()
+		h.refs[msgID] = 1
+		var body msgRec
+		body.fromPacket(&pk)
+		b.set(b.messageKey(msgID), body.appendTo)
+	}
+	// mochi replaced whatever it had under this id; so do we.
+	h.removeEntryLocked(cl.ID, ss, pk.PacketID, b)
+	ss.entries[pk.PacketID] = &entry{seq: seq, msgID: msgID, state: refPublish, created: pk.Created}
+	rec := refRec{
+		State:    refPublish,
+		Qos:      pk.FixedHeader.Qos,
+		Retain:   pk.FixedHeader.Retain,
+		PacketID: pk.PacketID,
+		MsgID:    msgID,
+		SubIDs:   pk.Properties.SubscriptionIdentifier,
+	}
+	b.set(b.queueKey(cl.ID, seq), rec.appendTo)
+	h.mu.Unlock()
+	// The packet id only matters for a QoS 2 message the client may already
+	// have received: with it, a resend after a crash is recognised as one.
+	h.write(b, h.st.always && pk.FixedHeader.Qos == 2 && !cl.Closed())
+}
+
+// OnPublished deletes the refs of subscribers mochi did not deliver to after
+// all (ACL, full in-flight window, packet ids exhausted, a hook ignoring the
+// message): without this they would be delivered after a restart.
+func (h *Hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
+	if pk.FixedHeader.Qos == 0 {
+		return
+	}
+	h.mu.Lock()
+	p, i := h.findPendingLocked(cl.ID, &pk)
+	if p == nil {
+		h.mu.Unlock()
+		return
+	}
+	h.removePendingLocked(cl.ID, i)
+	b := h.st.newBatch()
+	h.releaseUnclaimedLocked(p, b)
+	h.mu.Unlock()
+	h.write(b, false)
+}
+
+func (h *Hook) removePendingLocked(origin string, i int) {
+	list := slices.Delete(h.pending[origin], i, i+1)
+	if len(list) == 0 {
+		delete(h.pending, origin)
+	} else {
+		h.pending[origin] = list
+	}
+}
+
+func (h *Hook) releaseUnclaimedLocked(p *pendingMsg, b *batch) {
+	for id, ref := range p.refs {
+		if !ref.claimed {
+			b.delete(b.queueKey(id, ref.seq))
+			h.releaseBodyLocked(p.msgID, b)
+		}
+	}
+}
+
+// dropPending releases every pending message of origin.
+func (h *Hook) dropPending(origin string) {
+	h.mu.Lock()
+	list := h.pending[origin]
+	if len(list) == 0 {
+		h.mu.Unlock()
+		return
+	}
+	delete(h.pending, origin)
+	b := h.st.newBatch()
+	for _, p := range list {
+		h.releaseUnclaimedLocked(p, b)
+	}
+	h.mu.Unlock()
+	h.write(b, false)
+}
+
+func (h *Hook) dropPendingMsg(origin string, pm *pendingMsg) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if i := slices.Index(h.pending[origin], pm); i >= 0 {
+		h.removePendingLocked(origin, i)
+	}
+	if pm.refs != nil {
+		delete(h.refs, pm.msgID)
+	}
+}
+
+// OnPublishDropped deletes the record of a message mochi dropped because
+// the subscriber's outbound queue was full (mochi rolls back its in-flight
+// entry and never resends it).
+func (h *Hook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
+	if pk.FixedHeader.Qos == 0 {
+		return
+	}
+	b := h.st.newBatch()
+	h.mu.Lock()
+	if ss := h.sessions[cl.ID]; ss != nil {
+		if p, _ := h.findPendingLocked(pk.Origin, &pk); p != nil {
+			if ref := p.refs[cl.ID]; ref != nil && ref.claimed {
+				h.removeEntryLocked(cl.ID, ss, ref.pid, b)
+			}
+		}
+	}
+	h.mu.Unlock()
+	h.write(b, false)
+}
+
+// OnQosComplete deletes the record of a finished QoS flow (PUBACK, PUBCOMP
+// from a subscriber; PUBREL from a publisher).
+func (h *Hook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) { h.forget(cl, pk.PacketID) }
+
+// OnQosDropped deletes the record of an expired or abandoned QoS flow.
+func (h *Hook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) { h.forget(cl, pk.PacketID) }
+
+func (h *Hook) forget(cl *mqtt.Client, pid uint16) {
+	if takenOver(cl) {
+		return // mochi clears the old client after copying its flows to the new one
+	}
+	b := h.st.newBatch()
+	h.mu.Lock()
+	if ss := h.sessions[cl.ID]; ss != nil {
+		h.removeEntryLocked(cl.ID, ss, pid, b)
+	}
+	h.mu.Unlock()
+	h.write(b, false)
+}
+
+// OnPacketProcessed records a subscriber's PUBREC: the QoS 2 flow now waits
+// for PUBCOMP and the message body is no longer needed for it.
+func (h *Hook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, err error) {
+	if pk.FixedHeader.Type != packets.Pubrec || err != nil {
+		return
+	}
+	if cur, ok := cl.State.Inflight.Get(pk.PacketID); !ok || cur.FixedHeader.Type != packets.Pubrel {
+		return
+	}
+	b := h.st.newBatch()
+	h.mu.Lock()
+	if ss := h.sessions[cl.ID]; ss != nil {
+		if e := ss.entries[pk.PacketID]; e != nil && e.state == refPublish {
+			h.releaseBodyLocked(e.msgID, b)
+			e.state, e.msgID = refPubrel, 0
+			rec := refRec{State: refPubrel, Qos: 2, PacketID: pk.PacketID}
+			b.set(b.queueKey(cl.ID, e.seq), rec.appendTo)
+		}
+	}
+	h.mu.Unlock()
+	h.write(b, false)
+}
+
+// orderForResendLocked works around mochi resending a session's in-flight
+// messages sorted by uint16(Created): it rewrites Created of the old
+// client's packets, which mochi copies into the new one, so that this sort
+// follows the queue order. The values only grow (a message is never expired
+// early by them) and OnSessionEstablished restores the real ones.
+func (h *Hook) orderForResendLocked(id string, ss *session) {
+	if len(ss.entries) == 0 {
+		return
+	}
+	old, ok := h.srv.Clients.Get(id)
+	if !ok || !old.Closed() {
+		return // a live takeover: leave a running session alone
+	}
+	type item struct {
+		pk  packets.Packet
+		seq uint64
+	}
+	var items []item
+	for _, pk := range old.State.Inflight.GetAll(false) {
+		if e := ss.entries[pk.PacketID]; e != nil {
+			items = append(items, item{pk, e.seq})
+		}
+	}
+	if len(items) < 2 || len(items) > 1<<15 {
+		return
+	}
+	slices.SortFunc(items, func(a, b item) int { return cmpU64(a.seq, b.seq) })
+	// Consecutive values from the newest real Created up: never earlier
+	// than a message's own time, and in the order of the queue.
+	var base int64
+	for _, it := range items {
+		base = max(base, it.pk.Created)
+	}
+	if base>>16 != (base+int64(len(items))-1)>>16 {
+		base = (base>>16 + 1) << 16 // keep the run clear of the uint16 wrap
+	}
+	created := make([]int64, len(items))
+	for i := range items {
+		created[i] = base + int64(i)
+	}
+	ss.tweaked = ss.tweaked[:0]
+	for i, it := range items {
+		if it.pk.Created != created[i] {
+			it.pk.Created = created[i]
+			old.State.Inflight.Set(it.pk)
+		}
+		ss.tweaked = append(ss.tweaked, it.pk.PacketID)
+	}
+}
+
+func cmpU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}

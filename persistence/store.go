@@ -1,0 +1,593 @@
+package persistence
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
+)
+
+// maxBatchRequests caps how many requests one group commit takes, so one
+// transaction stays well under Badger's size limit in the common case.
+const maxBatchRequests = 1024
+
+// queueSize is how many requests may wait for the writer before writers
+// block (backpressure).
+const queueSize = 4096
+
+// Store is Ferry's Badger store. All writes go through one writer goroutine
+// that commits whatever requests are waiting as one transaction and, in
+// "always" mode, fsyncs once for all of them (group commit).
+//
+// A Store is safe for concurrent use. Open starts its goroutines; Close
+// stops them and must be called exactly when the broker no longer writes.
+type Store struct {
+	cfg    Config
+	log    *slog.Logger
+	db     *badger.DB
+	always bool
+
+	// reqs is buffered so that writers not waiting for their batch do not
+	// wait for the writer's current fsync either. mu makes "closing" and
+	// a send into reqs atomic with respect to Close.
+	reqs    chan *batch
+	mu      sync.RWMutex
+	closing bool
+	quit    chan struct{}
+	wg      sync.WaitGroup
+
+	closeOnce sync.Once
+	closeErr  error
+	closed    atomic.Bool
+
+	seq  atomic.Uint64
+	pool sync.Pool
+
+	batches, records, fsyncs, fsyncNanos, failures atomic.Uint64
+	queued                                         atomic.Int64
+}
+
+// Stats are cumulative counters of the store since Open, for metrics.
+type Stats struct {
+	Batches      uint64        // transactions committed by the writer
+	Records      uint64        // operations (set, delete, delete-prefix) in them
+	Fsyncs       uint64        // explicit fsyncs (db.Sync)
+	FsyncTime    time.Duration // sum of fsync latencies
+	Failures     uint64        // batches whose commit or fsync failed
+	QueueDepth   int64         // requests waiting for the writer now
+	SyncAlways   bool          // whether acknowledged writes are fsynced first
+	SyncInterval time.Duration // fsync period in "batch" mode
+}
+
+// Open validates cfg (after WithDefaults), opens or creates the data
+// directory and starts the writer and garbage-collection goroutines.
+//
+// Open fails, and never repairs or wipes anything, if the directory is
+// locked by another process (ErrLocked), unreadable or corrupt
+// (ErrUnreadable), or written by a newer Ferry (ErrNewerSchema); the error
+// names the directory and what to do. A nil logger discards logs.
+func Open(cfg Config, logger *slog.Logger) (*Store, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("persistence: invalid config: %w", err)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
+		return nil, fmt.Errorf("persistence: create data dir %s: %w", cfg.Dir, err)
+	}
+	opts := badger.DefaultOptions(cfg.Dir).
+		WithLogger(badgerLogger{logger}).
+		// Durability is decided by this package (one db.Sync per batch),
+		// not per transaction: SyncWrites fsyncs every commit separately.
+		WithSyncWrites(false).
+		// Only the writer goroutine writes; there is nothing to conflict.
+		WithDetectConflicts(false).
+		WithNumVersionsToKeep(1).
+		// Catch a corrupt table when it is opened rather than on first read.
+		WithChecksumVerificationMode(options.OnTableRead).
+		WithMemTableSize(16 << 20).
+		WithBlockCacheSize(32 << 20).
+		WithNumCompactors(2).
+		// Smaller value-log files let GC reclaim space in smaller steps.
+		WithValueLogFileSize(64 << 20)
+	if err := checkTables(cfg.Dir); err != nil {
+		return nil, openError(cfg.Dir, err)
+	}
+	db, err := openBadger(opts)
+	if err != nil {
+		return nil, openError(cfg.Dir, err)
+	}
+	s := &Store{
+		cfg:    cfg,
+		log:    logger,
+		db:     db,
+		always: cfg.Sync == SyncAlways,
+		reqs:   make(chan *batch, queueSize),
+		quit:   make(chan struct{}),
+	}
+	s.pool.New = func() any { return &batch{done: make(chan error, 1)} }
+	if err := s.checkSchema(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	if err := s.loadSequence(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	if cfg.Sync == SyncNone {
+		logger.Warn("storage.sync is none: acknowledged messages are not fsynced and a power loss can lose them", "dir", cfg.Dir)
+	}
+	s.wg.Add(2)
+	go s.writer()
+	go s.gcLoop()
+	return s, nil
+}
+
+// openBadger turns a panic inside Badger (seen on some garbage table files)
+// into an error, so a corrupt directory stops startup with a message.
+func openBadger(opts badger.Options) (db *badger.DB, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("badger panicked while opening: %v", r)
+		}
+	}()
+	return badger.Open(opts)
+}
+
+func openError(dir string, err error) error {
+	if strings.Contains(err.Error(), "Another process is using this Badger database") {
+		return fmt.Errorf("%w: %s (is another ferry running with storage.dir %s? stop it or choose another dir): %w", ErrLocked, dir, dir, err)
+	}
+	return fmt.Errorf("%w: %s: %w; Ferry does not repair or wipe it: check its permissions and free disk space, "+
+		"or restore it from a backup, or move it aside to start with an empty store (its sessions, queued and retained messages are then lost)",
+		ErrUnreadable, dir, err)
+}
+
+// unreadable wraps a bad record found after Open.
+func (s *Store) unreadable(key []byte, err error) error {
+	return fmt.Errorf("%w: %s: record %q: %w; Ferry does not repair or wipe it: restore the dir from a backup, "+
+		"or move it aside to start with an empty store", ErrUnreadable, s.cfg.Dir, key, err)
+}
+
+func (s *Store) checkSchema() error {
+	var version uint64
+	err := s.db.Update(func(txn *badger.Txn) error {
+		item, err := txn.Get([]byte(keySchema))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			it := txn.NewIterator(badger.IteratorOptions{})
+			it.Rewind()
+			nonEmpty := it.Valid()
+			it.Close()
+			if nonEmpty {
+				return fmt.Errorf("%w: %s holds data but no %q key: it is not a Ferry store; point storage.dir elsewhere", ErrUnreadable, s.cfg.Dir, keySchema)
+			}
+			version = schemaVersion
+			return txn.Set([]byte(keySchema), binary.AppendUvarint(nil, schemaVersion))
+		}
+		if err != nil {
+			return openError(s.cfg.Dir, err)
+		}
+		return item.Value(func(v []byte) error {
+			n, k := binary.Uvarint(v)
+			if k <= 0 || k != len(v) || n == 0 {
+				return s.unreadable([]byte(keySchema), fmt.Errorf("bad schema version bytes %x", v))
+			}
+			version = n
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	if version > schemaVersion {
+		return fmt.Errorf("%w: %s has schema version %d but this Ferry reads up to %d: run the newer Ferry that wrote it", ErrNewerSchema, s.cfg.Dir, version, schemaVersion)
+	}
+	// A fresh directory: make the schema key durable before anything else.
+	return s.db.Sync()
+}
+
+// loadSequence sets the id/sequence counter above every id on disk, so ids
+// stay unique and queue order (by sequence) survives restarts.
+func (s *Store) loadSequence() error {
+	var max uint64
+	err := s.db.View(func(txn *badger.Txn) error {
+		for _, prefix := range []string{prefixQueue, prefixMessage} {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix)})
+			for it.Rewind(); it.Valid(); it.Next() {
+				key := it.Item().Key()
+				var seq uint64
+				var err error
+				if prefix == prefixQueue {
+					_, seq, err = parseQueueKey(key)
+				} else {
+					seq, err = parseMessageKey(key)
+				}
+				if err != nil {
+					it.Close()
+					return s.unreadable(key, err)
+				}
+				max = maxU64(max, seq)
+			}
+			it.Close()
+		}
+		return nil
+	})
+	s.seq.Store(max)
+	return err
+}
+
+func maxU64(a, b uint64) uint64 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+// nextSeq returns a new id, increasing across restarts.
+func (s *Store) nextSeq() uint64 { return s.seq.Add(1) }
+
+// Ready returns nil while the store is open, ErrClosed after Close.
+func (s *Store) Ready() error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	return nil
+}
+
+// Stats returns the store's counters.
+func (s *Store) Stats() Stats {
+	return Stats{
+		Batches:      s.batches.Load(),
+		Records:      s.records.Load(),
+		Fsyncs:       s.fsyncs.Load(),
+		FsyncTime:    time.Duration(s.fsyncNanos.Load()),
+		Failures:     s.failures.Load(),
+		QueueDepth:   s.queued.Load(),
+		SyncAlways:   s.always,
+		SyncInterval: s.cfg.SyncInterval,
+	}
+}
+
+// Dir returns the data directory.
+func (s *Store) Dir() string { return s.cfg.Dir }
+
+// Close commits what is queued, fsyncs, stops the goroutines and closes
+// Badger. It is idempotent; writes after Close fail with ErrClosed.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		s.mu.Lock() // waits for sends in progress; later writes see closing
+		s.closing = true
+		s.mu.Unlock()
+		close(s.quit)
+		s.wg.Wait()
+		s.closeErr = s.db.Close()
+		if s.closeErr != nil {
+			s.closeErr = fmt.Errorf("persistence: close %s: %w", s.cfg.Dir, s.closeErr)
+		}
+	})
+	return s.closeErr
+}
+
+// Operations in a batch.
+const (
+	opSet byte = iota
+	opDelete
+	opDeletePrefix
+)
+
+type op struct {
+	kind     byte
+	key, val []byte
+}
+
+// batch is one writer request: operations applied in order, in the same
+// transaction as the requests committed with it. Values are encoded into buf
+// so a pooled batch allocates nothing in the steady state.
+type batch struct {
+	ops  []op
+	buf  []byte
+	wait bool
+	done chan error
+}
+
+func (s *Store) newBatch() *batch { return s.pool.Get().(*batch) }
+
+func (s *Store) putBatch(b *batch) {
+	for i := range b.ops {
+		b.ops[i] = op{}
+	}
+	b.ops, b.buf, b.wait = b.ops[:0], b.buf[:0], false
+	if cap(b.buf) > 1<<20 { // do not pin one huge payload's buffer forever
+		b.buf = nil
+	}
+	s.pool.Put(b)
+}
+
+// copyBytes stores v in the batch's buffer. Earlier slices stay valid when
+// buf grows: they keep the old array, which append never writes again.
+func (b *batch) copyBytes(v []byte) []byte {
+	start := len(b.buf)
+	b.buf = append(b.buf, v...)
+	return b.buf[start:len(b.buf):len(b.buf)]
+}
+
+// queueKey and messageKey build keys in the batch's buffer (no allocation).
+func (b *batch) queueKey(client string, seq uint64) []byte {
+	start := len(b.buf)
+	b.buf = append(b.buf, prefixQueue...)
+	b.buf = binary.BigEndian.AppendUint16(b.buf, uint16(len(client)))
+	b.buf = append(b.buf, client...)
+	b.buf = binary.BigEndian.AppendUint64(b.buf, seq)
+	return b.buf[start:len(b.buf):len(b.buf)]
+}
+
+func (b *batch) messageKey(id uint64) []byte {
+	start := len(b.buf)
+	b.buf = append(b.buf, prefixMessage...)
+	b.buf = binary.BigEndian.AppendUint64(b.buf, id)
+	return b.buf[start:len(b.buf):len(b.buf)]
+}
+
+func (b *batch) set(key []byte, encode func([]byte) []byte) {
+	start := len(b.buf)
+	b.buf = encode(b.buf)
+	b.ops = append(b.ops, op{kind: opSet, key: key, val: b.buf[start:len(b.buf):len(b.buf)]})
+}
+
+func (b *batch) setRaw(key, val []byte) {
+	b.ops = append(b.ops, op{kind: opSet, key: key, val: b.copyBytes(val)})
+}
+
+func (b *batch) delete(key []byte) { b.ops = append(b.ops, op{kind: opDelete, key: key}) }
+
+func (b *batch) deletePrefix(prefix []byte) {
+	b.ops = append(b.ops, op{kind: opDeletePrefix, key: prefix})
+}
+
+// write hands b to the writer. With wait it returns once b is committed and,
+// in "always" mode, fsynced; b is then the caller's to reuse or release.
+// Without wait it returns at once (unless queueSize requests are waiting)
+// and the writer releases b; errors are then only logged. Requests are committed in the order write is called
+// from one goroutine.
+func (s *Store) write(b *batch, wait bool) error {
+	if len(b.ops) == 0 {
+		if !wait {
+			s.putBatch(b)
+		}
+		return nil
+	}
+	b.wait = wait
+	s.mu.RLock()
+	if s.closing {
+		s.mu.RUnlock()
+		if !wait {
+			s.putBatch(b)
+		}
+		return ErrClosed
+	}
+	s.queued.Add(1)
+	s.reqs <- b
+	s.mu.RUnlock()
+	if !wait {
+		return nil
+	}
+	return <-b.done
+}
+
+// apply writes b, waits, and releases it.
+func (s *Store) apply(b *batch) error {
+	err := s.write(b, true)
+	s.putBatch(b)
+	return err
+}
+
+// writer is the only goroutine writing to Badger.
+func (s *Store) writer() {
+	defer s.wg.Done()
+	var tick <-chan time.Time
+	if s.cfg.Sync == SyncBatch {
+		t := time.NewTicker(s.cfg.SyncInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	pending := make([]*batch, 0, maxBatchRequests)
+	dirty := false
+	for {
+		select {
+		case b := <-s.reqs:
+			pending = append(pending[:0], b)
+			pending = s.drain(pending)
+			s.commit(pending)
+			dirty = true
+		case <-tick:
+			if dirty {
+				// Crash before this Sync: commits of the last interval may be
+				// lost (they were acknowledged). After it: they are on disk.
+				_ = s.sync()
+				dirty = false
+			}
+		case <-s.quit:
+			for {
+				pending = s.drain(pending[:0])
+				if len(pending) == 0 {
+					break
+				}
+				s.commit(pending)
+			}
+			// Crash before this Sync: as for the ticker above; after it all
+			// committed data is on disk and Close only tidies up.
+			_ = s.sync()
+			return
+		}
+	}
+}
+
+func (s *Store) drain(pending []*batch) []*batch {
+	for len(pending) < maxBatchRequests {
+		select {
+		case b := <-s.reqs:
+			pending = append(pending, b)
+		default:
+			return pending
+		}
+	}
+	return pending
+}
+
+// commit applies the requests in one transaction (more only if Badger says
+// it is too big), fsyncs in "always" mode, then releases every request.
+func (s *Store) commit(reqs []*batch) {
+	s.queued.Add(-int64(len(reqs)))
+	err := s.commitTxn(reqs)
+	if err == nil && s.always {
+		// Crash before this Sync: the batch may be lost, but no caller was
+		// released, so nothing in it was acknowledged. After it: the batch
+		// is on disk and the callers acknowledge.
+		err = s.sync()
+	}
+	if err != nil {
+		s.failures.Add(1)
+		s.log.Error("storage write failed", "dir", s.cfg.Dir, "requests", len(reqs), "err", err)
+	}
+	for _, b := range reqs {
+		if b.wait {
+			b.done <- err
+		} else {
+			s.putBatch(b)
+		}
+	}
+}
+
+func (s *Store) commitTxn(reqs []*batch) error {
+	txn := s.db.NewTransaction(true)
+	defer func() { txn.Discard() }()
+	n := 0
+	var keys [][]byte
+	for _, b := range reqs {
+		for _, o := range b.ops {
+			n++
+			if o.kind == opDeletePrefix {
+				keys = keys[:0]
+				it := txn.NewIterator(badger.IteratorOptions{Prefix: o.key})
+				for it.Rewind(); it.Valid(); it.Next() {
+					keys = append(keys, it.Item().KeyCopy(nil))
+				}
+				it.Close()
+				for _, k := range keys {
+					if err := s.txnDo(&txn, op{kind: opDelete, key: k}); err != nil {
+						return err
+					}
+				}
+				continue
+			}
+			if err := s.txnDo(&txn, o); err != nil {
+				return err
+			}
+		}
+	}
+	if err := txn.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	s.batches.Add(1)
+	s.records.Add(uint64(n))
+	return nil
+}
+
+// txnDo applies o, committing and starting a new transaction if the current
+// one is full. A batch split that way is not atomic; callers never rely on
+// atomicity across records (see doc.go).
+func (s *Store) txnDo(txn **badger.Txn, o op) error {
+	do := func(t *badger.Txn) error {
+		if o.kind == opSet {
+			return t.Set(o.key, o.val)
+		}
+		return t.Delete(o.key)
+	}
+	err := do(*txn)
+	if !errors.Is(err, badger.ErrTxnTooBig) {
+		return err
+	}
+	if err := (*txn).Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	s.batches.Add(1)
+	*txn = s.db.NewTransaction(true)
+	return do(*txn)
+}
+
+func (s *Store) sync() error {
+	start := time.Now()
+	err := s.db.Sync()
+	s.fsyncNanos.Add(uint64(time.Since(start)))
+	s.fsyncs.Add(1)
+	if err != nil {
+		return fmt.Errorf("fsync %s: %w", s.cfg.Dir, err)
+	}
+	return nil
+}
+
+func (s *Store) gcLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.GCInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case <-t.C:
+			for s.db.RunValueLogGC(s.cfg.GCDiscardRatio) == nil {
+				select {
+				case <-s.quit:
+					return
+				default:
+				}
+			}
+		}
+	}
+}
+
+// scan calls fn for every key with prefix, in key order, in one read
+// transaction. key and val are only valid during the call.
+func (s *Store) scan(prefix string, fn func(key, val []byte) error) error {
+	return s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix), PrefetchValues: true, PrefetchSize: 64})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			item := it.Item()
+			val, err := item.ValueCopy(nil)
+			if err != nil {
+				return s.unreadable(item.Key(), err)
+			}
+			if err := fn(item.Key(), val); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// badgerLogger sends Badger's logs to slog; its chatty info goes to debug.
+type badgerLogger struct{ l *slog.Logger }
+
+func (b badgerLogger) Errorf(f string, v ...any) { b.l.Error(trimf(f, v...), "component", "badger") }
+func (b badgerLogger) Warningf(f string, v ...any) {
+	b.l.Warn(trimf(f, v...), "component", "badger")
+}
+func (b badgerLogger) Infof(f string, v ...any)  { b.l.Debug(trimf(f, v...), "component", "badger") }
+func (b badgerLogger) Debugf(f string, v ...any) { b.l.Debug(trimf(f, v...), "component", "badger") }
+
+func trimf(f string, v ...any) string {
+	return string(bytes.TrimSpace([]byte(fmt.Sprintf(f, v...))))
+}

@@ -1,0 +1,309 @@
+package persistence
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  Config
+		want []string // substrings; none means valid
+	}{
+		{"defaults", Config{Dir: "d"}, nil},
+		{"all modes", Config{Dir: "d", Sync: SyncNone}, nil},
+		{"no dir", Config{}, []string{"dir: must not be empty"}},
+		{"bad sync", Config{Dir: "d", Sync: "sometimes"}, []string{`sync: must be one of always, batch, none, got "sometimes"`}},
+		{"bad interval", Config{Dir: "d", SyncInterval: time.Hour}, []string{"sync_interval: 1h0m0s is outside"}},
+		{"negative gc", Config{Dir: "d", GCInterval: -time.Second}, []string{"gc_interval: -1s is less than allowed 1s"}},
+		{"bad ratio", Config{Dir: "d", GCDiscardRatio: 1}, []string{"gc_discard_ratio: 1 must be"}},
+		{"several", Config{Sync: "x", GCDiscardRatio: -1}, []string{"dir:", "sync:", "gc_discard_ratio:"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.cfg.WithDefaults().Validate()
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+	if (Config{}).WithDefaults() != (Config{Sync: SyncBatch, SyncInterval: 100 * time.Millisecond, GCInterval: 5 * time.Minute, GCDiscardRatio: 0.5}) {
+		t.Fatalf("defaults: %+v", Config{}.WithDefaults())
+	}
+}
+
+func putRaw(t testing.TB, st *Store, key, val string) {
+	t.Helper()
+	b := st.newBatch()
+	b.setRaw([]byte(key), []byte(val))
+	if err := st.apply(b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readAll(t testing.TB, st *Store) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	if err := st.scan("", func(k, v []byte) error { out[string(k)] = string(v); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	delete(out, keySchema)
+	return out
+}
+
+// TestGroupCommit: concurrent writers are all released, share batches, and
+// in "always" mode every batch has exactly one fsync.
+func TestGroupCommit(t *testing.T) {
+	st := openStore(t, Config{Sync: SyncAlways})
+	base := st.Stats()
+	const writers, each = 64, 20
+	var wg sync.WaitGroup
+	errs := make(chan error, writers*each)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				b := st.newBatch()
+				b.setRaw([]byte(fmt.Sprintf("k/%03d/%03d", w, i)), []byte("v"))
+				errs <- st.apply(b)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := st.Stats()
+	batches, fsyncs := s.Batches-base.Batches, s.Fsyncs-base.Fsyncs
+	if got := s.Records - base.Records; got != writers*each {
+		t.Fatalf("records %d, want %d", got, writers*each)
+	}
+	if fsyncs != batches {
+		t.Fatalf("%d fsyncs for %d batches, want one each", fsyncs, batches)
+	}
+	if batches >= writers*each {
+		t.Fatalf("%d batches for %d concurrent writes: nothing was grouped", batches, writers*each)
+	}
+	if s.QueueDepth != 0 {
+		t.Fatalf("queue depth %d after all writes returned", s.QueueDepth)
+	}
+	if got := len(readAll(t, st)); got != writers*each {
+		t.Fatalf("%d keys stored, want %d", got, writers*each)
+	}
+	t.Logf("%d writes in %d batches, %d fsyncs, %s fsync time", writers*each, batches, fsyncs, s.FsyncTime)
+}
+
+func TestSyncModes(t *testing.T) {
+	for _, tt := range []struct {
+		mode      string
+		wantFsync bool // an fsync follows a write within a second
+	}{{SyncAlways, true}, {SyncBatch, true}, {SyncNone, false}} {
+		t.Run(tt.mode, func(t *testing.T) {
+			st := openStore(t, Config{Sync: tt.mode, SyncInterval: 5 * time.Millisecond})
+			before := st.Stats().Fsyncs
+			putRaw(t, st, "x", "1")
+			if tt.mode == SyncAlways && st.Stats().Fsyncs == before {
+				t.Fatal("always: write returned before its fsync")
+			}
+			if tt.wantFsync {
+				eventually(t, time.Second, "an fsync after a write", func() bool { return st.Stats().Fsyncs > before })
+			} else if st.Stats().Fsyncs != before {
+				t.Fatal("none: fsynced")
+			}
+		})
+	}
+}
+
+// TestCloseIdempotentAndReopen: data written then closed is there after a
+// reopen, Close twice is fine, writes after Close fail with ErrClosed.
+func TestCloseIdempotentAndReopen(t *testing.T) {
+	dir := t.TempDir()
+	st, err := Open(Config{Dir: dir}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	putRaw(t, st, "a", "1")
+	b := st.newBatch()
+	b.setRaw([]byte("b"), []byte("2"))
+	if err := st.write(b, false); err != nil { // not waited for: Close must still commit it
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatalf("second close: %v", err)
+	}
+	if err := st.Ready(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Ready after close: %v", err)
+	}
+	b = st.newBatch()
+	b.setRaw([]byte("c"), nil)
+	if err := st.apply(b); !errors.Is(err, ErrClosed) {
+		t.Fatalf("write after close: %v", err)
+	}
+	st2 := openStore(t, Config{Dir: dir})
+	if got := readAll(t, st2); len(got) != 2 || got["a"] != "1" || got["b"] != "2" {
+		t.Fatalf("after reopen: %v", got)
+	}
+	if st2.Ready() != nil {
+		t.Fatal("open store not ready")
+	}
+}
+
+// TestCrashCopy simulates kill -9: the files of a store that is still open
+// (never closed, never flushed) are copied and the copy is opened. Every
+// write acknowledged in "always" mode must be in it.
+func TestCrashCopy(t *testing.T) {
+	st := openStore(t, Config{Sync: SyncAlways})
+	for i := range 100 {
+		putRaw(t, st, fmt.Sprintf("k%03d", i), "v")
+	}
+	crashed := t.TempDir()
+	copyDir(t, st.Dir(), crashed)
+	st2 := openStore(t, Config{Dir: crashed})
+	if got := len(readAll(t, st2)); got != 100 {
+		t.Fatalf("%d of 100 acknowledged writes survived the crash", got)
+	}
+}
+
+func copyDir(t testing.TB, from, to string) {
+	t.Helper()
+	entries, err := os.ReadDir(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Name() == "LOCK" {
+			continue // held by the "crashed" process
+		}
+		data, err := os.ReadFile(filepath.Join(from, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeSparse(t, filepath.Join(to, e.Name()), data)
+	}
+}
+
+// writeSparse writes data leaving all-zero blocks as holes: Badger's
+// preallocated log files are mostly zeros.
+func writeSparse(t testing.TB, name string, data []byte) {
+	t.Helper()
+	out, err := os.Create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const block = 64 << 10
+	for off := 0; off < len(data); off += block {
+		chunk := data[off:min(off+block, len(data))]
+		if !bytes.Equal(chunk, make([]byte, len(chunk))) {
+			if _, err := out.WriteAt(chunk, int64(off)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := out.Truncate(int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSecondOpenFailsLocked(t *testing.T) {
+	st := openStore(t, Config{})
+	_, err := Open(Config{Dir: st.Dir()}, nil)
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), st.Dir()) {
+		t.Fatalf("second open: %v; want ErrLocked naming %s", err, st.Dir())
+	}
+}
+
+// TestRandomOpsMatchModel applies random sets, deletes and prefix deletes
+// through the writer, reopening now and then, and compares with a map.
+func TestRandomOpsMatchModel(t *testing.T) {
+	dir := t.TempDir()
+	rng := rand.New(rand.NewPCG(1, 2))
+	model := map[string]string{}
+	st, err := Open(Config{Dir: dir, Sync: SyncNone}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := func() string { return fmt.Sprintf("%c/%d", 'a'+rng.IntN(3), rng.IntN(40)) }
+	for round := range 20 {
+		for range 50 {
+			b := st.newBatch()
+			for range 1 + rng.IntN(5) {
+				switch k := key(); rng.IntN(10) {
+				case 0:
+					p := k[:2]
+					b.deletePrefix([]byte(p))
+					for mk := range model {
+						if strings.HasPrefix(mk, p) {
+							delete(model, mk)
+						}
+					}
+				case 1, 2, 3:
+					b.delete([]byte(k))
+					delete(model, k)
+				default:
+					v := fmt.Sprint(rng.Int())
+					b.setRaw([]byte(k), []byte(v))
+					model[k] = v
+				}
+			}
+			if err := st.write(b, rng.IntN(2) == 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if round%5 == 4 {
+			if err := st.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if st, err = Open(Config{Dir: dir, Sync: SyncNone}, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b := st.newBatch()
+		if err := st.apply(b); err != nil { // a barrier: earlier writes are committed
+			t.Fatal(err)
+		}
+		putRaw(t, st, "z/barrier", "1")
+		model["z/barrier"] = "1"
+		got := readAll(t, st)
+		if len(got) != len(model) {
+			t.Fatalf("round %d: %d keys, model has %d", round, len(got), len(model))
+		}
+		for k, v := range model {
+			if got[k] != v {
+				t.Fatalf("round %d: key %s = %q, model %q", round, k, got[k], v)
+			}
+		}
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
