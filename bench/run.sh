@@ -53,10 +53,7 @@ mkdir -p "$OUT/logs"
 work=$(mktemp -d)
 broker_pid=""
 cleanup() {
-	if [[ -n $broker_pid ]]; then
-		kill "$broker_pid" 2>/dev/null || true
-		wait "$broker_pid" 2>/dev/null || true
-	fi
+	stop_broker
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -171,9 +168,15 @@ start_broker() {
 	return 1
 }
 
+# stop_broker stops the broker, killing it if it has not exited in 10 s.
 stop_broker() {
 	if [[ -n $broker_pid ]]; then
 		kill "$broker_pid" 2>/dev/null || true
+		for _ in $(seq 100); do
+			kill -0 "$broker_pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -9 "$broker_pid" 2>/dev/null || true
 		wait "$broker_pid" 2>/dev/null || true
 		broker_pid=""
 	fi
@@ -190,7 +193,7 @@ one_run() {
 	if [[ $args == *"-scenario idle"* ]]; then
 		extra=(-broker-pid "$broker_pid" -d "$IDLE_HOLD")
 	else
-		extra=(-d "$DURATION")
+		extra=(-broker-pid "$broker_pid" -d "$DURATION")
 	fi
 	log "[$((idx + 1))/${#cases[@]}] $tag | $label | run $run"
 	# shellcheck disable=SC2086 # args is a word list by design
@@ -233,7 +236,8 @@ done
 	echo "- brokers: ${available[*]}; $(go version | cut -d' ' -f3-); $(mosquitto -h 2>/dev/null | head -1 || true)"
 	echo "- pinned: broker \`${pin_broker[*]:-none}\`, generator \`${pin_gen[*]:-none}\`; \"(unpinned)\" columns are one run without taskset"
 	echo "- cells: median (min–max) over $RUNS runs; throughput is deliveries per second at the subscribers;"
-	echo "  loss = acked (QoS 0: sent) messages never delivered after the drain; gen CPU = generator user+sys / wall / its cores"
+	echo "  loss = acked (QoS 0: sent) messages never delivered after the drain; broker CPU = its user+sys / wall (1 core = 100%);"
+	echo "  gen CPU = generator user+sys / wall / its cores: near 100% the generator, not the broker, may be the limit"
 	echo
 	"$work/bin/ferry-bench" summarize "$OUT/results.jsonl"
 	echo

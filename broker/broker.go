@@ -12,13 +12,16 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/http"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ferrymq/ferry/broker/admin"
 	"github.com/ferrymq/ferry/broker/config"
+	"github.com/ferrymq/ferry/hooks/auth"
 	"github.com/ferrymq/ferry/hooks/metrics"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
@@ -32,6 +35,7 @@ type Broker struct {
 	log       *slog.Logger
 	mochi     *mqtt.Server
 	metrics   *metrics.Hook
+	auth      *auth.Hook // nil when no auth is configured
 	registry  *prometheus.Registry
 	listeners []*listener
 	admin     *admin.Server
@@ -80,7 +84,18 @@ func New(cfg config.Config, opts ...Option) (*Broker, error) {
 
 	// Order matters: mochi runs hooks in the order they were added and
 	// stops OnPublish at the first error.
-	hooks := []mqtt.Hook{newProtocolHook(b, cfg), new(openHook), b.metrics}
+	hooks := []mqtt.Hook{newProtocolHook(b, cfg)}
+	if cfg.Auth.Enabled() {
+		ah, err := auth.New(cfg.Auth, o.logger.With("component", "auth"))
+		if err != nil {
+			return nil, fmt.Errorf("broker: %w", err)
+		}
+		b.auth = ah
+		hooks = append(hooks, ah)
+	} else {
+		hooks = append(hooks, new(openHook))
+	}
+	hooks = append(hooks, b.metrics)
 	for _, h := range hooks {
 		if err := b.mochi.AddHook(h, nil); err != nil {
 			return nil, fmt.Errorf("broker: add hook %s: %w", h.ID(), err)
@@ -105,6 +120,13 @@ func New(cfg config.Config, opts ...Option) (*Broker, error) {
 	if addr := *cfg.Admin.Addr; addr != "" {
 		b.admin = admin.New(admin.Config{Addr: addr, Token: cfg.Admin.Token, Pprof: cfg.Admin.Pprof},
 			b.Ready, b.registry, o.logger)
+		b.admin.Handle("POST /api/v1/reload", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			if err := b.Reload(); err != nil {
+				http.Error(w, "reload refused, previous rules stay: "+err.Error(), http.StatusUnprocessableEntity)
+				return
+			}
+			_, _ = w.Write([]byte("reloaded\n"))
+		}))
 	}
 	return b, nil
 }
@@ -190,9 +212,30 @@ func (b *Broker) Start(ctx context.Context) error {
 		}
 		return fmt.Errorf("broker: serve: %w", err)
 	}
+	names := make([]string, 0, len(b.listeners))
 	for _, l := range b.listeners {
 		b.log.Info("listening", "listener", l.cfg.Name, "type", l.cfg.Type, "addr", l.Address())
+		names = append(names, l.cfg.Name+"="+l.Address())
 	}
+	if b.auth == nil {
+		b.log.Warn("no authentication configured: every client may connect, publish and subscribe; see docs/security.md",
+			"listeners", strings.Join(names, ","))
+	}
+	return nil
+}
+
+// Reload re-reads the password and ACL files without dropping connections.
+// A file that does not load is refused with its error and the rules in
+// force stay.
+func (b *Broker) Reload() error {
+	if b.auth == nil {
+		return nil
+	}
+	if err := b.auth.Reload(); err != nil {
+		b.log.Error("reload refused; previous rules stay in force", "err", err)
+		return err
+	}
+	b.log.Info("reloaded password and ACL files")
 	return nil
 }
 
@@ -286,6 +329,10 @@ func (b *Broker) serveConn(l *listener, nc net.Conn, state func() *tls.Connectio
 		_ = c.Close()
 		return
 	}
+	// mochi sets no deadline before CONNECT: a socket that never sends one
+	// would be held for ever. mochi replaces this deadline with the
+	// keepalive once CONNECT is read.
+	_ = nc.SetDeadline(time.Now().Add(b.cfg.Limits.ConnectTimeout))
 	if err := establish(l.cfg.Name, c); err != nil {
 		b.log.Debug("connection ended", "listener", l.cfg.Name, "remote", nc.RemoteAddr().String(), "err", err)
 	}

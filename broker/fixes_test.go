@@ -345,3 +345,29 @@ func TestConnackAdvertisesAndEnforcesFeatures(t *testing.T) {
 		}
 	})
 }
+
+// TestSilentSocketsAreClosed: mochi waits for ever for a CONNECT; Ferry
+// closes sockets that send none within limits.connect_timeout.
+func TestSilentSocketsAreClosed(t *testing.T) {
+	b := testutil.StartBroker(t, func(c *config.Config) { c.Limits.ConnectTimeout = 300 * time.Millisecond })
+	talker := testutil.DialRaw(t, b.Addr, 4)
+	talker.Connect("talker", packets.Properties{})
+	conns := make([]net.Conn, 50)
+	for i := range conns {
+		c, err := net.Dial("tcp", b.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns[i] = c
+	}
+	for i, c := range conns {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil || os.IsTimeout(err) {
+			t.Fatalf("socket %d not closed by the broker: %v", i, err)
+		}
+	}
+	// A client that did send CONNECT is unaffected, now past the timeout.
+	talker.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+	talker.Expect(packets.Pingresp)
+}

@@ -29,7 +29,9 @@ type listener struct {
 	tlsCfg *tls.Config
 	ln     net.Listener
 	hs     *http.Server // ws and wss only
-	closed atomic.Bool
+	// establish is mochi's callback, known once Serve is called.
+	establish atomic.Pointer[listeners.EstablishFn]
+	closed    atomic.Bool
 }
 
 var _ listeners.Listener = (*listener)(nil)
@@ -64,14 +66,18 @@ func (l *listener) Init(*slog.Logger) error {
 		ln = tls.NewListener(ln, l.tlsCfg)
 	}
 	l.ln = ln
+	if l.cfg.Type == config.ListenerWS || l.cfg.Type == config.ListenerWSS {
+		l.hs = l.newHTTPServer()
+	}
 	return nil
 }
 
 // Serve accepts until the listener is closed. mochi runs it on its own
 // goroutine.
 func (l *listener) Serve(establish listeners.EstablishFn) {
-	if l.cfg.Type == config.ListenerWS || l.cfg.Type == config.ListenerWSS {
-		l.serveHTTP(establish)
+	if l.hs != nil {
+		l.establish.Store(&establish)
+		l.serveHTTP()
 		return
 	}
 	backoff := 5 * time.Millisecond
@@ -100,7 +106,21 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 	}
 }
 
-func (l *listener) serveHTTP(establish listeners.EstablishFn) {
+func (l *listener) serveHTTP() {
+	var err error
+	if l.cfg.Type == config.ListenerWSS {
+		err = l.hs.ServeTLS(l.ln, "", "")
+	} else {
+		err = l.hs.Serve(l.ln)
+	}
+	if err != nil && !errors.Is(err, http.ErrServerClosed) && !l.closed.Load() {
+		l.b.log.Error("websocket listener stopped", "listener", l.cfg.Name, "err", err)
+	}
+}
+
+// newHTTPServer upgrades requests on the configured path to MQTT over
+// WebSocket and hands them to establish.
+func (l *listener) newHTTPServer() *http.Server {
 	up := websocket.Upgrader{
 		Subprotocols: []string{"mqtt", "mqttv3.1"},
 		// Devices and dashboards connect from any origin; authentication is
@@ -109,6 +129,11 @@ func (l *listener) serveHTTP(establish listeners.EstablishFn) {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc(l.cfg.Path, func(w http.ResponseWriter, r *http.Request) {
+		establish := l.establish.Load()
+		if establish == nil {
+			http.Error(w, "not serving", http.StatusServiceUnavailable)
+			return
+		}
 		ws, err := up.Upgrade(w, r, nil)
 		if err != nil {
 			return // Upgrade has answered the client
@@ -120,19 +145,10 @@ func (l *listener) serveHTTP(establish listeners.EstablishFn) {
 		}
 		l.b.wg.Add(1)
 		defer l.b.wg.Done()
-		l.b.serveConn(l, &wsConn{Conn: ws}, state, establish)
+		l.b.serveConn(l, &wsConn{Conn: ws}, state, *establish)
 	})
-	l.hs = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(l.b.log.Handler(), slog.LevelDebug)}
-	var err error
-	if l.cfg.Type == config.ListenerWSS {
-		l.hs.TLSConfig = l.tlsCfg
-		err = l.hs.ServeTLS(l.ln, "", "")
-	} else {
-		err = l.hs.Serve(l.ln)
-	}
-	if err != nil && !errors.Is(err, http.ErrServerClosed) && !l.closed.Load() {
-		l.b.log.Error("websocket listener stopped", "listener", l.cfg.Name, "err", err)
-	}
+	return &http.Server{Handler: mux, TLSConfig: l.tlsCfg, ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(l.b.log.Handler(), slog.LevelDebug)}
 }
 
 // stopAccepting closes the socket; connections already accepted go on.

@@ -54,13 +54,15 @@
 //   - OnSubscribed / OnUnsubscribed (before SUBACK/UNSUBACK), W.
 //   - OnRetainMessage (before the PUBACK), W.
 //   - OnPublish (before the PUBACK/PUBREC), W: see below.
-//   - OnQosPublish, A (W for QoS 2 to a connected client in "always" mode):
-//     the packet id mochi chose, on the ref written by OnPublish.
-//   - OnQosComplete, OnQosDropped, OnPublishDropped, OnPublished, PUBREC
-//     from a subscriber (OnPacketProcessed), OnWillSent, OnClientExpired,
-//     OnRetainedExpired, A: deletions and state changes. Losing one in a crash
-//     means a duplicate delivery (allowed for QoS 1; for QoS 2 the client
-//     recognises the packet id), never a loss.
+//   - OnQosPublish, A (W for QoS 2 to a connected client): the packet id
+//     mochi chose, on the ref written by OnPublish.
+//   - OnPacketRead, W, for QoS 2 only: a subscriber's PUBREC (the flow now
+//     waits for PUBCOMP) before mochi sends PUBREL, and the deletion of a
+//     publisher's PUBREC state on its PUBREL before mochi sends PUBCOMP.
+//   - OnQosComplete, OnQosDropped, OnPublishDropped, OnPublished, OnWillSent,
+//     OnClientExpired, OnRetainedExpired, A: deletions. Losing one in a crash
+//     means a repeated QoS 1 delivery or a repeated PUBREL, never a loss and
+//     never a repeated QoS 2 delivery.
 //   - OnDisconnect, W: the disconnect time (session expiry counts from it),
 //     or the deletion of all keys of a session that ends.
 //
@@ -97,7 +99,11 @@
 //
 // # Not covered
 //
-// Delayed wills pending when the broker stops are not sent after a restart.
-// $SYS values are not stored. Deletions are not fsynced in "always" mode
+// $SYS values are not stored. mochi can give two concurrent publishes to
+// one subscriber the same packet id and then lose the first; the store keeps
+// it, so it is delivered after a restart (an acknowledged message mochi
+// lost, not a message mochi dropped on purpose). Messages mochi publishes
+// itself (wills, retained on subscribe) that it drops on a full outbound
+// queue are not deleted from the store. Deletions are not fsynced in "always" mode
 // before the acknowledgement that causes them.
 package persistence

@@ -99,7 +99,7 @@ var provided = []byte{
 	mqtt.OnQosPublish,
 	mqtt.OnQosComplete,
 	mqtt.OnQosDropped,
-	mqtt.OnPacketProcessed,
+	mqtt.OnPacketRead,
 	mqtt.OnWillSent,
 	mqtt.OnClientExpired,
 	mqtt.StoredClients,

@@ -183,6 +183,14 @@ func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) 
 		ref := p.refs[cl.ID]
 		ref.claimed, ref.pid = true, pk.PacketID
 		seq, msgID = ref.seq, p.msgID
+	} else if pk.TopicName == "" {
+		// mochi blanked the topic for an outbound topic alias of this
+		// connection; stored like that it could not be resent after a restart.
+		h.removeEntryLocked(cl.ID, ss, pk.PacketID, b)
+		h.mu.Unlock()
+		h.write(b, false)
+		h.log.Warn("message sent with a topic alias not stored", "client_id", cl.ID)
+		return
 	} else {
 		seq, msgID = h.st.nextSeq(), h.st.nextSeq()
 		h.refs[msgID] = 1
@@ -203,9 +211,9 @@ func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) 
 	}
 	b.set(b.queueKey(cl.ID, seq), rec.appendTo)
 	h.mu.Unlock()
-	// The packet id only matters for a QoS 2 message the client may already
-	// have received: with it, a resend after a crash is recognised as one.
-	h.write(b, h.st.always && pk.FixedHeader.Qos == 2 && !cl.Closed())
+	// The packet id only matters for a QoS 2 message the client may receive
+	// now: with it, a resend after a crash is recognised as one.
+	h.write(b, pk.FixedHeader.Qos == 2 && !cl.Closed())
 }
 
 // OnPublished deletes the refs of subscribers mochi did not deliver to after
@@ -314,27 +322,40 @@ func (h *Hook) forget(cl *mqtt.Client, pid uint16) {
 	h.write(b, false)
 }
 
-// OnPacketProcessed records a subscriber's PUBREC: the QoS 2 flow now waits
-// for PUBCOMP and the message body is no longer needed for it.
-func (h *Hook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, err error) {
-	if pk.FixedHeader.Type != packets.Pubrec || err != nil {
-		return
-	}
-	if cur, ok := cl.State.Inflight.Get(pk.PacketID); !ok || cur.FixedHeader.Type != packets.Pubrel {
-		return
+// OnPacketRead moves QoS 2 state before mochi answers, so that after a
+// crash neither side of an exactly-once flow is repeated or lost:
+//
+//   - a subscriber's PUBREC: the flow now waits for PUBCOMP and the body is
+//     no longer needed. Stored before mochi sends PUBREL: otherwise a client
+//     that completed the flow could get the PUBLISH again after a restart
+//     and take it for a new message.
+//   - a publisher's PUBREL: its PUBREC state is deleted before mochi sends
+//     PUBCOMP: otherwise, restored, it would make mochi refuse the next
+//     message that reuses the packet id.
+func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	switch pk.FixedHeader.Type {
+	case packets.Pubrec, packets.Pubrel:
+	default:
+		return pk, nil
 	}
 	b := h.st.newBatch()
 	h.mu.Lock()
 	if ss := h.sessions[cl.ID]; ss != nil {
-		if e := ss.entries[pk.PacketID]; e != nil && e.state == refPublish {
+		e := ss.entries[pk.PacketID]
+		switch {
+		case e == nil:
+		case pk.FixedHeader.Type == packets.Pubrec && e.state == refPublish && pk.ReasonCode < packets.ErrUnspecifiedError.Code:
 			h.releaseBodyLocked(e.msgID, b)
 			e.state, e.msgID = refPubrel, 0
 			rec := refRec{State: refPubrel, Qos: 2, PacketID: pk.PacketID}
 			b.set(b.queueKey(cl.ID, e.seq), rec.appendTo)
+		case pk.FixedHeader.Type == packets.Pubrel && e.state == refPubrec:
+			h.removeEntryLocked(cl.ID, ss, pk.PacketID, b)
 		}
 	}
 	h.mu.Unlock()
-	h.write(b, false)
+	h.write(b, true)
+	return pk, nil
 }
 
 // orderForResendLocked works around mochi resending a session's in-flight

@@ -307,3 +307,51 @@ func TestRandomOpsMatchModel(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestCloseWhileWriting: writers racing Close all return, with nil or
+// ErrClosed, and whatever returned nil is on disk after a reopen.
+func TestCloseWhileWriting(t *testing.T) {
+	dir := t.TempDir()
+	st, err := Open(Config{Dir: dir, Sync: SyncAlways}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var ok []string
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				k := fmt.Sprintf("w%d/%d", w, i)
+				b := st.newBatch()
+				b.setRaw([]byte(k), []byte("v"))
+				switch err := st.apply(b); {
+				case errors.Is(err, ErrClosed):
+					return
+				case err != nil:
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				ok = append(ok, k)
+				mu.Unlock()
+				if i == 20 && w == 0 {
+					go st.Close()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st2 := openStore(t, Config{Dir: dir})
+	got := readAll(t, st2)
+	for _, k := range ok {
+		if _, found := got[k]; !found {
+			t.Fatalf("acknowledged write %s missing after reopen", k)
+		}
+	}
+}

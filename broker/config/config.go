@@ -11,6 +11,8 @@ package config
 import (
 	"log/slog"
 	"time"
+
+	"github.com/ferrymq/ferry/hooks/auth"
 )
 
 // Defaults. Each is the value a field takes when the file, the environment
@@ -47,6 +49,8 @@ const (
 	// DefaultCloseLinger is how long a connection the broker closes is
 	// drained, so the client can read the DISCONNECT it was sent.
 	DefaultCloseLinger = 2 * time.Second
+	// DefaultConnectTimeout closes sockets that never complete CONNECT.
+	DefaultConnectTimeout = 10 * time.Second
 )
 
 // Storage durability modes.
@@ -75,6 +79,9 @@ type Config struct {
 	Limits Limits `yaml:"limits"`
 	// Storage is the Badger data directory and its durability.
 	Storage Storage `yaml:"storage"`
+	// Auth is authentication and authorization; see docs/security.md. With
+	// none configured Ferry lets every client in and logs a warning.
+	Auth auth.Config `yaml:"auth"`
 	// Admin is the HTTP listener for health, readiness, metrics and pprof.
 	Admin Admin `yaml:"admin"`
 	// Log sets the log level and format.
@@ -150,6 +157,9 @@ type Limits struct {
 	// CloseLinger is how long a closed connection is drained so the client
 	// can read the broker's DISCONNECT. Default 2s.
 	CloseLinger time.Duration `yaml:"close_linger"`
+	// ConnectTimeout closes a connection that has not completed CONNECT
+	// (TLS handshake included) in this time. Default 10s.
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
 }
 
 // Storage is where and how durably Ferry keeps sessions and messages.
@@ -243,6 +253,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if l.CloseLinger == 0 {
 		l.CloseLinger = DefaultCloseLinger
+	}
+	if l.ConnectTimeout == 0 {
+		l.ConnectTimeout = DefaultConnectTimeout
 	}
 	s := &c.Storage
 	if s.Dir == "" {

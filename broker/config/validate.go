@@ -76,6 +76,7 @@ func (c Config) Validate() error {
 	v.intRange("limits.read_buffer_size", l.ReadBufferSize, 256, 16<<20)
 	v.intRange("limits.write_buffer_size", l.WriteBufferSize, 256, 16<<20)
 	v.durationMin("limits.close_linger", l.CloseLinger, 0)
+	v.durationMin("limits.connect_timeout", l.ConnectTimeout, 100*time.Millisecond)
 
 	s := c.Storage
 	if strings.TrimSpace(s.Dir) == "" {
@@ -88,6 +89,9 @@ func (c Config) Validate() error {
 	}
 	v.durationMin("storage.sync_interval", s.SyncInterval, time.Millisecond)
 
+	if err := c.Auth.Validate(); err != nil {
+		v.nested("auth", err)
+	}
 	if a := *c.Admin.Addr; a != "" {
 		v.hostPort("admin.addr", a)
 	}
@@ -106,6 +110,27 @@ type validator struct{ errs []error }
 
 func (v *validator) add(path string, err error) {
 	v.errs = append(v.errs, &FieldError{Path: path, Err: err})
+}
+
+// nested adds the problems a section's own Validate found; each of their
+// texts starts with the field's path inside the section.
+func (v *validator) nested(section string, err error) {
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	for _, e := range errs {
+		path, msg, ok := strings.Cut(e.Error(), ": ")
+		if !ok || strings.ContainsAny(path, " \t") {
+			v.add(section, e)
+			continue
+		}
+		sep := "."
+		if strings.HasPrefix(path, "[") {
+			sep = ""
+		}
+		v.add(section+sep+path, errors.New(msg))
+	}
 }
 
 func (v *validator) intRange(path string, n, lo, hi int) {

@@ -83,6 +83,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&cfg.Rate, "rate", 0, "total publish rate msg/s; 0 = unlimited (latency default 2000)")
 	fs.IntVar(&cfg.Inflight, "inflight", load.DefaultInflight, "unacked QoS 1/2 publishes per publisher")
 	fs.IntVar(&cfg.Outstanding, "outstanding", load.DefaultOutstanding, "reqresp: requests awaiting response per requester")
+	fs.DurationVar(&cfg.AckDelay, "ack-delay", 0, "let subscriber acks wait up to this long to share a write (cuts generator syscalls at QoS 1/2)")
 	fs.DurationVar(&cfg.Drain, "drain", load.DefaultDrain, "wait after sending for acks and deliveries before counting loss")
 	fs.StringVar(&cfg.ClientPrefix, "id-prefix", "fb", "client id prefix")
 	fs.StringVar(&cfg.TopicPrefix, "topic-prefix", "", "topic prefix (default bench/<random>)")

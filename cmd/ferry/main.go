@@ -2,6 +2,7 @@
 //
 //	ferry [-c ferry.yaml] [--mqtt-addr :1883] [--ws-addr :8083] [--admin-addr 127.0.0.1:8080] [--data-dir ./data]
 //	ferry check -c ferry.yaml
+//	ferry passwd [--stdin] FILE USER
 //	ferry version
 //
 // Exit codes: 0 clean stop, 1 runtime failure, 2 bad configuration or usage.
@@ -27,13 +28,13 @@ import (
 var version = ""
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Environ(), os.Stdout, os.Stderr))
+	os.Exit(run(os.Args[1:], os.Environ(), os.Stdin, os.Stdout, os.Stderr))
 }
 
 // exitUsage is the exit code for bad configuration or usage.
 const exitUsage = 2
 
-func run(args, env []string, stdout, stderr io.Writer) int {
+func run(args, env []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) > 0 {
 		switch args[0] {
 		case "version":
@@ -41,6 +42,8 @@ func run(args, env []string, stdout, stderr io.Writer) int {
 			return 0
 		case "check":
 			return check(args[1:], env, stdout, stderr)
+		case "passwd":
+			return passwd(args[1:], stdin, stdout, stderr)
 		case "help", "-h", "--help":
 			usage(stdout)
 			return 0
@@ -64,6 +67,8 @@ func usage(w io.Writer) {
 Usage:
   ferry [flags]            run the broker
   ferry check -c FILE      validate a configuration file and exit
+  ferry passwd FILE USER   add or change a user in a password file
+                           (Mosquitto-compatible; --stdin reads the password)
   ferry version            print the version
 
 Flags (a flag wins over FERRY_* environment variables, which win over the file):
@@ -173,7 +178,18 @@ func serve(cfg config.Config, stderr io.Writer) int {
 		return 1
 	}
 	log.Info("ferry started", "version", versionString())
-	<-ctx.Done()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+wait:
+	for {
+		select {
+		case <-hup:
+			_ = b.Reload() // logs its outcome; a refused reload keeps the old rules
+		case <-ctx.Done():
+			break wait
+		}
+	}
 	stop() // a second signal now kills the process the default way
 	log.Info("shutting down", "timeout", cfg.Shutdown.Timeout.String())
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown.Timeout)

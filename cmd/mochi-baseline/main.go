@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
@@ -42,8 +43,20 @@ func serve(ctx context.Context, addr string) error {
 		return fmt.Errorf("serve: %w", err)
 	}
 	<-ctx.Done()
-	if err := s.Close(); err != nil {
-		return fmt.Errorf("close: %w", err)
+	// mochi's Close can wait forever on a client stuck mid-flow; a
+	// benchmark harness needs the process gone, so give it a bound.
+	done := make(chan error, 1)
+	go func() { done <- s.Close() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("close: %w", err)
+		}
+		return nil
+	case <-time.After(closeTimeout):
+		return fmt.Errorf("close: not done after %s", closeTimeout)
 	}
-	return nil
 }
+
+// closeTimeout bounds the graceful stop.
+const closeTimeout = 5 * time.Second

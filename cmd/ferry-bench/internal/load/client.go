@@ -76,12 +76,16 @@ func (r *run) clientID(role string, i int) string {
 	return fmt.Sprintf("%s-%08x-%s-%d", r.cfg.ClientPrefix, r.nonce, role, i)
 }
 
-// go runs fn in a goroutine the run waits for, recording its error.
+// goFn runs fn in a goroutine the run waits for, recording its error.
 func (r *run) goFn(fn func() error) {
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		r.fail(fn())
+		// Once the run closes its connections, write and read errors
+		// are the closing itself (e.g. a PUBCOMP racing the close).
+		if err := fn(); err != nil && !r.closing.Load() {
+			r.fail(err)
+		}
 	}()
 }
 
@@ -404,6 +408,8 @@ type subscriber struct {
 	recv     atomic.Int64 // deliveries, duplicates included
 	uniq     atomic.Int64
 	lastRecv atomic.Int64 // UnixNano of the latest delivery
+	// ackPending asks the run's ack flusher to flush this connection.
+	ackPending atomic.Bool
 	// onMessage, when set, is called for every fresh in-run delivery
 	// (the request/response responder uses it).
 	onMessage func(pk *mqttc.Packet, h Header) error
@@ -489,12 +495,44 @@ func (s *subscriber) read() error {
 		case mqttc.DISCONNECT:
 			return fmt.Errorf("subscriber %d: %w: reason %#x", s.idx, mqttc.ErrServerDiscon, pk.Reason)
 		}
-		// Acks are batched: flush only when the next Read would block.
+		// Acks are batched: written only when the next Read would block,
+		// and with an ack delay by the run's flusher, so that a
+		// subscriber receiving one message per read does not pay one
+		// write syscall per ack as well. Responses are never delayed.
 		if dirty && !s.conn.ReadBuffered() {
-			if err := s.conn.Flush(); err != nil {
+			if s.r.cfg.AckDelay > 0 && s.onMessage == nil {
+				s.ackPending.Store(true)
+			} else if err := s.conn.Flush(); err != nil {
 				return err
 			}
 			dirty = false
 		}
 	}
+}
+
+// flushAcks writes the subscribers' pending acks every cfg.AckDelay until
+// the run ends.
+func (r *run) flushAcks(subs []*subscriber) {
+	if r.cfg.AckDelay <= 0 {
+		return
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		t := time.NewTicker(r.cfg.AckDelay)
+		defer t.Stop()
+		for {
+			select {
+			case <-r.quit:
+				return
+			case <-t.C:
+			}
+			for _, s := range subs {
+				if s.ackPending.Swap(false) {
+					// A failed flush surfaces in the read loop.
+					_ = s.conn.Flush()
+				}
+			}
+		}
+	}()
 }

@@ -85,6 +85,10 @@ type Config struct {
 	Inflight int
 	// Outstanding bounds requests awaiting a response per requester.
 	Outstanding int
+	// AckDelay, when positive, lets subscribers' QoS 1/2 acks wait up to
+	// this long to be written together; 0 writes them as soon as the read
+	// buffer is empty.
+	AckDelay time.Duration
 	// Drain is how long to wait after the send phase for acks and
 	// deliveries still under way.
 	Drain time.Duration
@@ -102,7 +106,8 @@ type Config struct {
 	// Small values keep a QoS 0 publisher from queueing megabytes in the
 	// kernel that a saturated broker reads long after the run ended.
 	SendBuffer int
-	// BrokerPID, when positive, is read for VmRSS in the idle scenario.
+	// BrokerPID, when positive, is the broker process whose CPU use is
+	// reported, and whose VmRSS the idle scenario reports.
 	BrokerPID          int
 	ConnectConcurrency int
 	// Progress receives a progress line every ProgressEvery; nil disables.

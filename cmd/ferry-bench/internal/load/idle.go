@@ -21,7 +21,7 @@ func runIdle(ctx context.Context, r *run, res *Result) error {
 		}
 		res.RSSBeforeBytes = rss
 	}
-	cpu := startCPU()
+	cpu := startCPU(cfg.BrokerPID)
 	start := time.Now()
 	conns := make([]*mqttc.Conn, cfg.Clients)
 	var connected atomic.Int64
@@ -89,6 +89,7 @@ func runIdle(ctx context.Context, r *run, res *Result) error {
 	})
 	res.Alive = int(alive.Load())
 	res.GenCPU, res.GenCores = cpu.share()
+	res.BrokerCPU = cpu.brokerCores()
 	res.SendSeconds, res.WallSeconds = 0, time.Since(start).Seconds()
 	close(done)
 	return nil

@@ -3,8 +3,16 @@ package load
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"io"
 	"log/slog"
+	"math/big"
+	"net"
 	"os"
 	"testing"
 	"time"
@@ -77,6 +85,11 @@ func TestExactCounts(t *testing.T) {
 		{name: "fan-out qos1 1KiB", cfg: Config{Scenario: FanOut, QoS: 1, Subscribers: 5, Count: 300, PayloadSize: 1024}, fanout: 5},
 		{name: "latency qos1 paced", cfg: Config{Scenario: Latency, QoS: 1, Rate: 2000, Count: 200}, fanout: 1},
 		{name: "reqresp qos0", cfg: Config{Scenario: ReqResp, QoS: 0, Publishers: 4, Outstanding: 2, Count: 300}, fanout: 1},
+		{name: "pairs qos1 persistent sessions", cfg: Config{Scenario: Pairs, QoS: 1, Publishers: 3, Count: 200, Persistent: true, ClientPrefix: "persist"}, fanout: 1},
+		// Same client ids again: the sessions are resumed, and nothing
+		// left over from the previous run may be counted.
+		{name: "pairs qos1 persistent sessions resumed", cfg: Config{Scenario: Pairs, QoS: 1, Version: mqttc.V5, Publishers: 3, Count: 200, Persistent: true, ClientPrefix: "persist"}, fanout: 1},
+		{name: "fan-in qos1 ack delay", cfg: Config{Scenario: FanIn, QoS: 1, Publishers: 2, Count: 500, AckDelay: time.Millisecond}, fanout: 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -201,4 +214,78 @@ func TestConfigRejected(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestTLS(t *testing.T) {
+	cert, pool := selfSigned(t)
+	s := mqtt.New(&mqtt.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err := s.AddHook(new(auth.AllowHook), nil); err != nil {
+		t.Fatal(err)
+	}
+	l := listeners.NewTCP(listeners.Config{ID: "tls", Address: "127.0.0.1:0",
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}})
+	if err := s.AddListener(l); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+
+	tests := []struct {
+		name    string
+		tls     *tls.Config
+		wantErr bool
+	}{
+		{name: "verified by ca", tls: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}},
+		{name: "insecure", tls: &tls.Config{InsecureSkipVerify: true}},
+		{name: "unknown ca rejected", tls: &tls.Config{ServerName: "127.0.0.1"}, wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := Config{Scenario: Pairs, Addr: l.Address(), TLS: tc.tls, QoS: 1, Publishers: 2, Count: 100, Drain: 300 * time.Millisecond}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			res, err := Run(ctx, cfg)
+			if tc.wantErr {
+				if err == nil {
+					t.Fatal("want a certificate error")
+				}
+				return
+			}
+			if err != nil || !res.TLS || res.Received != 200 || res.Lost != 0 {
+				t.Fatalf("err %v, tls %v, received %d, lost %d", err, res.TLS, res.Received, res.Lost)
+			}
+		})
+	}
+}
+
+// selfSigned makes a certificate for 127.0.0.1 and a pool trusting it.
+func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "ferry-bench test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA:         true, BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
 }

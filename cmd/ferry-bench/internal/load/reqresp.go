@@ -159,7 +159,7 @@ func runReqResp(ctx context.Context, r *run, res *Result) error {
 		}
 		return n
 	}
-	cpu := startCPU()
+	cpu := startCPU(cfg.BrokerPID)
 	start := time.Now()
 	done := make(chan struct{})
 	progress(r, start, sentTotal, recvTotal, done)
@@ -169,6 +169,7 @@ func runReqResp(ctx context.Context, r *run, res *Result) error {
 	// Every outstanding request either gets its response or is lost.
 	ackDrain(ctx, cfg.Drain, pubs)
 	res.GenCPU, res.GenCores = cpu.share()
+	res.BrokerCPU = cpu.brokerCores()
 	wall := time.Since(start)
 	close(done)
 	r.closeAll()

@@ -81,6 +81,9 @@ type Result struct {
 	// the broker, may be the limit.
 	GenCPU   float64 `json:"gen_cpu"`
 	GenCores int     `json:"gen_cores"`
+	// BrokerCPU is the broker's CPU use (user+sys, from /proc/PID/stat)
+	// over the same interval, in cores; reported with BrokerPID.
+	BrokerCPU float64 `json:"broker_cpu,omitempty"`
 
 	Errors    []string `json:"errors,omitempty"`
 	ErrorsAll int      `json:"errors_total,omitempty"`
@@ -107,10 +110,13 @@ func latencyOf(h *Histogram) *LatencyMS {
 	}
 }
 
-// cpuMeter measures this process's CPU time over an interval.
+// cpuMeter measures this process's CPU time, and optionally the broker's,
+// over an interval.
 type cpuMeter struct {
-	wall time.Time
-	cpu  time.Duration
+	wall      time.Time
+	cpu       time.Duration
+	brokerPID int
+	broker    time.Duration
 }
 
 func processCPU() time.Duration {
@@ -121,7 +127,56 @@ func processCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func startCPU() cpuMeter { return cpuMeter{wall: time.Now(), cpu: processCPU()} }
+// clockTicks is USER_HZ, the unit of /proc/PID/stat times; 100 on every
+// mainstream Linux architecture.
+const clockTicks = 100
+
+// procCPU returns user+sys CPU time of process pid.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("load: read broker cpu: %w", err)
+	}
+	// The command name may contain spaces; fields resume after its ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("load: parse /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("load: parse /proc/%d/stat", pid)
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("load: parse /proc/%d/stat times", pid)
+	}
+	return time.Duration(ut+st) * time.Second / clockTicks, nil
+}
+
+func startCPU(brokerPID int) cpuMeter {
+	m := cpuMeter{wall: time.Now(), cpu: processCPU()}
+	if brokerPID > 0 {
+		if d, err := procCPU(brokerPID); err == nil {
+			m.brokerPID, m.broker = brokerPID, d
+		}
+	}
+	return m
+}
+
+// brokerCores is the broker's CPU use since start in cores, 0 without a
+// broker pid.
+func (m cpuMeter) brokerCores() float64 {
+	if m.brokerPID == 0 {
+		return 0
+	}
+	d, err := procCPU(m.brokerPID)
+	wall := time.Since(m.wall)
+	if err != nil || wall <= 0 {
+		return 0
+	}
+	return float64(d-m.broker) / float64(wall)
+}
 
 // share returns CPU used / wall / usable cores, and the core count
 // (runtime.NumCPU honours the affinity mask, so taskset is reflected).
@@ -161,7 +216,7 @@ func ReadRSS(pid int) (int64, error) {
 // WriteTable writes results as an aligned human-readable table.
 func WriteTable(w io.Writer, rs []Result) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tbroker\tqos\tbytes\tpub/sub\tsent/s\trecv/s\tloss%\tdupes\tooo\tp50ms\tp99ms\tmaxms\tconn/s\tRSS/conn\tgen cpu\t")
+	fmt.Fprintln(tw, "scenario\tbroker\tqos\tbytes\tpub/sub\tsent/s\trecv/s\tloss%\tdupes\tooo\tp50ms\tp99ms\tmaxms\tconn/s\tRSS/conn\tgen cpu\tbroker cpu\t")
 	for _, r := range rs {
 		lat := [3]string{"-", "-", "-"}
 		if r.Latency != nil {
@@ -180,10 +235,14 @@ func WriteTable(w io.Writer, rs []Result) error {
 		if broker == "" {
 			broker = r.Addr
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+		bcpu := "-"
+		if r.BrokerCPU > 0 {
+			bcpu = fmt.Sprintf("%.0f%%", r.BrokerCPU*100)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
 			r.Scenario, broker, r.QoS, r.Payload, clients, ff(r.SendRate, 0), ff(r.RecvRate, 0),
 			ff(r.LossPct, 2), r.Dupes, r.OutOfOrder, lat[0], lat[1], lat[2], conn, rss,
-			fmt.Sprintf("%.0f%%x%d", r.GenCPU*100, r.GenCores))
+			fmt.Sprintf("%.0f%%x%d", r.GenCPU*100, r.GenCores), bcpu)
 	}
 	return tw.Flush()
 }

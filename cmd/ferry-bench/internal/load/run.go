@@ -109,6 +109,7 @@ func connectSubscribers(ctx context.Context, r *run, filters []string, role stri
 		}
 		r.goFn(s.read)
 	}
+	r.flushAcks(subs)
 	return subs, nil
 }
 
@@ -267,6 +268,7 @@ func runPubSub(ctx context.Context, r *run, res *Result) error {
 	cfg := r.cfg
 	topo := buildTopology(cfg)
 	res.Publishers, res.Subscribers, res.Inflight, res.TargetRate = cfg.Publishers, cfg.Subscribers, cfg.Inflight, cfg.Rate
+	res.BrokerPID = cfg.BrokerPID
 	if cfg.QoS == 0 {
 		res.Inflight = 0
 	}
@@ -308,7 +310,7 @@ func runPubSub(ctx context.Context, r *run, res *Result) error {
 		return exp
 	}
 
-	cpu := startCPU()
+	cpu := startCPU(cfg.BrokerPID)
 	start := time.Now()
 	done := make(chan struct{})
 	progress(r, start, sentTotal, recvTotal, done)
@@ -331,6 +333,7 @@ func runPubSub(ctx context.Context, r *run, res *Result) error {
 		return true
 	}, recvTotal)
 	res.GenCPU, res.GenCores = cpu.share()
+	res.BrokerCPU = cpu.brokerCores()
 	wall := time.Since(start)
 	close(done)
 	// Stop every read loop before reading the state they own.

@@ -3,6 +3,7 @@ package load
 import (
 	"math"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -108,5 +109,33 @@ func TestHistIndexMonotonic(t *testing.T) {
 			t.Fatalf("bucket %d upper bound %d below value %d", i, hv, v)
 		}
 		prev = i
+	}
+}
+
+func TestProcCPU(t *testing.T) {
+	before, err := procCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Burn CPU until /proc (10 ms ticks) shows it; bounded by wall time.
+	deadline := time.Now().Add(5 * time.Second)
+	x := 0
+	for time.Now().Before(deadline) {
+		for i := range 1_000_000 {
+			x += i
+		}
+		if now, err := procCPU(os.Getpid()); err == nil && now > before {
+			return
+		}
+	}
+	t.Fatalf("cpu time did not advance (%d)", x)
+}
+
+func TestProcCPUMissing(t *testing.T) {
+	if _, err := procCPU(-1); err == nil {
+		t.Fatal("want an error for a missing process")
+	}
+	if _, err := ReadRSS(-1); err == nil {
+		t.Fatal("want an error for a missing process")
 	}
 }

@@ -116,6 +116,9 @@ func cell(rs []load.Result) string {
 			fmt.Fprintf(&b, ", dupes %s", si(d.med))
 		}
 	}
+	if c := get(func(r load.Result) float64 { return r.BrokerCPU }); c.hi > 0 {
+		fmt.Fprintf(&b, " [broker CPU %.0f%%]", c.med*100)
+	}
 	errs := 0
 	for _, r := range rs {
 		errs += r.ErrorsAll

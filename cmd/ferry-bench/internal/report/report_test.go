@@ -40,7 +40,7 @@ func TestMarkdown(t *testing.T) {
 	for i, rate := range []float64{100e3, 300e3, 200e3} {
 		add(load.Result{Scenario: load.FanIn, Tag: "fan-in QoS0", Broker: "mosquitto", RecvRate: rate, LossPct: float64(i), GenCPU: 0.25})
 	}
-	add(load.Result{Scenario: load.FanIn, Tag: "fan-in QoS0", Broker: "mochi", RecvRate: 150e3, GenCPU: 0.5})
+	add(load.Result{Scenario: load.FanIn, Tag: "fan-in QoS0", Broker: "mochi", RecvRate: 150e3, GenCPU: 0.5, BrokerCPU: 0.97})
 	add(load.Result{Scenario: load.Latency, Tag: "latency", Broker: "mochi", Latency: &load.LatencyMS{P50: 0.2, P99: 1.5}})
 	add(load.Result{Scenario: load.Idle, Tag: "idle", Broker: "mosquitto", Clients: 10, Alive: 9, RSSPerConnBytes: 2048, ConnectRate: 5000})
 	rs, err := Read(strings.NewReader(strings.Join(lines, "\n\n") + "\n"))
@@ -54,7 +54,7 @@ func TestMarkdown(t *testing.T) {
 	out := b.String()
 	for _, want := range []string{
 		"| case | mosquitto | mochi | runs | gen CPU max |",
-		"| fan-in QoS0 | 200k (100k–300k) msg/s, loss 1.0% | 150k msg/s | 3 | 50% |",
+		"| fan-in QoS0 | 200k (100k–300k) msg/s, loss 1.0% | 150k msg/s [broker CPU 97%] | 3 | 50% |",
 		"| latency | – | p50 0.20 ms, p99 1.50 ms | 1 | 0% |",
 		"| idle | 2.0 KB RSS/conn, 5k conn/s, alive min 9/10 | – | 1 | 0% |",
 	} {

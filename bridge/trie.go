@@ -1,0 +1,134 @@
+package bridge
+
+import "strings"
+
+// trie matches MQTT topics against the topic filters of every egress route.
+// A match walks one node per topic level (plus the '+' and '#' branches),
+// so its cost grows with the topic's depth, not with the number of routes;
+// a topic whose first level no filter names costs a map lookup or two.
+// The trie is built once in New and only read afterwards: no locking.
+type trie struct {
+	root node
+}
+
+type node struct {
+	children map[string]*node
+	plus     *node
+	routes   []*route // filters ending here
+	hash     []*route // filters ending in '#' here ("a/#" matches "a" too)
+}
+
+// add inserts filter for r. The filter must be valid.
+func (t *trie) add(filter string, r *route) {
+	n := &t.root
+	for {
+		level, rest, more := strings.Cut(filter, "/")
+		switch level {
+		case "#":
+			n.hash = appendOnce(n.hash, r)
+			return
+		case "+":
+			if n.plus == nil {
+				n.plus = &node{}
+			}
+			n = n.plus
+		default:
+			if n.children == nil {
+				n.children = map[string]*node{}
+			}
+			c := n.children[level]
+			if c == nil {
+				c = &node{}
+				n.children[level] = c
+			}
+			n = c
+		}
+		if !more {
+			n.routes = appendOnce(n.routes, r)
+			return
+		}
+		filter = rest
+	}
+}
+
+func appendOnce(rs []*route, r *route) []*route {
+	for _, x := range rs {
+		if x == r {
+			return rs
+		}
+	}
+	return append(rs, r)
+}
+
+// match appends to dst every route whose filters match topic, each once,
+// and returns it. It does not allocate unless dst must grow. Per MQTT,
+// filters starting with a wildcard do not match topics starting with '$'.
+func (t *trie) match(topic string, dst []*route) []*route {
+	if t.root.children == nil && t.root.plus == nil && t.root.hash == nil {
+		return dst
+	}
+	sys := strings.HasPrefix(topic, "$")
+	return matchNode(&t.root, topic, sys, dst)
+}
+
+func matchNode(n *node, topic string, noWild bool, dst []*route) []*route {
+	level, rest, more := strings.Cut(topic, "/")
+	if !noWild {
+		for _, r := range n.hash {
+			dst = addRoute(dst, r)
+		}
+	}
+	if c := n.children[level]; c != nil {
+		dst = matchNext(c, rest, more, dst)
+	}
+	if n.plus != nil && !noWild {
+		dst = matchNext(n.plus, rest, more, dst)
+	}
+	return dst
+}
+
+// matchNext continues at c, the node for the current level.
+func matchNext(c *node, rest string, more bool, dst []*route) []*route {
+	if !more {
+		for _, r := range c.routes {
+			dst = addRoute(dst, r)
+		}
+		// "a/#" matches "a" as well.
+		for _, r := range c.hash {
+			dst = addRoute(dst, r)
+		}
+		return dst
+	}
+	return matchNode(c, rest, false, dst)
+}
+
+func addRoute(dst []*route, r *route) []*route {
+	for _, x := range dst {
+		if x == r {
+			return dst
+		}
+	}
+	return append(dst, r)
+}
+
+// validFilter reports whether f is a valid MQTT topic filter.
+func validFilter(f string) bool {
+	if f == "" || strings.ContainsRune(f, 0) {
+		return false
+	}
+	levels := strings.Split(f, "/")
+	for i, l := range levels {
+		if l == "#" && i != len(levels)-1 {
+			return false
+		}
+		if l != "#" && l != "+" && strings.ContainsAny(l, "#+") {
+			return false
+		}
+	}
+	return true
+}
+
+// validTopic reports whether t is a valid MQTT topic name (no wildcards).
+func validTopic(t string) bool {
+	return t != "" && !strings.ContainsAny(t, "#+\x00")
+}

@@ -1,0 +1,337 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// pollInterval is how often an idle durable worker looks at its outbox even
+// without a notification (a replay or an append by another process would
+// otherwise wait for the next Offer).
+const pollInterval = time.Second
+
+// runDurable delivers the route's outbox in seq order until quit.
+func (b *Bridge) runDurable(ctx context.Context, r *route) {
+	var after uint64
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-b.quit:
+			return
+		default:
+		}
+		batch, err := b.outbox.Read(r.name, after, r.size)
+		if err != nil {
+			b.log.Error("bridge: read outbox", "route", r.name, "err", err)
+			if !b.wait(ctx, r.cfg.Backoff.Max) {
+				return
+			}
+			continue
+		}
+		if len(batch) == 0 {
+			select {
+			case <-r.notify:
+			case <-tick.C:
+			case <-b.quit:
+				return
+			}
+			continue
+		}
+		if len(batch) < r.size && r.linger > 0 {
+			if !b.wait(ctx, r.linger) {
+				return
+			}
+			if more, err := b.outbox.Read(r.name, batch[len(batch)-1].Seq, r.size-len(batch)); err == nil {
+				batch = append(batch, more...)
+			}
+		}
+		last := batch[len(batch)-1].Seq
+		batch = b.expire(ctx, r, batch)
+		if len(batch) > 0 && !b.deliver(ctx, r, batch) {
+			return
+		}
+		after = last
+	}
+}
+
+// expire deletes (counted, reason "expired") the messages older than the
+// route's max_age and returns the others.
+func (b *Bridge) expire(ctx context.Context, r *route, batch []Message) []Message {
+	if r.cfg.MaxAge <= 0 {
+		return batch
+	}
+	cut := time.Now().Add(-r.cfg.MaxAge)
+	live := batch[:0]
+	var old []uint64
+	for _, m := range batch {
+		if m.Created.Before(cut) {
+			old = append(old, m.Seq)
+			continue
+		}
+		live = append(live, m)
+	}
+	if len(old) > 0 {
+		if err := b.outbox.Delete(ctx, r.name, old); err != nil {
+			b.log.Error("bridge: delete expired", "route", r.name, "err", err)
+		}
+		r.met.dropExpired.Add(float64(len(old)))
+	}
+	return live
+}
+
+// runMemory delivers an at-most-once route's queue until quit, then what is
+// still queued until ctx ends.
+func (b *Bridge) runMemory(ctx context.Context, r *route) {
+	batch := make([]Message, 0, r.size)
+	for {
+		batch = batch[:0]
+		select {
+		case m := <-r.queue:
+			batch = append(batch, m)
+		case <-b.quit:
+			// Drain: deliver what is queued, without retries, until ctx ends.
+			for {
+				select {
+				case m := <-r.queue:
+					if ctx.Err() != nil {
+						r.met.dropShutdown.Inc()
+						continue
+					}
+					if err := r.conn.Deliver(ctx, []Message{m}); err != nil {
+						r.met.dropShutdown.Inc()
+						continue
+					}
+					r.delivered(m)
+				default:
+					return
+				}
+			}
+		}
+	fill:
+		for len(batch) < r.size {
+			select {
+			case m := <-r.queue:
+				batch = append(batch, m)
+			default:
+				break fill
+			}
+		}
+		if !b.deliver(ctx, r, batch) {
+			r.met.dropShutdown.Add(float64(len(batch)))
+			return
+		}
+	}
+}
+
+// deliver delivers batch honouring the route's ordering. It returns false
+// when the bridge is stopping and batch was not handled (it stays in the
+// outbox).
+func (b *Bridge) deliver(ctx context.Context, r *route, batch []Message) bool {
+	if r.key == nil || len(batch) == 1 {
+		return b.deliverInOrder(ctx, r, batch)
+	}
+	// Group by key, keeping each key's order; run the keys in parallel.
+	var keys []string
+	groups := map[string][]Message{}
+	for i := range batch {
+		k, err := r.key.Execute(&batch[i])
+		if err != nil {
+			k = "" // messages without a key share one ordered group
+		}
+		if _, ok := groups[k]; !ok {
+			keys = append(keys, k)
+		}
+		groups[k] = append(groups[k], batch[i])
+	}
+	if len(keys) == 1 {
+		return b.deliverInOrder(ctx, r, batch)
+	}
+	var wg sync.WaitGroup
+	ok := make([]bool, len(keys))
+	for i, k := range keys {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ok[i] = b.deliverInOrder(ctx, r, groups[k])
+		}()
+	}
+	wg.Wait()
+	for _, v := range ok {
+		if !v {
+			return false
+		}
+	}
+	return true
+}
+
+// deliverInOrder delivers msgs with retries until the backend acks them, a
+// permanent error or max_attempts dead-letters them, or the bridge stops.
+func (b *Bridge) deliverInOrder(ctx context.Context, r *route, msgs []Message) bool {
+	for attempt := 1; ; attempt++ {
+		err := r.conn.Deliver(ctx, msgs)
+		if err == nil {
+			b.acked(ctx, r, msgs)
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		r.met.failed.Inc()
+		perm := IsPermanent(err)
+		if perm && len(msgs) > 1 {
+			// Find the message the backend refuses: deliver one at a time.
+			for i := range msgs {
+				if !b.deliverInOrder(ctx, r, msgs[i:i+1]) {
+					return false
+				}
+			}
+			return true
+		}
+		if perm || attempt >= r.cfg.MaxAttempts {
+			b.giveUp(ctx, r, msgs, err, attempt)
+			return true
+		}
+		b.log.Warn("bridge: delivery failed, will retry", "route", r.name, "seq", msgs[0].Seq, "attempt", attempt, "err", err)
+		r.met.retried.Inc()
+		if !b.wait(ctx, backoff(r.cfg.Backoff, attempt)) {
+			return false
+		}
+	}
+}
+
+// acked records a successful delivery and deletes durable messages.
+func (b *Bridge) acked(ctx context.Context, r *route, msgs []Message) {
+	for i := range msgs {
+		r.delivered(msgs[i])
+	}
+	if !r.durable {
+		return
+	}
+	seqs := make([]uint64, len(msgs))
+	for i := range msgs {
+		seqs[i] = msgs[i].Seq
+	}
+	// A failed delete means a redelivery after restart, which the stable
+	// id lets the backend discard.
+	if err := b.outbox.Delete(context.WithoutCancel(ctx), r.name, seqs); err != nil {
+		b.log.Error("bridge: delete delivered", "route", r.name, "seq", seqs[0], "err", err)
+	}
+}
+
+func (r *route) delivered(m Message) {
+	r.met.delivered.Inc()
+	if !m.Created.IsZero() {
+		r.met.latency.Observe(time.Since(m.Created).Seconds())
+	}
+}
+
+// giveUp dead-letters (durable) or drops (at-most-once) msgs.
+func (b *Bridge) giveUp(ctx context.Context, r *route, msgs []Message, cause error, attempts int) {
+	b.log.Error("bridge: giving up on messages", "route", r.name, "seq", msgs[0].Seq, "attempt", attempts, "err", cause)
+	if !r.durable {
+		r.met.dropFailed.Add(float64(len(msgs)))
+		return
+	}
+	now := time.Now()
+	dead := make([]DeadLetter, len(msgs))
+	for i, m := range msgs {
+		dead[i] = DeadLetter{Message: m, Reason: cause.Error(), Attempts: attempts, Failed: now}
+	}
+	if err := b.outbox.DeadLetter(context.WithoutCancel(ctx), r.name, dead); err != nil {
+		b.log.Error("bridge: dead-letter", "route", r.name, "seq", msgs[0].Seq, "err", err)
+		return
+	}
+	r.met.deadLettered.Add(float64(len(msgs)))
+}
+
+// wait sleeps d; false if the bridge stops first.
+func (b *Bridge) wait(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-b.quit:
+		return false
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// backoff is the delay before retry attempt+1: exponential from Initial,
+// capped at Max, with jitter in [d/2, d] so that routes failing together do
+// not retry together.
+func backoff(c Backoff, attempt int) time.Duration {
+	d := c.Initial
+	for i := 1; i < attempt && d < c.Max; i++ {
+		d *= 2
+	}
+	d = min(d, c.Max)
+	return d/2 + rand.N(d/2+1)
+}
+
+// runIngress runs the route's receiver until quit, restarting it with
+// backoff when it fails.
+func (b *Bridge) runIngress(ctx context.Context, r *route) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Add(1)
+	go func() {
+		// Turns quit into ctx's cancellation for the receiver.
+		defer wg.Done()
+		select {
+		case <-b.quit:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	recv := r.conn.(Receiver)
+	h := func(ctx context.Context, m Message) error { return b.ingest(ctx, r, m) }
+	for attempt := 1; ; attempt++ {
+		err := recv.Receive(ctx, h)
+		if ctx.Err() != nil {
+			return
+		}
+		b.log.Error("bridge: receiver stopped, restarting", "route", r.name, "attempt", attempt, "err", err)
+		if !b.wait(ctx, backoff(r.cfg.Backoff, attempt)) {
+			return
+		}
+	}
+}
+
+// ingest publishes one backend message into the broker.
+func (b *Bridge) ingest(ctx context.Context, r *route, m Message) error {
+	m.Route = r.name
+	if m.Created.IsZero() {
+		m.Created = time.Now()
+	}
+	topic, err := r.topic.Execute(&m)
+	if err != nil {
+		r.met.failed.Inc()
+		return Permanent(err)
+	}
+	if !validTopic(topic) {
+		r.met.failed.Inc()
+		return Permanent(errors.New("bridge: rendered topic " + topic + " is not a valid MQTT topic"))
+	}
+	m.Topic, m.QoS, m.Retain = topic, r.cfg.To.QoS, r.cfg.To.Retain
+	if m.ID != "" {
+		m.UserProperties = append(m.UserProperties, Property{Key: IDProperty, Value: m.ID})
+	}
+	if err := b.pub.Publish(ctx, m); err != nil {
+		r.met.failed.Inc()
+		return err
+	}
+	r.delivered(m)
+	return nil
+}
+
+// IDProperty is the MQTT user property carrying a bridged message's
+// stable id.
+const IDProperty = "ferry-bridge-id"

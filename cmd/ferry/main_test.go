@@ -1,0 +1,189 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ferrymq/ferry/hooks/auth"
+	"github.com/ferrymq/ferry/internal/testutil"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+func runCmd(t *testing.T, stdin string, env []string, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(args, env, strings.NewReader(stdin), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestVersionAndHelp(t *testing.T) {
+	if code, out, _ := runCmd(t, "", nil, "version"); code != 0 || !strings.HasPrefix(out, "ferry ") {
+		t.Errorf("version: %d %q", code, out)
+	}
+	if code, out, _ := runCmd(t, "", nil, "help"); code != 0 || !strings.Contains(out, "ferry check -c FILE") {
+		t.Errorf("help: %d %q", code, out)
+	}
+	if code, _, errs := runCmd(t, "", nil, "--no-such-flag"); code != exitUsage || !strings.Contains(errs, "no-such-flag") {
+		t.Errorf("unknown flag: %d %q", code, errs)
+	}
+}
+
+func TestCheck(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	bad := filepath.Join(dir, "bad.yaml")
+	_ = os.WriteFile(good, []byte("storage: {sync: always}\n"), 0o600)
+	_ = os.WriteFile(bad, []byte("listeners:\n  - type: tcp\n    addr: \":99999\"\n"), 0o600)
+	if code, out, errs := runCmd(t, "", nil, "check", "-c", good); code != 0 || !strings.Contains(out, "ok") {
+		t.Errorf("good file: %d %q %q", code, out, errs)
+	}
+	code, _, errs := runCmd(t, "", nil, "check", "-c", bad)
+	if code != exitUsage || !strings.Contains(errs, bad+":3: listeners[0].addr") {
+		t.Errorf("bad file: exit %d, stderr %q", code, errs)
+	}
+	if code, _, errs := runCmd(t, "", nil, "check", "-c", filepath.Join(dir, "missing.yaml")); code != exitUsage ||
+		!strings.Contains(errs, "missing.yaml") {
+		t.Errorf("missing file: %d %q", code, errs)
+	}
+}
+
+// TestBadConfigExitsBeforeListening: one bad field and nothing listens, not
+// even the listeners that were fine.
+func TestBadConfigExitsBeforeListening(t *testing.T) {
+	free := freePort(t)
+	cfg := filepath.Join(t.TempDir(), "ferry.yaml")
+	_ = os.WriteFile(cfg, []byte(fmt.Sprintf("listeners:\n  - {type: tcp, addr: %q}\n  - {type: ws, addr: \":99999\"}\n", free)), 0o600)
+	code, _, errs := runCmd(t, "", nil, "-c", cfg, "--admin-addr", "")
+	if code != exitUsage || !strings.Contains(errs, "listeners[1].addr") {
+		t.Fatalf("exit %d, stderr %q", code, errs)
+	}
+	if c, err := net.Dial("tcp", free); err == nil {
+		c.Close()
+		t.Fatalf("something listens on %s after a refused config", free)
+	}
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func TestPasswd(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "passwd")
+	if code, _, errs := runCmd(t, "s3cret\n", nil, "passwd", "--stdin", file, "alice"); code != 0 {
+		t.Fatalf("passwd: %d %s", code, errs)
+	}
+	pw, err := auth.LoadPasswordFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !pw.Check("alice", "s3cret") || pw.Check("alice", "wrong") {
+		t.Fatal("the written password does not verify")
+	}
+	if code, _, _ := runCmd(t, "", nil, "passwd", "--stdin", file, "bob"); code != exitUsage {
+		t.Errorf("empty password accepted: %d", code)
+	}
+	if code, _, _ := runCmd(t, "x\n", nil, "passwd", file, "carol"); code != 0 {
+		t.Errorf("non-terminal stdin without --stdin: %d", code)
+	}
+	if code, _, _ := runCmd(t, "x\n", nil, "passwd", file, "a:b"); code != exitUsage {
+		t.Errorf("user with ':' accepted: %d", code)
+	}
+}
+
+func startFerry(t *testing.T, extra ...string) *testutil.Proc {
+	t.Helper()
+	bin := testutil.BuildFerry(t)
+	args := append([]string{"--mqtt-addr", "127.0.0.1:0", "--ws-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
+		"--data-dir", t.TempDir()}, extra...)
+	return testutil.StartFerry(t, bin, args...)
+}
+
+// TestGracefulShutdown: SIGINT and SIGTERM stop the broker within 5 s with
+// exit code 0, and connected MQTT 5 clients are told why (DISCONNECT 0x8B).
+func TestGracefulShutdown(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			p := startFerry(t)
+			c := testutil.DialRaw(t, p.Addr("tcp0"), 5)
+			c.Connect("watching-shutdown", packets.Properties{})
+			start := time.Now()
+			p.Signal(t, sig)
+			d := c.Expect(packets.Disconnect)
+			if d.ReasonCode != packets.ErrServerShuttingDown.Code {
+				t.Errorf("DISCONNECT reason 0x%02x, want 0x8b", d.ReasonCode)
+			}
+			if err := p.Wait(t, 5*time.Second); err != nil {
+				t.Fatalf("exit: %v\n%s", err, p.Log())
+			}
+			t.Logf("stopped in %s", time.Since(start))
+		})
+	}
+}
+
+func TestReadyzAndMetrics(t *testing.T) {
+	p := startFerry(t)
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + p.Addr("admin") + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get("/healthz"); code != 200 {
+		t.Errorf("/healthz %d %s", code, body)
+	}
+	if code, body := get("/readyz"); code != 200 {
+		t.Errorf("/readyz %d %s", code, body)
+	}
+	_, body := get("/metrics")
+	for _, m := range []string{"ferry_connections ", "ferry_messages_received_total{qos=\"1\"}", "ferry_messages_sent_total",
+		"ferry_received_bytes_total", "ferry_messages_dropped_total{reason=", "ferry_retained_messages", "ferry_subscriptions",
+		"ferry_inflight_messages"} {
+		if !strings.Contains(body, m) {
+			t.Errorf("/metrics lacks %s", m)
+		}
+	}
+}
+
+// TestMosquittoClients is the README's tour: Mosquitto's own clients, MQTT
+// 3.1.1 and 5, exchange QoS 0/1/2 and retained messages through Ferry.
+func TestMosquittoClients(t *testing.T) {
+	pub := testutil.NeedCommand(t, "mosquitto_pub", "mosquitto-clients")
+	sub := testutil.NeedCommand(t, "mosquitto_sub", "mosquitto-clients")
+	p := startFerry(t)
+	host, port, _ := net.SplitHostPort(p.Addr("tcp0"))
+	for _, v := range []string{"mqttv311", "mqttv5"} {
+		for _, q := range []string{"0", "1", "2"} {
+			t.Run(v+"/qos"+q, func(t *testing.T) {
+				topic := "tour/" + v + "/" + q
+				msg := "hello-" + v + "-" + q
+				if out, err := exec.Command(pub, "-h", host, "-p", port, "-V", v, "-q", q, "-r", "-t", topic, "-m", msg).CombinedOutput(); err != nil {
+					t.Fatalf("mosquitto_pub: %v %s", err, out)
+				}
+				// The retained message arrives at a later subscriber.
+				out, err := exec.Command(sub, "-h", host, "-p", port, "-V", v, "-q", q, "-t", topic, "-C", "1", "-W", "5", "-v").CombinedOutput()
+				if err != nil || strings.TrimSpace(string(out)) != topic+" "+msg {
+					t.Fatalf("mosquitto_sub: %v %q", err, out)
+				}
+			})
+		}
+	}
+}
