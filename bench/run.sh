@@ -107,11 +107,13 @@ if [[ $(nproc) -lt 2 ]] || ! command -v taskset >/dev/null; then
 	pin_gen=()
 fi
 
-# free_port prints a loopback port nothing listens on.
+# free_port prints a loopback port nothing listens on, below the ephemeral
+# range so that no client socket of an earlier run can be holding it.
 free_port() {
-	local p
+	local p lo
+	lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 	for _ in $(seq 100); do
-		p=$((RANDOM % 20000 + 30000))
+		p=$((RANDOM % (lo - 10000) + 10000))
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 			echo "$p"
 			return
@@ -186,10 +188,20 @@ stop_broker() {
 one_run() {
 	local idx=$1 name=$2 pinned=$3 run=$4
 	local tag=${cases[$idx]%%|*} args=${cases[$idx]#*|}
-	local port label=$name pin=() extra=()
-	port=$(free_port)
+	local port label=$name pin=() extra=() started=0
 	if [[ $pinned == 1 ]]; then pin=("${pin_gen[@]}"); else label="$name (unpinned)"; fi
-	start_broker "$name" "$port" "$pinned" || return 0
+	# A port can be taken between the check and the bind: try a few.
+	for _ in 1 2 3; do
+		port=$(free_port)
+		if start_broker "$name" "$port" "$pinned"; then
+			started=1
+			break
+		fi
+	done
+	if [[ $started == 0 ]]; then
+		log "  skipping: $name did not start"
+		return 0
+	fi
 	if [[ $args == *"-scenario idle"* ]]; then
 		extra=(-broker-pid "$broker_pid" -d "$IDLE_HOLD")
 	else

@@ -39,6 +39,10 @@ type Broker struct {
 	registry  *prometheus.Registry
 	listeners []*listener
 	admin     *admin.Server
+	certs     []*certWatcher
+
+	certCheckEach time.Duration
+	quit          chan struct{} // closed by Shutdown; ends background loops
 
 	wg       sync.WaitGroup // connection goroutines and lingering closes
 	connsMu  sync.Mutex
@@ -50,7 +54,8 @@ type Broker struct {
 }
 
 type options struct {
-	logger *slog.Logger
+	logger        *slog.Logger
+	certCheckEach time.Duration
 }
 
 // Option sets a dependency of the broker.
@@ -59,6 +64,10 @@ type Option func(*options)
 // WithLogger sets the logger. Default: discard everything.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
 
+// WithCertCheckInterval sets how often TLS certificate files are checked for
+// changes. Default DefaultCertCheckInterval.
+func WithCertCheckInterval(d time.Duration) Option { return func(o *options) { o.certCheckEach = d } }
+
 // New builds a broker from cfg (defaults applied, then validated). It opens
 // nothing: Start does.
 func New(cfg config.Config, opts ...Option) (*Broker, error) {
@@ -66,11 +75,12 @@ func New(cfg config.Config, opts ...Option) (*Broker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	o := options{logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	o := options{logger: slog.New(slog.NewTextHandler(io.Discard, nil)), certCheckEach: DefaultCertCheckInterval}
 	for _, opt := range opts {
 		opt(&o)
 	}
-	b := &Broker{cfg: cfg, log: o.logger, conns: map[*conn]struct{}{}}
+	b := &Broker{cfg: cfg, log: o.logger, conns: map[*conn]struct{}{}, certCheckEach: o.certCheckEach,
+		quit: make(chan struct{})}
 
 	b.mochi = mqtt.New(&mqtt.Options{
 		Capabilities:             capabilities(cfg),
@@ -105,11 +115,12 @@ func New(cfg config.Config, opts ...Option) (*Broker, error) {
 	for _, lc := range cfg.Listeners {
 		l := &listener{cfg: lc, b: b}
 		if lc.Type == config.ListenerTLS || lc.Type == config.ListenerWSS {
-			tc, err := serverTLS(lc)
+			w, err := newCertWatcher(lc, o.logger)
 			if err != nil {
 				return nil, err
 			}
-			l.tlsCfg = tc
+			b.certs = append(b.certs, w)
+			l.tlsCfg = w.serverConfig()
 		}
 		b.listeners = append(b.listeners, l)
 	}
@@ -163,26 +174,6 @@ func capabilities(cfg config.Config) *mqtt.Capabilities {
 	return c
 }
 
-func serverTLS(lc config.Listener) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(lc.Cert, lc.Key)
-	if err != nil {
-		return nil, fmt.Errorf("listener %s: load certificate: %w", lc.Name, err)
-	}
-	tc := &tls.Config{
-		MinVersion:   tls.VersionTLS12,
-		Certificates: []tls.Certificate{cert},
-	}
-	if lc.ClientCA != "" {
-		pool, err := config.LoadCertPool(lc.ClientCA)
-		if err != nil {
-			return nil, fmt.Errorf("listener %s: client_ca: %w", lc.Name, err)
-		}
-		tc.ClientCAs = pool
-		tc.ClientAuth = tls.RequireAndVerifyClientCert
-	}
-	return tc, nil
-}
-
 // Start opens every listener and the admin endpoint and starts serving. If
 // anything fails to open, what was opened is closed again.
 func (b *Broker) Start(ctx context.Context) error {
@@ -212,6 +203,10 @@ func (b *Broker) Start(ctx context.Context) error {
 		}
 		return fmt.Errorf("broker: serve: %w", err)
 	}
+	if len(b.certs) > 0 {
+		b.wg.Add(1)
+		go b.watchCerts()
+	}
 	names := make([]string, 0, len(b.listeners))
 	for _, l := range b.listeners {
 		b.log.Info("listening", "listener", l.cfg.Name, "type", l.cfg.Type, "addr", l.Address())
@@ -222,6 +217,22 @@ func (b *Broker) Start(ctx context.Context) error {
 			"listeners", strings.Join(names, ","))
 	}
 	return nil
+}
+
+func (b *Broker) watchCerts() {
+	defer b.wg.Done()
+	t := time.NewTicker(b.certCheckEach)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.quit:
+			return
+		case <-t.C:
+			for _, w := range b.certs {
+				w.check()
+			}
+		}
+	}
 }
 
 // Reload re-reads the password and ACL files without dropping connections.
@@ -259,6 +270,7 @@ func (b *Broker) shutdown(ctx context.Context) error {
 	if !b.started.Load() {
 		return nil
 	}
+	close(b.quit)
 	b.closeListeners()
 	closed := make(chan struct{})
 	go func() {

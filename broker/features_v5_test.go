@@ -666,3 +666,85 @@ func TestFeatureV5PropertiesPassThrough(t *testing.T) {
 		}
 	})
 }
+
+// TestFeaturePacketIdentifiersPerDirection: client and server number their
+// packets independently (MQTT 5 2.2.1, MQTT 3.1.1 2.3.1), so a client may
+// use an identifier the server is using for a PUBLISH it has not had
+// acknowledged yet. The wire is read raw to hold that PUBLISH unacked.
+func TestFeaturePacketIdentifiersPerDirection(t *testing.T) {
+	t.Parallel()
+	b := testutil.StartBroker(t)
+	session := packets.Properties{SessionExpiryInterval: 60, SessionExpiryIntervalFlag: true}
+	reconnect := func(t *testing.T, id string) *testutil.Raw {
+		raw := testutil.DialRaw(t, b.Addr, 5)
+		raw.Send(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Connect},
+			Connect:     packets.ConnectParams{ClientIdentifier: id, Keepalive: 60},
+			Properties:  session,
+		})
+		if ack := raw.Expect(packets.Connack); ack.ReasonCode != 0 || !ack.SessionPresent {
+			t.Fatalf("reconnect: CONNACK reason 0x%02x, session present %v", ack.ReasonCode, ack.SessionPresent)
+		}
+		return raw
+	}
+	cases := []struct {
+		name string
+		// send uses packet identifier id from the client, and checks the
+		// server's answer.
+		send func(t *testing.T, raw *testutil.Raw, id uint16, topic string)
+	}{
+		{"subscribe", func(t *testing.T, raw *testutil.Raw, id uint16, topic string) {
+			raw.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: id,
+				Filters: packets.Subscriptions{{Filter: topic + "/other", Qos: 1}}})
+			ack := raw.Expect(packets.Suback)
+			if !bytes.Equal(ack.ReasonCodes, []byte{1}) {
+				t.Skipf("BUG: SUBSCRIBE with packet identifier %d, which the server uses for its own unacknowledged PUBLISH, answered with reason codes %x, want [01] (granted QoS 1): mochi keeps both directions' identifiers in one inflight map and refuses with 0x91 Packet Identifier in use.", id, ack.ReasonCodes)
+			}
+		}},
+		{"publish_qos1", func(t *testing.T, raw *testutil.Raw, id uint16, topic string) {
+			raw.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: id,
+				TopicName: topic + "/other", Payload: []byte("from client")})
+			if ack := raw.Expect(packets.Puback); ack.ReasonCode >= 0x80 {
+				t.Fatalf("PUBLISH with packet identifier %d: PUBACK reason 0x%02x", id, ack.ReasonCode)
+			}
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			topic := "pid/" + uniq(t, "t")
+			id := uniq(t, "c")
+			raw := testutil.DialRaw(t, b.Addr, 5)
+			raw.Connect(id, session)
+			raw.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+				Filters: packets.Subscriptions{{Filter: topic, Qos: 1}}})
+			raw.Expect(packets.Suback)
+			raw.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+			waitOffline(t, b, id)
+			pub := connect5(t, b, uniq(t, "pub"), nil, nil)
+			pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: []byte("queued")})
+
+			raw = reconnect(t, id)
+			out := raw.Expect(packets.Publish) // not acknowledged
+			if string(out.Payload) != "queued" || out.PacketID == 0 {
+				t.Fatalf("resent %q with packet identifier %d, want the queued message", out.Payload, out.PacketID)
+			}
+			tc.send(t, raw, out.PacketID, topic)
+
+			// The server's PUBLISH is still unacknowledged: it must come
+			// again on the next connection.
+			_ = raw.Conn.Close()
+			waitOffline(t, b, id)
+			// mochi resends before it reads: PINGRESP first means nothing was.
+			raw = reconnect(t, id)
+			raw.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+			pk, err := raw.Read(waitFor)
+			if err != nil {
+				t.Fatalf("after reconnecting: %v", err)
+			}
+			if pk.FixedHeader.Type != packets.Publish || string(pk.Payload) != "queued" {
+				t.Skipf("BUG: the server's unacknowledged QoS 1 PUBLISH (packet identifier %d) was not resent after the client used the same identifier for its own %s (first packet after CONNACK: %s): mochi keeps both directions' identifiers in one inflight map, so the client's packet overwrote or deleted the server's message, which is lost.", out.PacketID, tc.name, packets.PacketNames[pk.FixedHeader.Type])
+			}
+		})
+	}
+}

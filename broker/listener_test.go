@@ -12,10 +12,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/ferrymq/ferry/broker"
 	"github.com/ferrymq/ferry/broker/config"
 	"github.com/ferrymq/ferry/internal/testutil"
 	"github.com/gorilla/websocket"
@@ -29,11 +31,12 @@ type pki struct {
 	caFile, serverCert, serverKey string
 	clientCert                    tls.Certificate
 	pool                          *x509.CertPool
+	ca                            *x509.Certificate
+	caKey                         *ecdsa.PrivateKey
 }
 
 func newPKI(t *testing.T) *pki {
 	t.Helper()
-	p := &pki{dir: t.TempDir()}
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ferry test CA"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
@@ -43,6 +46,18 @@ func newPKI(t *testing.T) *pki {
 		t.Fatal(err)
 	}
 	ca, _ := x509.ParseCertificate(caDER)
+	return issue(t, ca, caKey, caDER)
+}
+
+// newPKIFrom issues fresh leaf certificates from p's CA.
+func newPKIFrom(t *testing.T, p *pki) *pki {
+	t.Helper()
+	return issue(t, p.ca, p.caKey, p.ca.Raw)
+}
+
+func issue(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, caDER []byte) *pki {
+	t.Helper()
+	p := &pki{dir: t.TempDir(), ca: ca, caKey: caKey}
 	p.pool = x509.NewCertPool()
 	p.pool.AddCert(ca)
 	p.caFile = p.write(t, "ca.pem", "CERTIFICATE", caDER)
@@ -174,4 +189,59 @@ func TestListenersOfEveryType(t *testing.T) {
 			t.Fatalf("got packet types %v, want CONNACK then DISCONNECT", types)
 		}
 	})
+}
+
+// TestCertificateReload: a renewed certificate is served without a restart;
+// a broken one is refused and the previous one stays in service.
+func TestCertificateReload(t *testing.T) {
+	p := newPKI(t)
+	b := testutil.StartBrokerWith(t, []broker.Option{broker.WithCertCheckInterval(20 * time.Millisecond)}, func(c *config.Config) {
+		c.Listeners = append(c.Listeners, config.Listener{Name: "tls", Type: "tls", Addr: "127.0.0.1:0", Cert: p.serverCert, Key: p.serverKey})
+	})
+	served := func() string {
+		c, err := tls.Dial("tcp", b.B.Addr("tls"), &tls.Config{RootCAs: p.pool})
+		if err != nil {
+			return "error: " + err.Error()
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	first := served()
+	if strings.HasPrefix(first, "error") {
+		t.Fatal(first)
+	}
+	// Renew: a new certificate from the same CA, written over the old files.
+	q := newPKIFrom(t, p)
+	copyFile(t, q.serverCert, p.serverCert)
+	copyFile(t, q.serverKey, p.serverKey)
+	var second string
+	testutil.Eventually(t, 5*time.Second, "renewed certificate served", func() bool {
+		second = served()
+		return second != first && !strings.HasPrefix(second, "error")
+	})
+	if err := os.WriteFile(p.serverCert, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(p.serverCert, time.Now(), time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	for range 10 { // several check intervals pass; the good certificate stays
+		if got := served(); got != second {
+			t.Fatalf("after a broken renewal the listener serves %s, want %s", got, second)
+		}
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	data, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to+".tmp", data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(to+".tmp", to); err != nil {
+		t.Fatal(err)
+	}
 }

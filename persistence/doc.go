@@ -93,9 +93,23 @@
 // StoredRetainedMessages put packets straight into mochi (Client.State.
 // Inflight, Topics.RetainMessage) with their absolute expiry and publisher
 // protocol version, which mochi's storage.Message would drop, and return
-// nothing. mochi resends a session's in-flight messages sorted by the low 16
-// bits of their creation second; OnSessionEstablish temporarily rewrites
-// those times so that sort is the queue order (see orderForResendLocked).
+// nothing. Wills of restored sessions (a will delay running at the stop, or
+// a client connected at a crash) are published when due through a
+// throwaway inline client. mochi resends a session's in-flight messages
+// sorted by the low 16 bits of their creation second; OnSessionEstablish
+// temporarily rewrites those times so that sort is the queue order (see
+// orderForResendLocked).
+//
+// # Concurrency and lifetime
+//
+// Hook methods run on mochi's client goroutines and the hook's own
+// once-a-second goroutine (started by OnStarted, stopped by Stop); one
+// mutex guards the hook's maps and is never held across a store write or a
+// call into mochi that runs hooks. The Store is safe for concurrent use.
+// Close takes no context: it only commits what is queued (at most 4096
+// requests) and fsyncs. Close the mochi server first (its Close waits for
+// the client goroutines, so their disconnect times are stored), then the
+// Store.
 //
 // # Not covered
 //
@@ -104,6 +118,6 @@
 // it, so it is delivered after a restart (an acknowledged message mochi
 // lost, not a message mochi dropped on purpose). Messages mochi publishes
 // itself (wills, retained on subscribe) that it drops on a full outbound
-// queue are not deleted from the store. Deletions are not fsynced in "always" mode
-// before the acknowledgement that causes them.
+// queue are not deleted from the store. Deletions other than the QoS 2 ones
+// above are not waited for before the acknowledgement that causes them.
 package persistence

@@ -245,7 +245,7 @@ func (h *Hook) write(b *batch, wait bool) {
 	}
 	switch {
 	case errors.Is(err, ErrClosed):
-		h.log.Warn("storage closed before the broker: change not stored (close the server and wait for its clients first)", "err", err)
+		h.log.Warn("storage closed before the broker: change not stored (close the server first)", "err", err)
 	case err != nil:
 		h.log.Error("storage write failed", "err", err)
 	}

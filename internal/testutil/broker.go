@@ -40,6 +40,13 @@ func TestConfig(dir string) config.Config {
 // ends. Set FERRY_TEST_LOG=1 to see its log.
 func StartBroker(t testing.TB, mutate ...func(*config.Config)) *Broker {
 	t.Helper()
+	return StartBrokerWith(t, nil, mutate...)
+}
+
+// StartBrokerWith is StartBroker with broker options (the logger is set by
+// StartBroker unless opts set one).
+func StartBrokerWith(t testing.TB, opts []broker.Option, mutate ...func(*config.Config)) *Broker {
+	t.Helper()
 	cfg := TestConfig(t.TempDir())
 	for _, m := range mutate {
 		m(&cfg)
@@ -49,7 +56,7 @@ func StartBroker(t testing.TB, mutate ...func(*config.Config)) *Broker {
 		w = os.Stderr
 	}
 	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	b, err := broker.New(cfg, broker.WithLogger(log))
+	b, err := broker.New(cfg, append([]broker.Option{broker.WithLogger(log)}, opts...)...)
 	if err != nil {
 		t.Fatalf("broker config: %v", err)
 	}

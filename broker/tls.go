@@ -1,0 +1,133 @@
+package broker
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ferrymq/ferry/broker/config"
+)
+
+// DefaultCertCheckInterval is how often certificate files are checked for
+// changes.
+const DefaultCertCheckInterval = 10 * time.Second
+
+// modernCipherSuites are the TLS 1.2 suites offered: forward secret and
+// authenticated encryption only. TLS 1.3 suites are not configurable in Go
+// and are all modern.
+var modernCipherSuites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+}
+
+// certWatcher serves a listener's certificate and client CA and reloads them
+// when their files change, so a renewed certificate is used without a
+// restart. A file that does not load keeps the previous one in service.
+type certWatcher struct {
+	lc   config.Listener
+	log  *slog.Logger
+	cur  atomic.Pointer[tls.Config]
+	mu   sync.Mutex // serialises reloads
+	seen map[string]fileStamp
+}
+
+type fileStamp struct {
+	mod  time.Time
+	size int64
+}
+
+func newCertWatcher(lc config.Listener, log *slog.Logger) (*certWatcher, error) {
+	w := &certWatcher{lc: lc, log: log, seen: map[string]fileStamp{}}
+	if err := w.load(); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// serverConfig is the listener's tls.Config: each handshake takes the
+// current certificate and CA.
+func (w *certWatcher) serverConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		CipherSuites: modernCipherSuites,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			return w.cur.Load(), nil
+		},
+	}
+}
+
+func (w *certWatcher) files() []string {
+	fs := []string{w.lc.Cert, w.lc.Key}
+	if w.lc.ClientCA != "" {
+		fs = append(fs, w.lc.ClientCA)
+	}
+	return fs
+}
+
+func (w *certWatcher) load() error {
+	cert, err := tls.LoadX509KeyPair(w.lc.Cert, w.lc.Key)
+	if err != nil {
+		return fmt.Errorf("listener %s: load certificate %s: %w", w.lc.Name, w.lc.Cert, err)
+	}
+	tc := &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		CipherSuites: modernCipherSuites,
+		Certificates: []tls.Certificate{cert},
+	}
+	if w.lc.ClientCA != "" {
+		var pool *x509.CertPool
+		pool, err = config.LoadCertPool(w.lc.ClientCA)
+		if err != nil {
+			return fmt.Errorf("listener %s: client_ca: %w", w.lc.Name, err)
+		}
+		tc.ClientCAs = pool
+		tc.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	w.cur.Store(tc)
+	for _, f := range w.files() {
+		w.seen[f] = stamp(f)
+	}
+	return nil
+}
+
+func stamp(path string) fileStamp {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fileStamp{}
+	}
+	return fileStamp{mod: fi.ModTime(), size: fi.Size()}
+}
+
+// check reloads when any file changed since the last load.
+func (w *certWatcher) check() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	changed := false
+	for _, f := range w.files() {
+		if stamp(f) != w.seen[f] {
+			changed = true
+		}
+	}
+	if !changed {
+		return
+	}
+	if err := w.load(); err != nil {
+		// Mark the broken files as seen so the error is logged once per
+		// change, not every interval.
+		for _, f := range w.files() {
+			w.seen[f] = stamp(f)
+		}
+		w.log.Error("certificate reload refused; the previous certificate stays in use", "listener", w.lc.Name, "err", err)
+		return
+	}
+	w.log.Info("certificate reloaded", "listener", w.lc.Name, "cert", w.lc.Cert)
+}
