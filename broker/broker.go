@@ -23,6 +23,7 @@ import (
 	"github.com/ferrymq/ferry/broker/config"
 	"github.com/ferrymq/ferry/hooks/auth"
 	"github.com/ferrymq/ferry/hooks/metrics"
+	"github.com/ferrymq/ferry/persistence"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,6 +36,7 @@ type Broker struct {
 	log       *slog.Logger
 	mochi     *mqtt.Server
 	metrics   *metrics.Hook
+	store     atomic.Pointer[persistence.Store]
 	auth      *auth.Hook // nil when no auth is configured
 	registry  *prometheus.Registry
 	listeners []*listener
@@ -92,24 +94,12 @@ func New(cfg config.Config, opts ...Option) (*Broker, error) {
 	})
 	b.metrics = metrics.New(b.mochi.Info, b.mochi.Clients.Len)
 
-	// Order matters: mochi runs hooks in the order they were added and
-	// stops OnPublish at the first error.
-	hooks := []mqtt.Hook{newProtocolHook(b, cfg)}
 	if cfg.Auth.Enabled() {
 		ah, err := auth.New(cfg.Auth, o.logger.With("component", "auth"))
 		if err != nil {
 			return nil, fmt.Errorf("broker: %w", err)
 		}
 		b.auth = ah
-		hooks = append(hooks, ah)
-	} else {
-		hooks = append(hooks, new(openHook))
-	}
-	hooks = append(hooks, b.metrics)
-	for _, h := range hooks {
-		if err := b.mochi.AddHook(h, nil); err != nil {
-			return nil, fmt.Errorf("broker: add hook %s: %w", h.ID(), err)
-		}
 	}
 
 	for _, lc := range cfg.Listeners {
@@ -126,7 +116,7 @@ func New(cfg config.Config, opts ...Option) (*Broker, error) {
 	}
 
 	b.registry = prometheus.NewRegistry()
-	b.registry.MustRegister(b.metrics, collectors.NewGoCollector(),
+	b.registry.MustRegister(b.metrics, storageCollector{b}, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if addr := *cfg.Admin.Addr; addr != "" {
 		b.admin = admin.New(admin.Config{Addr: addr, Token: cfg.Admin.Token, Pprof: cfg.Admin.Pprof},
@@ -174,34 +164,44 @@ func capabilities(cfg config.Config) *mqtt.Capabilities {
 	return c
 }
 
-// Start opens every listener and the admin endpoint and starts serving. If
-// anything fails to open, what was opened is closed again.
+// Start opens storage (loading the sessions it holds), every listener and
+// the admin endpoint, and starts serving. If anything fails, what was opened
+// is closed again.
 func (b *Broker) Start(ctx context.Context) error {
 	if !b.started.CompareAndSwap(false, true) {
 		return errors.New("broker: already started")
 	}
+	st, err := persistence.Open(b.cfg.Storage, b.log.With("component", "storage"))
+	if err != nil {
+		return fmt.Errorf("broker: storage: %w", err)
+	}
+	b.store.Store(st)
+	fail := func(err error) error {
+		b.closeListeners()
+		if b.admin != nil {
+			_ = b.admin.Shutdown(context.Background())
+		}
+		_ = st.Close()
+		return err
+	}
+	if err := b.addHooks(st); err != nil {
+		return fail(err)
+	}
 	for _, l := range b.listeners {
 		if err := ctx.Err(); err != nil {
-			b.closeListeners()
-			return err
+			return fail(err)
 		}
 		if err := b.mochi.AddListener(l); err != nil {
-			b.closeListeners()
-			return err
+			return fail(err)
 		}
 	}
 	if b.admin != nil {
 		if err := b.admin.Start(); err != nil {
-			b.closeListeners()
-			return err
+			return fail(err)
 		}
 	}
 	if err := b.mochi.Serve(); err != nil {
-		b.closeListeners()
-		if b.admin != nil {
-			_ = b.admin.Shutdown(ctx)
-		}
-		return fmt.Errorf("broker: serve: %w", err)
+		return fail(fmt.Errorf("broker: serve: %w", err))
 	}
 	if len(b.certs) > 0 {
 		b.wg.Add(1)
@@ -217,6 +217,83 @@ func (b *Broker) Start(ctx context.Context) error {
 			"listeners", strings.Join(names, ","))
 	}
 	return nil
+}
+
+// addHooks adds Ferry's hooks to mochi. Order matters: mochi runs hooks in
+// the order they were added, stops OnPublish at the first error, and ORs
+// authentication; persistence comes after every hook that may reject a
+// message, so it stores only what mochi will deliver.
+func (b *Broker) addHooks(st *persistence.Store) error {
+	hooks := []mqtt.Hook{newProtocolHook(b, b.cfg)}
+	if b.auth != nil {
+		hooks = append(hooks, b.auth)
+	} else {
+		hooks = append(hooks, new(openHook))
+	}
+	hooks = append(hooks, persistence.NewHook(st, b.mochi), b.metrics)
+	for _, h := range hooks {
+		if err := b.mochi.AddHook(h, nil); err != nil {
+			return fmt.Errorf("broker: add hook %s: %w", h.ID(), err)
+		}
+	}
+	return nil
+}
+
+func (b *Broker) closeListeners() {
+	for _, l := range b.listeners {
+		l.stopAccepting()
+	}
+}
+
+// Shutdown drains the broker: stop accepting, disconnect every client with
+// reason 0x8B (server shutting down) after the packets already read are
+// answered, stop the hooks, flush and close storage, then stop the admin
+// endpoint. When ctx ends first, the remaining connections are cut. Safe to
+// call more than once.
+func (b *Broker) Shutdown(ctx context.Context) error {
+	b.stopOnce.Do(func() { b.stopErr = b.shutdown(ctx) })
+	return b.stopErr
+}
+
+func (b *Broker) shutdown(ctx context.Context) error {
+	b.stopping.Store(true)
+	if !b.started.Load() {
+		return nil
+	}
+	close(b.quit)
+	b.closeListeners()
+	closed := make(chan struct{})
+	go func() {
+		// mochi's Close disconnects every client, waits for their
+		// goroutines, then stops the hooks.
+		_ = b.mochi.Close()
+		b.wg.Wait()
+		close(closed)
+	}()
+	var err error
+	select {
+	case <-closed:
+	case <-ctx.Done():
+		err = fmt.Errorf("broker: shutdown: %w; connections cut", ctx.Err())
+		b.killConns()
+		<-closed
+	}
+	// Storage closes last: every client goroutine that could still write
+	// has ended. Close commits what is queued and fsyncs.
+	if st := b.store.Load(); st != nil {
+		if serr := st.Close(); serr != nil && err == nil {
+			err = fmt.Errorf("broker: close storage: %w", serr)
+		}
+	}
+	if b.admin != nil {
+		actx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if aerr := b.admin.Shutdown(actx); aerr != nil && err == nil {
+			err = aerr
+		}
+	}
+	b.log.Info("stopped")
+	return err
 }
 
 func (b *Broker) watchCerts() {
@@ -248,55 +325,6 @@ func (b *Broker) Reload() error {
 	}
 	b.log.Info("reloaded password and ACL files")
 	return nil
-}
-
-func (b *Broker) closeListeners() {
-	for _, l := range b.listeners {
-		l.stopAccepting()
-	}
-}
-
-// Shutdown drains the broker: stop accepting, disconnect every client with
-// reason 0x8B (server shutting down) after the packets already read are
-// answered, flush and close the hooks, then stop the admin endpoint. When ctx
-// ends first, the remaining connections are cut. Safe to call more than once.
-func (b *Broker) Shutdown(ctx context.Context) error {
-	b.stopOnce.Do(func() { b.stopErr = b.shutdown(ctx) })
-	return b.stopErr
-}
-
-func (b *Broker) shutdown(ctx context.Context) error {
-	b.stopping.Store(true)
-	if !b.started.Load() {
-		return nil
-	}
-	close(b.quit)
-	b.closeListeners()
-	closed := make(chan struct{})
-	go func() {
-		// mochi's Close disconnects every client, waits for their
-		// goroutines, then stops the hooks (storage flushes there).
-		_ = b.mochi.Close()
-		b.wg.Wait()
-		close(closed)
-	}()
-	var err error
-	select {
-	case <-closed:
-	case <-ctx.Done():
-		err = fmt.Errorf("broker: shutdown: %w; connections cut", ctx.Err())
-		b.killConns()
-		<-closed
-	}
-	if b.admin != nil {
-		actx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		if aerr := b.admin.Shutdown(actx); aerr != nil && err == nil {
-			err = aerr
-		}
-	}
-	b.log.Info("stopped")
-	return err
 }
 
 func (b *Broker) killConns() {
@@ -375,6 +403,11 @@ func (b *Broker) Ready() error {
 			return err
 		}
 	}
+	if st := b.store.Load(); st == nil {
+		return errors.New("storage not open")
+	} else if err := st.Ready(); err != nil {
+		return fmt.Errorf("storage: %w", err)
+	}
 	return nil
 }
 
@@ -403,3 +436,35 @@ func (b *Broker) Server() *mqtt.Server { return b.mochi }
 
 // Config is the validated configuration the broker runs on.
 func (b *Broker) Config() config.Config { return b.cfg }
+
+// storageCollector exports the store's write statistics.
+type storageCollector struct{ b *Broker }
+
+var (
+	descStoreBatches  = prometheus.NewDesc("ferry_storage_batches_total", "Storage write transactions committed (group commits).", nil, nil)
+	descStoreRecords  = prometheus.NewDesc("ferry_storage_records_total", "Records written or deleted.", nil, nil)
+	descStoreFsyncs   = prometheus.NewDesc("ferry_storage_fsyncs_total", "Explicit fsyncs of the data directory.", nil, nil)
+	descStoreFsyncSec = prometheus.NewDesc("ferry_storage_fsync_seconds_total", "Time spent in fsync.", nil, nil)
+	descStoreFailures = prometheus.NewDesc("ferry_storage_failures_total", "Storage batches whose commit or fsync failed.", nil, nil)
+	descStoreQueue    = prometheus.NewDesc("ferry_storage_queue_depth", "Write requests waiting for the storage writer.", nil, nil)
+)
+
+func (storageCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descStoreBatches, descStoreRecords, descStoreFsyncs, descStoreFsyncSec, descStoreFailures, descStoreQueue} {
+		ch <- d
+	}
+}
+
+func (c storageCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.b.store.Load()
+	if st == nil {
+		return
+	}
+	s := st.Stats()
+	ch <- prometheus.MustNewConstMetric(descStoreBatches, prometheus.CounterValue, float64(s.Batches))
+	ch <- prometheus.MustNewConstMetric(descStoreRecords, prometheus.CounterValue, float64(s.Records))
+	ch <- prometheus.MustNewConstMetric(descStoreFsyncs, prometheus.CounterValue, float64(s.Fsyncs))
+	ch <- prometheus.MustNewConstMetric(descStoreFsyncSec, prometheus.CounterValue, s.FsyncTime.Seconds())
+	ch <- prometheus.MustNewConstMetric(descStoreFailures, prometheus.CounterValue, float64(s.Failures))
+	ch <- prometheus.MustNewConstMetric(descStoreQueue, prometheus.GaugeValue, float64(s.QueueDepth))
+}

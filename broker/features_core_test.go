@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"testing"
 
+	paho3 "github.com/eclipse/paho.mqtt.golang"
 	"github.com/ferrymq/ferry/internal/testutil"
 )
 
@@ -178,6 +179,49 @@ func TestFeatureWill(t *testing.T) {
 				late.subscribe(t, topic, 1)
 				if got := late.box().wait1(t, topic); got.Payload != w.payload || !got.Retain {
 					t.Errorf("retained will: new subscription got %q retain %v, want %q retained", got.Payload, got.Retain, w.payload)
+				}
+			})
+		}
+	}
+}
+
+// TestFeaturePersistentSessionV3 checks clean session off for MQTT 3.1 and
+// 3.1.1: the session keeps its subscription and the QoS 1 messages
+// published while the client was away; clean session on discards both.
+func TestFeaturePersistentSessionV3(t *testing.T) {
+	t.Parallel()
+	b := testutil.StartBroker(t)
+	for _, ver := range versions[:2] {
+		for _, clean := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/clean_session_%v", ver.name, clean), func(t *testing.T) {
+				t.Parallel()
+				topic := "persist/" + uniq(t, "t")
+				id := uniq(t, "s")
+				persistent := func(o *paho3.ClientOptions) { o.SetCleanSession(clean) }
+				s := connect3(t, b, uint(ver.v), id, persistent)
+				s.sub(t, topic, 1)
+				s.Disconnect(100)
+				if clean {
+					waitGone(t, b, id)
+				} else {
+					waitOffline(t, b, id)
+				}
+				pub := connectAny(t, b, ver.v, uniq(t, "pub"), nil)
+				pub.publish(t, topic, 1, false, "while away")
+
+				again := connect3(t, b, uint(ver.v), id, persistent)
+				if present := again.present; present == clean {
+					t.Errorf("CONNACK session present = %v with clean session %v", present, clean)
+				}
+				if clean {
+					barrier(t, pub, again)
+					if got := again.in.on(topic); len(got) != 0 {
+						t.Errorf("clean session received %+v", got)
+					}
+					return
+				}
+				if got := again.in.wait1(t, topic); got.Payload != "while away" || got.QoS != 1 {
+					t.Errorf("queued message arrived as %q QoS %d", got.Payload, got.QoS)
 				}
 			})
 		}

@@ -134,10 +134,11 @@ type client3 struct {
 	clientID string
 	in       *inbox
 	conn     atomic.Pointer[net.Conn] // the TCP connection, to cut it
+	present  bool                     // CONNACK session present
 }
 
-func (c *client3) id() string    { return c.clientID }
-func (c *client3) box() *inbox   { return c.in }
+func (c *client3) id() string  { return c.clientID }
+func (c *client3) box() *inbox { return c.in }
 
 // connect3 connects an MQTT 3.1 (version 3) or 3.1.1 (version 4) client
 // with clean session on, changed by opts, and subscribes it to its flush
@@ -162,13 +163,17 @@ func connect3(t testing.TB, b *testutil.Broker, version uint, id string, opts ..
 		f(o)
 	}
 	c.Client = paho3.NewClient(o)
-	wait3(t, "connect "+id, c.Connect())
+	tok := c.Connect()
+	wait3(t, "connect "+id, tok)
+	c.present = tok.(*paho3.ConnectToken).SessionPresent()
 	t.Cleanup(func() {
 		if c.IsConnectionOpen() {
 			c.Disconnect(100)
 		}
 	})
-	c.sub(t, flushPrefix+id+"/#", 1)
+	if !c.present {
+		c.sub(t, flushPrefix+id+"/#", 1)
+	}
 	return c
 }
 

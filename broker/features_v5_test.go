@@ -566,7 +566,7 @@ func TestFeatureV5RetainHandling(t *testing.T) {
 	t.Parallel()
 	b := testutil.StartBroker(t)
 	cases := []struct {
-		handling              byte
+		handling             byte
 		onNew, onResubscribe int // retained messages sent
 	}{
 		{handling: 0, onNew: 1, onResubscribe: 1},

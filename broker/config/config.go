@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/hooks/auth"
+	"github.com/ferrymq/ferry/persistence"
 )
 
 // Defaults. Each is the value a field takes when the file, the environment
@@ -22,8 +23,6 @@ const (
 	DefaultWSAddr          = ":8083"
 	DefaultAdminAddr       = "127.0.0.1:8080"
 	DefaultDataDir         = "./data"
-	DefaultSync            = SyncBatch
-	DefaultSyncInterval    = 100 * time.Millisecond
 	DefaultShutdownTimeout = 5 * time.Second
 	DefaultSysInterval     = 10 * time.Second
 	DefaultLogLevel        = "info"
@@ -53,13 +52,6 @@ const (
 	DefaultConnectTimeout = 10 * time.Second
 )
 
-// Storage durability modes.
-const (
-	SyncAlways = "always"
-	SyncBatch  = "batch"
-	SyncNone   = "none"
-)
-
 // Listener types.
 const (
 	ListenerTCP  = "tcp"
@@ -77,8 +69,9 @@ type Config struct {
 	MQTT MQTT `yaml:"mqtt"`
 	// Limits bound what one client may cost.
 	Limits Limits `yaml:"limits"`
-	// Storage is the Badger data directory and its durability.
-	Storage Storage `yaml:"storage"`
+	// Storage is the Badger data directory and its durability; see
+	// docs/persistence.md.
+	Storage persistence.Config `yaml:"storage"`
 	// Auth is authentication and authorization; see docs/security.md. With
 	// none configured Ferry lets every client in and logs a warning.
 	Auth auth.Config `yaml:"auth"`
@@ -160,17 +153,6 @@ type Limits struct {
 	// ConnectTimeout closes a connection that has not completed CONNECT
 	// (TLS handshake included) in this time. Default 10s.
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
-}
-
-// Storage is where and how durably Ferry keeps sessions and messages.
-type Storage struct {
-	// Dir is the Badger data directory. Default ./data.
-	Dir string `yaml:"dir"`
-	// Sync is always, batch or none: see docs/persistence.md. Default batch.
-	Sync string `yaml:"sync"`
-	// SyncInterval is the longest batch mode waits before fsync. Default
-	// 100ms.
-	SyncInterval time.Duration `yaml:"sync_interval"`
 }
 
 // Admin is the HTTP listener for operators.
@@ -257,16 +239,10 @@ func (c Config) WithDefaults() Config {
 	if l.ConnectTimeout == 0 {
 		l.ConnectTimeout = DefaultConnectTimeout
 	}
-	s := &c.Storage
-	if s.Dir == "" {
-		s.Dir = DefaultDataDir
+	if c.Storage.Dir == "" {
+		c.Storage.Dir = DefaultDataDir
 	}
-	if s.Sync == "" {
-		s.Sync = DefaultSync
-	}
-	if s.SyncInterval == 0 {
-		s.SyncInterval = DefaultSyncInterval
-	}
+	c.Storage = c.Storage.WithDefaults()
 	if c.Admin.Addr == nil {
 		a := DefaultAdminAddr
 		c.Admin.Addr = &a

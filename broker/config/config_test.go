@@ -49,7 +49,7 @@ func TestExampleFileIsValidAndDocumentsEveryField(t *testing.T) {
 		"subscription_identifiers", "topic_alias_maximum", "receive_maximum", "max_session_expiry",
 		"max_message_expiry", "sys_interval", "limits", "max_packet_size", "max_connections", "max_inflight",
 		"client_writes_pending", "read_buffer_size", "write_buffer_size", "close_linger", "connect_timeout", "storage", "dir",
-		"sync", "sync_interval", "auth", "password_file", "acl_file", "acl", "allow_anonymous", "jwt",
+		"sync", "sync_interval", "gc_interval", "gc_discard_ratio", "auth", "password_file", "acl_file", "acl", "allow_anonymous", "jwt",
 		"hs256_secret_file", "public_key_files", "jwks_file", "username_claim", "audience", "issuer", "http",
 		"url", "timeout", "cache_ttl", "cache_size", "tls_username", "admin", "token", "pprof", "log",
 		"level", "format", "shutdown"} {

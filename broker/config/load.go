@@ -347,6 +347,18 @@ func setScalar(v reflect.Value, raw string) error {
 			return fmt.Errorf("not a boolean (true or false)")
 		}
 		v.SetBool(b)
+	case reflect.Float64, reflect.Float32:
+		f, err := strconv.ParseFloat(raw, 64)
+		if err != nil {
+			return fmt.Errorf("not a number")
+		}
+		v.SetFloat(f)
+	case reflect.Uint64, reflect.Uint32, reflect.Uint:
+		n, err := strconv.ParseUint(raw, 10, 64)
+		if err != nil {
+			return fmt.Errorf("not a non-negative integer")
+		}
+		v.SetUint(n)
 	case reflect.Int, reflect.Int64, reflect.Int32:
 		n, err := strconv.ParseInt(raw, 10, 64)
 		if err != nil {

@@ -78,17 +78,9 @@ func (c Config) Validate() error {
 	v.durationMin("limits.close_linger", l.CloseLinger, 0)
 	v.durationMin("limits.connect_timeout", l.ConnectTimeout, 100*time.Millisecond)
 
-	s := c.Storage
-	if strings.TrimSpace(s.Dir) == "" {
-		v.add("storage.dir", errors.New("must not be empty"))
+	if err := c.Storage.Validate(); err != nil {
+		v.nested("storage", err)
 	}
-	switch s.Sync {
-	case SyncAlways, SyncBatch, SyncNone:
-	default:
-		v.add("storage.sync", fmt.Errorf("must be one of always, batch, none; got %q", s.Sync))
-	}
-	v.durationMin("storage.sync_interval", s.SyncInterval, time.Millisecond)
-
 	if err := c.Auth.Validate(); err != nil {
 		v.nested("auth", err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ferrymq/ferry/broker"
 	"github.com/ferrymq/ferry/broker/config"
+	"github.com/ferrymq/ferry/persistence"
 )
 
 // Broker is a Ferry broker started for one test.
@@ -30,7 +31,7 @@ func TestConfig(dir string) config.Config {
 	admin := "127.0.0.1:0"
 	return config.Config{
 		Listeners: []config.Listener{{Name: "tcp", Type: config.ListenerTCP, Addr: "127.0.0.1:0"}},
-		Storage:   config.Storage{Dir: dir},
+		Storage:   persistence.Config{Dir: dir},
 		Admin:     config.Admin{Addr: &admin},
 	}
 }
