@@ -16,6 +16,11 @@ const pollInterval = time.Second
 // runDurable delivers the route's outbox in seq order until quit.
 func (b *Bridge) runDurable(ctx context.Context, r *route) {
 	var after uint64
+	var ln *lanes
+	if r.key != nil {
+		ln = b.startLanes(ctx, r)
+		defer ln.stop()
+	}
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
 	for {
@@ -51,7 +56,13 @@ func (b *Bridge) runDurable(ctx context.Context, r *route) {
 		}
 		last := batch[len(batch)-1].Seq
 		batch = b.expire(ctx, r, batch)
-		if len(batch) > 0 && !b.deliver(ctx, r, batch) {
+		switch {
+		case len(batch) == 0:
+		case ln != nil:
+			if !ln.submit(b, r, batch) {
+				return
+			}
+		case !b.deliverInOrder(ctx, r, batch):
 			return
 		}
 		after = last
@@ -86,9 +97,13 @@ func (b *Bridge) expire(ctx context.Context, r *route, batch []Message) []Messag
 // runMemory delivers an at-most-once route's queue until quit, then what is
 // still queued until ctx ends.
 func (b *Bridge) runMemory(ctx context.Context, r *route) {
-	batch := make([]Message, 0, r.size)
+	var ln *lanes
+	if r.key != nil {
+		ln = b.startLanes(ctx, r)
+		defer ln.stop()
+	}
 	for {
-		batch = batch[:0]
+		batch := make([]Message, 0, r.size)
 		select {
 		case m := <-r.queue:
 			batch = append(batch, m)
@@ -120,52 +135,93 @@ func (b *Bridge) runMemory(ctx context.Context, r *route) {
 				break fill
 			}
 		}
-		if !b.deliver(ctx, r, batch) {
+		if ln != nil {
+			if !ln.submit(b, r, batch) {
+				r.met.dropShutdown.Add(float64(len(batch)))
+				return
+			}
+			continue
+		}
+		if !b.deliverInOrder(ctx, r, batch) {
 			r.met.dropShutdown.Add(float64(len(batch)))
 			return
 		}
 	}
 }
 
-// deliver delivers batch honouring the route's ordering. It returns false
-// when the bridge is stopping and batch was not handled (it stays in the
-// outbox).
-func (b *Bridge) deliver(ctx context.Context, r *route, batch []Message) bool {
-	if r.key == nil || len(batch) == 1 {
-		return b.deliverInOrder(ctx, r, batch)
+// KeyLanes is how many keys a per-key route delivers in parallel: keys are
+// hashed onto this many lanes, each delivering its messages in order.
+const KeyLanes = 16
+
+// laneDepth is how many batches a lane holds before the dispatcher waits
+// for it: a stuck key holds back the others only once its lane is full.
+const laneDepth = 8
+
+// lanes delivers a per-key route's messages: one goroutine per lane, each in
+// order; the dispatcher (the route worker) owns and stops them.
+type lanes struct {
+	chans []chan []Message
+	wg    sync.WaitGroup
+}
+
+func (b *Bridge) startLanes(ctx context.Context, r *route) *lanes {
+	l := &lanes{chans: make([]chan []Message, KeyLanes)}
+	for i := range l.chans {
+		ch := make(chan []Message, laneDepth)
+		l.chans[i] = ch
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for batch := range ch {
+				select {
+				case <-b.quit:
+					continue // stopping: leave it in the outbox
+				default:
+				}
+				if !b.deliverInOrder(ctx, r, batch) && !r.durable {
+					r.met.dropShutdown.Add(float64(len(batch)))
+				}
+			}
+		}()
 	}
-	// Group by key, keeping each key's order; run the keys in parallel.
-	var keys []string
-	groups := map[string][]Message{}
+	return l
+}
+
+// submit splits batch by key onto the lanes, keeping each key's order. It
+// returns false when the bridge stops first.
+func (l *lanes) submit(b *Bridge, r *route, batch []Message) bool {
+	parts := make([][]Message, len(l.chans))
 	for i := range batch {
 		k, err := r.key.Execute(&batch[i])
 		if err != nil {
-			k = "" // messages without a key share one ordered group
+			k = "" // messages without a key share one lane, in order
 		}
-		if _, ok := groups[k]; !ok {
-			keys = append(keys, k)
+		h := uint32(2166136261) // FNV-1a
+		for j := 0; j < len(k); j++ {
+			h = (h ^ uint32(k[j])) * 16777619
 		}
-		groups[k] = append(groups[k], batch[i])
+		n := h % uint32(len(l.chans))
+		parts[n] = append(parts[n], batch[i])
 	}
-	if len(keys) == 1 {
-		return b.deliverInOrder(ctx, r, batch)
-	}
-	var wg sync.WaitGroup
-	ok := make([]bool, len(keys))
-	for i, k := range keys {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ok[i] = b.deliverInOrder(ctx, r, groups[k])
-		}()
-	}
-	wg.Wait()
-	for _, v := range ok {
-		if !v {
+	for i, p := range parts {
+		if len(p) == 0 {
+			continue
+		}
+		select {
+		case l.chans[i] <- p:
+		case <-b.quit:
 			return false
 		}
 	}
 	return true
+}
+
+// stop closes the lanes and waits for them.
+func (l *lanes) stop() {
+	for _, ch := range l.chans {
+		close(ch)
+	}
+	l.wg.Wait()
 }
 
 // deliverInOrder delivers msgs with retries until the backend acks them, a

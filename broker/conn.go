@@ -62,6 +62,74 @@ type conn struct {
 	mu        sync.Mutex // orders deadline changes against Close
 	closed    atomic.Bool
 	closeOnce sync.Once
+
+	// Until the session is established (CONNACK written and mochi's resend
+	// of the session's in-flight messages done), new PUBLISH packets are
+	// held back: mochi adds the client to its index before that, so a
+	// message published meanwhile would overtake the resend of older ones
+	// (or even the CONNACK).
+	wmu      sync.Mutex
+	released bool
+	held     []byte
+}
+
+func (c *conn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	if c.released {
+		c.wmu.Unlock()
+		return c.Conn.Write(p)
+	}
+	defer c.wmu.Unlock()
+	// Writes are whole packets (mochi encodes a packet, or a buffer of
+	// them, before writing). Hold new PUBLISHes; pass the rest, resends
+	// (DUP set) included.
+	rest := p
+	for len(rest) > 0 {
+		n := packetLen(rest)
+		if n <= 0 || n > len(rest) {
+			// Not whole packets after all: keep the order, hold it all.
+			c.held = append(c.held, rest...)
+			return len(p), nil
+		}
+		pk := rest[:n]
+		rest = rest[n:]
+		if pk[0]>>4 == packets.Publish && pk[0]&0x08 == 0 {
+			c.held = append(c.held, pk...)
+			continue
+		}
+		if _, err := c.Conn.Write(pk); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
+}
+
+// release ends the hold and writes what was held, in order.
+func (c *conn) release() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.released {
+		return
+	}
+	c.released = true
+	if len(c.held) > 0 {
+		_, _ = c.Conn.Write(c.held)
+		c.held = nil
+	}
+}
+
+// packetLen is the length of the MQTT packet at the start of b, 0 if b does
+// not hold its whole header.
+func packetLen(b []byte) int {
+	n, mult := 0, 1
+	for i := 1; i < len(b) && i <= 4; i++ {
+		n += int(b[i]&0x7f) * mult
+		if b[i]&0x80 == 0 {
+			return 1 + i + n
+		}
+		mult *= 128
+	}
+	return 0
 }
 
 func (c *conn) Read(p []byte) (int, error) {

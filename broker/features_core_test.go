@@ -92,6 +92,9 @@ func TestFeatureRetained(t *testing.T) {
 
 			pub.publish(t, topic, 1, true, "first")
 			pub.publish(t, topic, 1, true, "second")
+			// PUBACK comes before the message is forwarded: a subscription
+			// made before that is done would get "second" live as well.
+			barrier(t, pub, pub)
 			for i, m := range live.box().waitN(t, topic, 2) {
 				if m.Retain {
 					t.Errorf("live message %d (%q) has the retain flag; a message forwarded to an existing subscription must not", i, m.Payload)
@@ -110,6 +113,7 @@ func TestFeatureRetained(t *testing.T) {
 			}
 
 			pub.publish(t, topic, 1, true, "") // clear
+			barrier(t, pub, pub)                // and forwarded to current subscribers
 			cleared := connectAny(t, b, ver.v, uniq(t, "cleared"), nil)
 			cleared.subscribe(t, topic, 1)
 			barrier(t, cleared, cleared) // the retained message would come before
@@ -208,6 +212,7 @@ func TestFeaturePersistentSessionV3(t *testing.T) {
 				}
 				pub := connectAny(t, b, ver.v, uniq(t, "pub"), nil)
 				pub.publish(t, topic, 1, false, "while away")
+				barrier(t, pub, pub) // PUBACK comes before the message is queued
 
 				again := connect3(t, b, uint(ver.v), id, persistent)
 				if present := again.present; present == clean {

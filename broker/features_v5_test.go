@@ -123,6 +123,7 @@ func TestFeatureV5SessionExpiry(t *testing.T) {
 		s.disconnect(t)
 		waitOffline(t, b, id)
 		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: []byte("queued")})
+		barrier(t, pub, pub) // PUBACK comes before the message is queued
 
 		s = resume(t, b, id, 60)
 		if !s.ack.SessionPresent {
@@ -148,6 +149,7 @@ func TestFeatureV5SessionExpiry(t *testing.T) {
 		s.disconnect(t)
 		waitOffline(t, b, id)
 		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: []byte("queued before expiry")})
+		barrier(t, pub, pub) // PUBACK comes before the message is queued
 		testutil.Eventually(t, 5*time.Second, "session with expiry 1s removed", func() bool {
 			_, ok := b.B.Server().Clients.Get(id)
 			return !ok
@@ -187,6 +189,7 @@ func TestFeatureV5MessageExpiry(t *testing.T) {
 		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: []byte("short"), Properties: &paho5.PublishProperties{MessageExpiry: u32(1)}})
 		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: []byte("long"), Properties: &paho5.PublishProperties{MessageExpiry: u32(60)}})
 		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: []byte("forever")})
+		barrier(t, pub, pub) // PUBACK comes before the message is queued
 		cl, ok := b.B.Server().Clients.Get(id)
 		if !ok {
 			t.Fatal("offline session missing")
@@ -367,6 +370,7 @@ func TestFeatureV5TopicAlias(t *testing.T) {
 		s.disconnect(t)
 		waitOffline(t, b, id)
 		pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: []byte("queued")})
+		barrier(t, pub, pub) // PUBACK comes before the message is queued
 
 		again := connect5(t, b, id, &paho5.Connect{CleanStart: false, Properties: &paho5.ConnectProperties{
 			SessionExpiryInterval: u32(60), TopicAliasMaximum: u16(5)}}, nil)
@@ -579,6 +583,7 @@ func TestFeatureV5RetainHandling(t *testing.T) {
 			topic := "rh/" + uniq(t, "t")
 			pub := connect5(t, b, uniq(t, "pub"), nil, nil)
 			pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Retain: true, Payload: []byte("retained")})
+			barrier(t, pub, pub) // PUBACK comes before the message is forwarded
 			s := connect5(t, b, uniq(t, "s"), nil, nil)
 			opts := paho5.SubscribeOptions{Topic: topic, QoS: 1, RetainHandling: tc.handling}
 
@@ -723,6 +728,7 @@ func TestFeaturePacketIdentifiersPerDirection(t *testing.T) {
 			waitOffline(t, b, id)
 			pub := connect5(t, b, uniq(t, "pub"), nil, nil)
 			pub.pub(t, &paho5.Publish{Topic: topic, QoS: 1, Payload: []byte("queued")})
+			barrier(t, pub, pub) // PUBACK comes before the message is queued
 
 			raw = reconnect(t, id)
 			out := raw.Expect(packets.Publish) // not acknowledged

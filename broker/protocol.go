@@ -47,7 +47,7 @@ func (h *protocolHook) ID() string { return "ferry-protocol" }
 
 func (h *protocolHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPacketEncode:
+	case mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnSessionEstablished:
 		return true
 	case mqtt.OnPublish:
 		return h.messageExpiry > 0
@@ -62,6 +62,14 @@ func (h *protocolHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
 		c.client.Store(cl)
 	}
 	return nil
+}
+
+// OnSessionEstablished runs after CONNACK and the resend of the session's
+// in-flight messages: new messages may now go out.
+func (h *protocolHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	if c, ok := cl.Net.Conn.(*conn); ok {
+		c.release()
+	}
 }
 
 // OnPacketEncode adds to a successful MQTT 5 CONNACK what the server offers.

@@ -29,6 +29,10 @@ const (
 	// almost certainly a unit mistake, and would refuse every client.
 	MinHeapBytes = 1 << 20
 
+	// MaxPublishBurst is the largest PublishBurst accepted, and the default
+	// for rates above it.
+	MaxPublishBurst = math.MaxInt32
+
 	// MaxThrottleWait is the longest a throttled client's read loop waits
 	// for tokens. A client whose next message would need a longer wait is
 	// disconnected with 0x96 message rate too high instead.
@@ -69,7 +73,7 @@ type Config struct {
 	// token bucket. 0 (the default) means no limit.
 	PublishRate float64 `yaml:"publish_rate"`
 	// PublishBurst is the message bucket's size: how many messages a client
-	// that was idle may send at once. Default max(1, PublishRate). Only
+	// that was idle may send at once. Default max(1, PublishRate), rounded up. Only
 	// valid with PublishRate.
 	PublishBurst int `yaml:"publish_burst"`
 	// PublishByteRate bounds each client's PUBLISH bytes per second (the
@@ -110,7 +114,7 @@ func (c Config) WithDefaults() Config {
 		c.MaxSubscriptions = DefaultMaxSubscriptions
 	}
 	if c.PublishBurst == 0 && c.PublishRate > 0 {
-		c.PublishBurst = max(1, int(math.Ceil(c.PublishRate)))
+		c.PublishBurst = int(max(1, min(math.Ceil(c.PublishRate), MaxPublishBurst)))
 	}
 	if c.RateAction == "" {
 		c.RateAction = RateThrottle
@@ -140,7 +144,7 @@ func (c Config) Validate() error {
 	for _, b := range []intBound{
 		{"max_topic_length", c.MaxTopicLength, 1, MaxTopicLength},
 		{"max_topic_levels", c.MaxTopicLevels, 1, MaxTopicLength/2 + 1},
-		{"publish_burst", c.PublishBurst, 0, math.MaxInt32},
+		{"publish_burst", c.PublishBurst, 0, MaxPublishBurst},
 		{"client_id_max_length", c.ClientIDMaxLength, 1, MaxClientIDLength},
 		{"max_goroutines", c.MaxGoroutines, 0, math.MaxInt},
 	} {

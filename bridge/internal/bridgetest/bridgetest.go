@@ -93,20 +93,26 @@ func Metric(t testing.TB, g prometheus.Gatherer, name string, labels ...string) 
 	return sum
 }
 
-// Publisher records what the bridge publishes into the broker; Fail, when
-// set, decides an error per message.
+// Publisher records what the bridge publishes into the broker.
 type Publisher struct {
 	mu   sync.Mutex
 	msgs []bridge.Message
-	Fail func(bridge.Message) error
+	fail func(bridge.Message) error
+}
+
+// SetFail makes Publish return fn's error for each message (nil: accept).
+func (p *Publisher) SetFail(fn func(bridge.Message) error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.fail = fn
 }
 
 // Publish implements bridge.Publisher.
 func (p *Publisher) Publish(_ context.Context, m bridge.Message) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.Fail != nil {
-		if err := p.Fail(m); err != nil {
+	if p.fail != nil {
+		if err := p.fail(m); err != nil {
 			return err
 		}
 	}
