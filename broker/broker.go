@@ -22,6 +22,7 @@ import (
 	"github.com/ferrymq/ferry/broker/admin"
 	"github.com/ferrymq/ferry/broker/config"
 	"github.com/ferrymq/ferry/hooks/auth"
+	"github.com/ferrymq/ferry/hooks/limits"
 	"github.com/ferrymq/ferry/hooks/metrics"
 	"github.com/ferrymq/ferry/persistence"
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -38,12 +39,15 @@ type Broker struct {
 	metrics   *metrics.Hook
 	store     atomic.Pointer[persistence.Store]
 	auth      *auth.Hook // nil when no auth is configured
+	limits    *limits.Hook
 	registry  *prometheus.Registry
 	listeners []*listener
 	admin     *admin.Server
 	certs     []*certWatcher
 
 	certCheckEach time.Duration
+	// sysPublishDenied counts client publishes to $SYS refused.
+	sysPublishDenied atomic.Uint64
 	quit          chan struct{} // closed by Shutdown; ends background loops
 
 	wg       sync.WaitGroup // connection goroutines and lingering closes
@@ -58,6 +62,8 @@ type Broker struct {
 type options struct {
 	logger        *slog.Logger
 	certCheckEach time.Duration
+	// sysPublishDenied counts client publishes to $SYS refused.
+	sysPublishDenied atomic.Uint64
 }
 
 // Option sets a dependency of the broker.
@@ -116,7 +122,7 @@ func New(cfg config.Config, opts ...Option) (*Broker, error) {
 	}
 
 	b.registry = prometheus.NewRegistry()
-	b.registry.MustRegister(b.metrics, storageCollector{b}, collectors.NewGoCollector(),
+	b.registry.MustRegister(b.metrics, storageCollector{b}, securityCollector{b}, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if addr := *cfg.Admin.Addr; addr != "" {
 		b.admin = admin.New(admin.Config{Addr: addr, Token: cfg.Admin.Token, Pprof: cfg.Admin.Pprof},
@@ -224,7 +230,12 @@ func (b *Broker) Start(ctx context.Context) error {
 // authentication; persistence comes after every hook that may reject a
 // message, so it stores only what mochi will deliver.
 func (b *Broker) addHooks(st *persistence.Store) error {
-	hooks := []mqtt.Hook{newProtocolHook(b, b.cfg)}
+	lh, err := limits.New(b.cfg.Limits.Config, b.mochi, b.log.With("component", "limits"))
+	if err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	b.limits = lh
+	hooks := []mqtt.Hook{newProtocolHook(b, b.cfg), lh}
 	if b.auth != nil {
 		hooks = append(hooks, b.auth)
 	} else {
@@ -467,4 +478,50 @@ func (c storageCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descStoreFsyncSec, prometheus.CounterValue, s.FsyncTime.Seconds())
 	ch <- prometheus.MustNewConstMetric(descStoreFailures, prometheus.CounterValue, float64(s.Failures))
 	ch <- prometheus.MustNewConstMetric(descStoreQueue, prometheus.GaugeValue, float64(s.QueueDepth))
+}
+
+// securityCollector exports the auth and limits hooks' counters.
+type securityCollector struct{ b *Broker }
+
+var (
+	descAuth    = prometheus.NewDesc("ferry_auth_attempts_total", "Authentication attempts by method and outcome.", []string{"method", "outcome"}, nil)
+	descACL     = prometheus.NewDesc("ferry_acl_denied_total", "ACL checks denied, by action (publish, subscribe, read = delivery).", []string{"action"}, nil)
+	descRefused = prometheus.NewDesc("ferry_limits_enforced_total", "Clients refused, throttled or disconnected by a limit, by reason.", []string{"reason"}, nil)
+)
+
+func (securityCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descAuth
+	ch <- descACL
+	ch <- descRefused
+}
+
+func (c securityCollector) Collect(ch chan<- prometheus.Metric) {
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	if a := c.b.auth; a != nil {
+		s := a.Stats()
+		for _, m := range []struct {
+			name string
+			st   auth.MethodStats
+		}{{"anonymous", s.Anonymous}, {"password", s.Password}, {"jwt", s.JWT}, {"http", s.HTTP}, {"tls", s.TLS}} {
+			counter(descAuth, m.st.Success, m.name, "success")
+			counter(descAuth, m.st.Failure, m.name, "failure")
+		}
+		counter(descACL, s.ACLDenied.Publish, "publish")
+		counter(descACL, s.ACLDenied.Subscribe, "subscribe")
+		counter(descACL, s.ACLDenied.Read, "read")
+	}
+	if l := c.b.limits; l != nil {
+		s := l.Stats()
+		for _, r := range []struct {
+			name string
+			v    uint64
+		}{{"server_busy", s.RefusedBusy}, {"client_id", s.RefusedClientID}, {"throttled", s.Throttled},
+			{"rate_disconnect", s.RateDisconnects}, {"topic_too_long", s.TopicTooLong}, {"topic_too_deep", s.TopicTooDeep},
+			{"too_many_subscriptions", s.TooManySubscriptions}, {"publish_wildcard", s.PublishWildcard}} {
+			counter(descRefused, r.v, r.name)
+		}
+	}
+	counter(descRefused, c.b.sysPublishDenied.Load(), "publish_to_sys")
 }

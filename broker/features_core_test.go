@@ -113,7 +113,7 @@ func TestFeatureRetained(t *testing.T) {
 			}
 
 			pub.publish(t, topic, 1, true, "") // clear
-			barrier(t, pub, pub)                // and forwarded to current subscribers
+			barrier(t, pub, pub)               // and forwarded to current subscribers
 			cleared := connectAny(t, b, ver.v, uniq(t, "cleared"), nil)
 			cleared.subscribe(t, topic, 1)
 			barrier(t, cleared, cleared) // the retained message would come before

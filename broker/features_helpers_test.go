@@ -12,6 +12,7 @@ package broker_test
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"net/url"
 	"strings"
@@ -363,13 +364,16 @@ func waitOffline(t testing.TB, b *testutil.Broker, id string) {
 	})
 }
 
-// uniq returns a topic or client id unique to this test and subtest.
+// uniq returns a topic level or client id unique to this test and subtest:
+// a hash of the test's name, the name's end for people, and s.
 func uniq(t testing.TB, s string) string {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(t.Name()))
 	n := strings.NewReplacer("/", "-", " ", "-", "#", "", "+", "").Replace(t.Name())
-	if len(n) > 40 {
-		n = n[len(n)-40:]
+	if len(n) > 24 {
+		n = n[len(n)-24:]
 	}
-	return n + "-" + s
+	return fmt.Sprintf("%08x-%s-%s", h.Sum32(), n, s)
 }
 
 func u16(v uint16) *uint16 { return &v }

@@ -110,7 +110,7 @@ func TestFeatureSysTopics(t *testing.T) {
 			case pk.FixedHeader.Type == packets.Disconnect && ver.v == 5 && pk.ReasonCode >= 0x80:
 				// disconnect with a reason: allowed
 			default:
-				t.Skipf("BUG: QoS 1 PUBLISH to $SYS is never acknowledged: the next packet from the broker is %s (reason 0x%02x), not PUBACK; the client's packet identifier stays in use forever. mochi's processPublish returns without an ack when IsValidFilter refuses a $SYS topic name.", packets.PacketNames[pk.FixedHeader.Type], pk.ReasonCode)
+				t.Fatalf("regression of a mochi v2.7.9 bug Ferry works around: QoS 1 PUBLISH to $SYS is never acknowledged: the next packet from the broker is %s (reason 0x%02x), not PUBACK; the client's packet identifier stays in use forever. mochi's processPublish returns without an ack when IsValidFilter refuses a $SYS topic name.", packets.PacketNames[pk.FixedHeader.Type], pk.ReasonCode)
 			}
 		})
 	}

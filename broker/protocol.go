@@ -2,6 +2,7 @@ package broker
 
 import (
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ferrymq/ferry/broker/config"
@@ -27,6 +28,16 @@ type protocolHook struct {
 	aliasMax      uint16
 	packetMax     uint32
 	messageExpiry uint32 // seconds; 0 = no cap
+
+	// aliases remembers, per client id, the topic behind each outbound
+	// topic alias the broker has sent, to resend queued messages whole.
+	aliases sync.Map // string -> *aliasBook
+	ids     idMaps
+}
+
+type aliasBook struct {
+	mu     sync.Mutex
+	topics map[uint16]string
 }
 
 func newProtocolHook(b *Broker, c config.Config) *protocolHook {
@@ -47,7 +58,8 @@ func (h *protocolHook) ID() string { return "ferry-protocol" }
 
 func (h *protocolHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnSessionEstablished:
+	case mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnSessionEstablished,
+		mqtt.OnClientExpired, mqtt.OnDisconnect:
 		return true
 	case mqtt.OnPublish:
 		return h.messageExpiry > 0
@@ -72,8 +84,38 @@ func (h *protocolHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	}
 }
 
-// OnPacketEncode adds to a successful MQTT 5 CONNACK what the server offers.
+// OnClientExpired removes an expired session's subscriptions: mochi only
+// forgets the client, and its subscriptions would go on matching (a new
+// client with the same id would receive them without subscribing).
+func (h *protocolHook) OnClientExpired(cl *mqtt.Client) {
+	h.b.mochi.UnsubscribeClient(cl)
+	cl.ClearInflights()
+	h.aliases.Delete(cl.ID)
+	h.ids.forget(cl.ID)
+}
+
+// OnDisconnect forgets the alias book and packet id mappings of a session
+// that ends here.
+func (h *protocolHook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
+	if expire {
+		h.aliases.Delete(cl.ID)
+		h.ids.forget(cl.ID)
+	}
+}
+
+// OnPacketEncode adds to a successful MQTT 5 CONNACK what the server offers,
+// and resends queued messages with their topic rather than an alias.
 func (h *protocolHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	switch pk.FixedHeader.Type {
+	case packets.Publish:
+		if pk.Properties.TopicAliasFlag {
+			return h.aliasedPublish(cl, pk)
+		}
+		return pk
+	case packets.Puback, packets.Pubrec, packets.Pubcomp, packets.Suback, packets.Unsuback:
+		h.ids.answer(cl, &pk)
+		return pk
+	}
 	if pk.FixedHeader.Type != packets.Connack || cl.Properties.ProtocolVersion != 5 || pk.ReasonCode >= packets.ErrUnspecifiedError.Code {
 		return pk
 	}
@@ -86,6 +128,34 @@ func (h *protocolHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packet
 	p.SubIDAvailable, p.SubIDAvailableFlag = flag(h.subID), true
 	if h.maxQoS < 2 {
 		p.MaximumQos, p.MaximumQosFlag = h.maxQoS, true
+	}
+	return pk
+}
+
+// aliasedPublish records which topic each outbound alias stands for and
+// gives a resent message its topic back. mochi stores a QoS 1/2 message for
+// resending after replacing its topic with an alias; aliases live only as
+// long as a connection, so a message resent after the client reconnects
+// would arrive with an alias the new connection never set up. Sending the
+// topic without an alias is always valid.
+func (h *protocolHook) aliasedPublish(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	v, _ := h.aliases.Load(cl.ID)
+	book, _ := v.(*aliasBook)
+	if book == nil {
+		v, _ = h.aliases.LoadOrStore(cl.ID, &aliasBook{topics: map[uint16]string{}})
+		book = v.(*aliasBook)
+	}
+	book.mu.Lock()
+	defer book.mu.Unlock()
+	if pk.TopicName != "" {
+		book.topics[pk.Properties.TopicAlias] = pk.TopicName
+		return pk
+	}
+	if pk.FixedHeader.Dup {
+		if t, ok := book.topics[pk.Properties.TopicAlias]; ok {
+			pk.TopicName = t
+			pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
+		}
 	}
 	return pk
 }
@@ -103,7 +173,16 @@ func flag(b bool) byte {
 func (h *protocolHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	var code packets.Code
 	switch pk.FixedHeader.Type {
+	case packets.Pubrel, packets.Unsubscribe:
+		h.ids.inbound(cl, &pk)
+		return pk, nil
 	case packets.Publish:
+		if isSys(pk.TopicName) {
+			return h.refuseSysPublish(cl, pk)
+		}
+		if pk.FixedHeader.Qos > 0 {
+			h.ids.inbound(cl, &pk)
+		}
 		switch {
 		case pk.FixedHeader.Retain && !h.retain:
 			code = packets.ErrRetainNotSupported
@@ -116,6 +195,7 @@ func (h *protocolHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets
 		if c, bad := h.subscribeViolation(pk); bad {
 			code = c
 		} else {
+			h.ids.inbound(cl, &pk)
 			return pk, nil
 		}
 	default:
@@ -129,6 +209,33 @@ func (h *protocolHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets
 		cl.Stop(code)
 	}
 	return pk, packets.ErrRejectPacket
+}
+
+func isSys(topic string) bool {
+	return len(topic) >= 4 && strings.EqualFold(topic[:4], "$SYS")
+}
+
+// refuseSysPublish answers a client's PUBLISH to $SYS, which mochi drops
+// without a word, leaving a QoS 1/2 publisher waiting for ever: MQTT 5 gets
+// PUBACK/PUBREC 0x87 (not authorized), MQTT 3 at QoS 1/2 a closed connection
+// (3.1.1 allows no negative acknowledgement). mochi then ignores the packet.
+func (h *protocolHook) refuseSysPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	h.b.sysPublishDenied.Add(1)
+	if pk.FixedHeader.Qos == 0 {
+		return pk, nil
+	}
+	if cl.Properties.ProtocolVersion < 5 {
+		h.b.log.Warn("closing connection: QoS 1/2 publish to $SYS", "client_id", cl.ID, "remote", cl.Net.Remote)
+		cl.Stop(packets.ErrNotAuthorized)
+		return pk, packets.ErrRejectPacket
+	}
+	ack := packets.Puback
+	if pk.FixedHeader.Qos == 2 {
+		ack = packets.Pubrec
+	}
+	_ = cl.WritePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: ack}, PacketID: pk.PacketID,
+		ReasonCode: packets.ErrNotAuthorized.Code, Properties: packets.Properties{ReasonString: "clients may not publish to $SYS"}})
+	return pk, nil
 }
 
 func (h *protocolHook) subscribeViolation(pk packets.Packet) (packets.Code, bool) {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/hooks/auth"
+	"github.com/ferrymq/ferry/hooks/limits"
 	"github.com/ferrymq/ferry/persistence"
 )
 
@@ -133,8 +134,12 @@ type MQTT struct {
 	SysInterval time.Duration `yaml:"sys_interval"`
 }
 
-// Limits bound what one client may cost.
+// Limits bound what one client may cost. The per-message limits (topic
+// size, subscriptions, publish rate, client ids, overload guard) are the
+// limits hook's own configuration, inlined here.
 type Limits struct {
+	limits.Config `yaml:",inline"`
+
 	// MaxPacketSize is the largest packet accepted, in bytes, advertised in
 	// CONNACK. 0 means the protocol maximum. Default 1 MiB.
 	MaxPacketSize *int `yaml:"max_packet_size"`
@@ -239,6 +244,7 @@ func (c Config) WithDefaults() Config {
 	if l.ConnectTimeout == 0 {
 		l.ConnectTimeout = DefaultConnectTimeout
 	}
+	l.Config = l.Config.WithDefaults()
 	if c.Storage.Dir == "" {
 		c.Storage.Dir = DefaultDataDir
 	}

@@ -285,7 +285,11 @@ func applyEnv(c *Config, env []string) error {
 		t := v.Type()
 		for i := 0; i < t.NumField(); i++ {
 			f := t.Field(i)
-			tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			tag, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if opts == "inline" && f.Type.Kind() == reflect.Struct {
+				walk(v.Field(i), path)
+				continue
+			}
 			if tag == "" || tag == "-" {
 				continue
 			}

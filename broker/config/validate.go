@@ -77,6 +77,9 @@ func (c Config) Validate() error {
 	v.intRange("limits.write_buffer_size", l.WriteBufferSize, 256, 16<<20)
 	v.durationMin("limits.close_linger", l.CloseLinger, 0)
 	v.durationMin("limits.connect_timeout", l.ConnectTimeout, 100*time.Millisecond)
+	if err := l.Config.Validate(); err != nil {
+		v.nested("limits", err)
+	}
 
 	if err := c.Storage.Validate(); err != nil {
 		v.nested("storage", err)

@@ -4,7 +4,8 @@
 // The hook checks, per client:
 //
 //   - at CONNECT: the client identifier's length and pattern (refused with
-//     CONNACK 0x85, MQTT 3 return code 0x02), and an overload guard on the
+//     CONNACK 0x85, MQTT 3 return code 0x02), the will topic as for a
+//     PUBLISH (CONNACK 0x90; MQTT 3 closed), and an overload guard on the
 //     process's goroutine count and heap in use (CONNACK 0x89 server busy,
 //     MQTT 3 return code 0x03 server unavailable);
 //   - on every PUBLISH: wildcards in the topic name, the topic's length and

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -113,9 +114,10 @@ func (h *Hook) Stop() error {
 	return nil
 }
 
-// OnConnect refuses a client whose identifier breaks the limits (0x85) or
-// any client while the broker is overloaded (0x89 server busy; MQTT 3:
-// 0x03 server unavailable). mochi drops a connection whose OnConnect fails
+// OnConnect refuses a client whose identifier breaks the limits (0x85;
+// MQTT 3: 0x02), whose will topic does (0x90; MQTT 3: closed without
+// CONNACK), or any client while the broker is overloaded (0x89 server busy;
+// MQTT 3: 0x03 server unavailable). mochi drops a connection whose OnConnect fails
 // without a CONNACK, so the hook sends the CONNACK itself first.
 func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	id := pk.Connect.ClientIdentifier
@@ -123,6 +125,21 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		h.stats.refusedClientID.Add(1)
 		h.log.Info("limits: client identifier refused", "client_id", truncate(id), "remote", cl.Net.Remote)
 		return h.refuseConnect(cl, packets.ErrClientIdentifierNotValid)
+	}
+	if pk.Connect.WillFlag {
+		// mochi publishes the will itself, not through OnPacketRead, so its
+		// topic is checked here or never.
+		if v := checkTopic(pk.Connect.WillTopic, h.cfg.MaxTopicLength, h.cfg.MaxTopicLevels, true); v != topicOK {
+			h.stats.topic(v)
+			h.log.Info("limits: will topic refused", "client_id", truncate(id), "reason", v.String(),
+				"topic", truncate(pk.Connect.WillTopic))
+			if cl.Properties.ProtocolVersion < 5 {
+				// MQTT 3 has no CONNACK code for this: close without one,
+				// as for a malformed CONNECT.
+				return packets.ErrTopicNameInvalid
+			}
+			return h.refuseConnect(cl, packets.ErrTopicNameInvalid)
+		}
 	}
 	if h.overload() {
 		h.stats.refusedBusy.Add(1)
@@ -195,8 +212,8 @@ func (h *Hook) checkPublish(cl *mqtt.Client, topic string, size int) error {
 	if topic != "" {
 		if v := checkTopic(topic, h.cfg.MaxTopicLength, h.cfg.MaxTopicLevels, true); v != topicOK {
 			h.stats.topic(v)
-			// mochi drops a PUBLISH with a wildcard silently, leaving a
-			// QoS 1 publisher waiting for a PUBACK; a DISCONNECT tells it.
+			// For a wildcard mochi itself would disconnect with 0x82
+			// protocol error; 0x90 names the problem, and it is counted.
 			return h.reject(cl, packets.ErrTopicNameInvalid, v.String(), topic)
 		}
 	}
@@ -328,7 +345,11 @@ func (h *Hook) sleep(cl *mqtt.Client, d time.Duration) bool {
 // reject disconnects cl for breaking a limit and returns the error that
 // makes mochi drop the packet.
 func (h *Hook) reject(cl *mqtt.Client, code packets.Code, reason, topic string) error {
-	h.log.Info("limits: disconnecting client", "client_id", truncate(cl.ID), "reason", reason, "topic", truncate(topic))
+	if topic != "" {
+		h.log.Info("limits: disconnecting client", "client_id", truncate(cl.ID), "reason", reason, "topic", truncate(topic))
+	} else {
+		h.log.Info("limits: disconnecting client", "client_id", truncate(cl.ID), "reason", reason)
+	}
 	h.disconnect(cl, code)
 	return packets.ErrRejectPacket
 }
@@ -345,10 +366,14 @@ func (h *Hook) disconnect(cl *mqtt.Client, code packets.Code) {
 	cl.Stop(code)
 }
 
-// truncate shortens s for a log line.
+// truncate shortens s for a log line, at a rune boundary.
 func truncate(s string) string {
 	if len(s) <= maxLoggedTopic {
 		return s
 	}
-	return s[:maxLoggedTopic] + "…"
+	n := maxLoggedTopic
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }

@@ -187,6 +187,53 @@ func TestClientID(t *testing.T) {
 	}
 }
 
+// TestWillTopic: mochi publishes wills itself, bypassing OnPacketRead, so
+// the will topic is checked at CONNECT.
+func TestWillTopic(t *testing.T) {
+	h, addr := startServer(t, Config{MaxTopicLength: 32, MaxTopicLevels: 4})
+	tests := []struct {
+		topic string
+		ok    bool
+		stat  func(Stats) uint64
+	}{
+		{"will/a/b/c", true, nil},
+		{"will/a/b/c/d", false, func(s Stats) uint64 { return s.TopicTooDeep }},
+		{"will/" + strings.Repeat("x", 28), false, func(s Stats) uint64 { return s.TopicTooLong }},
+		{"will/+", false, func(s Stats) uint64 { return s.PublishWildcard }},
+	}
+	for _, v := range versions {
+		for i, tt := range tests {
+			t.Run(fmt.Sprintf("%s/%s", v.name, tt.topic), func(t *testing.T) {
+				var before uint64
+				if tt.stat != nil {
+					before = tt.stat(h.Stats())
+				}
+				c := dial(t, addr, v.version)
+				c.sendConnect(packets.ConnectParams{
+					ClientIdentifier: fmt.Sprintf("will-%s-%d", v.name, i),
+					WillFlag:         true, WillTopic: tt.topic, WillPayload: []byte("gone"),
+				})
+				if tt.ok {
+					if ack := c.expect(packets.Connack); ack.ReasonCode != 0 {
+						t.Fatalf("CONNACK 0x%02x, want success", ack.ReasonCode)
+					}
+					c.ping()
+					return
+				}
+				if v.version == v5 {
+					if ack := c.expect(packets.Connack); ack.ReasonCode != packets.ErrTopicNameInvalid.Code {
+						t.Fatalf("CONNACK 0x%02x, want 0x90", ack.ReasonCode)
+					}
+				}
+				c.expectClosed()
+				if got := tt.stat(h.Stats()); got != before+1 {
+					t.Errorf("counter = %d, want %d", got, before+1)
+				}
+			})
+		}
+	}
+}
+
 func TestOverloadGuard(t *testing.T) {
 	// Goroutines parked here keep the count above what it was when the test
 	// read it, whatever earlier tests' goroutines do meanwhile.

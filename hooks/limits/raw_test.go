@@ -109,11 +109,15 @@ func (c *rawClient) send(pk packets.Packet) {
 // connect sends CONNECT (clean start, keepalive 60) and returns the CONNACK.
 func (c *rawClient) connect(clientID string) packets.Packet {
 	c.t.Helper()
-	c.send(packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Connect},
-		Connect:     packets.ConnectParams{ClientIdentifier: clientID, Clean: true, Keepalive: 60},
-	})
+	c.sendConnect(packets.ConnectParams{ClientIdentifier: clientID})
 	return c.expect(packets.Connack)
+}
+
+// sendConnect sends CONNECT with p, clean start and keepalive 60.
+func (c *rawClient) sendConnect(p packets.ConnectParams) {
+	c.t.Helper()
+	p.Clean, p.Keepalive = true, 60
+	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: p})
 }
 
 // mustConnect connects and fails the test unless the CONNACK is a success.

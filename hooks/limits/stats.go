@@ -15,14 +15,14 @@ type Stats struct {
 	// RateDisconnects counts clients disconnected for their publish rate.
 	RateDisconnects uint64
 	// TopicTooLong and TopicTooDeep count clients disconnected for a topic
-	// name (PUBLISH) or filter (SUBSCRIBE) over MaxTopicLength or
-	// MaxTopicLevels.
+	// name (PUBLISH) or filter (SUBSCRIBE), or refused at CONNECT for a will
+	// topic, over MaxTopicLength or MaxTopicLevels.
 	TopicTooLong, TopicTooDeep uint64
 	// TooManySubscriptions counts clients disconnected for a SUBSCRIBE that
 	// would take them over MaxSubscriptions.
 	TooManySubscriptions uint64
 	// PublishWildcard counts clients disconnected for '+' or '#' in a
-	// PUBLISH topic name.
+	// PUBLISH topic name, or refused for one in a will topic.
 	PublishWildcard uint64
 }
 

@@ -81,3 +81,18 @@ func FuzzCheckTopic(f *testing.F) {
 		}
 	})
 }
+
+func TestTruncate(t *testing.T) {
+	long := strings.Repeat("a", maxLoggedTopic-1) + "é" // é straddles the cut
+	tests := []struct{ in, want string }{
+		{"short", "short"},
+		{strings.Repeat("a", maxLoggedTopic), strings.Repeat("a", maxLoggedTopic)},
+		{strings.Repeat("a", maxLoggedTopic+1), strings.Repeat("a", maxLoggedTopic) + "…"},
+		{long + "b", strings.Repeat("a", maxLoggedTopic-1) + "…"},
+	}
+	for _, tt := range tests {
+		if got := truncate(tt.in); got != tt.want {
+			t.Errorf("truncate(%d bytes) = %d bytes %.10q…, want %d bytes", len(tt.in), len(got), got, len(tt.want))
+		}
+	}
+}

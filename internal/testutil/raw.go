@@ -35,14 +35,25 @@ func DialRaw(t testing.TB, addr string, version byte) *Raw {
 // Encode returns pk's bytes for protocol version v.
 func Encode(t testing.TB, pk packets.Packet, v byte) []byte {
 	t.Helper()
+	b, err := EncodePacket(pk, v)
+	if err != nil {
+		t.Fatalf("raw: %v", err)
+	}
+	return b
+}
+
+// EncodePacket returns pk's bytes for protocol version v (3, 4 or 5).
+func EncodePacket(pk packets.Packet, v byte) ([]byte, error) {
 	pk.ProtocolVersion = v
 	var buf bytes.Buffer
 	var err error
 	switch pk.FixedHeader.Type {
 	case packets.Connect:
-		pk.Connect.ProtocolName = []byte("MQTT")
-		if v == 3 {
-			pk.Connect.ProtocolName = []byte("MQIsdp")
+		if len(pk.Connect.ProtocolName) == 0 {
+			pk.Connect.ProtocolName = []byte("MQTT")
+			if v == 3 {
+				pk.Connect.ProtocolName = []byte("MQIsdp")
+			}
 		}
 		err = pk.ConnectEncode(&buf)
 	case packets.Publish:
@@ -63,13 +74,64 @@ func Encode(t testing.TB, pk packets.Packet, v byte) []byte {
 		err = pk.PingreqEncode(&buf)
 	case packets.Disconnect:
 		err = pk.DisconnectEncode(&buf)
+	case packets.Auth:
+		err = pk.AuthEncode(&buf)
 	default:
-		t.Fatalf("raw: cannot encode packet type %d", pk.FixedHeader.Type)
+		return nil, fmt.Errorf("cannot encode packet type %d", pk.FixedHeader.Type)
 	}
 	if err != nil {
-		t.Fatalf("raw: encode: %v", err)
+		return nil, fmt.Errorf("encode %s: %w", packets.PacketNames[pk.FixedHeader.Type], err)
 	}
-	return buf.Bytes()
+	return buf.Bytes(), nil
+}
+
+// ReadPacket reads and decodes one packet sent by a server to a client of
+// protocol version v.
+func ReadPacket(r *bufio.Reader, v byte) (packets.Packet, error) {
+	var pk packets.Packet
+	b, err := r.ReadByte()
+	if err != nil {
+		return pk, err
+	}
+	if err := pk.FixedHeader.Decode(b); err != nil {
+		return pk, err
+	}
+	n, _, err := packets.DecodeLength(r)
+	if err != nil {
+		return pk, err
+	}
+	pk.FixedHeader.Remaining = n
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return pk, err
+	}
+	pk.ProtocolVersion = v
+	switch pk.FixedHeader.Type {
+	case packets.Connack:
+		err = pk.ConnackDecode(body)
+	case packets.Publish:
+		err = pk.PublishDecode(body)
+	case packets.Puback:
+		err = pk.PubackDecode(body)
+	case packets.Pubrec:
+		err = pk.PubrecDecode(body)
+	case packets.Pubrel:
+		err = pk.PubrelDecode(body)
+	case packets.Pubcomp:
+		err = pk.PubcompDecode(body)
+	case packets.Suback:
+		err = pk.SubackDecode(body)
+	case packets.Unsuback:
+		err = pk.UnsubackDecode(body)
+	case packets.Pingresp:
+	case packets.Disconnect:
+		err = pk.DisconnectDecode(body)
+	case packets.Auth:
+		err = pk.AuthDecode(body)
+	default:
+		err = fmt.Errorf("unexpected packet type %d from a server", pk.FixedHeader.Type)
+	}
+	return pk, err
 }
 
 // Send writes pk.
@@ -105,48 +167,7 @@ func (r *Raw) Connect(clientID string, props packets.Properties) packets.Packet 
 // Read returns the next packet, or an error (io.EOF, a reset, a timeout).
 func (r *Raw) Read(timeout time.Duration) (packets.Packet, error) {
 	_ = r.Conn.SetReadDeadline(time.Now().Add(timeout))
-	var pk packets.Packet
-	b, err := r.r.ReadByte()
-	if err != nil {
-		return pk, err
-	}
-	if err := pk.FixedHeader.Decode(b); err != nil {
-		return pk, err
-	}
-	n, _, err := packets.DecodeLength(r.r)
-	if err != nil {
-		return pk, err
-	}
-	pk.FixedHeader.Remaining = n
-	body := make([]byte, n)
-	if _, err := io.ReadFull(r.r, body); err != nil {
-		return pk, err
-	}
-	pk.ProtocolVersion = r.Version
-	switch pk.FixedHeader.Type {
-	case packets.Connack:
-		err = pk.ConnackDecode(body)
-	case packets.Publish:
-		err = pk.PublishDecode(body)
-	case packets.Puback:
-		err = pk.PubackDecode(body)
-	case packets.Pubrec:
-		err = pk.PubrecDecode(body)
-	case packets.Pubrel:
-		err = pk.PubrelDecode(body)
-	case packets.Pubcomp:
-		err = pk.PubcompDecode(body)
-	case packets.Suback:
-		err = pk.SubackDecode(body)
-	case packets.Unsuback:
-		err = pk.UnsubackDecode(body)
-	case packets.Pingresp:
-	case packets.Disconnect:
-		err = pk.DisconnectDecode(body)
-	default:
-		err = fmt.Errorf("raw: unexpected packet type %d", pk.FixedHeader.Type)
-	}
-	return pk, err
+	return ReadPacket(r.r, r.Version)
 }
 
 // Expect reads the next packet and fails the test unless it has type typ.

@@ -304,11 +304,19 @@ func (p *publisher) send(start time.Time, interval time.Duration) error {
 	batch := make([]byte, 0, batchBytes+cfg.PayloadSize+512)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	// Every PUBLISH of one publisher encodes to the same length (fixed
+	// topic, payload size and property sizes), so the bytes a failed write
+	// got out say exactly how many whole messages were sent.
+	msgLen := 0
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
 		}
-		if err := p.conn.WriteBatch(batch); err != nil {
+		n, err := p.conn.WriteBatch(batch)
+		if err != nil {
+			if msgLen > 0 {
+				p.sent.Add(uint64(n / msgLen))
+			}
 			return err
 		}
 		batch = batch[:0]
@@ -363,7 +371,9 @@ func (p *publisher) send(start time.Time, interval time.Duration) error {
 			// Stored before the bytes can leave, so an ack never names
 			// a sequence the read loop cannot resolve.
 			p.next.Store(seq + 1)
+			before := len(batch)
 			batch = mqttc.AppendPublish(batch, &pk, version)
+			msgLen = len(batch) - before
 			if len(batch) >= batchBytes {
 				if err := flush(); err != nil {
 					return err

@@ -45,8 +45,24 @@ func startMochi(t *testing.T, extra ...mqtt.Hook) (string, *mqtt.Server) {
 	if err := s.Serve(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = s.Close() })
+	t.Cleanup(func() { closeMochi(t, s) })
 	return l.Address(), s
+}
+
+// closeMochi stops s, bounded: mochi's Close waits for every client
+// goroutine and can hang on one stuck mid-flow, which is mochi's problem,
+// not the generator's.
+func closeMochi(t *testing.T, s *mqtt.Server) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = s.Close()
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Log("mochi Close did not return within 5s; leaving it")
+	}
 }
 
 func runScenario(t *testing.T, cfg Config) Result {
@@ -230,7 +246,7 @@ func TestTLS(t *testing.T) {
 	if err := s.Serve(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = s.Close() })
+	t.Cleanup(func() { closeMochi(t, s) })
 
 	tests := []struct {
 		name    string

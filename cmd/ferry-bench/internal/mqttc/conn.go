@@ -223,18 +223,17 @@ func (c *Conn) WritePublish(p *Publish) error {
 }
 
 // WriteBatch writes b, a run of already-encoded packets, straight to the
-// network after flushing anything buffered, and returns once the kernel has
-// taken all of it. A caller that encodes its own batches knows exactly which
-// packets were sent; after an error the stream may end mid-packet and the
-// connection must be closed.
-func (c *Conn) WriteBatch(b []byte) error {
+// network after flushing anything buffered, and returns how many bytes of b
+// the kernel took: all of them unless err is set. A caller that encodes its
+// own batches thus knows exactly which packets were sent; after an error
+// the stream may end mid-packet and the connection must be closed.
+func (c *Conn) WriteBatch(b []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.w.Flush(); err != nil {
-		return err
+		return 0, err
 	}
-	_, err := c.nc.Write(b)
-	return err
+	return c.nc.Write(b)
 }
 
 // SetWriteDeadline sets the underlying connection's write deadline.
