@@ -48,7 +48,7 @@ type Broker struct {
 	certCheckEach time.Duration
 	// sysPublishDenied counts client publishes to $SYS refused.
 	sysPublishDenied atomic.Uint64
-	quit          chan struct{} // closed by Shutdown; ends background loops
+	quit             chan struct{} // closed by Shutdown; ends background loops
 
 	wg       sync.WaitGroup // connection goroutines and lingering closes
 	connsMu  sync.Mutex
