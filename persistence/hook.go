@@ -35,6 +35,10 @@ type Hook struct {
 	refs     map[uint64]int32         // queue refs per message body
 	restored map[string]*restoredSession
 
+	establishing map[string]*establishing // closed gates, by client id (gate.go)
+	changed      chan struct{}            // closed when a pending ref is claimed or released
+	gateWaiting  atomic.Int64             // publishes held at a gate now
+
 	started  atomic.Bool
 	quit     chan struct{}
 	stopOnce sync.Once
@@ -77,6 +81,8 @@ func NewHook(st *Store, srv *mqtt.Server) *Hook {
 		refs:     map[uint64]int32{},
 		restored: map[string]*restoredSession{},
 		quit:     make(chan struct{}),
+
+		establishing: map[string]*establishing{},
 	}
 }
 
@@ -328,6 +334,12 @@ func (h *Hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	tr("ESTABLISH %s", clDesc(cl))
 	b := h.st.newBatch()
 	h.mu.Lock()
+	if keep && !pk.Connect.Clean {
+		// mochi may resend the session's in-flight messages: hold new
+		// publishes to it until it has (see establishing).
+		h.closeGateLocked(cl)
+		h.awaitInboundLocked(cl.ID)
+	}
 	ss := h.sessions[cl.ID]
 	if ss != nil && (pk.Connect.Clean || !keep) {
 		h.dropSessionLocked(cl.ID, ss, b)
@@ -347,11 +359,13 @@ func (h *Hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	h.write(b, true)
 }
 
-// OnSessionEstablished undoes orderForResendLocked once mochi has resent.
+// OnSessionEstablished undoes orderForResendLocked once mochi has resent,
+// and lets publishes to the session through again.
 func (h *Hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	tr("ESTABLISHED %s", clDesc(cl))
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.openGateLocked(cl)
 	ss := h.sessions[cl.ID]
 	if ss == nil {
 		return
@@ -377,6 +391,7 @@ func (h *Hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	h.dropPending(cl.ID)
 	b := h.st.newBatch()
 	h.mu.Lock()
+	h.openGateLocked(cl)
 	if ss := h.sessions[cl.ID]; ss != nil {
 		if expire || !persistent(cl) {
 			h.dropSessionLocked(cl.ID, ss, b)

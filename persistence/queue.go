@@ -3,6 +3,7 @@ package persistence
 import (
 	"bytes"
 	"slices"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -59,24 +60,32 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if !cl.Net.Inline {
 		h.dropPending(cl.ID) // left by a publish mochi abandoned before OnPublished
 	}
-	subs := h.srv.Topics.Subscribers(pk.TopicName)
-	targets := subs.Subscriptions
-	var shared map[string]packets.Subscription
-	if len(subs.Shared) > 0 {
-		shared = selectShared(subs.Shared)
-		for id, sub := range shared {
-			if cur, ok := targets[id]; ok {
-				targets[id] = cur.Merge(sub)
-			} else {
-				targets[id] = sub
+	maxQos := h.srv.Options.Capabilities.MaximumQos
+	var targets, shared map[string]packets.Subscription
+	for start := time.Now(); ; {
+		targets, shared = h.targets(pk.TopicName)
+		h.mu.Lock()
+		var gate *establishing
+		for id, sub := range targets {
+			if min(pk.FixedHeader.Qos, sub.Qos, maxQos) > 0 && h.sessions[id] != nil && !(sub.NoLocal && id == cl.ID) {
+				if gate = h.gateLocked(id); gate != nil {
+					break
+				}
 			}
 		}
+		if gate == nil {
+			break // with h.mu held
+		}
+		h.mu.Unlock()
+		if !h.waitGate(gate, start) {
+			h.log.Warn("publish held too long by a session being established; delivered anyway", "client_id", gate.cl.ID, "topic", pk.TopicName)
+			h.mu.Lock()
+			break
+		}
 	}
-	maxQos := h.srv.Options.Capabilities.MaximumQos
 
 	b := h.st.newBatch()
 	pm := &pendingMsg{created: pk.Created, topic: pk.TopicName, payload: pk.Payload, shared: shared}
-	h.mu.Lock()
 	for id, sub := range targets {
 		if sub.NoLocal && id == cl.ID {
 			continue
@@ -124,6 +133,24 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return pk, packets.ErrRejectPacket
 	}
 	return pk, nil
+}
+
+// targets returns the subscriptions a message on topic goes to, with one
+// member chosen per shared group (shared: those members).
+func (h *Hook) targets(topic string) (targets, shared map[string]packets.Subscription) {
+	subs := h.srv.Topics.Subscribers(topic)
+	targets = subs.Subscriptions
+	if len(subs.Shared) > 0 {
+		shared = selectShared(subs.Shared)
+		for id, sub := range shared {
+			if cur, ok := targets[id]; ok {
+				targets[id] = cur.Merge(sub)
+			} else {
+				targets[id] = sub
+			}
+		}
+	}
+	return targets, shared
 }
 
 // selectShared picks one member of each shared group, merged per client as
@@ -183,6 +210,7 @@ func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) 
 	if p, _ := h.findPendingLocked(pk.Origin, &pk); p != nil && p.refs[cl.ID] != nil && !p.refs[cl.ID].claimed {
 		ref := p.refs[cl.ID]
 		ref.claimed, ref.pid = true, pk.PacketID
+		h.notifyLocked()
 		seq, msgID = ref.seq, p.msgID
 	} else if pk.TopicName == "" {
 		// mochi blanked the topic for an outbound topic alias of this
@@ -241,6 +269,7 @@ func (h *Hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 }
 
 func (h *Hook) removePendingLocked(origin string, i int) {
+	h.notifyLocked()
 	list := slices.Delete(h.pending[origin], i, i+1)
 	if len(list) == 0 {
 		delete(h.pending, origin)
@@ -267,6 +296,7 @@ func (h *Hook) dropPending(origin string) {
 		return
 	}
 	delete(h.pending, origin)
+	h.notifyLocked()
 	b := h.st.newBatch()
 	for _, p := range list {
 		h.releaseUnclaimedLocked(p, b)
