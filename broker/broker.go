@@ -48,6 +48,8 @@ type Broker struct {
 	certCheckEach time.Duration
 	// sysPublishDenied counts client publishes to $SYS refused.
 	sysPublishDenied atomic.Uint64
+	perIP            *ipLimiter // nil when there is no per-IP limit
+	refusedPerIP     [2]atomic.Uint64
 	quit             chan struct{} // closed by Shutdown; ends background loops
 
 	wg       sync.WaitGroup // connection goroutines and lingering closes
@@ -55,6 +57,9 @@ type Broker struct {
 	conns    map[*conn]struct{}
 	started  atomic.Bool
 	stopping atomic.Bool
+	// estMu orders the stopping flag against establishing.Add.
+	estMu        sync.Mutex
+	establishing sync.WaitGroup
 	stopOnce sync.Once
 	stopErr  error
 }
@@ -64,6 +69,8 @@ type options struct {
 	certCheckEach time.Duration
 	// sysPublishDenied counts client publishes to $SYS refused.
 	sysPublishDenied atomic.Uint64
+	perIP            *ipLimiter // nil when there is no per-IP limit
+	refusedPerIP     [2]atomic.Uint64
 }
 
 // Option sets a dependency of the broker.
@@ -88,7 +95,7 @@ func New(cfg config.Config, opts ...Option) (*Broker, error) {
 		opt(&o)
 	}
 	b := &Broker{cfg: cfg, log: o.logger, conns: map[*conn]struct{}{}, certCheckEach: o.certCheckEach,
-		quit: make(chan struct{})}
+		quit: make(chan struct{}), perIP: newIPLimiter(cfg.Limits.MaxConnectionsPerIP, cfg.Limits.ConnectionRatePerIP)}
 
 	b.mochi = mqtt.New(&mqtt.Options{
 		Capabilities:             capabilities(cfg),
@@ -267,7 +274,9 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 }
 
 func (b *Broker) shutdown(ctx context.Context) error {
+	b.estMu.Lock()
 	b.stopping.Store(true)
+	b.estMu.Unlock()
 	if !b.started.Load() {
 		return nil
 	}
@@ -275,6 +284,7 @@ func (b *Broker) shutdown(ctx context.Context) error {
 	b.closeListeners()
 	closed := make(chan struct{})
 	go func() {
+		b.establishing.Wait()
 		// mochi's Close disconnects every client, waits for their
 		// goroutines, then stops the hooks.
 		_ = b.mochi.Close()
@@ -354,14 +364,31 @@ func (b *Broker) track(c *conn) {
 
 func (b *Broker) untrack(c *conn) {
 	b.connsMu.Lock()
+	_, tracked := b.conns[c]
 	delete(b.conns, c)
 	b.connsMu.Unlock()
+	if tracked && b.perIP != nil {
+		b.perIP.release(c.ip)
+	}
 }
 
 // serveConn runs one connection through mochi. A panic anywhere in mochi's
 // handling of it ends this connection only.
 func (b *Broker) serveConn(l *listener, nc net.Conn, state func() *tls.ConnectionState, establish listeners.EstablishFn) {
 	c := &conn{Conn: nc, b: b, listener: l.cfg.Name, tlsState: state}
+	if b.perIP != nil {
+		c.ip = remoteIP(nc.RemoteAddr())
+		if why := b.perIP.admit(c.ip, time.Now()); why != "" {
+			if why == refusedPerIP {
+				b.refusedPerIP[0].Add(1)
+			} else {
+				b.refusedPerIP[1].Add(1)
+			}
+			b.log.Debug("connection refused", "remote", nc.RemoteAddr().String(), "listener", l.cfg.Name, "reason", why)
+			_ = nc.Close()
+			return
+		}
+	}
 	b.track(c)
 	defer func() {
 		if r := recover(); r != nil {
@@ -376,10 +403,20 @@ func (b *Broker) serveConn(l *listener, nc net.Conn, state func() *tls.Connectio
 			_ = c.Close()
 		}
 	}()
+	// mochi adds to its client WaitGroup inside the connection's goroutine,
+	// which races with the Wait in its Close. Close is called only once
+	// every connection let in has started reading, which mochi does after
+	// its Add (conn.Read calls c.entered).
+	b.estMu.Lock()
 	if b.stopping.Load() {
+		b.estMu.Unlock()
 		_ = c.Close()
 		return
 	}
+	b.establishing.Add(1)
+	b.estMu.Unlock()
+	c.entered = sync.OnceFunc(b.establishing.Done)
+	defer c.entered()
 	// mochi sets no deadline before CONNECT: a socket that never sends one
 	// would be held for ever. mochi replaces this deadline with the
 	// keepalive once CONNECT is read.
@@ -524,4 +561,6 @@ func (c securityCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	counter(descRefused, c.b.sysPublishDenied.Load(), "publish_to_sys")
+	counter(descRefused, c.b.refusedPerIP[0].Load(), refusedPerIP)
+	counter(descRefused, c.b.refusedPerIP[1].Load(), refusedPerIPRate)
 }

@@ -47,7 +47,11 @@ type conn struct {
 	net.Conn
 	b        *Broker
 	listener string
+	ip       string // remote IP, when per-IP limits are on
 	tlsState func() *tls.ConnectionState
+	// entered is called at the first read: mochi has registered the
+	// connection by then.
+	entered func()
 
 	client atomic.Pointer[mqtt.Client] // set once CONNECT is processed
 
@@ -133,6 +137,9 @@ func packetLen(b []byte) int {
 }
 
 func (c *conn) Read(p []byte) (int, error) {
+	if c.entered != nil {
+		c.entered()
+	}
 	for {
 		if len(c.pending) > 0 {
 			n := copy(p, c.pending)

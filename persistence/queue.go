@@ -103,6 +103,12 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		rec := refRec{State: refPublish, Qos: qos, MsgID: pm.msgID}
 		b.set(b.queueKey(id, ref.seq), rec.appendTo)
 	}
+	for id, r := range pm.refs {
+		tr("ONPUB %s seq=%d pid=%d dup=%v sub=%s qseq=%d", clDesc(cl), pseq(&pk), pk.PacketID, pk.FixedHeader.Dup, id, r.seq)
+	}
+	if pm.refs == nil {
+		tr("ONPUB-NOREF %s seq=%d pid=%d dup=%v", clDesc(cl), pseq(&pk), pk.PacketID, pk.FixedHeader.Dup)
+	}
 	if pm.refs != nil {
 		h.refs[pm.msgID] = int32(len(pm.refs))
 		h.pending[cl.ID] = append(h.pending[cl.ID], pm)

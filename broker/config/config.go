@@ -145,6 +145,13 @@ type Limits struct {
 	MaxPacketSize *int `yaml:"max_packet_size"`
 	// MaxConnections is the most clients connected at once. 0 = no limit.
 	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerIP is the most connections from one IP address at
+	// once; more are closed at accept. 0 = no limit.
+	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
+	// ConnectionRatePerIP is how many new connections per second one IP
+	// address may open (token bucket, burst the same); more are closed at
+	// accept. 0 = no limit.
+	ConnectionRatePerIP float64 `yaml:"connection_rate_per_ip"`
 	// MaxInflight bounds QoS 1/2 messages held per session. Default 8192.
 	MaxInflight int `yaml:"max_inflight"`
 	// ClientWritesPending sizes each client's outbound queue. Default 8192.

@@ -71,6 +71,10 @@ func (c Config) Validate() error {
 		v.intRange("limits.max_packet_size", *l.MaxPacketSize, minPacketSize, MaxPacketSizeLimit)
 	}
 	v.intRange("limits.max_connections", l.MaxConnections, 0, 1<<31-1)
+	v.intRange("limits.max_connections_per_ip", l.MaxConnectionsPerIP, 0, 1<<31-1)
+	if l.ConnectionRatePerIP < 0 {
+		v.add("limits.connection_rate_per_ip", fmt.Errorf("%v must not be negative", l.ConnectionRatePerIP))
+	}
 	v.intRange("limits.max_inflight", l.MaxInflight, 1, 65535)
 	v.intRange("limits.client_writes_pending", l.ClientWritesPending, 1, 1<<20)
 	v.intRange("limits.read_buffer_size", l.ReadBufferSize, 256, 16<<20)
