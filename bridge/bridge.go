@@ -186,7 +186,7 @@ func (b *Bridge) Close(ctx context.Context) error {
 	b.closeOnce.Do(func() {
 		b.closed.Store(true)
 		close(b.quit)
-		if !b.started.Load() {
+		if !b.started.Load() || b.stop == nil { // never started, or Start failed
 			return
 		}
 		done := make(chan struct{})

@@ -415,3 +415,33 @@ func BenchmarkOffer(b *testing.B) {
 		}
 	})
 }
+
+// TestStartFailureClosesStarted: when a connector fails to start, those
+// already started are closed, the error names the route, and Close after
+// it is safe.
+func TestStartFailureClosesStarted(t *testing.T) {
+	bridgetest.NoLeaks(t)
+	ok, bad := &fake{}, &fake{startErr: errors.New("connection refused")}
+	ob, err := outbox.Open(outbox.Config{Dir: t.TempDir(), Sync: outbox.SyncNone}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ob.Close()
+	b, err := bridge.New(routes(t, `
+- {name: first, from: "a", to: {ok: {}}}
+- {name: second, from: "b", to: {bad: {}}}
+`), bridge.Deps{Outbox: ob, Factories: map[string]bridge.Factory{"ok": ok.factory(), "bad": bad.factory()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = b.Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "route second: start fake: connection refused") {
+		t.Fatalf("start error = %v", err)
+	}
+	if ok.closed != 1 || bad.closed != 1 {
+		t.Fatalf("closed: started connector %d, failed one %d; want 1, 1", ok.closed, bad.closed)
+	}
+	if err := b.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}

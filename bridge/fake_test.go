@@ -21,13 +21,14 @@ type fake struct {
 	in        chan bridge.Message // ingress source
 	handleErr []error
 	closed    int
+	startErr  error
 }
 
 var _ bridge.Connector = (*fake)(nil)
 var _ bridge.Receiver = (*fake)(nil)
 
 func (f *fake) Name() string                  { return "fake" }
-func (f *fake) Start(context.Context) error   { return nil }
+func (f *fake) Start(context.Context) error   { return f.startErr }
 func (f *fake) Close(_ context.Context) error { f.mu.Lock(); f.closed++; f.mu.Unlock(); return nil }
 
 func (f *fake) Deliver(ctx context.Context, batch []bridge.Message) error {

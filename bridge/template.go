@@ -19,8 +19,8 @@ import (
 //
 // A template without actions is a constant and costs nothing to execute.
 type Template struct {
-	text  string
-	t     *template.Template // nil when text is constant
+	text string
+	t    *template.Template // nil when text is constant
 }
 
 // errOutOfRange is returned when a template asks for a level or token the

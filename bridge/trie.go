@@ -61,45 +61,51 @@ func appendOnce(rs []*route, r *route) []*route {
 }
 
 // match appends to dst every route whose filters match topic, each once,
-// and returns it. It does not allocate unless dst must grow. Per MQTT,
-// filters starting with a wildcard do not match topics starting with '$'.
+// and returns it. It does not allocate unless dst must grow or the topic
+// has more wildcard branches than the fixed stack holds. Per MQTT, filters
+// starting with a wildcard do not match topics starting with '$'.
+//
+// The walk is iterative (an explicit stack) rather than recursive so that
+// dst, and the caller's array behind it, stays on the caller's stack.
 func (t *trie) match(topic string, dst []*route) []*route {
 	if t.root.children == nil && t.root.plus == nil && t.root.hash == nil {
 		return dst
 	}
-	sys := strings.HasPrefix(topic, "$")
-	return matchNode(&t.root, topic, sys, dst)
-}
-
-func matchNode(n *node, topic string, noWild bool, dst []*route) []*route {
-	level, rest, more := strings.Cut(topic, "/")
-	if !noWild {
-		for _, r := range n.hash {
-			dst = addRoute(dst, r)
+	type frame struct {
+		n      *node
+		topic  string
+		noWild bool
+	}
+	var arr [16]frame
+	stack := append(arr[:0], frame{&t.root, topic, strings.HasPrefix(topic, "$")})
+	for len(stack) > 0 {
+		f := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		level, rest, more := strings.Cut(f.topic, "/")
+		// Only the first level of a '$' topic is exempt from wildcards.
+		if !f.noWild {
+			for _, r := range f.n.hash {
+				dst = addRoute(dst, r)
+			}
 		}
-	}
-	if c := n.children[level]; c != nil {
-		dst = matchNext(c, rest, more, dst)
-	}
-	if n.plus != nil && !noWild {
-		dst = matchNext(n.plus, rest, more, dst)
+		for i, c := range [2]*node{f.n.children[level], f.n.plus} {
+			if c == nil || (i == 1 && f.noWild) {
+				continue
+			}
+			if more {
+				stack = append(stack, frame{c, rest, false})
+				continue
+			}
+			for _, r := range c.routes {
+				dst = addRoute(dst, r)
+			}
+			// "a/#" matches "a" as well.
+			for _, r := range c.hash {
+				dst = addRoute(dst, r)
+			}
+		}
 	}
 	return dst
-}
-
-// matchNext continues at c, the node for the current level.
-func matchNext(c *node, rest string, more bool, dst []*route) []*route {
-	if !more {
-		for _, r := range c.routes {
-			dst = addRoute(dst, r)
-		}
-		// "a/#" matches "a" as well.
-		for _, r := range c.hash {
-			dst = addRoute(dst, r)
-		}
-		return dst
-	}
-	return matchNode(c, rest, false, dst)
 }
 
 func addRoute(dst []*route, r *route) []*route {

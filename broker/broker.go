@@ -40,6 +40,7 @@ type Broker struct {
 	store     atomic.Pointer[persistence.Store]
 	auth      *auth.Hook // nil when no auth is configured
 	limits    *limits.Hook
+	flow      *flowHook // nil unless limits.overflow_policy is block-publisher
 	registry  *prometheus.Registry
 	listeners []*listener
 	admin     *admin.Server
@@ -49,6 +50,7 @@ type Broker struct {
 	// sysPublishDenied counts client publishes to $SYS refused.
 	sysPublishDenied atomic.Uint64
 	perIP            *ipLimiter // nil when there is no per-IP limit
+	writeTimeouts    atomic.Uint64
 	refusedPerIP     [2]atomic.Uint64
 	quit             chan struct{} // closed by Shutdown; ends background loops
 
@@ -70,6 +72,7 @@ type options struct {
 	// sysPublishDenied counts client publishes to $SYS refused.
 	sysPublishDenied atomic.Uint64
 	perIP            *ipLimiter // nil when there is no per-IP limit
+	writeTimeouts    atomic.Uint64
 	refusedPerIP     [2]atomic.Uint64
 }
 
@@ -247,6 +250,14 @@ func (b *Broker) addHooks(st *persistence.Store) error {
 		hooks = append(hooks, b.auth)
 	} else {
 		hooks = append(hooks, new(openHook))
+	}
+	if b.cfg.Limits.OverflowPolicy == OverflowBlockPublisher {
+		fh, err := newFlowHook(b, b.cfg.Limits.OverflowWait, b.cfg.Limits.MaxInflight)
+		if err != nil {
+			return err
+		}
+		b.flow = fh
+		hooks = append(hooks, fh)
 	}
 	hooks = append(hooks, persistence.NewHook(st, b.mochi), b.metrics)
 	for _, h := range hooks {
@@ -561,6 +572,11 @@ func (c securityCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	counter(descRefused, c.b.sysPublishDenied.Load(), "publish_to_sys")
+	if f := c.b.flow; f != nil {
+		counter(descRefused, f.waited.Load(), "publisher_waited_for_subscriber")
+		counter(descRefused, f.timedOut.Load(), "publisher_wait_timed_out")
+	}
+	counter(descRefused, c.b.writeTimeouts.Load(), "write_timeout")
 	counter(descRefused, c.b.refusedPerIP[0].Load(), refusedPerIP)
 	counter(descRefused, c.b.refusedPerIP[1].Load(), refusedPerIPRate)
 }

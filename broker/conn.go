@@ -81,7 +81,7 @@ func (c *conn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	if c.released {
 		c.wmu.Unlock()
-		return c.Conn.Write(p)
+		return c.write(p)
 	}
 	defer c.wmu.Unlock()
 	// Writes are whole packets (mochi encodes a packet, or a buffer of
@@ -101,11 +101,37 @@ func (c *conn) Write(p []byte) (int, error) {
 			c.held = append(c.held, pk...)
 			continue
 		}
-		if _, err := c.Conn.Write(pk); err != nil {
+		if _, err := c.write(pk); err != nil {
 			return 0, err
 		}
 	}
 	return len(p), nil
+}
+
+// write writes with limits.write_timeout. mochi writes while holding the
+// client's lock, which every publisher to this client also takes: a client
+// that stops reading would stall them all for ever. A write that cannot
+// finish in time closes the connection instead (a persistent session keeps
+// its messages).
+func (c *conn) write(p []byte) (int, error) {
+	if wt := c.b.cfg.Limits.WriteTimeout; wt > 0 {
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(wt))
+	}
+	n, err := c.Conn.Write(p)
+	if err != nil && !c.closed.Load() {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			id := ""
+			if cl := c.client.Load(); cl != nil {
+				id = cl.ID
+			}
+			c.b.log.Warn("closing connection: client not reading", "client_id", id, "remote", c.RemoteAddr().String(),
+				"listener", c.listener, "write_timeout", c.b.cfg.Limits.WriteTimeout.String())
+			c.b.writeTimeouts.Add(1)
+			_ = c.Close()
+		}
+	}
+	return n, err
 }
 
 // release ends the hold and writes what was held, in order.
@@ -117,7 +143,7 @@ func (c *conn) release() {
 	}
 	c.released = true
 	if len(c.held) > 0 {
-		_, _ = c.Conn.Write(c.held)
+		_, _ = c.write(c.held)
 		c.held = nil
 	}
 }

@@ -39,6 +39,7 @@ type Hook struct {
 	changed      chan struct{}            // closed when a pending ref is claimed or released
 	gateWaiting  atomic.Int64             // publishes held at a gate now
 
+	loaded   atomic.Bool // the store is loaded into mochi: its listeners may serve
 	started  atomic.Bool
 	quit     chan struct{}
 	stopOnce sync.Once
@@ -133,6 +134,7 @@ func (h *Hook) OnStarted() {
 		r.client, _ = h.srv.Clients.Get(id)
 	}
 	h.mu.Unlock()
+	h.loaded.Store(true)
 	h.started.Store(true)
 	h.wg.Add(1)
 	go func() {
@@ -383,8 +385,8 @@ func (h *Hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 // OnDisconnect stores the disconnect time (session expiry counts from it)
 // or, for a session that ends, deletes all of its keys.
 func (h *Hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
-	if !h.started.Load() || cl.Net.Inline || takenOver(cl) {
-		// Before OnStarted this is mochi's loadClients telling us about the
+	if !h.loaded.Load() || cl.Net.Inline || takenOver(cl) {
+		// Before the load this is mochi's loadClients telling us about the
 		// sessions we just returned: nothing changed on disk.
 		return
 	}
@@ -413,7 +415,7 @@ func (h *Hook) disconnectTime(cl *mqtt.Client) int64 {
 
 // OnWillSent stores the session without the will mochi just sent.
 func (h *Hook) OnWillSent(cl *mqtt.Client, _ packets.Packet) {
-	if !h.started.Load() || takenOver(cl) {
+	if !h.loaded.Load() || takenOver(cl) {
 		return
 	}
 	b := h.st.newBatch()

@@ -298,5 +298,8 @@ func (h *Hook) StoredRetainedMessages() ([]storage.Message, error) {
 		return nil, fmt.Errorf("load retained: %w", err)
 	}
 	atomic.StoreInt64(&h.srv.Info.Retained, int64(h.srv.Topics.Retained.Len()))
+	// mochi calls this last of the Stored* methods, then starts its
+	// listeners (before OnStarted).
+	h.loaded.Store(true)
 	return nil, nil
 }

@@ -54,7 +54,9 @@ func (h *Hook) findPendingLocked(origin string, pk *packets.Packet) (*pendingMsg
 // If the store fails the message is refused: MQTT 5 publishers get reason
 // 0x83 (implementation specific error), MQTT 3 publishers no acknowledgement.
 func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Qos == 0 || !h.started.Load() {
+	// Not h.started: mochi's listeners serve before OnStarted, and a
+	// message acknowledged then must be stored too.
+	if pk.FixedHeader.Qos == 0 || !h.loaded.Load() {
 		return pk, nil
 	}
 	if !cl.Net.Inline {

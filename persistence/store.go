@@ -101,7 +101,7 @@ func Open(cfg Config, logger *slog.Logger) (*Store, error) {
 		WithNumCompactors(2).
 		// Smaller value-log files let GC reclaim space in smaller steps.
 		WithValueLogFileSize(64 << 20)
-	if err := checkTables(cfg.Dir); err != nil {
+	if err := checkTables(opts); err != nil {
 		return nil, openError(cfg.Dir, err)
 	}
 	db, err := openBadger(opts)

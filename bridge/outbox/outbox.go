@@ -35,8 +35,10 @@ type Outbox struct {
 	quit   chan struct{}
 	wg     sync.WaitGroup
 
-	mu     sync.Mutex // guards routes
-	routes map[string]*routeState
+	// routes maps a route name to its *routeState; mu serialises the
+	// first load of a route so it is counted once.
+	routes sync.Map
+	mu     sync.Mutex
 
 	fsyncs atomic.Uint64
 }
@@ -115,7 +117,6 @@ func Open(cfg Config, logger *slog.Logger) (*Outbox, error) {
 		db:     db,
 		reqs:   make(chan *request, MaxWriterBatch),
 		quit:   make(chan struct{}),
-		routes: map[string]*routeState{},
 	}
 	if cfg.Sync == SyncNone {
 		logger.Warn("outbox: sync is none: acknowledged messages are not fsynced and a power loss can lose them", "dir", cfg.Dir)
@@ -295,10 +296,14 @@ func (o *Outbox) scan(kind byte, route string, after uint64, limit int, fn func(
 
 // state returns route's counters, loading them from disk on first use.
 func (o *Outbox) state(route string) (*routeState, error) {
+	// Fast path without a lock: Usage runs on every publish.
+	if st, ok := o.routes.Load(route); ok {
+		return st.(*routeState), nil
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if st := o.routes[route]; st != nil {
-		return st, nil
+	if st, ok := o.routes.Load(route); ok {
+		return st.(*routeState), nil
 	}
 	st := &routeState{}
 	err := o.db.View(func(txn *badger.Txn) error {
@@ -335,7 +340,7 @@ func (o *Outbox) state(route string) (*routeState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("outbox: load route %s in %s: %w", route, o.cfg.Dir, err)
 	}
-	o.routes[route] = st
+	o.routes.Store(route, st)
 	return st, nil
 }
 

@@ -262,6 +262,9 @@ func BenchmarkOutboxAppendParallel(b *testing.B) {
 		b.Run(string(mode), func(b *testing.B) {
 			o := openTest(b, b.TempDir(), mode)
 			payload := bytes.Repeat([]byte{'x'}, 128)
+			// Many publishers at once, as on a broker: group commit shares
+			// fsyncs among them.
+			b.SetParallelism(32)
 			b.ReportAllocs()
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {

@@ -286,14 +286,22 @@ func TestHangTimeout(t *testing.T) {
 	key, _ := webhook.DecodeSecret(secret)
 	rc := &receiver{t: t, key: key}
 	var hung atomic.Int64
+	release := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if hung.Add(1) == 1 {
-			<-r.Context().Done() // hangs until the client gives up
+			// Hang until the client gives up (the server notices a closed
+			// connection only once the body was read) or the test ends.
+			_, _ = io.Copy(io.Discard, r.Body)
+			select {
+			case <-r.Context().Done():
+			case <-release:
+			}
 			return
 		}
 		rc.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) })
 	tb := startBridge(t, srv.URL, "timeout: 100ms")
 	tb.offer(t, 0, 3)
 	bridgetest.Eventually(t, wait, "3 accepted after the timeout", func() bool { return len(rc.accepted()) == 3 })

@@ -49,6 +49,11 @@ const (
 	// DefaultCloseLinger is how long a connection the broker closes is
 	// drained, so the client can read the DISCONNECT it was sent.
 	DefaultCloseLinger = 2 * time.Second
+	// DefaultOverflowWait bounds how long a publisher waits for a full
+	// subscriber under the block-publisher overflow policy.
+	DefaultOverflowWait = 5 * time.Second
+	// DefaultWriteTimeout closes connections whose client stopped reading.
+	DefaultWriteTimeout = 30 * time.Second
 	// DefaultConnectTimeout closes sockets that never complete CONNECT.
 	DefaultConnectTimeout = 10 * time.Second
 )
@@ -156,12 +161,25 @@ type Limits struct {
 	MaxInflight int `yaml:"max_inflight"`
 	// ClientWritesPending sizes each client's outbound queue. Default 8192.
 	ClientWritesPending int `yaml:"client_writes_pending"`
+	// OverflowPolicy is what happens to a QoS 1/2 message for a connected
+	// subscriber whose queue is full: block-publisher (default: the
+	// publisher's PUBACK waits, up to OverflowWait) or drop-newest (the
+	// message is dropped for that subscriber and counted). QoS 0 messages
+	// are never waited for: dropped and counted.
+	OverflowPolicy string `yaml:"overflow_policy"`
+	// OverflowWait bounds how long block-publisher holds a publisher.
+	// Default 5s.
+	OverflowWait time.Duration `yaml:"overflow_wait"`
 	// ReadBufferSize and WriteBufferSize size each connection's buffers.
 	ReadBufferSize  int `yaml:"read_buffer_size"`
 	WriteBufferSize int `yaml:"write_buffer_size"`
 	// CloseLinger is how long a closed connection is drained so the client
 	// can read the broker's DISCONNECT. Default 2s.
 	CloseLinger time.Duration `yaml:"close_linger"`
+	// WriteTimeout closes a connection whose client has not taken a
+	// packet for this long (a client that stops reading would otherwise
+	// stall every publisher sending to it). Default 30s.
+	WriteTimeout time.Duration `yaml:"write_timeout"`
 	// ConnectTimeout closes a connection that has not completed CONNECT
 	// (TLS handshake included) in this time. Default 10s.
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
@@ -239,6 +257,12 @@ func (c Config) WithDefaults() Config {
 	if l.ClientWritesPending == 0 {
 		l.ClientWritesPending = DefaultClientWritesPending
 	}
+	if l.OverflowPolicy == "" {
+		l.OverflowPolicy = "block-publisher"
+	}
+	if l.OverflowWait == 0 {
+		l.OverflowWait = DefaultOverflowWait
+	}
 	if l.ReadBufferSize == 0 {
 		l.ReadBufferSize = DefaultReadBufferSize
 	}
@@ -247,6 +271,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if l.CloseLinger == 0 {
 		l.CloseLinger = DefaultCloseLinger
+	}
+	if l.WriteTimeout == 0 {
+		l.WriteTimeout = DefaultWriteTimeout
 	}
 	if l.ConnectTimeout == 0 {
 		l.ConnectTimeout = DefaultConnectTimeout

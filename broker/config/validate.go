@@ -77,10 +77,15 @@ func (c Config) Validate() error {
 	}
 	v.intRange("limits.max_inflight", l.MaxInflight, 1, 65535)
 	v.intRange("limits.client_writes_pending", l.ClientWritesPending, 1, 1<<20)
+	if l.OverflowPolicy != "block-publisher" && l.OverflowPolicy != "drop-newest" {
+		v.add("limits.overflow_policy", fmt.Errorf("must be block-publisher or drop-newest; got %q", l.OverflowPolicy))
+	}
+	v.durationMin("limits.overflow_wait", l.OverflowWait, time.Millisecond)
 	v.intRange("limits.read_buffer_size", l.ReadBufferSize, 256, 16<<20)
 	v.intRange("limits.write_buffer_size", l.WriteBufferSize, 256, 16<<20)
 	v.durationMin("limits.close_linger", l.CloseLinger, 0)
 	v.durationMin("limits.connect_timeout", l.ConnectTimeout, 100*time.Millisecond)
+	v.durationMin("limits.write_timeout", l.WriteTimeout, 100*time.Millisecond)
 	if err := l.Config.Validate(); err != nil {
 		v.nested("limits", err)
 	}

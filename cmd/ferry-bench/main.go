@@ -84,11 +84,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.Inflight, "inflight", load.DefaultInflight, "unacked QoS 1/2 publishes per publisher")
 	fs.IntVar(&cfg.Outstanding, "outstanding", load.DefaultOutstanding, "reqresp: requests awaiting response per requester")
 	fs.DurationVar(&cfg.AckDelay, "ack-delay", 0, "let subscriber acks wait up to this long to share a write (cuts generator syscalls at QoS 1/2)")
-	fs.DurationVar(&cfg.Drain, "drain", load.DefaultDrain, "wait after sending for acks and deliveries before counting loss")
+	fs.DurationVar(&cfg.Drain, "drain", load.DefaultDrain, "after sending, wait until acks and deliveries have stopped for this long (at most 10x) before counting loss")
 	fs.StringVar(&cfg.ClientPrefix, "id-prefix", "fb", "client id prefix")
 	fs.StringVar(&cfg.TopicPrefix, "topic-prefix", "", "topic prefix (default bench/<random>)")
 	fs.IntVar(&cfg.SendBuffer, "sndbuf", 64<<10, "SO_SNDBUF bytes per connection, bounding what a QoS 0 publisher queues in the kernel; 0 = kernel autotuning")
-	fs.IntVar(&cfg.BrokerPID, "broker-pid", 0, "broker pid whose VmRSS the idle scenario reports")
+	fs.IntVar(&cfg.BrokerPID, "broker-pid", 0, "broker pid: its CPU use is reported, and its VmRSS in the idle scenario")
 	fs.IntVar(&cfg.ConnectConcurrency, "conc", load.DefaultConnectConcurrency, "concurrent connection attempts")
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -14,6 +14,7 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -309,4 +310,36 @@ func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
 	pool := x509.NewCertPool()
 	pool.AddCert(leaf)
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
+}
+
+// blackhole accepts publishes and never acknowledges or forwards them.
+type blackhole struct{ mqtt.HookBase }
+
+func (h *blackhole) ID() string { return "blackhole" }
+
+func (h *blackhole) Provides(b byte) bool { return b == mqtt.OnPublish }
+
+func (h *blackhole) OnPublish(_ *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	return pk, packets.ErrRejectPacket
+}
+
+// TestStalledBrokerEndsRun: with -n, a broker that stops acknowledging
+// must end the run with an error, not keep it forever.
+func TestStalledBrokerEndsRun(t *testing.T) {
+	addr, _ := startMochi(t, new(blackhole))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	res, err := Run(ctx, Config{Scenario: Pairs, Addr: addr, QoS: 1, Publishers: 2, Count: 1000, Inflight: 8, Drain: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("run only ended with the test's context")
+	}
+	if res.Sent != 16 || res.Acked != 0 || res.Received != 0 || res.Lost != 0 {
+		t.Fatalf("sent %d acked %d received %d lost %d; want 16 (two full windows), 0, 0, 0", res.Sent, res.Acked, res.Received, res.Lost)
+	}
+	if res.ErrorsAll == 0 || !strings.Contains(strings.Join(res.Errors, " "), "stalled") {
+		t.Fatalf("errors %v, want a stall", res.Errors)
+	}
 }

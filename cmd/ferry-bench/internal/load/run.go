@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/ferrymq/ferry/cmd/ferry-bench/internal/mqttc"
@@ -221,44 +222,75 @@ func startSending(ctx context.Context, r *run, pubs []*publisher, start time.Tim
 			_ = p.conn.SetWriteDeadline(dl)
 		}
 	}
+	var (
+		timer    *time.Timer
+		deadline <-chan time.Time // nil, never ready, with -n
+	)
 	if r.cfg.Count == 0 {
-		t := time.AfterFunc(r.cfg.Duration, r.stopSending)
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			select {
-			case <-r.stop:
-			case <-ctx.Done():
-				r.stopSending()
-			}
-			t.Stop()
-			bound()
-		}()
-	} else {
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			select {
-			case <-r.stop:
-			case <-ctx.Done():
-				r.stopSending()
-			}
-			bound()
-		}()
+		timer = time.NewTimer(r.cfg.Duration)
+		deadline = timer.C
 	}
 	done := make(chan struct{})
-	n := len(pubs)
-	fin := make(chan struct{}, n)
+	// progress counts sent and acknowledged messages; with -n a broker
+	// that stops acknowledging would otherwise keep the run forever.
+	progressed := func() int64 {
+		var n int64
+		for _, p := range pubs {
+			n += int64(p.sent.Load()) + p.ackedN.Load()
+		}
+		return n
+	}
+	stallAfter := drainCapFactor * r.cfg.Drain
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		if timer != nil {
+			defer timer.Stop()
+		}
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		last, lastChange := progressed(), time.Now()
+	wait:
+		for {
+			select {
+			case <-r.stop:
+				break wait
+			case <-ctx.Done():
+				break wait
+			case <-deadline:
+				break wait
+			case <-done:
+				return // every message sent; nothing to interrupt
+			case now := <-tick.C:
+				if v := progressed(); v != last {
+					last, lastChange = v, now
+				} else if now.Sub(lastChange) > stallAfter {
+					r.fail(fmt.Errorf("send phase stalled: nothing sent or acknowledged for %s", stallAfter))
+					break wait
+				}
+			}
+		}
+		r.stopSending()
+		bound()
+		// Once the send loops are out, lift the deadline again: the
+		// read loops still write PUBRELs while acks drain.
+		<-done
+		for _, p := range pubs {
+			_ = p.conn.SetWriteDeadline(time.Time{})
+		}
+	}()
+	var senders sync.WaitGroup
 	for _, p := range pubs {
+		senders.Add(1)
 		r.goFn(func() error {
-			defer func() { fin <- struct{}{} }()
+			defer senders.Done()
 			return p.send(start, interval)
 		})
 	}
+	r.wg.Add(1)
 	go func() {
-		for range n {
-			<-fin
-		}
+		defer r.wg.Done()
+		senders.Wait()
 		close(done)
 	}()
 	return done
