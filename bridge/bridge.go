@@ -51,6 +51,42 @@ type route struct {
 // allocates the route table. It does no I/O and starts nothing. The error
 // joins one *FieldError per problem, paths relative to the bridges list.
 func New(routes []RouteConfig, deps Deps) (*Bridge, error) {
+	b, err := build(routes, deps)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for i, r := range b.routes {
+		p := fmt.Sprintf("[%d]", i)
+		if r.durable && deps.Outbox == nil {
+			errs = append(errs, fieldErr(p+".delivery", "at-least-once needs an outbox"))
+		}
+		if r.cfg.Direction == In && deps.Publisher == nil {
+			errs = append(errs, fieldErr(p+".direction", "ingress route needs a Publisher"))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	met, err := newMetrics(b, deps)
+	if err != nil {
+		return nil, fmt.Errorf("bridge: metrics: %w", err)
+	}
+	b.met = met
+	return b, nil
+}
+
+// ValidateWith is Validate plus each connector's own section, checked by
+// building (not starting) the connector through factories: what `ferry
+// check` needs. No I/O beyond what factories do (a webhook secret_file is
+// read).
+func (rs Routes) ValidateWith(factories map[string]Factory) error {
+	_, err := build(rs, Deps{Factories: factories})
+	return err
+}
+
+// build validates routes and builds the route table and connectors.
+func build(routes []RouteConfig, deps Deps) (*Bridge, error) {
 	if err := Routes(routes).Validate(); err != nil {
 		return nil, err
 	}
@@ -83,12 +119,6 @@ func New(routes []RouteConfig, deps Deps) (*Bridge, error) {
 		if rc.Direction == In {
 			ep, epPath = rc.From, p+".from."+rc.From.Connector
 			r.topic, _ = ParseTemplate(rc.To.Topic)
-			if deps.Publisher == nil {
-				errs = append(errs, fieldErr(p+".direction", "ingress route needs a Publisher"))
-			}
-		}
-		if r.durable && deps.Outbox == nil {
-			errs = append(errs, fieldErr(p+".delivery", "at-least-once needs an outbox"))
 		}
 		if rc.Direction == Out && rc.Delivery == AtMostOnce {
 			r.queue = make(chan Message, rc.QueueSize)
@@ -126,11 +156,6 @@ func New(routes []RouteConfig, deps Deps) (*Bridge, error) {
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	met, err := newMetrics(b, deps)
-	if err != nil {
-		return nil, err
-	}
-	b.met = met
 	return b, nil
 }
 
@@ -326,6 +351,15 @@ func (b *Bridge) Replay(ctx context.Context, route string, seqs []uint64) (int, 
 		}
 	}
 	return n, err
+}
+
+// PurgeDeadLetters deletes the dead letters of route with the given seqs
+// (all when seqs is nil) and reports how many it deleted.
+func (b *Bridge) PurgeDeadLetters(ctx context.Context, route string, seqs []uint64) (int, error) {
+	if _, err := b.durableRoute(route); err != nil {
+		return 0, err
+	}
+	return b.outbox.DeleteDeadLetters(ctx, route, seqs)
 }
 
 func (b *Bridge) durableRoute(name string) (*route, error) {

@@ -176,6 +176,12 @@ func TestMaxAttempts(t *testing.T) {
 	if got := e.metric(t, "ferry_bridge_failed_total", "route", "r"); got != 3 {
 		t.Fatalf("failed_total = %v", got)
 	}
+	if n, err := e.b.PurgeDeadLetters(context.Background(), "r", nil); err != nil || n != 1 {
+		t.Fatalf("purge = %d, %v", n, err)
+	}
+	if dl, _ := e.b.DeadLetters("r", 0, 10); len(dl) != 0 {
+		t.Fatalf("dead letters after purge: %+v", dl)
+	}
 }
 
 // blocked returns a gate that holds every delivery until release is closed.
@@ -390,7 +396,7 @@ func TestCloseStopsWorkersAndConnectors(t *testing.T) {
 }
 
 func BenchmarkOffer(b *testing.B) {
-	ob, err := outbox.Open(outbox.Config{Dir: b.TempDir(), Sync: outbox.SyncNone}, nil)
+	ob, err := outbox.Open(outbox.Config{Dir: b.TempDir(), Sync: outbox.SyncAlways}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -400,19 +406,34 @@ func BenchmarkOffer(b *testing.B) {
 		rs = append(rs, bridge.RouteConfig{Name: fmt.Sprint("r", i), From: bridge.Endpoint{Filters: []string{fmt.Sprintf("devices/%d/+/telemetry", i)}},
 			To: bridge.Endpoint{Connector: "fake"}})
 	}
+	// Not started: offers stay in the outbox, so this measures the publish
+	// path alone.
 	f := &fake{}
 	bg, err := bridge.New(rs, bridge.Deps{Outbox: ob, Factories: map[string]bridge.Factory{"fake": f.factory()}})
 	if err != nil {
 		b.Fatal(err)
 	}
-	m := bridge.Message{Topic: "other/1/x/telemetry", Payload: []byte("x"), QoS: 1}
 	b.Run("no-match-1000-routes", func(b *testing.B) {
+		m := bridge.Message{Topic: "other/1/x/telemetry", Payload: []byte("x"), QoS: 1}
 		b.ReportAllocs()
 		for b.Loop() {
 			if err := bg.Offer(m); err != nil {
 				b.Fatal(err)
 			}
 		}
+	})
+	b.Run("match-at-least-once-sync-always-parallel", func(b *testing.B) {
+		m := bridge.Message{Topic: "devices/7/x/telemetry", Payload: make([]byte, 128), QoS: 1, ClientID: "c"}
+		b.SetParallelism(32) // many publishers sharing fsyncs
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if err := bg.Offer(m); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
 	})
 }
 

@@ -195,16 +195,6 @@ func (e *Endpoint) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
-// ConnectorEndpoint returns an Endpoint naming connector with its section
-// given as YAML; for programmatic configs and tests.
-func ConnectorEndpoint(connector, section string) (Endpoint, error) {
-	s, err := NewSpec("", Out, section)
-	if err != nil {
-		return Endpoint{}, err
-	}
-	return Endpoint{Connector: connector, spec: s.node}, nil
-}
-
 var nameRE = regexp.MustCompile(`^[a-z0-9_-]{1,64}$`)
 
 // WithDefaults returns a copy of c with zero fields set to their defaults.

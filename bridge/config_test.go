@@ -112,6 +112,24 @@ func TestNewConnectorErrors(t *testing.T) {
 	}
 }
 
+func TestValidateWith(t *testing.T) {
+	rs := routes(t, `
+- {name: ok, from: "a", to: {fake: {}}}
+- {name: bad, from: "b", to: {bad: {}}}
+`)
+	bad := func(bridge.Spec, bridge.Deps) (bridge.Connector, error) {
+		return nil, &bridge.FieldError{Path: "subject", Err: errors.New("template: boom")}
+	}
+	f := &fake{}
+	err := bridge.Routes(rs).ValidateWith(map[string]bridge.Factory{"fake": f.factory(), "bad": bad})
+	if err == nil || err.Error() != "[1].to.bad.subject: template: boom" {
+		t.Fatalf("err = %v", err)
+	}
+	if err := bridge.Routes(rs[:1]).ValidateWith(map[string]bridge.Factory{"fake": f.factory()}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 type nopPublisher struct{}
 
 func (nopPublisher) Publish(context.Context, bridge.Message) error { return nil }

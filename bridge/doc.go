@@ -3,16 +3,16 @@
 //
 // A route (RouteConfig, the `bridges:` list) is either egress (MQTT topic
 // filters → a connector target) or ingress (a connector source → an MQTT
-// topic). Connectors live in bridge/<name> (bridge/nats, bridge/webhook)
-// behind the small Connector interface; the package that wires Ferry
-// together maps config keys to their Factory. Nothing here knows MQTT
+// topic). Connectors live in bridge/<name> (bridge/nats, bridge/webhook,
+// bridge/mqtt) behind the small Connector interface; the package that
+// wires Ferry together maps config keys to their Factory. Nothing here knows MQTT
 // sessions or imports the broker.
 //
 // # Use
 //
 //	ob, _ := outbox.Open(outbox.Config{Dir: dataDir + "/outbox"}, logger)
 //	b, err := bridge.New(routes, bridge.Deps{Outbox: ob, Publisher: pub, Logger: logger,
-//		Registerer: reg, Factories: map[string]bridge.Factory{"nats": nats.New, "webhook": webhook.New}})
+//		Registerer: reg, Factories: map[string]bridge.Factory{"nats": nats.New, "webhook": webhook.New, "mqtt": mqtt.New}})
 //	err = b.Start(ctx)
 //	// in a mochi OnPublish hook, before the PUBACK:
 //	err = b.Offer(bridge.Message{Topic: ..., Payload: ..., QoS: ..., ClientID: ...})

@@ -33,6 +33,9 @@ type Outbox interface {
 	DeadLetter(ctx context.Context, route string, dead []DeadLetter) error
 	// DeadLetters lists up to limit dead letters of route with Seq > after.
 	DeadLetters(route string, after uint64, limit int) ([]DeadLetter, error)
+	// DeleteDeadLetters removes the dead letters of route with the given
+	// seqs (all of them when seqs is nil) and reports how many it removed.
+	DeleteDeadLetters(ctx context.Context, route string, seqs []uint64) (int, error)
 	// Replay moves the dead letters of route with the given seqs (all of
 	// them when seqs is nil) back to the end of its outbox under new seqs,
 	// keeping their IDs, and reports how many it moved.

@@ -45,16 +45,6 @@ func ParseTemplate(text string) (*Template, error) {
 	return tp, nil
 }
 
-// MustParseTemplate is ParseTemplate for constant templates in tests; it
-// panics on error.
-func MustParseTemplate(text string) *Template {
-	t, err := ParseTemplate(text)
-	if err != nil {
-		panic(err)
-	}
-	return t
-}
-
 // String returns the template's text.
 func (t *Template) String() string { return t.text }
 

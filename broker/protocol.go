@@ -180,6 +180,10 @@ func (h *protocolHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets
 		if isSys(pk.TopicName) {
 			return h.refuseSysPublish(cl, pk)
 		}
+		if pk.FixedHeader.Qos > 0 && cl.Properties.ProtocolVersion < 5 && h.b.auth != nil &&
+			!h.b.auth.OnACLCheck(cl, pk.TopicName, true) {
+			return h.dropDeniedV3(cl, pk), nil
+		}
 		if pk.FixedHeader.Qos > 0 {
 			h.ids.inbound(cl, &pk)
 		}
@@ -236,6 +240,26 @@ func (h *protocolHook) refuseSysPublish(cl *mqtt.Client, pk packets.Packet) (pac
 	_ = cl.WritePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: ack}, PacketID: pk.PacketID,
 		ReasonCode: packets.ErrNotAuthorized.Code, Properties: packets.Properties{ReasonString: "clients may not publish to $SYS"}})
 	return pk, nil
+}
+
+// deniedTopic is what a denied MQTT 3 publish is renamed to: mochi ignores
+// client publishes to $SYS without a word.
+const deniedTopic = "$SYS/ferry/denied"
+
+// dropDeniedV3 acknowledges and drops an MQTT 3 QoS 1/2 publish the ACL
+// denies. MQTT 3.1.1 (3.3.5) lets a server either acknowledge positively or
+// close the connection; mochi closes it, which makes a device reconnect and
+// resend the same publish for ever. Ferry acknowledges, drops it (counted in
+// ferry_acl_denied_total) and keeps the connection.
+func (h *protocolHook) dropDeniedV3(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	ack := packets.Puback
+	if pk.FixedHeader.Qos == 2 {
+		ack = packets.Pubrec
+	}
+	_ = cl.WritePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: ack}, PacketID: pk.PacketID})
+	pk.TopicName = deniedTopic
+	pk.FixedHeader.Retain = false
+	return pk
 }
 
 func (h *protocolHook) subscribeViolation(pk packets.Packet) (packets.Code, bool) {

@@ -49,8 +49,12 @@ func (c *rawClient) send(pk packets.Packet) {
 		err = pk.ConnectEncode(&buf)
 	case packets.Subscribe:
 		err = pk.SubscribeEncode(&buf)
+	case packets.Puback:
+		err = pk.PubackEncode(&buf)
 	case packets.Pubrec:
 		err = pk.PubrecEncode(&buf)
+	case packets.Pubcomp:
+		err = pk.PubcompEncode(&buf)
 	case packets.Publish:
 		err = pk.PublishEncode(&buf)
 	}
@@ -64,24 +68,33 @@ func (c *rawClient) send(pk packets.Packet) {
 
 func (c *rawClient) read() packets.Packet {
 	c.t.Helper()
-	_ = c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	b, err := c.r.ReadByte()
+	pk, err := c.next(5 * time.Second)
 	if err != nil {
 		c.t.Fatalf("read: %v", err)
 	}
+	return pk
+}
+
+// next reads one packet, or fails after timeout.
+func (c *rawClient) next(timeout time.Duration) (packets.Packet, error) {
+	_ = c.conn.SetReadDeadline(time.Now().Add(timeout))
 	var pk packets.Packet
+	b, err := c.r.ReadByte()
+	if err != nil {
+		return pk, err
+	}
 	pk.ProtocolVersion = 4
 	if err := pk.FixedHeader.Decode(b); err != nil {
-		c.t.Fatal(err)
+		return pk, err
 	}
 	n, _, err := packets.DecodeLength(c.r)
 	if err != nil {
-		c.t.Fatal(err)
+		return pk, err
 	}
 	pk.FixedHeader.Remaining = n
 	body := make([]byte, n)
 	if _, err := io.ReadFull(c.r, body); err != nil {
-		c.t.Fatal(err)
+		return pk, err
 	}
 	switch pk.FixedHeader.Type {
 	case packets.Connack:
@@ -95,10 +108,7 @@ func (c *rawClient) read() packets.Packet {
 	case packets.Pubrec:
 		err = pk.PubrecDecode(body)
 	}
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	return pk
+	return pk, err
 }
 
 // TestQos2StateResumedAfterCrash: a subscriber that sent PUBREC for one

@@ -60,6 +60,7 @@ const (
 	opDrop
 	opDead
 	opReplay
+	opDeadDelete
 )
 
 // request is one call handed to the writer; done gets exactly one value.
@@ -112,11 +113,11 @@ func Open(cfg Config, logger *slog.Logger) (*Outbox, error) {
 		return nil, fmt.Errorf("outbox: open %s: %w", cfg.Dir, err)
 	}
 	o := &Outbox{
-		cfg:    cfg,
-		log:    logger,
-		db:     db,
-		reqs:   make(chan *request, MaxWriterBatch),
-		quit:   make(chan struct{}),
+		cfg:  cfg,
+		log:  logger,
+		db:   db,
+		reqs: make(chan *request, MaxWriterBatch),
+		quit: make(chan struct{}),
 	}
 	if cfg.Sync == SyncNone {
 		logger.Warn("outbox: sync is none: acknowledged messages are not fsynced and a power loss can lose them", "dir", cfg.Dir)
@@ -206,6 +207,16 @@ func (o *Outbox) Replay(ctx context.Context, route string, seqs []uint64) (int, 
 	if seqs != nil && len(seqs) == 0 {
 		return 0, nil
 	}
+	err := o.do(ctx, r)
+	return r.n, err
+}
+
+// DeleteDeadLetters implements bridge.Outbox.
+func (o *Outbox) DeleteDeadLetters(ctx context.Context, route string, seqs []uint64) (int, error) {
+	if seqs != nil && len(seqs) == 0 {
+		return 0, nil
+	}
+	r := &request{op: opDeadDelete, route: route, seqs: seqs}
 	err := o.do(ctx, r)
 	return r.n, err
 }

@@ -140,6 +140,20 @@ func TestDeadLetterReplay(t *testing.T) {
 	if dead, _ := o.DeadLetters("r", 0, 10); len(dead) != 0 {
 		t.Fatalf("dead after replay = %+v", dead)
 	}
+	// Delete: by seq, then all.
+	dl = []bridge.DeadLetter{{Message: got[0], Reason: "x"}, {Message: got[1], Reason: "y"}, {Message: got[2], Reason: "z"}}
+	if err := o.DeadLetter(ctx, "r", dl); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := o.DeleteDeadLetters(ctx, "r", []uint64{got[0].Seq, 999}); err != nil || n != 1 {
+		t.Fatalf("delete dead = %d, %v", n, err)
+	}
+	if n, err := o.DeleteDeadLetters(ctx, "r", nil); err != nil || n != 2 {
+		t.Fatalf("delete all dead = %d, %v", n, err)
+	}
+	if dead, _ := o.DeadLetters("r", 0, 10); len(dead) != 0 || o.Usage("r").Messages != 0 {
+		t.Fatalf("after deletes: dead %+v, usage %+v", dead, o.Usage("r"))
+	}
 }
 
 func TestDropOldest(t *testing.T) {

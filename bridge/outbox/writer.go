@@ -220,6 +220,21 @@ func (o *Outbox) stage(w *wtx, r *request, touched map[*routeState]string) error
 		return nil
 	case opReplay:
 		return o.replay(w, st, r, touched)
+	case opDeadDelete:
+		for _, k := range deadKeys(w, r) {
+			n, err := w.size(k)
+			if err != nil {
+				return err
+			}
+			if n < 0 {
+				continue
+			}
+			if err := w.del(k); err != nil {
+				return err
+			}
+			r.n++
+		}
+		return nil
 	}
 	return fmt.Errorf("outbox: unknown op %d", r.op)
 }
@@ -284,23 +299,8 @@ func (o *Outbox) drop(w *wtx, st *routeState, r *request) error {
 
 // replay stages moving dead letters back to the end of the outbox.
 func (o *Outbox) replay(w *wtx, st *routeState, r *request, touched map[*routeState]string) error {
-	var keys [][]byte
-	if r.seqs == nil {
-		opts := badger.DefaultIteratorOptions
-		opts.PrefetchValues = false
-		opts.Prefix = prefix('d', r.route)
-		it := w.txn.NewIterator(opts)
-		for it.Rewind(); it.Valid(); it.Next() {
-			keys = append(keys, it.Item().KeyCopy(nil))
-		}
-		it.Close()
-	} else {
-		for _, s := range r.seqs {
-			keys = append(keys, seqKey('d', r.route, s))
-		}
-	}
 	now := time.Now()
-	for _, k := range keys {
+	for _, k := range deadKeys(w, r) {
 		item, err := w.txn.Get(k)
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			continue
@@ -332,4 +332,25 @@ func (o *Outbox) replay(w *wtx, st *routeState, r *request, touched map[*routeSt
 		r.n++
 	}
 	return nil
+}
+
+// deadKeys returns the d/ keys r names: r.seqs, or every dead letter of
+// r.route when r.seqs is nil.
+func deadKeys(w *wtx, r *request) [][]byte {
+	var keys [][]byte
+	if r.seqs != nil {
+		for _, s := range r.seqs {
+			keys = append(keys, seqKey('d', r.route, s))
+		}
+		return keys
+	}
+	opts := badger.DefaultIteratorOptions
+	opts.PrefetchValues = false
+	opts.Prefix = prefix('d', r.route)
+	it := w.txn.NewIterator(opts)
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		keys = append(keys, it.Item().KeyCopy(nil))
+	}
+	return keys
 }

@@ -24,23 +24,28 @@ func main() {
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := serve(ctx, *addr); err != nil {
+	if err := serve(ctx, *addr, nil); err != nil {
 		fmt.Fprintln(os.Stderr, "mochi-baseline:", err)
 		os.Exit(1)
 	}
 }
 
-// serve runs the broker until ctx ends.
-func serve(ctx context.Context, addr string) error {
+// serve runs the broker until ctx ends. ready, when set, is called with
+// the listening address once clients can connect.
+func serve(ctx context.Context, addr string, ready func(addr string)) error {
 	s := mqtt.New(nil)
 	if err := s.AddHook(new(auth.AllowHook), nil); err != nil {
 		return fmt.Errorf("add allow hook: %w", err)
 	}
-	if err := s.AddListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: addr})); err != nil {
+	l := listeners.NewTCP(listeners.Config{ID: "tcp", Address: addr})
+	if err := s.AddListener(l); err != nil {
 		return fmt.Errorf("listen %s: %w", addr, err)
 	}
 	if err := s.Serve(); err != nil {
 		return fmt.Errorf("serve: %w", err)
+	}
+	if ready != nil {
+		ready(l.Address())
 	}
 	<-ctx.Done()
 	// mochi's Close can wait forever on a client stuck mid-flow; a

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/ferrymq/ferry/cmd/ferry-bench/internal/mqttc"
 )
 
 func TestHeaderRoundTrip(t *testing.T) {
@@ -137,5 +139,35 @@ func TestProcCPUMissing(t *testing.T) {
 	}
 	if _, err := ReadRSS(-1); err == nil {
 		t.Fatal("want an error for a missing process")
+	}
+}
+
+func TestDeliverAccounting(t *testing.T) {
+	r := newRun(Config{Scenario: Pairs}.withDefaults(), 42)
+	s := &subscriber{r: r}
+	payload := make([]byte, HeaderSize+8)
+	send := func(nonce, pub uint32, seq uint64) {
+		t.Helper()
+		Header{Nonce: nonce, Publisher: pub, Seq: seq, SentNanos: time.Now().UnixNano()}.Put(payload)
+		if err := s.deliver(&mqttc.Packet{Type: mqttc.PUBLISH, Payload: payload}, time.Now().UnixNano()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// publisher 0: 0 2 1 1 3; publisher 1: 5 4; a stale run; a short payload
+	for _, seq := range []uint64{0, 2, 1, 1, 3} {
+		send(42, 0, seq)
+	}
+	send(42, 1, 5)
+	send(42, 1, 4)
+	send(7, 0, 9)
+	if err := s.deliver(&mqttc.Packet{Type: mqttc.PUBLISH, Payload: []byte("short")}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if s.recv.Load() != 7 || s.uniq.Load() != 6 || s.dupes != 1 || s.ooo != 2 || s.stale != 2 || s.hist.Count() != 6 {
+		t.Fatalf("recv %d uniq %d dupes %d ooo %d stale %d samples %d; want 7 6 1 2 2 6",
+			s.recv.Load(), s.uniq.Load(), s.dupes, s.ooo, s.stale, s.hist.Count())
+	}
+	if got := s.stream(0).set.missingBelow(5); got != 1 {
+		t.Fatalf("publisher 0 missing below 5: %d, want 1 (seq 4)", got)
 	}
 }

@@ -203,6 +203,8 @@ func finishPacket(b []byte, start int) []byte {
 		copy(b[start+1+vl:], b[bodyStart:])
 		b = b[:len(b)-(4-vl)]
 	}
+	// Appending to the empty slice at start+1 writes into b's array, in
+	// the room reserved above.
 	AppendVarint(b[start+1:start+1], n)
 	return b
 }

@@ -264,14 +264,6 @@ func (c *Conn) Flush() error {
 	return err
 }
 
-// Pending reports how many bytes are buffered and not yet flushed.
-func (c *Conn) Pending() int {
-	c.mu.Lock()
-	n := c.w.Buffered()
-	c.mu.Unlock()
-	return n
-}
-
 // Disconnect flushes, sends DISCONNECT and closes the connection.
 func (c *Conn) Disconnect() error {
 	_ = c.nc.SetWriteDeadline(time.Now().Add(2 * time.Second))
