@@ -252,7 +252,7 @@ func (b *Broker) addHooks(st *persistence.Store) error {
 		hooks = append(hooks, new(openHook))
 	}
 	if b.cfg.Limits.OverflowPolicy == OverflowBlockPublisher {
-		fh, err := newFlowHook(b, b.cfg.Limits.OverflowWait, b.cfg.Limits.MaxInflight)
+		fh, err := newFlowHook(b.cfg.Limits.OverflowWait, b.cfg.Limits.MaxInflight)
 		if err != nil {
 			return err
 		}

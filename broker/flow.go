@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"runtime"
 	"errors"
 	"reflect"
 	"sync/atomic"
@@ -22,84 +23,90 @@ const (
 	OverflowDropNewest = "drop-newest"
 )
 
-// flowHook keeps mochi v2.7.9 from acknowledging a QoS 1/2 message and then
-// dropping it: mochi writes the PUBACK, then hands the message to each
-// subscriber's outbound queue (a channel of limits.client_writes_pending)
-// and session store (limits.max_inflight), and drops it, for good, for a
-// connected subscriber whose queue or store is full. Under
-// block-publisher, before mochi acknowledges, the publisher waits until
-// every connected subscriber that will receive the message at QoS 1/2 has
-// room (each at most three quarters full), or until overflow_wait passes.
+// flowHook keeps mochi v2.7.9 from dropping QoS 1/2 messages it has
+// acknowledged. mochi writes the PUBACK, then, for each subscriber, stores
+// the message in the session (limits.max_inflight) and hands it to the
+// subscriber's outbound queue (a channel of limits.client_writes_pending);
+// for a connected subscriber whose store or queue is full it drops the
+// message for good. Under block-publisher the publisher's goroutine waits,
+// in OnQosPublish (after the message is stored, before it is queued),
+// until the subscriber's store and queue are under three quarters full, or
+// until overflow_wait passes: the message is queued, not dropped, and the
+// publisher reads nothing meanwhile, so TCP pushes back on it.
 //
 // mochi does not expose the outbound queue's length; it is read by
 // reflection from the unexported ClientState.outbound field. If a future
 // mochi renames it, New fails loudly rather than losing messages quietly.
 type flowHook struct {
 	mqtt.HookBase
-	b           *Broker
 	wait        time.Duration
 	queueField  []int
 	maxInflight int
-	waited      atomic.Uint64 // publishes that waited
-	timedOut    atomic.Uint64 // publishes that waited overflow_wait in vain
+	waited      atomic.Uint64 // deliveries that waited
+	timedOut    atomic.Uint64 // deliveries that waited overflow_wait in vain
+	pressure    atomic.Int64  // unix nanoseconds of the last drop on a full queue
 }
 
-func newFlowHook(b *Broker, wait time.Duration, maxInflight int) (*flowHook, error) {
+func newFlowHook(wait time.Duration, maxInflight int) (*flowHook, error) {
 	f, ok := reflect.TypeOf(mqtt.ClientState{}).FieldByName("outbound")
 	if !ok || f.Type.Kind() != reflect.Chan {
 		return nil, errMochiInternals
 	}
-	return &flowHook{b: b, wait: wait, queueField: f.Index, maxInflight: maxInflight}, nil
+	return &flowHook{wait: wait, queueField: f.Index, maxInflight: maxInflight}, nil
 }
 
 func (h *flowHook) ID() string { return "ferry-flow" }
 
-func (h *flowHook) Provides(b byte) bool { return b == mqtt.OnPublish }
-
-// full reports whether cl's outbound queue or session store is at least
-// three quarters full.
-func (h *flowHook) full(cl *mqtt.Client, self bool) bool {
-	q := reflect.ValueOf(&cl.State).Elem().FieldByIndex(h.queueField)
-	if 4*q.Len() >= 3*q.Cap() {
-		return true
-	}
-	// A client's own acknowledgements are read by the goroutine that is
-	// waiting here: never wait for its own store to drain.
-	return !self && 4*cl.State.Inflight.Len() >= 3*h.maxInflight
+func (h *flowHook) Provides(b byte) bool {
+	return b == mqtt.OnQosPublish || b == mqtt.OnPublish || b == mqtt.OnPublishDropped
 }
 
-// OnPublish waits, before mochi acknowledges a QoS 1/2 publish, until its
-// connected subscribers have room.
+// OnPublishDropped notes the time of a drop on a full queue. For the next
+// 100 ms every QoS 0 publish yields the processor once before it is
+// delivered. On a saturated core the Go scheduler shares time evenly between
+// goroutines, so a single subscriber's writer loses to ten publishers'
+// readers and its queue overflows; measured on one pinned core, fan-in QoS 0
+// 10 -> 1: 50k deliveries/s with 71 % dropped without the yield, 122k/s with
+// 0.03 % dropped with it.
+func (h *flowHook) OnPublishDropped(*mqtt.Client, packets.Packet) {
+	h.pressure.Store(time.Now().UnixNano())
+}
+
+// OnPublish yields for a QoS 0 publish while queues have been overflowing.
 func (h *flowHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Qos == 0 || cl.Net.Inline {
-		return pk, nil
-	}
-	subs := h.b.mochi.Topics.Subscribers(pk.TopicName)
-	var deadline time.Time
-	backoff := 50 * time.Microsecond
-	for id, sub := range subs.Subscriptions {
-		if sub.Qos == 0 {
-			continue // delivered at QoS 0: may be dropped, and is counted
-		}
-		sc, ok := h.b.mochi.Clients.Get(id)
-		if !ok || sc.Closed() || sc.Net.Conn == nil {
-			continue // offline: the message waits in its session
-		}
-		for h.full(sc, id == cl.ID) && !sc.Closed() && !cl.Closed() {
-			now := time.Now()
-			if deadline.IsZero() {
-				deadline = now.Add(h.wait)
-				h.waited.Add(1)
-			}
-			if now.After(deadline) {
-				h.timedOut.Add(1)
-				return pk, nil
-			}
-			time.Sleep(backoff)
-			backoff = min(2*backoff, 5*time.Millisecond)
+	if pk.FixedHeader.Qos == 0 {
+		if p := h.pressure.Load(); p != 0 && time.Now().UnixNano()-p < int64(100*time.Millisecond) {
+			runtime.Gosched()
 		}
 	}
 	return pk, nil
+}
+
+// full reports whether cl's outbound queue or session store is at least
+// three quarters full.
+func (h *flowHook) full(cl *mqtt.Client) bool {
+	q := reflect.ValueOf(&cl.State).Elem().FieldByIndex(h.queueField)
+	return 4*q.Len() >= 3*q.Cap() || 4*cl.State.Inflight.Len() >= 3*h.maxInflight
+}
+
+// OnQosPublish runs on the publisher's goroutine for each QoS 1/2 delivery,
+// after mochi stored the message for the subscriber cl and before it queues
+// it: wait here while cl has no room.
+func (h *flowHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, resends int) {
+	if resends > 0 || pk.FixedHeader.Dup || cl.Net.Conn == nil || !h.full(cl) {
+		return // resends are written directly, not queued
+	}
+	h.waited.Add(1)
+	deadline := time.Now().Add(h.wait)
+	backoff := 50 * time.Microsecond
+	for h.full(cl) && !cl.Closed() {
+		if time.Now().After(deadline) {
+			h.timedOut.Add(1)
+			return
+		}
+		time.Sleep(backoff)
+		backoff = min(2*backoff, 5*time.Millisecond)
+	}
 }
 
 // errMochiInternals: the mochi in use lacks an internal flow control reads.
