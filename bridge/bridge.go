@@ -59,10 +59,10 @@ func New(routes []RouteConfig, deps Deps) (*Bridge, error) {
 	for i, r := range b.routes {
 		p := fmt.Sprintf("[%d]", i)
 		if r.durable && deps.Outbox == nil {
-			errs = append(errs, fieldErr(p+".delivery", "at-least-once needs an outbox"))
+			errs = append(errs, withRoute(r.name, fieldErr(p+".delivery", "at-least-once needs an outbox")))
 		}
 		if r.cfg.Direction == In && deps.Publisher == nil {
-			errs = append(errs, fieldErr(p+".direction", "ingress route needs a Publisher"))
+			errs = append(errs, withRoute(r.name, fieldErr(p+".direction", "ingress route needs a Publisher")))
 		}
 	}
 	if len(errs) > 0 {
@@ -132,7 +132,7 @@ func build(routes []RouteConfig, deps Deps) (*Bridge, error) {
 		cdeps.Logger = log.With("route", rc.Name, "connector", ep.Connector)
 		c, err := f(Spec{Route: rc.Name, Direction: rc.Direction, Payload: rc.Payload, node: ep.spec}, cdeps)
 		if err != nil {
-			errs = append(errs, PrefixErrors(epPath, err))
+			errs = append(errs, withRoute(rc.Name, PrefixErrors(epPath, err)))
 			continue
 		}
 		if _, ok := c.(Receiver); rc.Direction == In && !ok {

@@ -250,7 +250,7 @@ func (rs Routes) Validate() error {
 			errs = append(errs, fieldErr(p+".name", "duplicate route name %q (also [%d])", r.Name, j))
 		}
 		seen[r.Name] = i
-		errs = append(errs, r.WithDefaults().validate(p))
+		errs = append(errs, withRoute(r.Name, r.WithDefaults().validate(p)))
 	}
 	return errors.Join(errs...)
 }

@@ -48,16 +48,16 @@ func TestRoutesValidate(t *testing.T) {
 		yaml string
 		want []string // each must start one line of the error
 	}{
-		{"bad name", `[{name: "Bad Name", from: "a", to: {fake: {}}}]`, []string{`[0].name: "Bad Name" must match`}},
+		{"bad name", `[{name: "Bad Name", from: "a", to: {fake: {}}}]`, []string{`[0].name: route "Bad Name": "Bad Name" must match`}},
 		{"duplicate name", `[{name: a, from: "a", to: {fake: {}}}, {name: a, from: "b", to: {fake: {}}}]`, []string{`[1].name: duplicate route name "a"`}},
-		{"bad filter", `[{name: a, from: ["ok/+", "a/#/b"], to: {fake: {}}}]`, []string{`[0].from[1]: invalid MQTT topic filter "a/#/b"`}},
-		{"no target", `[{name: a, from: "a"}]`, []string{"[0].to: egress route needs a connector"}},
-		{"per-key without key", `[{name: a, from: "a", to: {fake: {}}, ordering: per-key}]`, []string{"[0].key: ordering per-key needs a key template"}},
-		{"bad key template", `[{name: a, from: "a", to: {fake: {}}, key: "{{.Nope}}"}]`, []string{"[0].key: template:"}},
-		{"unclosed template", `[{name: a, direction: in, from: {fake: {}}, to: {topic: "x/{{.Token 1"}}]`, []string{"[0].to.topic: template:"}},
-		{"ingress no topic", `[{name: a, direction: in, from: {fake: {}}, to: {topic: ""}}]`, []string{"[0].to.topic: ingress route needs"}},
+		{"bad filter", `[{name: a, from: ["ok/+", "a/#/b"], to: {fake: {}}}]`, []string{`[0].from[1]: route "a": invalid MQTT topic filter "a/#/b"`}},
+		{"no target", `[{name: a, from: "a"}]`, []string{"[0].to: route \"a\": egress route needs a connector"}},
+		{"per-key without key", `[{name: a, from: "a", to: {fake: {}}, ordering: per-key}]`, []string{"[0].key: route \"a\": ordering per-key needs a key template"}},
+		{"bad key template", `[{name: a, from: "a", to: {fake: {}}, key: "{{.Nope}}"}]`, []string{"[0].key: route \"a\": template:"}},
+		{"unclosed template", `[{name: a, direction: in, from: {fake: {}}, to: {topic: "x/{{.Token 1"}}]`, []string{"[0].to.topic: route \"a\": template:"}},
+		{"ingress no topic", `[{name: a, direction: in, from: {fake: {}}, to: {topic: ""}}]`, []string{"[0].to.topic: route \"a\": ingress route needs"}},
 		{"bounds", `[{name: a, from: "a", to: {fake: {}}, batch_size: 100000, max_attempts: -1, delivery: maybe}]`,
-			[]string{"[0].batch_size: 100000 is more than allowed", "[0].max_attempts: -1 is less than allowed 1", `[0].delivery: "maybe"`}},
+			[]string{"[0].batch_size: route \"a\": 100000 is more than allowed", "[0].max_attempts: route \"a\": -1 is less than allowed 1", `[0].delivery: route "a": "maybe"`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := bridge.Routes(routes(t, tc.yaml)).Validate()
@@ -92,9 +92,9 @@ func TestNewConnectorErrors(t *testing.T) {
 		want []string
 	}{
 		{"unknown connector", `[{name: a, from: "a", to: {kafka: {}}}]`, []string{`[0].to.kafka: unknown connector "kafka"`}},
-		{"factory errors get the route's path", `[{name: a, from: "a", to: {bad: {}}}]`, []string{"[0].to.bad.subject: template: bad", "[0].to.bad: url: required"}},
-		{"ingress factory path", `[{name: a, direction: in, from: {bad: {}}, to: {topic: t}}]`, []string{"[0].from.bad.subject: template: bad"}},
-		{"at-least-once needs outbox", `[{name: a, from: "a", to: {fake: {}}}]`, []string{"[0].delivery: at-least-once needs an outbox"}},
+		{"factory errors get the route's path", `[{name: a, from: "a", to: {bad: {}}}]`, []string{"[0].to.bad.subject: route \"a\": template: bad", "[0].to.bad: route \"a\": url: required"}},
+		{"ingress factory path", `[{name: a, direction: in, from: {bad: {}}, to: {topic: t}}]`, []string{"[0].from.bad.subject: route \"a\": template: bad"}},
+		{"at-least-once needs outbox", `[{name: a, from: "a", to: {fake: {}}}]`, []string{"[0].delivery: route \"a\": at-least-once needs an outbox"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := &fake{}
@@ -122,7 +122,7 @@ func TestValidateWith(t *testing.T) {
 	}
 	f := &fake{}
 	err := bridge.Routes(rs).ValidateWith(map[string]bridge.Factory{"fake": f.factory(), "bad": bad})
-	if err == nil || err.Error() != "[1].to.bad.subject: template: boom" {
+	if err == nil || err.Error() != `[1].to.bad.subject: route "bad": template: boom` {
 		t.Fatalf("err = %v", err)
 	}
 	if err := bridge.Routes(rs[:1]).ValidateWith(map[string]bridge.Factory{"fake": f.factory()}); err != nil {

@@ -3,6 +3,7 @@ package bridge
 import (
 	"errors"
 	"fmt"
+	"strconv"
 )
 
 var (
@@ -46,13 +47,20 @@ func IsPermanent(err error) bool {
 }
 
 // FieldError is one configuration problem. Path is relative to the bridges
-// list, e.g. "[1].to.nats.subject", so the caller can prefix its own path.
+// list, e.g. "[1].to.nats.subject", so the caller can prefix its own path;
+// Route, when known, is the route's name, shown after the path.
 type FieldError struct {
-	Path string
-	Err  error
+	Path  string
+	Route string
+	Err   error
 }
 
-func (e *FieldError) Error() string { return e.Path + ": " + e.Err.Error() }
+func (e *FieldError) Error() string {
+	if e.Route != "" {
+		return e.Path + ": route " + strconv.Quote(e.Route) + ": " + e.Err.Error()
+	}
+	return e.Path + ": " + e.Err.Error()
+}
 func (e *FieldError) Unwrap() error { return e.Err }
 
 // fieldErr is shorthand for a *FieldError with a formatted message.
@@ -88,4 +96,22 @@ func PrefixErrors(prefix string, err error) error {
 		out = append(out, &FieldError{Path: prefix, Err: e})
 	}
 	return errors.Join(out...)
+}
+
+// withRoute sets Route on every *FieldError joined in err that has none.
+func withRoute(route string, err error) error {
+	if err == nil || route == "" {
+		return err
+	}
+	list := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		list = j.Unwrap()
+	}
+	for _, e := range list {
+		var fe *FieldError
+		if errors.As(e, &fe) && fe.Route == "" {
+			fe.Route = route
+		}
+	}
+	return err
 }

@@ -19,6 +19,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ferrymq/ferry/bridge"
+	"github.com/ferrymq/ferry/bridge/outbox"
 	"github.com/ferrymq/ferry/broker/admin"
 	"github.com/ferrymq/ferry/broker/config"
 	"github.com/ferrymq/ferry/hooks/auth"
@@ -38,6 +40,8 @@ type Broker struct {
 	mochi     *mqtt.Server
 	metrics   *metrics.Hook
 	store     atomic.Pointer[persistence.Store]
+	outbox    *outbox.Outbox // nil without bridges
+	bridge    *bridge.Bridge // nil without bridges
 	auth      *auth.Hook // nil when no auth is configured
 	limits    *limits.Hook
 	flow      *flowHook // nil unless limits.overflow_policy is block-publisher
@@ -137,6 +141,7 @@ func New(cfg config.Config, opts ...Option) (*Broker, error) {
 	if addr := *cfg.Admin.Addr; addr != "" {
 		b.admin = admin.New(admin.Config{Addr: addr, Token: cfg.Admin.Token, Pprof: cfg.Admin.Pprof},
 			b.Ready, b.registry, o.logger)
+		b.mountBridgeAPI()
 		b.admin.Handle("POST /api/v1/reload", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			if err := b.Reload(); err != nil {
 				http.Error(w, "reload refused, previous rules stay: "+err.Error(), http.StatusUnprocessableEntity)
@@ -200,6 +205,23 @@ func (b *Broker) Start(ctx context.Context) error {
 		_ = st.Close()
 		return err
 	}
+	if err := b.openBridge(); err != nil {
+		return fail(err)
+	}
+	fail = func(err error) error {
+		b.closeListeners()
+		if b.admin != nil {
+			_ = b.admin.Shutdown(context.Background())
+		}
+		if b.bridge != nil {
+			_ = b.bridge.Close(context.Background())
+		}
+		if b.outbox != nil {
+			_ = b.outbox.Close()
+		}
+		_ = st.Close()
+		return err
+	}
 	if err := b.addHooks(st); err != nil {
 		return fail(err)
 	}
@@ -218,6 +240,13 @@ func (b *Broker) Start(ctx context.Context) error {
 	}
 	if err := b.mochi.Serve(); err != nil {
 		return fail(fmt.Errorf("broker: serve: %w", err))
+	}
+	if b.bridge != nil {
+		// Connectors start after mochi serves: ingress publishes into it. A
+		// backend that is down does not stop the broker: routes retry.
+		if err := b.bridge.Start(ctx); err != nil {
+			return fail(fmt.Errorf("broker: bridge: %w", err))
+		}
 	}
 	if len(b.certs) > 0 {
 		b.wg.Add(1)
@@ -258,6 +287,9 @@ func (b *Broker) addHooks(st *persistence.Store) error {
 		}
 		b.flow = fh
 		hooks = append(hooks, fh)
+	}
+	if b.bridge != nil {
+		hooks = append(hooks, &tapHook{br: b.bridge})
 	}
 	hooks = append(hooks, persistence.NewHook(st, b.mochi), b.metrics)
 	for _, h := range hooks {
@@ -309,6 +341,18 @@ func (b *Broker) shutdown(ctx context.Context) error {
 		err = fmt.Errorf("broker: shutdown: %w; connections cut", ctx.Err())
 		b.killConns()
 		<-closed
+	}
+	// Then the bridge: workers stop, connectors close, what is undelivered
+	// stays in the outbox for the next start.
+	if b.bridge != nil {
+		bctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if berr := b.bridge.Close(bctx); berr != nil && err == nil {
+			err = fmt.Errorf("broker: close bridge: %w", berr)
+		}
+		cancel()
+		if oerr := b.outbox.Close(); oerr != nil && err == nil {
+			err = fmt.Errorf("broker: close outbox: %w", oerr)
+		}
 	}
 	// Storage closes last: every client goroutine that could still write
 	// has ended. Close commits what is queued and fsyncs.

@@ -53,7 +53,9 @@
 //     or is not persistent.
 //   - OnSubscribed / OnUnsubscribed (before SUBACK/UNSUBACK), W.
 //   - OnRetainMessage (before the PUBACK), W.
-//   - OnPublish (before the PUBACK/PUBREC), W: see below.
+//   - OnPublish (before the PUBACK/PUBREC), W: see below. From the end of
+//     the load (StoredRetainedMessages), not from OnStarted: mochi's
+//     listeners serve before it calls OnStarted.
 //   - OnQosPublish, A (W for QoS 2 to a connected client): the packet id
 //     mochi chose, on the ref written by OnPublish.
 //   - OnPacketRead, W, for QoS 2 only: a subscriber's PUBREC (the flow now
@@ -83,6 +85,24 @@
 // write fails the publish is refused (MQTT 5: reason 0x83; MQTT 3: no ack).
 // Messages mochi publishes itself (wills, retained messages sent on
 // subscribe) are stored by OnQosPublish, without that guarantee.
+//
+// # Resuming a session
+//
+// From OnSessionEstablish to OnSessionEstablished of a persistent session
+// (clean start false), mochi copies the old client's in-flight messages to
+// the new one, sends CONNACK and resends them, while publishers go on
+// delivering to whichever of the two clients its index returns. A message
+// delivered meanwhile could land in the old client after the copy (mochi
+// forgets it, and reuses its packet id: lost), after orderForResendLocked
+// (resent out of order), or go to the new client before the resend (sent
+// twice in one connection: a QoS 2 subscriber that completed the first
+// flow takes the second for a new message). So OnSessionEstablish waits
+// for publishes already past OnPublish with a ref for the session to reach
+// it, and OnPublish holds new ones that would store a ref for it until
+// OnSessionEstablished, or until the new connection closes (gate.go). Both
+// waits are bounded by 5 s; a publisher waits at most for the resend, and
+// only while a session it publishes to resumes. Hooks before this one must
+// not publish to the session being resumed from OnSessionEstablished.
 //
 // # Loading
 //

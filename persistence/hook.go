@@ -319,7 +319,6 @@ func (h *Hook) removeEntryLocked(id string, ss *session, pid uint16, b *batch) {
 	if e == nil {
 		return
 	}
-	tr("REMOVE %s pid=%d qseq=%d state=%d", id, pid, e.seq, e.state)
 	delete(ss.entries, pid)
 	b.delete(b.queueKey(id, e.seq))
 	h.releaseBodyLocked(e.msgID, b)
@@ -333,7 +332,6 @@ func (h *Hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		return
 	}
 	keep := persistent(cl)
-	tr("ESTABLISH %s", clDesc(cl))
 	b := h.st.newBatch()
 	h.mu.Lock()
 	if keep && !pk.Connect.Clean {
@@ -364,7 +362,6 @@ func (h *Hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 // OnSessionEstablished undoes orderForResendLocked once mochi has resent,
 // and lets publishes to the session through again.
 func (h *Hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
-	tr("ESTABLISHED %s", clDesc(cl))
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.openGateLocked(cl)

@@ -261,7 +261,6 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 				h.refs[l.rec.MsgID]++
 			}
 			cl.State.Inflight.Set(l.pk)
-			tr("LOAD %s pid=%d qseq=%d state=%d seq=%d dup=%v", id, l.pk.PacketID, l.seq, l.rec.State, pseq(&l.pk), l.pk.FixedHeader.Dup)
 			restored++
 		}
 	}

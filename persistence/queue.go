@@ -105,12 +105,6 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		rec := refRec{State: refPublish, Qos: qos, MsgID: pm.msgID}
 		b.set(b.queueKey(id, ref.seq), rec.appendTo)
 	}
-	for id, r := range pm.refs {
-		tr("ONPUB %s seq=%d pid=%d dup=%v sub=%s qseq=%d", clDesc(cl), pseq(&pk), pk.PacketID, pk.FixedHeader.Dup, id, r.seq)
-	}
-	if pm.refs == nil {
-		tr("ONPUB-NOREF %s seq=%d pid=%d dup=%v", clDesc(cl), pseq(&pk), pk.PacketID, pk.FixedHeader.Dup)
-	}
 	if pm.refs != nil {
 		h.refs[pm.msgID] = int32(len(pm.refs))
 		h.pending[cl.ID] = append(h.pending[cl.ID], pm)
@@ -197,7 +191,6 @@ func (h *Hook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *m
 // (a retained message sent on subscribe, a will) is stored now. Resends of
 // known packets write nothing.
 func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
-	tr("QOSPUB %s type=%d pid=%d seq=%d dup=%v origin=%s", clDesc(cl), pk.FixedHeader.Type, pk.PacketID, pseq(&pk), pk.FixedHeader.Dup, pk.Origin)
 	if pk.FixedHeader.Type != packets.Publish {
 		return // PUBACK is transient, PUBREC was stored by OnPublish, PUBREL is a resend
 	}
@@ -267,9 +260,6 @@ func (h *Hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 		return
 	}
 	h.removePendingLocked(cl.ID, i)
-	for id, ref := range p.refs {
-		tr("PUBLISHED origin=%s seq=%d sub=%s claimed=%v pid=%d qseq=%d", cl.ID, pseq(&pk), id, ref.claimed, ref.pid, ref.seq)
-	}
 	b := h.st.newBatch()
 	h.releaseUnclaimedLocked(p, b)
 	h.mu.Unlock()
@@ -352,7 +342,6 @@ func (h *Hook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) { h.forget(cl, 
 func (h *Hook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) { h.forget(cl, pk.PacketID) }
 
 func (h *Hook) forget(cl *mqtt.Client, pid uint16) {
-	tr("FORGET %s pid=%d", clDesc(cl), pid)
 	if takenOver(cl) {
 		return // mochi clears the old client after copying its flows to the new one
 	}
@@ -381,7 +370,6 @@ func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	default:
 		return pk, nil
 	}
-	tr("READ %s type=%d pid=%d", clDesc(cl), pk.FixedHeader.Type, pk.PacketID)
 	b := h.st.newBatch()
 	h.mu.Lock()
 	if ss := h.sessions[cl.ID]; ss != nil {
@@ -429,9 +417,6 @@ func (h *Hook) orderForResendLocked(id string, ss *session) {
 		return
 	}
 	slices.SortFunc(items, func(a, b item) int { return cmpU64(a.seq, b.seq) })
-	for _, it := range items {
-		tr("ORDER %s pid=%d qseq=%d seq=%d created=%d", id, it.pk.PacketID, it.seq, pseq(&it.pk), it.pk.Created)
-	}
 	// Consecutive values from the newest real Created up: never earlier
 	// than a message's own time, and in the order of the queue.
 	var base int64

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,16 +20,22 @@ type pauseHook struct {
 	event   byte
 	match   func(cl *mqtt.Client, pk packets.Packet) bool
 	paused  chan struct{} // closed when the goroutine stops
-	release chan struct{} // close to let it go on
+	resumed chan struct{} // closed by resume
+	once    sync.Once
 }
 
-func newPauseHook(event byte, match func(*mqtt.Client, packets.Packet) bool) *pauseHook {
-	return &pauseHook{event: event, match: match, paused: make(chan struct{}), release: make(chan struct{})}
+// newPauseHook pauses at event (where match says so); the test's end
+// resumes it if the test did not.
+func newPauseHook(t *testing.T, event byte, match func(*mqtt.Client, packets.Packet) bool) *pauseHook {
+	p := &pauseHook{event: event, match: match, paused: make(chan struct{}), resumed: make(chan struct{})}
+	t.Cleanup(p.resume)
+	return p
 }
 
 func (p *pauseHook) ID() string           { return "test-pause" }
 func (p *pauseHook) Provides(b byte) bool { return b == p.event }
-func (p *pauseHook) pause()               { close(p.paused); <-p.release }
+func (p *pauseHook) pause()               { close(p.paused); <-p.resumed }
+func (p *pauseHook) resume()              { p.once.Do(func() { close(p.resumed) }) }
 func (p *pauseHook) OnStarted()           { p.pause() }
 func (p *pauseHook) waitPaused(t *testing.T) {
 	t.Helper()
@@ -36,6 +43,12 @@ func (p *pauseHook) waitPaused(t *testing.T) {
 	case <-p.paused:
 	case <-time.After(5 * time.Second):
 		t.Fatal("hook never paused")
+	}
+}
+
+func (p *pauseHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
+	if p.match(cl, pk) {
+		p.pause()
 	}
 }
 
@@ -82,13 +95,6 @@ func qos2Inbox(t *testing.T, c *rawClient, want int) []string {
 func TestPublishWhileSessionResumes(t *testing.T) {
 	st := openStore(t, Config{Sync: SyncAlways})
 	b := startBroker(t, st, nil)
-	pause := newPauseHook(mqtt.OnPacketSent, func(cl *mqtt.Client, pk packets.Packet) bool {
-		return cl.ID == "resumer" && pk.FixedHeader.Type == packets.Connack
-	})
-	if err := b.srv.AddHook(pause, nil); err != nil {
-		t.Fatal(err)
-	}
-
 	sub, _ := dialRaw(t, b.url, "resumer")
 	sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
 		Filters: packets.Subscriptions{{Filter: "r/#", Qos: 2}}})
@@ -106,6 +112,12 @@ func TestPublishWhileSessionResumes(t *testing.T) {
 		wait(t, "publish "+m, pub.Publish("r/1", 2, false, m))
 	}
 
+	pause := newPauseHook(t, mqtt.OnPacketSent, func(cl *mqtt.Client, pk packets.Packet) bool {
+		return cl.ID == "resumer" && pk.FixedHeader.Type == packets.Connack
+	})
+	if err := b.srv.AddHook(pause, nil); err != nil {
+		t.Fatal(err)
+	}
 	sub2, present := dialRaw(t, b.url, "resumer") // mochi stops after its CONNACK
 	if !present {
 		t.Fatal("session not present")
@@ -121,7 +133,7 @@ func TestPublishWhileSessionResumes(t *testing.T) {
 			return string(pk.Payload) == "new"
 		})
 	})
-	close(pause.release)
+	pause.resume()
 
 	got := qos2Inbox(t, sub2, 4)
 	wait(t, "publish new", tok)
@@ -131,8 +143,9 @@ func TestPublishWhileSessionResumes(t *testing.T) {
 }
 
 // TestPublishBeforeOnStartedIsStored: mochi's listeners serve before it
-// calls OnStarted; a message acknowledged in that window is stored like
-// any other.
+// calls OnStarted; a message acknowledged in that window is stored before
+// the acknowledgement like any other (not only later, when mochi hands it
+// to the subscriber).
 func TestPublishBeforeOnStartedIsStored(t *testing.T) {
 	dir := t.TempDir()
 	st := openStore(t, Config{Dir: dir, Sync: SyncAlways})
@@ -153,13 +166,16 @@ func TestPublishBeforeOnStartedIsStored(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Restart with a hook before ours that holds OnStarted: the listeners
-	// already serve, our OnStarted has not run.
+	// Restart with hooks before ours that hold OnStarted (the listeners
+	// already serve, our OnStarted has not run) and the hand-over of the
+	// message to the subscriber (after the PUBACK).
 	st2 := openStore(t, Config{Dir: dir, Sync: SyncAlways})
 	srv := mqtt.New(&mqtt.Options{Logger: discard()})
-	pause := newPauseHook(mqtt.OnStarted, nil)
-	h := NewHook(st2, srv)
-	for _, hk := range []mqtt.Hook{new(auth.AllowHook), pause, h} {
+	started := newPauseHook(t, mqtt.OnStarted, nil)
+	handOver := newPauseHook(t, mqtt.OnQosPublish, func(cl *mqtt.Client, pk packets.Packet) bool {
+		return cl.ID == "early" && pk.FixedHeader.Type == packets.Publish
+	})
+	for _, hk := range []mqtt.Hook{new(auth.AllowHook), started, handOver, NewHook(st2, srv)} {
 		if err := srv.AddHook(hk, nil); err != nil {
 			t.Fatal(err)
 		}
@@ -170,13 +186,15 @@ func TestPublishBeforeOnStartedIsStored(t *testing.T) {
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
-	pause.waitPaused(t)
+	started.waitPaused(t)
 	pub := connect(t, "tcp://"+l.Address(), "early-pub", true, nil)
 	wait(t, "publish", pub.Publish("e/1", 1, false, "acked"))
-	putRaw(t, st2, "z/barrier", "") // OnPublish's write, if any, is committed
+	handOver.waitPaused(t)
+	putRaw(t, st2, "z/barrier", "") // whatever was written is committed
 	crashed := t.TempDir()
 	copyDir(t, st2.Dir(), crashed)
-	close(pause.release)
+	started.resume()
+	handOver.resume()
 	if err := <-served; err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +206,8 @@ func TestPublishBeforeOnStartedIsStored(t *testing.T) {
 	if !present {
 		t.Fatal("session not present")
 	}
-	if pk := sub3.read(); pk.FixedHeader.Type != packets.Publish || string(pk.Payload) != "acked" {
-		t.Fatalf("want the message acknowledged before OnStarted, got %+v", pk)
+	pk, err := sub3.next(2 * time.Second)
+	if err != nil || pk.FixedHeader.Type != packets.Publish || string(pk.Payload) != "acked" {
+		t.Fatalf("want the message acknowledged before OnStarted, got type %d payload %q, %v", pk.FixedHeader.Type, pk.Payload, err)
 	}
 }

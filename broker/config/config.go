@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/ferrymq/ferry/bridge"
 	"github.com/ferrymq/ferry/hooks/auth"
 	"github.com/ferrymq/ferry/hooks/limits"
 	"github.com/ferrymq/ferry/persistence"
@@ -81,6 +82,12 @@ type Config struct {
 	// Auth is authentication and authorization; see docs/security.md. With
 	// none configured Ferry lets every client in and logs a warning.
 	Auth auth.Config `yaml:"auth"`
+	// Bridges are the routes between MQTT topics and backends; see
+	// docs/bridges.md.
+	Bridges bridge.Routes `yaml:"bridges"`
+	// BridgeIdentity is the client id under which ingress routes publish
+	// into the broker. Default "ferry-bridge".
+	BridgeIdentity string `yaml:"bridge_identity"`
 	// Admin is the HTTP listener for health, readiness, metrics and pprof.
 	Admin Admin `yaml:"admin"`
 	// Log sets the log level and format.
@@ -289,6 +296,12 @@ func (c Config) WithDefaults() Config {
 	} else {
 		a := *c.Admin.Addr
 		c.Admin.Addr = &a
+	}
+	for i := range c.Bridges {
+		c.Bridges[i] = c.Bridges[i].WithDefaults()
+	}
+	if c.BridgeIdentity == "" {
+		c.BridgeIdentity = "ferry-bridge"
 	}
 	if c.Log.Level == "" {
 		c.Log.Level = DefaultLogLevel

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ferrymq/ferry/broker/connectors"
 )
 
 // FieldError is one problem with one configuration field.
@@ -95,6 +97,11 @@ func (c Config) Validate() error {
 	}
 	if err := c.Auth.Validate(); err != nil {
 		v.nested("auth", err)
+	}
+	if len(c.Bridges) > 0 {
+		if err := c.Bridges.ValidateWith(connectors.Factories()); err != nil {
+			v.nested("bridges", err)
+		}
 	}
 	if a := *c.Admin.Addr; a != "" {
 		v.hostPort("admin.addr", a)

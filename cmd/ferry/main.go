@@ -3,6 +3,7 @@
 //	ferry [-c ferry.yaml] [--mqtt-addr :1883] [--ws-addr :8083] [--admin-addr 127.0.0.1:8080] [--data-dir ./data]
 //	ferry check -c ferry.yaml
 //	ferry passwd [--stdin] FILE USER
+//	ferry dlq list|replay ROUTE [SEQ...]
 //	ferry version
 //
 // Exit codes: 0 clean stop, 1 runtime failure, 2 bad configuration or usage.
@@ -44,6 +45,8 @@ func run(args, env []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return check(args[1:], env, stdout, stderr)
 		case "passwd":
 			return passwd(args[1:], stdin, stdout, stderr)
+		case "dlq":
+			return dlq(args[1:], env, stdout, stderr)
 		case "help", "-h", "--help":
 			usage(stdout)
 			return 0
@@ -69,6 +72,8 @@ Usage:
   ferry check -c FILE      validate a configuration file and exit
   ferry passwd FILE USER   add or change a user in a password file
                            (Mosquitto-compatible; --stdin reads the password)
+  ferry dlq list ROUTE     list a bridge route's dead letters (running broker,
+  ferry dlq replay ROUTE [SEQ...]   via --admin-addr and --token)
   ferry version            print the version
 
 Flags (a flag wins over FERRY_* environment variables, which win over the file):

@@ -1,0 +1,181 @@
+package broker_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ferrymq/ferry/broker/config"
+	"github.com/ferrymq/ferry/internal/testutil"
+	"github.com/mochi-mqtt/server/v2/packets"
+	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// withBridges parses a bridges: section into the test config.
+func withBridges(t *testing.T, yaml string) func(*config.Config) {
+	t.Helper()
+	parsed, err := config.Parse("bridges.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(c *config.Config) { c.Bridges = parsed.Bridges }
+}
+
+// webhookSink records what a webhook route posts; status decides the answer.
+type webhookSink struct {
+	mu     sync.Mutex
+	ids    []string
+	bodies [][]byte
+	status atomic.Int32
+}
+
+func (s *webhookSink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	if code := int(s.status.Load()); code != 0 && code != 200 {
+		w.WriteHeader(code)
+		return
+	}
+	s.mu.Lock()
+	s.ids = append(s.ids, r.Header.Get("webhook-id"))
+	s.bodies = append(s.bodies, body)
+	s.mu.Unlock()
+}
+
+func (s *webhookSink) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.ids)
+}
+
+func publishQoS1(t *testing.T, c *testutil.Raw, id uint16, topic, payload string) byte {
+	t.Helper()
+	c.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: id, TopicName: topic,
+		Payload: []byte(payload)})
+	return c.Expect(packets.Puback).ReasonCode
+}
+
+// TestWebhookRouteAndDeadLetters: a route to an HTTP webhook delivers what
+// devices publish; a 400 dead-letters the message with its reason, listed
+// by the admin API, and a replay delivers it once the backend accepts.
+func TestWebhookRouteAndDeadLetters(t *testing.T) {
+	sink := &webhookSink{}
+	hs := httptest.NewServer(sink)
+	defer hs.Close()
+	b := testutil.StartBroker(t, withBridges(t, fmt.Sprintf(`
+bridges:
+  - name: hooks
+    from: "devices/+/telemetry"
+    to: {webhook: {url: %q, batch_size: 1}}
+    backoff: {initial: 10ms, max: 50ms}
+`, hs.URL)))
+	c := testutil.DialRaw(t, b.Addr, 5)
+	c.Connect("dev1", packets.Properties{})
+	for i := range 5 {
+		if code := publishQoS1(t, c, uint16(i+1), "devices/dev1/telemetry", fmt.Sprintf("t%d", i)); code != 0 {
+			t.Fatalf("PUBACK 0x%02x", code)
+		}
+	}
+	publishQoS1(t, c, 9, "other/topic", "not routed")
+	testutil.Eventually(t, 10*time.Second, "5 webhook deliveries", func() bool { return sink.count() == 5 })
+	sink.mu.Lock()
+	// Raw payloads travel base64-encoded in the webhook's JSON: "dDA=" is t0.
+	if sink.ids[0] == "" || !bytes.Contains(sink.bodies[0], []byte(`"payload":"dDA="`)) {
+		t.Errorf("first delivery: id %q body %s", sink.ids[0], sink.bodies[0])
+	}
+	sink.mu.Unlock()
+
+	sink.status.Store(400)
+	publishQoS1(t, c, 10, "devices/dev1/telemetry", "refused")
+	var dls []struct {
+		Seq    uint64 `json:"seq"`
+		Reason string `json:"reason"`
+	}
+	testutil.Eventually(t, 10*time.Second, "the refused message is dead-lettered", func() bool {
+		resp, err := http.Get(b.AdminURL + "/api/v1/bridges/hooks/deadletters")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		dls = nil
+		return json.NewDecoder(resp.Body).Decode(&dls) == nil && len(dls) == 1
+	})
+	if dls[0].Reason == "" {
+		t.Error("dead letter without a reason")
+	}
+	sink.status.Store(200)
+	resp, err := http.Post(b.AdminURL+"/api/v1/bridges/hooks/deadletters/replay", "application/json", nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("replay: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	testutil.Eventually(t, 10*time.Second, "the replayed message is delivered", func() bool { return sink.count() == 6 })
+	if r, _ := http.Get(b.AdminURL + "/api/v1/bridges/nope/deadletters"); r == nil || r.StatusCode != 404 {
+		t.Errorf("unknown route: %v", r)
+	}
+}
+
+// TestNATSRoutesBothWays: devices' telemetry reaches a JetStream stream,
+// and what services publish on a NATS subject reaches the devices.
+func TestNATSRoutesBothWays(t *testing.T) {
+	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	defer ns.Shutdown()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := nc.JetStream()
+	if _, err := js.AddStream(&nats.StreamConfig{Name: "TELEMETRY", Subjects: []string{"telemetry.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	b := testutil.StartBroker(t, withBridges(t, fmt.Sprintf(`
+bridges:
+  - name: telemetry
+    from: "devices/+/telemetry"
+    to: {nats: {url: %q, subject: "telemetry.{{.Segment 1}}", jetstream: true}}
+  - name: commands
+    direction: in
+    from: {nats: {url: %q, subject: "commands.>"}}
+    to: {topic: "devices/{{.Token 1}}/commands", qos: 1}
+`, ns.ClientURL(), ns.ClientURL())))
+
+	dev := testutil.DialRaw(t, b.Addr, 5)
+	dev.Connect("dev7", packets.Properties{})
+	dev.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "devices/dev7/commands", Qos: 1}}})
+	dev.Expect(packets.Suback)
+	for i := range 20 {
+		publishQoS1(t, dev, uint16(i+2), "devices/dev7/telemetry", fmt.Sprintf("m%d", i))
+	}
+	testutil.Eventually(t, 10*time.Second, "20 messages in the stream", func() bool {
+		si, err := js.StreamInfo("TELEMETRY")
+		return err == nil && si.State.Msgs == 20
+	})
+	msg, err := js.GetLastMsg("TELEMETRY", "telemetry.dev7")
+	if err != nil || string(msg.Data) != "m19" || msg.Header.Get("Nats-Msg-Id") == "" {
+		t.Fatalf("last message %v %v", msg, err)
+	}
+
+	testutil.Eventually(t, 10*time.Second, "the ingress route is subscribed", func() bool {
+		return nc.Publish("commands.dev7", []byte("reboot")) == nil && nc.Flush() == nil && func() bool {
+			pk, err := dev.Read(200 * time.Millisecond)
+			return err == nil && pk.FixedHeader.Type == packets.Publish && string(pk.Payload) == "reboot" &&
+				pk.TopicName == "devices/dev7/commands"
+		}()
+	})
+}
