@@ -52,7 +52,7 @@ func TestExampleFileIsValidAndDocumentsEveryField(t *testing.T) {
 		"sync", "sync_interval", "gc_interval", "gc_discard_ratio", "auth", "password_file", "acl_file", "acl", "allow_anonymous", "jwt",
 		"hs256_secret_file", "public_key_files", "jwks_file", "username_claim", "audience", "issuer", "http",
 		"url", "timeout", "cache_ttl", "cache_size", "tls_username", "admin", "token", "pprof", "log",
-		"level", "format", "shutdown"} {
+		"level", "format", "shutdown", "bridges", "bridge_identity"} {
 		if !strings.Contains(string(data), key+":") {
 			t.Errorf("ferry.example.yaml does not document %q", key)
 		}
