@@ -42,7 +42,7 @@ type Broker struct {
 	store     atomic.Pointer[persistence.Store]
 	outbox    *outbox.Outbox // nil without bridges
 	bridge    *bridge.Bridge // nil without bridges
-	auth      *auth.Hook // nil when no auth is configured
+	auth      *auth.Hook     // nil when no auth is configured
 	limits    *limits.Hook
 	flow      *flowHook // nil unless limits.overflow_policy is block-publisher
 	registry  *prometheus.Registry
@@ -66,18 +66,13 @@ type Broker struct {
 	// estMu orders the stopping flag against establishing.Add.
 	estMu        sync.Mutex
 	establishing sync.WaitGroup
-	stopOnce sync.Once
-	stopErr  error
+	stopOnce     sync.Once
+	stopErr      error
 }
 
 type options struct {
 	logger        *slog.Logger
 	certCheckEach time.Duration
-	// sysPublishDenied counts client publishes to $SYS refused.
-	sysPublishDenied atomic.Uint64
-	perIP            *ipLimiter // nil when there is no per-IP limit
-	writeTimeouts    atomic.Uint64
-	refusedPerIP     [2]atomic.Uint64
 }
 
 // Option sets a dependency of the broker.

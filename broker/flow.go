@@ -1,9 +1,9 @@
 package broker
 
 import (
-	"runtime"
 	"errors"
 	"reflect"
+	"runtime"
 	"sync/atomic"
 	"time"
 

@@ -50,6 +50,8 @@ func (h *Hook) findPendingLocked(origin string, pk *packets.Packet) (*pendingMsg
 // creates the subscribers' in-flight entries only after the PUBACK, so
 // OnQosPublish later maps them onto these refs. A QoS 2 message from a
 // persistent publisher also gets its PUBREC state stored in the same batch.
+// A message for a session that is being resumed waits until mochi has
+// resent that session's messages (see establishing).
 //
 // If the store fails the message is refused: MQTT 5 publishers get reason
 // 0x83 (implementation specific error), MQTT 3 publishers no acknowledgement.
