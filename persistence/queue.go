@@ -64,6 +64,14 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if !cl.Net.Inline {
 		h.dropPending(cl.ID) // left by a publish mochi abandoned before OnPublished
 	}
+	// Nothing to store while no session is persistent (the publisher's own
+	// QoS 2 state included): skip the second walk of the topic index.
+	h.mu.Lock()
+	none := len(h.sessions) == 0
+	h.mu.Unlock()
+	if none {
+		return pk, nil
+	}
 	maxQos := h.srv.Options.Capabilities.MaximumQos
 	var targets, shared map[string]packets.Subscription
 	for start := time.Now(); ; {
@@ -196,14 +204,13 @@ func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) 
 	if pk.FixedHeader.Type != packets.Publish {
 		return // PUBACK is transient, PUBREC was stored by OnPublish, PUBREL is a resend
 	}
-	b := h.st.newBatch()
 	h.mu.Lock()
 	ss := h.sessions[cl.ID]
 	if ss == nil || takenOver(cl) {
 		h.mu.Unlock()
-		h.st.putBatch(b)
 		return
 	}
+	b := h.st.newBatch()
 	if e := ss.entries[pk.PacketID]; e != nil && pk.FixedHeader.Dup {
 		h.mu.Unlock()
 		h.st.putBatch(b)
