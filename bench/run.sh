@@ -131,7 +131,7 @@ start_broker() {
 	case $name in
 	ferry)
 		local data="$work/ferry-data-$port"
-		"${pin[@]}" "$work/bin/ferry" --mqtt-addr "127.0.0.1:$port" --ws-addr "" --admin-addr "" \
+		"${pin[@]}" "$work/bin/ferry" -c "$here/ferry.yaml" --mqtt-addr "127.0.0.1:$port" --ws-addr "" --admin-addr "" \
 			--data-dir "$data" --log-level warn >"$logf" 2>&1 &
 		;;
 	mochi)
