@@ -235,3 +235,34 @@ func deepTopic(levels int) string {
 	}
 	return string(b)
 }
+
+// TestMaxConnections: above limits.max_connections a client gets CONNACK
+// 0x89 server busy (MQTT 3: 0x03 server unavailable); one leaving frees a
+// place.
+func TestMaxConnections(t *testing.T) {
+	b := testutil.StartBroker(t, func(c *config.Config) { c.Limits.MaxConnections = 2 })
+	first := testutil.DialRaw(t, b.Addr, 5)
+	first.Connect("c1", packets.Properties{})
+	second := testutil.DialRaw(t, b.Addr, 4)
+	second.Connect("c2", packets.Properties{})
+	for _, tc := range []struct {
+		v    byte
+		want byte
+	}{{5, packets.ErrServerBusy.Code}, {4, 0x03}} {
+		over := testutil.DialRaw(t, b.Addr, tc.v)
+		over.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
+			Connect: packets.ConnectParams{ClientIdentifier: "c3", Clean: true, Keepalive: 30}})
+		if ack := over.Expect(packets.Connack); ack.ReasonCode != tc.want {
+			t.Fatalf("v%d over the limit: CONNACK 0x%02x, want 0x%02x", tc.v, ack.ReasonCode, tc.want)
+		}
+	}
+	_ = first.Conn.Close()
+	testutil.Eventually(t, 5*time.Second, "a place frees when a client leaves", func() bool {
+		c := testutil.DialRaw(t, b.Addr, 5)
+		defer c.Conn.Close()
+		c.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
+			Connect: packets.ConnectParams{ClientIdentifier: "c4", Clean: true, Keepalive: 30}})
+		pk, err := c.Read(time.Second)
+		return err == nil && pk.FixedHeader.Type == packets.Connack && pk.ReasonCode == 0
+	})
+}
