@@ -37,7 +37,7 @@ func (b *Broker) openBridge() error {
 	}
 	br, err := bridge.New(b.cfg.Bridges, bridge.Deps{
 		Outbox:     ob,
-		Publisher:  &bridgePublisher{b: b, cl: b.mochi.NewClient(nil, mqtt.LocalListener, b.cfg.BridgeIdentity, true)},
+		Publisher:  b.publisher,
 		Logger:     b.log.With("component", "bridge"),
 		Registerer: b.registry,
 		Factories:  connectors.Factories(),
@@ -177,6 +177,67 @@ func (b *Broker) mountBridgeAPI() {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]int{"replayed": n})
+	}))
+}
+
+// publishRequest is the body of POST /api/v1/publish.
+type publishRequest struct {
+	Topic string `json:"topic"`
+	// Payload is the message as text; PayloadBase64 as base64 for binary
+	// payloads. At most one.
+	Payload        *string           `json:"payload"`
+	PayloadBase64  []byte            `json:"payload_base64"`
+	QoS            byte              `json:"qos"`
+	Retain         bool              `json:"retain"`
+	UserProperties map[string]string `json:"user_properties"`
+}
+
+// mountPublishAPI lets services without MQTT send to devices:
+//
+//	POST /api/v1/publish  {"topic": "devices/d1/commands", "payload": "reboot", "qos": 1}
+//
+// The message is published as the bridge identity (bridge_identity); the
+// admin token guards the endpoint like the rest of the API.
+func (b *Broker) mountPublishAPI() {
+	if b.admin == nil {
+		return
+	}
+	b.admin.Handle("POST /api/v1/publish", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req publishRequest
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, int64(*b.cfg.Limits.MaxPacketSize)+4096))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			http.Error(w, "body: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		var payload []byte
+		switch {
+		case req.Payload != nil && req.PayloadBase64 != nil:
+			http.Error(w, "body: payload and payload_base64 are exclusive", http.StatusBadRequest)
+			return
+		case req.Payload != nil:
+			payload = []byte(*req.Payload)
+		default:
+			payload = req.PayloadBase64
+		}
+		if req.QoS > 2 {
+			http.Error(w, "body: qos must be 0, 1 or 2", http.StatusBadRequest)
+			return
+		}
+		if req.Topic == "" || !mqtt.IsValidFilter(req.Topic, true) {
+			http.Error(w, fmt.Sprintf("body: topic %q is not a valid topic name", req.Topic), http.StatusBadRequest)
+			return
+		}
+		m := bridge.Message{Topic: req.Topic, Payload: payload, QoS: req.QoS, Retain: req.Retain}
+		for k, v := range req.UserProperties {
+			m.UserProperties = append(m.UserProperties, bridge.Property{Key: k, Value: v})
+		}
+		if err := b.publisher.Publish(r.Context(), m); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"published":true}` + "\n"))
 	}))
 }
 

@@ -179,3 +179,82 @@ bridges:
 		}()
 	})
 }
+
+// TestBridgeStatsUnderSys: each route's statistics are retained under
+// $SYS/ferry/bridge/<route>/ and follow the deliveries.
+func TestBridgeStatsUnderSys(t *testing.T) {
+	sink := &webhookSink{}
+	hs := httptest.NewServer(sink)
+	defer hs.Close()
+	b := testutil.StartBroker(t, withBridges(t, fmt.Sprintf(`
+bridges:
+  - {name: stats, from: "s/#", to: {webhook: {url: %q}}}
+`, hs.URL)), func(c *config.Config) { c.MQTT.SysInterval = time.Second })
+	c := testutil.DialRaw(t, b.Addr, 4)
+	c.Connect("stats-dev", packets.Properties{})
+	for i := range 3 {
+		publishQoS1(t, c, uint16(i+1), "s/x", "v")
+	}
+	testutil.Eventually(t, 10*time.Second, "3 deliveries", func() bool { return sink.count() == 3 })
+	w := testutil.DialRaw(t, b.Addr, 4)
+	w.Connect("watcher", packets.Properties{})
+	testutil.Eventually(t, 10*time.Second, "$SYS/ferry/bridge/stats/delivered_total = 3", func() bool {
+		w.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+			Filters: packets.Subscriptions{{Filter: "$SYS/ferry/bridge/stats/delivered_total"}}})
+		found := false
+		for {
+			pk, err := w.Read(300 * time.Millisecond)
+			if err != nil {
+				break
+			}
+			if pk.FixedHeader.Type == packets.Publish && string(pk.Payload) == "3" {
+				found = true
+			}
+		}
+		w.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Unsubscribe, Qos: 1}, PacketID: 2,
+			Filters: packets.Subscriptions{{Filter: "$SYS/ferry/bridge/stats/delivered_total"}}})
+		return found
+	})
+}
+
+// TestPublishAPI: services send to devices over HTTP with the admin token.
+func TestPublishAPI(t *testing.T) {
+	b := testutil.StartBroker(t, func(c *config.Config) { c.Admin.Token = "tok" })
+	dev := testutil.DialRaw(t, b.Addr, 5)
+	dev.Connect("d1", packets.Properties{})
+	dev.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "devices/d1/commands", Qos: 1}}})
+	dev.Expect(packets.Suback)
+	post := func(token, body string) int {
+		req, _ := http.NewRequest("POST", b.AdminURL+"/api/v1/publish", bytes.NewBufferString(body))
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, tc := range []struct {
+		name, token, body string
+		want              int
+	}{
+		{"no token", "", `{"topic":"devices/d1/commands","payload":"x"}`, 401},
+		{"wildcard topic", "tok", `{"topic":"devices/+/commands","payload":"x"}`, 400},
+		{"unknown field", "tok", `{"topic":"a","payloads":"x"}`, 400},
+		{"qos 3", "tok", `{"topic":"a","qos":3}`, 400},
+		{"ok", "tok", `{"topic":"devices/d1/commands","payload":"reboot","qos":1,"user_properties":{"from":"ops"}}`, 200},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := post(tc.token, tc.body); got != tc.want {
+				t.Fatalf("status %d, want %d", got, tc.want)
+			}
+		})
+	}
+	pk := dev.Expect(packets.Publish)
+	if string(pk.Payload) != "reboot" || pk.FixedHeader.Qos != 1 || len(pk.Properties.User) != 1 {
+		t.Fatalf("device got %q qos %d props %v", pk.Payload, pk.FixedHeader.Qos, pk.Properties.User)
+	}
+}

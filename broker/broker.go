@@ -42,6 +42,7 @@ type Broker struct {
 	store     atomic.Pointer[persistence.Store]
 	outbox    *outbox.Outbox // nil without bridges
 	bridge    *bridge.Bridge // nil without bridges
+	publisher *bridgePublisher
 	auth      *auth.Hook     // nil when no auth is configured
 	limits    *limits.Hook
 	flow      *flowHook // nil unless limits.overflow_policy is block-publisher
@@ -108,6 +109,7 @@ func New(cfg config.Config, opts ...Option) (*Broker, error) {
 		InlineClient:             true,
 	})
 	b.metrics = metrics.New(b.mochi.Info, b.mochi.Clients.Len)
+	b.publisher = &bridgePublisher{b: b, cl: b.mochi.NewClient(nil, mqtt.LocalListener, cfg.BridgeIdentity, true)}
 
 	if cfg.Auth.Enabled() {
 		ah, err := auth.New(cfg.Auth, o.logger.With("component", "auth"))
@@ -137,6 +139,7 @@ func New(cfg config.Config, opts ...Option) (*Broker, error) {
 		b.admin = admin.New(admin.Config{Addr: addr, Token: cfg.Admin.Token, Pprof: cfg.Admin.Pprof},
 			b.Ready, b.registry, o.logger)
 		b.mountBridgeAPI()
+		b.mountPublishAPI()
 		b.admin.Handle("POST /api/v1/reload", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			if err := b.Reload(); err != nil {
 				http.Error(w, "reload refused, previous rules stay: "+err.Error(), http.StatusUnprocessableEntity)
@@ -242,6 +245,8 @@ func (b *Broker) Start(ctx context.Context) error {
 		if err := b.bridge.Start(ctx); err != nil {
 			return fail(fmt.Errorf("broker: bridge: %w", err))
 		}
+		b.wg.Add(1)
+		go b.publishBridgeSys()
 	}
 	if len(b.certs) > 0 {
 		b.wg.Add(1)
