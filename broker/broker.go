@@ -43,7 +43,7 @@ type Broker struct {
 	outbox    *outbox.Outbox // nil without bridges
 	bridge    *bridge.Bridge // nil without bridges
 	publisher *bridgePublisher
-	auth      *auth.Hook     // nil when no auth is configured
+	auth      *auth.Hook // nil when no auth is configured
 	limits    *limits.Hook
 	flow      *flowHook // nil unless limits.overflow_policy is block-publisher
 	registry  *prometheus.Registry
