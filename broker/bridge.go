@@ -12,6 +12,7 @@ import (
 	"github.com/ferrymq/ferry/bridge"
 	"github.com/ferrymq/ferry/bridge/outbox"
 	"github.com/ferrymq/ferry/broker/connectors"
+	"github.com/ferrymq/ferry/hooks/auth"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -51,13 +52,21 @@ func (b *Broker) openBridge() error {
 }
 
 // bridgePublisher publishes ingress messages into the broker as the
-// configured bridge identity.
+// configured bridge identity, whose ACL rules (user and client id
+// bridge_identity) apply when authorization is configured.
 type bridgePublisher struct {
 	b  *Broker
 	cl *mqtt.Client
+	id *auth.Identity
 }
 
+// errDenied marks a publish the ACL refuses: retrying cannot help.
+var errDenied = errors.New("not authorized")
+
 func (p *bridgePublisher) Publish(_ context.Context, m bridge.Message) error {
+	if p.b.auth != nil && !p.b.auth.AllowedFor(p.id, m.Topic, true) {
+		return bridge.Permanent(fmt.Errorf("publish %s as %s: %w", m.Topic, p.cl.ID, errDenied))
+	}
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.QoS, Retain: m.Retain},
 		TopicName:   m.Topic,
@@ -233,7 +242,11 @@ func (b *Broker) mountPublishAPI() {
 			m.UserProperties = append(m.UserProperties, bridge.Property{Key: k, Value: v})
 		}
 		if err := b.publisher.Publish(r.Context(), m); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			code := http.StatusServiceUnavailable
+			if errors.Is(err, errDenied) {
+				code = http.StatusForbidden
+			}
+			http.Error(w, err.Error(), code)
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -256,5 +258,33 @@ func TestPublishAPI(t *testing.T) {
 	pk := dev.Expect(packets.Publish)
 	if string(pk.Payload) != "reboot" || pk.FixedHeader.Qos != 1 || len(pk.Properties.User) != 1 {
 		t.Fatalf("device got %q qos %d props %v", pk.Payload, pk.FixedHeader.Qos, pk.Properties.User)
+	}
+}
+
+// TestIngressIdentityUnderACL: what services publish through the bridge is
+// subject to the ACL rules of the bridge identity.
+func TestIngressIdentityUnderACL(t *testing.T) {
+	acl := filepath.Join(t.TempDir(), "acl")
+	if err := os.WriteFile(acl, []byte("user ferry-bridge\ntopic write devices/+/commands\n\nuser dev\ntopic read devices/#\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := testutil.StartBroker(t, func(c *config.Config) {
+		c.Auth.ACLFile = acl
+		c.Auth.AllowAnonymous = true
+	})
+	post := func(topic string) int {
+		resp, err := http.Post(b.AdminURL+"/api/v1/publish", "application/json",
+			bytes.NewBufferString(fmt.Sprintf(`{"topic":%q,"payload":"x"}`, topic)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := post("devices/d1/commands"); got != 200 {
+		t.Errorf("allowed topic: %d", got)
+	}
+	if got := post("devices/d1/firmware"); got != 403 {
+		t.Errorf("topic outside the bridge identity's ACL: %d, want 403", got)
 	}
 }

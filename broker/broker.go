@@ -109,7 +109,8 @@ func New(cfg config.Config, opts ...Option) (*Broker, error) {
 		InlineClient:             true,
 	})
 	b.metrics = metrics.New(b.mochi.Info, b.mochi.Clients.Len)
-	b.publisher = &bridgePublisher{b: b, cl: b.mochi.NewClient(nil, mqtt.LocalListener, cfg.BridgeIdentity, true)}
+	b.publisher = &bridgePublisher{b: b, cl: b.mochi.NewClient(nil, mqtt.LocalListener, cfg.BridgeIdentity, true),
+		id: auth.NewIdentity(cfg.BridgeIdentity, cfg.BridgeIdentity)}
 
 	if cfg.Auth.Enabled() {
 		ah, err := auth.New(cfg.Auth, o.logger.With("component", "auth"))
