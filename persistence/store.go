@@ -451,10 +451,18 @@ func (s *Store) drain(pending []*batch) []*batch {
 func (s *Store) commit(reqs []*batch) {
 	s.queued.Add(-int64(len(reqs)))
 	err := s.commitTxn(reqs)
-	if err == nil && s.always {
+	waited := false
+	for _, b := range reqs {
+		waited = waited || b.wait
+	}
+	// Only a batch someone waits for is fsynced: the others (packet ids of
+	// QoS 1 deliveries, deletions of acknowledged messages) may be lost to
+	// a power cut at the price of a redelivery, and the next fsync writes
+	// them too. Under QoS 1 load this halves the fsyncs.
+	if err == nil && s.always && waited {
 		// Crash before this Sync: the batch may be lost, but no caller was
 		// released, so nothing in it was acknowledged. After it: the batch
-		// is on disk and the callers acknowledge.
+		// (and every earlier commit) is on disk and the callers acknowledge.
 		err = s.sync()
 	}
 	if err != nil {
