@@ -2,11 +2,9 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -49,69 +47,18 @@ func dialCrash(addr, id string, clean bool) (*crashConn, bool, error) {
 }
 
 func (cc *crashConn) send(pk packets.Packet) error {
-	pk.ProtocolVersion = 4
-	var buf bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	case packets.Puback:
-		err = pk.PubackEncode(&buf)
-	case packets.Pubrec:
-		err = pk.PubrecEncode(&buf)
-	case packets.Pubrel:
-		err = pk.PubrelEncode(&buf)
-	case packets.Pubcomp:
-		err = pk.PubcompEncode(&buf)
-	case packets.Subscribe:
-		err = pk.SubscribeEncode(&buf)
-	}
+	b, err := testutil.EncodePacket(pk, 4)
 	if err != nil {
 		return err
 	}
 	_ = cc.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_, err = cc.c.Write(buf.Bytes())
+	_, err = cc.c.Write(b)
 	return err
 }
 
 func (cc *crashConn) read(timeout time.Duration) (packets.Packet, error) {
 	_ = cc.c.SetReadDeadline(time.Now().Add(timeout))
-	var pk packets.Packet
-	b, err := cc.r.ReadByte()
-	if err != nil {
-		return pk, err
-	}
-	if err := pk.FixedHeader.Decode(b); err != nil {
-		return pk, err
-	}
-	n, _, err := packets.DecodeLength(cc.r)
-	if err != nil {
-		return pk, err
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(cc.r, body); err != nil {
-		return pk, err
-	}
-	pk.ProtocolVersion = 4
-	switch pk.FixedHeader.Type {
-	case packets.Connack:
-		err = pk.ConnackDecode(body)
-	case packets.Publish:
-		err = pk.PublishDecode(body)
-	case packets.Puback:
-		err = pk.PubackDecode(body)
-	case packets.Pubrec:
-		err = pk.PubrecDecode(body)
-	case packets.Pubrel:
-		err = pk.PubrelDecode(body)
-	case packets.Pubcomp:
-		err = pk.PubcompDecode(body)
-	case packets.Suback:
-		err = pk.SubackDecode(body)
-	}
-	return pk, err
+	return testutil.ReadPacket(cc.r, 4)
 }
 
 // crashLedger records what each publisher had acknowledged and what the
