@@ -45,7 +45,8 @@ type Broker struct {
 	publisher *bridgePublisher
 	auth      *auth.Hook // nil when no auth is configured
 	limits    *limits.Hook
-	flow      *flowHook // nil unless limits.overflow_policy is block-publisher
+	flow      *flowHook   // nil unless limits.overflow_policy is block-publisher
+	resend    *resendHook // nil when limits.resend_after is negative
 	registry  *prometheus.Registry
 	listeners []*listener
 	admin     *admin.Server
@@ -253,6 +254,10 @@ func (b *Broker) Start(ctx context.Context) error {
 		b.wg.Add(1)
 		go b.watchCerts()
 	}
+	if b.resend != nil {
+		b.wg.Add(1)
+		go b.resend.run(b.quit, b.wg.Done)
+	}
 	names := make([]string, 0, len(b.listeners))
 	for _, l := range b.listeners {
 		b.log.Info("listening", "listener", l.cfg.Name, "type", l.cfg.Type, "addr", l.Address())
@@ -291,6 +296,10 @@ func (b *Broker) addHooks(st *persistence.Store) error {
 	}
 	if b.bridge != nil {
 		hooks = append(hooks, &tapHook{br: b.bridge})
+	}
+	if b.cfg.Limits.ResendAfter > 0 {
+		b.resend = &resendHook{after: b.cfg.Limits.ResendAfter}
+		hooks = append(hooks, b.resend)
 	}
 	hooks = append(hooks, persistence.NewHook(st, b.mochi), b.metrics)
 	for _, h := range hooks {
@@ -622,6 +631,9 @@ func (c securityCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descRefused, f.timedOut.Load(), "publisher_wait_timed_out")
 	}
 	counter(descRefused, c.b.writeTimeouts.Load(), "write_timeout")
+	if r := c.b.resend; r != nil {
+		counter(descRefused, r.resent.Load(), "resent_after_quiet")
+	}
 	counter(descRefused, c.b.refusedPerIP[0].Load(), refusedPerIP)
 	counter(descRefused, c.b.refusedPerIP[1].Load(), refusedPerIPRate)
 }

@@ -152,3 +152,40 @@ func TestStalledSubscriberIsDisconnected(t *testing.T) {
 		t.Errorf("write timeouts counted: %v, want 1", got)
 	}
 }
+
+// TestQuietConnectionGetsResends: an MQTT 3.1.1 subscriber that received a
+// QoS 1 message and never acknowledged it gets it again, with DUP set,
+// once its connection has been quiet for limits.resend_after; an MQTT 5
+// subscriber does not (MQTT-4.4.0-1).
+func TestQuietConnectionGetsResends(t *testing.T) {
+	b := testutil.StartBroker(t, func(c *config.Config) { c.Limits.ResendAfter = 300 * time.Millisecond })
+	subs := map[byte]*testutil.Raw{}
+	for _, v := range []byte{4, 5} {
+		s := testutil.DialRaw(t, b.Addr, v)
+		s.Connect(fmt.Sprintf("quiet-v%d", v), packets.Properties{})
+		s.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+			Filters: packets.Subscriptions{{Filter: "resend/#", Qos: 1}}})
+		s.Expect(packets.Suback)
+		subs[v] = s
+	}
+	pub := testutil.DialRaw(t, b.Addr, 4)
+	pub.Connect("resend-pub", packets.Properties{})
+	pub.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 1, TopicName: "resend/x", Payload: []byte("once")})
+	pub.Expect(packets.Puback)
+	first := map[byte]packets.Packet{}
+	for v, s := range subs {
+		first[v] = s.Expect(packets.Publish) // not acknowledged
+	}
+	again := subs[4].Expect(packets.Publish)
+	if !again.FixedHeader.Dup || again.PacketID != first[4].PacketID || string(again.Payload) != "once" {
+		t.Fatalf("resend: dup %v id %d (first %d) payload %q", again.FixedHeader.Dup, again.PacketID, first[4].PacketID, again.Payload)
+	}
+	subs[4].Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: again.PacketID})
+	if pk, err := subs[5].Read(time.Second); err == nil {
+		t.Fatalf("MQTT 5 client got %s on a live connection", packets.PacketNames[pk.FixedHeader.Type])
+	}
+	// Acknowledged: no more resends.
+	if pk, err := subs[4].Read(time.Second); err == nil {
+		t.Fatalf("after PUBACK the client got %s", packets.PacketNames[pk.FixedHeader.Type])
+	}
+}

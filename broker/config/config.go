@@ -53,6 +53,9 @@ const (
 	// DefaultOverflowWait bounds how long a publisher waits for a full
 	// subscriber under the block-publisher overflow policy.
 	DefaultOverflowWait = 5 * time.Second
+	// DefaultResendAfter is how long an MQTT 3.1.1 connection with
+	// unacknowledged messages stays quiet before they are resent.
+	DefaultResendAfter = 30 * time.Second
 	// DefaultWriteTimeout closes connections whose client stopped reading.
 	DefaultWriteTimeout = 30 * time.Second
 	// DefaultConnectTimeout closes sockets that never complete CONNECT.
@@ -183,6 +186,10 @@ type Limits struct {
 	// CloseLinger is how long a closed connection is drained so the client
 	// can read the broker's DISCONNECT. Default 2s.
 	CloseLinger time.Duration `yaml:"close_linger"`
+	// ResendAfter resends the unacknowledged QoS 1/2 messages of a
+	// connected MQTT 3.1.1 client whose connection has been quiet this long
+	// (MQTT 5 forbids it). Default 30s; negative: never.
+	ResendAfter time.Duration `yaml:"resend_after"`
 	// WriteTimeout closes a connection whose client has not taken a
 	// packet for this long (a client that stops reading would otherwise
 	// stall every publisher sending to it). Default 30s.
@@ -278,6 +285,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if l.CloseLinger == 0 {
 		l.CloseLinger = DefaultCloseLinger
+	}
+	if l.ResendAfter == 0 {
+		l.ResendAfter = DefaultResendAfter
 	}
 	if l.WriteTimeout == 0 {
 		l.WriteTimeout = DefaultWriteTimeout

@@ -88,6 +88,9 @@ func (c Config) Validate() error {
 	v.durationMin("limits.close_linger", l.CloseLinger, 0)
 	v.durationMin("limits.connect_timeout", l.ConnectTimeout, 100*time.Millisecond)
 	v.durationMin("limits.write_timeout", l.WriteTimeout, 100*time.Millisecond)
+	if l.ResendAfter > 0 && l.ResendAfter < 100*time.Millisecond {
+		v.add("limits.resend_after", fmt.Errorf("%s is less than the minimum 100ms (negative: never)", l.ResendAfter))
+	}
 	if err := l.Config.Validate(); err != nil {
 		v.nested("limits", err)
 	}
