@@ -40,7 +40,7 @@ const (
 	// unacknowledged towards Ferry.
 	DefaultReceiveMaximum = 1024
 	// DefaultMaxInflight bounds the QoS 1/2 messages held per session.
-	DefaultMaxInflight = 8192
+	DefaultMaxInflight = 10000
 	// DefaultClientWritesPending sizes each client's outbound queue.
 	DefaultClientWritesPending = 8192
 	// DefaultReadBufferSize and DefaultWriteBufferSize size each
@@ -167,7 +167,7 @@ type Limits struct {
 	// address may open (token bucket, burst the same); more are closed at
 	// accept. 0 = no limit.
 	ConnectionRatePerIP float64 `yaml:"connection_rate_per_ip"`
-	// MaxInflight bounds QoS 1/2 messages held per session. Default 8192.
+	// MaxInflight bounds QoS 1/2 messages held per session. Default 10000.
 	MaxInflight int `yaml:"max_inflight"`
 	// ClientWritesPending sizes each client's outbound queue. Default 8192.
 	ClientWritesPending int `yaml:"client_writes_pending"`
