@@ -4,7 +4,7 @@
 # CI=true where a missing service fails them.
 
 # Debian packages the tests need, and the command each provides.
-SERVICE_PACKAGES=(mosquitto:mosquitto mosquitto-clients:mosquitto_pub)
+SERVICE_PACKAGES=(mosquitto:mosquitto mosquitto-clients:mosquitto_pub redis-server:redis-server)
 
 services_install() {
   local missing=() p pkg cmd
@@ -24,6 +24,30 @@ services_install() {
   # Debian's postinst may start the packaged daemons on their public
   # ports; the tests start their own on private ports.
   pkill -x mosquitto 2>/dev/null || true
+  pkill -x redis-server 2>/dev/null || true
+}
+
+# free_port prints a loopback TCP port nothing listens on.
+free_port() {
+  local p
+  for _ in $(seq 200); do
+    p=$((RANDOM % 20000 + 20000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      echo "$p"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# wait_for CMD...: retry CMD for up to 20 s.
+wait_for() {
+  local i
+  for i in $(seq 200); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  return 1
 }
 
 SERVICES_DIR=""
@@ -33,6 +57,19 @@ services_start() {
   export FERRY_TEST_SERVICES_DIR=$SERVICES_DIR
   if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then
     export FERRY_TEST_MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+  fi
+  if command -v redis-server >/dev/null 2>&1; then
+    local port
+    port=$(free_port) || { echo "services: no free port for redis-server" >&2; return 1; }
+    mkdir -p "$SERVICES_DIR/redis"
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+      --dir "$SERVICES_DIR/redis" >"$SERVICES_DIR/redis.log" 2>&1 &
+    echo $! >"$SERVICES_DIR/redis.pid"
+    if ! wait_for bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"; then
+      echo "services: redis-server did not start:" >&2; cat "$SERVICES_DIR/redis.log" >&2; return 1
+    fi
+    export FERRY_TEST_REDIS_ADDR=127.0.0.1:$port
+    echo "== redis-server on $FERRY_TEST_REDIS_ADDR"
   fi
   return 0
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/ferrymq/ferry/bridge"
 	"github.com/ferrymq/ferry/bridge/mqtt"
 	"github.com/ferrymq/ferry/bridge/nats"
+	"github.com/ferrymq/ferry/bridge/redis"
 	"github.com/ferrymq/ferry/bridge/webhook"
 )
 
@@ -16,5 +17,6 @@ func Factories() map[string]bridge.Factory {
 		"nats":    nats.New,
 		"webhook": webhook.New,
 		"mqtt":    mqtt.New,
+		"redis":   redis.New,
 	}
 }
