@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -286,5 +287,86 @@ func TestIngressIdentityUnderACL(t *testing.T) {
 	}
 	if got := post("devices/d1/firmware"); got != 403 {
 		t.Errorf("topic outside the bridge identity's ACL: %d, want 403", got)
+	}
+}
+
+// TestNATSOutageDuringStream is the bridge issue's fault test: NATS stops
+// for 10 s in the middle of a 10,000-message QoS 1 stream, then comes back;
+// all 10,000 reach the JetStream stream, each once (Nats-Msg-Id).
+func TestNATSOutageDuringStream(t *testing.T) {
+	if testing.Short() {
+		t.Skip("10 s outage: -short")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	dir := t.TempDir()
+	start := func() *natsserver.Server {
+		ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: dir, NoLog: true, NoSigs: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go ns.Start()
+		if !ns.ReadyForConnections(10 * time.Second) {
+			t.Fatal("nats not ready")
+		}
+		return ns
+	}
+	ns := start()
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := nc.JetStream()
+	if _, err := js.AddStream(&nats.StreamConfig{Name: "T", Subjects: []string{"t"}}); err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
+	b := testutil.StartBroker(t, withBridges(t, fmt.Sprintf(`
+bridges:
+  - name: t
+    from: "stream/#"
+    to: {nats: {url: "nats://127.0.0.1:%d", subject: t, jetstream: true, timeout: 1s}}
+    backoff: {initial: 50ms, max: 500ms}
+    max_attempts: 1000000
+`, port)))
+
+	const total, stopAt = 10000, 2000
+	c := testutil.DialRaw(t, b.Addr, 4)
+	c.Connect("streamer", packets.Properties{})
+	var outage sync.WaitGroup
+	for i := range total {
+		if i == stopAt {
+			ns.Shutdown()
+			ns.WaitForShutdown()
+			outage.Add(1)
+			go func() {
+				defer outage.Done()
+				<-time.After(10 * time.Second) // the outage the issue asks for
+				ns = start()
+			}()
+		}
+		c.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: uint16(i%60000 + 1),
+			TopicName: "stream/x", Payload: []byte(fmt.Sprintf("%05d", i))})
+		c.Expect(packets.Puback)
+	}
+	outage.Wait()
+	defer ns.Shutdown()
+	nc, err = nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ = nc.JetStream()
+	testutil.Eventually(t, 60*time.Second, "10,000 messages in the stream", func() bool {
+		si, err := js.StreamInfo("T")
+		return err == nil && si.State.Msgs >= total
+	})
+	si, _ := js.StreamInfo("T")
+	if si.State.Msgs != total {
+		t.Fatalf("%d messages in the stream, want exactly %d (de-duplicated by Nats-Msg-Id)", si.State.Msgs, total)
 	}
 }
