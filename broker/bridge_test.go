@@ -25,6 +25,11 @@ import (
 // withBridges parses a bridges: section into the test config.
 func withBridges(t *testing.T, yaml string) func(*config.Config) {
 	t.Helper()
+	return withBridgesTB(t, yaml)
+}
+
+func withBridgesTB(t testing.TB, yaml string) func(*config.Config) {
+	t.Helper()
 	parsed, err := config.Parse("bridges.yaml", []byte(yaml))
 	if err != nil {
 		t.Fatal(err)
