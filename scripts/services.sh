@@ -4,13 +4,17 @@
 # CI=true where a missing service fails them.
 
 # Debian packages the tests need, and the command each provides.
-SERVICE_PACKAGES=(mosquitto:mosquitto mosquitto-clients:mosquitto_pub redis-server:redis-server)
+SERVICE_PACKAGES=(mosquitto:mosquitto mosquitto-clients:mosquitto_pub redis-server:redis-server
+  rabbitmq-server:/usr/lib/rabbitmq/bin/rabbitmq-server)
+
+# shellcheck source=scripts/rabbitmq.sh
+. "$(dirname "${BASH_SOURCE[0]}")/rabbitmq.sh"
 
 services_install() {
   local missing=() p pkg cmd
   for p in "${SERVICE_PACKAGES[@]}"; do
     pkg=${p%%:*}; cmd=${p#*:}
-    command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("$pkg")
+    command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "$cmd" ] || missing+=("$pkg")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" != 0 ]; then
@@ -25,6 +29,12 @@ services_install() {
   # ports; the tests start their own on private ports.
   pkill -x mosquitto 2>/dev/null || true
   pkill -x redis-server 2>/dev/null || true
+  # Debian's rabbitmq-server starts a node on 5672 when it can; ours runs
+  # on free ports with its own epmd.
+  if [[ " ${missing[*]} " == *" rabbitmq-server "* ]]; then
+    pkill -f 'beam.*rabbit' 2>/dev/null || true
+    pkill -x epmd 2>/dev/null || true
+  fi
 }
 
 # free_port prints a loopback TCP port nothing listens on.
@@ -71,11 +81,27 @@ services_start() {
     export FERRY_TEST_REDIS_ADDR=127.0.0.1:$port
     echo "== redis-server on $FERRY_TEST_REDIS_ADDR"
   fi
+  if [ -x "$RABBITMQ_SERVER_BIN" ]; then
+    # In a subshell: rabbitmq_start sets HOME (for the Erlang cookie),
+    # which must not leak into the go commands (module and build caches).
+    local dir="$SERVICES_DIR/rabbitmq"
+    mkdir -p "$dir"
+    if ! ( rabbitmq_start "$dir" >"$SERVICES_DIR/rabbitmq-start.log" 2>&1 &&
+           printf '%s\n' "$FERRY_TEST_RABBITMQ_URL" >"$SERVICES_DIR/rabbitmq.url" ); then
+      echo "services: rabbitmq-server did not start:" >&2; tail -20 "$SERVICES_DIR/rabbitmq-start.log" >&2; return 1
+    fi
+    export FERRY_TEST_RABBITMQ_URL=$(cat "$SERVICES_DIR/rabbitmq.url")
+    export FERRY_TEST_RABBITMQ_DIR=$dir
+    echo "== rabbitmq-server on $FERRY_TEST_RABBITMQ_URL"
+  fi
   return 0
 }
 
 services_stop() {
   local pidfile
+  if [ -n "$SERVICES_DIR" ] && [ -f "$SERVICES_DIR/rabbitmq/ports" ]; then
+    ( rabbitmq_stop "$SERVICES_DIR/rabbitmq" ) >/dev/null 2>&1 || true
+  fi
   for pidfile in "$SERVICES_DIR"/*.pid; do
     [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null
   done

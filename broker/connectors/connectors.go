@@ -7,6 +7,7 @@ import (
 	"github.com/ferrymq/ferry/bridge"
 	"github.com/ferrymq/ferry/bridge/mqtt"
 	"github.com/ferrymq/ferry/bridge/nats"
+	"github.com/ferrymq/ferry/bridge/rabbitmq"
 	"github.com/ferrymq/ferry/bridge/redis"
 	"github.com/ferrymq/ferry/bridge/webhook"
 )
@@ -14,9 +15,10 @@ import (
 // Factories returns the connectors by their configuration key.
 func Factories() map[string]bridge.Factory {
 	return map[string]bridge.Factory{
-		"nats":    nats.New,
-		"webhook": webhook.New,
-		"mqtt":    mqtt.New,
-		"redis":   redis.New,
+		"nats":     nats.New,
+		"webhook":  webhook.New,
+		"mqtt":     mqtt.New,
+		"redis":    redis.New,
+		"rabbitmq": rabbitmq.New,
 	}
 }
