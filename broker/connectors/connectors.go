@@ -5,6 +5,7 @@ package connectors
 
 import (
 	"github.com/ferrymq/ferry/bridge"
+	"github.com/ferrymq/ferry/bridge/kafka"
 	"github.com/ferrymq/ferry/bridge/mqtt"
 	"github.com/ferrymq/ferry/bridge/nats"
 	"github.com/ferrymq/ferry/bridge/rabbitmq"
@@ -15,6 +16,7 @@ import (
 // Factories returns the connectors by their configuration key.
 func Factories() map[string]bridge.Factory {
 	return map[string]bridge.Factory{
+		"kafka":    kafka.New,
 		"nats":     nats.New,
 		"webhook":  webhook.New,
 		"mqtt":     mqtt.New,
