@@ -8,17 +8,17 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ferrymq/ferry/bridge/internal/bridgerun"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
-	"gopkg.in/yaml.v3"
 
 	"github.com/ferrymq/ferry/bridge"
 	"github.com/ferrymq/ferry/bridge/internal/bridgetest"
@@ -118,45 +118,18 @@ type testBridge struct {
 	ob  *outbox.Outbox
 	reg *prometheus.Registry
 	pub *bridgetest.Publisher
+	run *bridgerun.Bridge
 }
 
 // startBridge runs routes (YAML) on an outbox in dir with pub; closed at
 // cleanup (or earlier by close).
 func startBridge(t *testing.T, dir, routesYAML string, pub *bridgetest.Publisher) *testBridge {
 	t.Helper()
-	var rs []bridge.RouteConfig
-	if err := yaml.Unmarshal([]byte(routesYAML), &rs); err != nil {
-		t.Fatal(err)
-	}
-	ob, err := outbox.Open(outbox.Config{Dir: dir, Sync: outbox.SyncBatch}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tb := &testBridge{ob: ob, reg: prometheus.NewRegistry(), pub: pub}
-	tb.b, err = bridge.New(rs, bridge.Deps{Outbox: ob, Publisher: pub, Registerer: tb.reg,
-		Factories: map[string]bridge.Factory{"kafka": bkafka.New}})
-	if err == nil {
-		err = tb.b.Start(context.Background())
-	}
-	if err != nil {
-		_ = ob.Close()
-		t.Fatal(err)
-	}
-	var once sync.Once
-	t.Cleanup(func() { once.Do(func() { tb.close(t) }) })
-	return tb
+	r := bridgerun.Start(t, dir, routesYAML, pub, map[string]bridge.Factory{"kafka": bkafka.New})
+	return &testBridge{b: r.B, ob: r.Outbox, reg: r.Reg, pub: pub, run: r}
 }
 
-func (tb *testBridge) close(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := tb.b.Close(ctx); err != nil {
-		t.Error(err)
-	}
-	if err := tb.ob.Close(); err != nil {
-		t.Error(err)
-	}
-}
+func (tb *testBridge) close(t *testing.T) { tb.run.Close(t) }
 
 func header(r *kgo.Record, k string) string {
 	for _, h := range r.Headers {

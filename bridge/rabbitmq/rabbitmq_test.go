@@ -10,9 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrymq/ferry/bridge/internal/bridgerun"
+
 	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
-	"gopkg.in/yaml.v3"
 
 	"github.com/ferrymq/ferry/bridge"
 	"github.com/ferrymq/ferry/bridge/internal/bridgetest"
@@ -26,45 +27,18 @@ type testBridge struct {
 	b   *bridge.Bridge
 	ob  *outbox.Outbox
 	reg *prometheus.Registry
+	run *bridgerun.Bridge
 }
 
 // startBridge runs routes (YAML) on an outbox in a temp dir with pub;
 // closed at cleanup (Close is safe twice).
 func startBridge(t *testing.T, routesYAML string, pub *bridgetest.Publisher) *testBridge {
 	t.Helper()
-	var rs []bridge.RouteConfig
-	if err := yaml.Unmarshal([]byte(routesYAML), &rs); err != nil {
-		t.Fatal(err)
-	}
-	ob, err := outbox.Open(outbox.Config{Dir: t.TempDir(), Sync: outbox.SyncBatch}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tb := &testBridge{ob: ob, reg: prometheus.NewRegistry()}
-	tb.b, err = bridge.New(rs, bridge.Deps{Outbox: ob, Publisher: pub, Registerer: tb.reg,
-		Factories: map[string]bridge.Factory{"rabbitmq": rabbitmq.New}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tb.b.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		tb.close(t)
-		if err := tb.ob.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return tb
+	r := bridgerun.Start(t, "", routesYAML, pub, map[string]bridge.Factory{"rabbitmq": rabbitmq.New})
+	return &testBridge{b: r.B, ob: r.Outbox, reg: r.Reg, run: r}
 }
 
-func (tb *testBridge) close(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := tb.b.Close(ctx); err != nil {
-		t.Error(err)
-	}
-}
+func (tb *testBridge) close(t *testing.T) { tb.run.CloseBridge(t) }
 
 func (tb *testBridge) offer(t *testing.T, m bridge.Message) {
 	t.Helper()

@@ -10,9 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrymq/ferry/bridge/internal/bridgerun"
+
 	"github.com/prometheus/client_golang/prometheus"
 	goredis "github.com/redis/go-redis/v9"
-	"gopkg.in/yaml.v3"
 
 	"github.com/ferrymq/ferry/bridge"
 	"github.com/ferrymq/ferry/bridge/internal/bridgetest"
@@ -33,34 +34,8 @@ type testBridge struct {
 // cleanup.
 func startBridge(t *testing.T, dir, routesYAML string, pub *bridgetest.Publisher) *testBridge {
 	t.Helper()
-	var rs []bridge.RouteConfig
-	if err := yaml.Unmarshal([]byte(routesYAML), &rs); err != nil {
-		t.Fatal(err)
-	}
-	ob, err := outbox.Open(outbox.Config{Dir: dir, Sync: outbox.SyncBatch}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tb := &testBridge{ob: ob, reg: prometheus.NewRegistry(), pub: pub}
-	tb.b, err = bridge.New(rs, bridge.Deps{Outbox: ob, Publisher: pub, Registerer: tb.reg,
-		Factories: map[string]bridge.Factory{"redis": bredis.New}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tb.b.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := tb.b.Close(ctx); err != nil {
-			t.Error(err)
-		}
-		if err := tb.ob.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return tb
+	r := bridgerun.Start(t, dir, routesYAML, pub, map[string]bridge.Factory{"redis": bredis.New})
+	return &testBridge{b: r.B, ob: r.Outbox, reg: r.Reg, pub: pub}
 }
 
 // startConnector builds and starts one egress connector from section,
