@@ -9,7 +9,6 @@ import (
 	"github.com/ferrymq/ferry/broker/config"
 	"github.com/ferrymq/ferry/internal/testutil"
 	"github.com/mochi-mqtt/server/v2/packets"
-	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
 
@@ -25,15 +24,8 @@ func BenchmarkJetStreamEgress(b *testing.B) {
 }
 
 func benchJetStream(b *testing.B, sync string) {
-	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: b.TempDir(), NoLog: true, NoSigs: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	go ns.Start()
+	ns := testutil.StartNATS(b, -1, "")
 	defer ns.Shutdown()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		b.Fatal("nats not ready")
-	}
 	nc, err := nats.Connect(ns.ClientURL())
 	if err != nil {
 		b.Fatal(err)

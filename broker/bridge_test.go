@@ -133,15 +133,8 @@ bridges:
 // TestNATSRoutesBothWays: devices' telemetry reaches a JetStream stream,
 // and what services publish on a NATS subject reaches the devices.
 func TestNATSRoutesBothWays(t *testing.T) {
-	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
+	ns := testutil.StartNATS(t, -1, "")
 	defer ns.Shutdown()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats not ready")
-	}
 	nc, err := nats.Connect(ns.ClientURL())
 	if err != nil {
 		t.Fatal(err)
@@ -309,17 +302,7 @@ func TestNATSOutageDuringStream(t *testing.T) {
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
 	dir := t.TempDir()
-	start := func() *natsserver.Server {
-		ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: dir, NoLog: true, NoSigs: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		go ns.Start()
-		if !ns.ReadyForConnections(10 * time.Second) {
-			t.Fatal("nats not ready")
-		}
-		return ns
-	}
+	start := func() *natsserver.Server { return testutil.StartNATS(t, port, dir) }
 	ns := start()
 	nc, err := nats.Connect(ns.ClientURL())
 	if err != nil {

@@ -70,15 +70,7 @@ func TestDLQCommand(t *testing.T) {
 
 func startNATS(t *testing.T, port int, dir string) *natsserver.Server {
 	t.Helper()
-	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: dir, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats not ready")
-	}
-	return ns
+	return testutil.StartNATS(t, port, dir)
 }
 
 // TestBridgeSurvivesBackendOutageAndKill is the bridge issue's scenario:
