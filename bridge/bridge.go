@@ -248,13 +248,29 @@ func (b *Bridge) Close(ctx context.Context) error {
 // was then given to no route. msg's slices are not retained after Offer
 // returns. The caller's msg.Route, Seq, ID and Created are ignored.
 func (b *Bridge) Offer(msg Message) error {
+	wait, err := b.OfferAsync(msg)
+	if err != nil {
+		return err
+	}
+	return wait()
+}
+
+// noWait is OfferAsync's wait when nothing was written.
+func noWait() error { return nil }
+
+// OfferAsync is Offer with the wait for the outbox's commit left to the
+// returned function, which must be called once: the broker reads the
+// publisher's next packet meanwhile and holds only its PUBACK until the
+// message is durable. Refusals (ErrOutboxFull) and queueing errors are
+// returned at once.
+func (b *Bridge) OfferAsync(msg Message) (wait func() error, err error) {
 	if b.closed.Load() {
-		return ErrClosed
+		return nil, ErrClosed
 	}
 	var buf [8]*route
 	rs := b.trie.match(msg.Topic, buf[:0])
 	if len(rs) == 0 {
-		return nil
+		return noWait, nil
 	}
 	size := int64(msg.Size() + 64) // 64: a record's fixed overhead, roughly
 	durable := 0
@@ -265,13 +281,15 @@ func (b *Bridge) Offer(msg Message) error {
 		durable++
 		if r.cfg.WhenFull == Block && b.outbox.Usage(r.name).Bytes+size > r.cfg.MaxBytes {
 			r.met.refused.Inc()
-			return ErrOutboxFull
+			return nil, ErrOutboxFull
 		}
 	}
 	now := time.Now()
 	var msgs []Message
+	var notify []*route
 	if durable > 0 {
 		msgs = make([]Message, 0, durable)
+		notify = make([]*route, 0, durable)
 	}
 	for _, r := range rs {
 		m := msg
@@ -283,27 +301,32 @@ func (b *Bridge) Offer(msg Message) error {
 		if over := b.outbox.Usage(r.name).Bytes + size - r.cfg.MaxBytes; over > 0 {
 			n, err := b.outbox.DropOldest(context.Background(), r.name, over)
 			if err != nil {
-				return fmt.Errorf("bridge: route %s: drop oldest: %w", r.name, err)
+				return nil, fmt.Errorf("bridge: route %s: drop oldest: %w", r.name, err)
 			}
 			r.met.dropFull.Add(float64(n))
 		}
 		msgs = append(msgs, m)
+		notify = append(notify, r)
 	}
 	if len(msgs) == 0 {
-		return nil
+		return noWait, nil
 	}
-	if err := b.outbox.Append(context.Background(), msgs); err != nil {
-		return fmt.Errorf("bridge: append: %w", err)
+	appended, err := b.outbox.AppendAsync(context.Background(), msgs)
+	if err != nil {
+		return nil, fmt.Errorf("bridge: append: %w", err)
 	}
-	for _, r := range rs {
-		if r.durable {
+	return func() error {
+		if err := appended(); err != nil {
+			return fmt.Errorf("bridge: append: %w", err)
+		}
+		for _, r := range notify {
 			select {
 			case r.notify <- struct{}{}:
 			default:
 			}
 		}
-	}
-	return nil
+		return nil
+	}, nil
 }
 
 // enqueue puts m on an at-most-once route's queue, dropping the oldest

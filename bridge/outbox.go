@@ -6,8 +6,8 @@ import (
 )
 
 // Outbox is the durable, per-route, ordered store between Offer and the
-// route workers. bridge/outbox implements it on its own Badger database; it
-// will later be served by the persistence store's shared group commit.
+// route workers. bridge/outbox implements it in the persistence store, whose
+// group commit it shares with the sessions' records.
 //
 // All methods are safe for concurrent use. Writes go through one group
 // commit: concurrent calls share a transaction and, depending on the sync
@@ -19,6 +19,10 @@ type Outbox interface {
 	// across restarts. When Append returns nil the messages are as durable
 	// as the outbox's sync mode promises. msgs' slices are not retained.
 	Append(ctx context.Context, msgs []Message) error
+	// AppendAsync queues the append and returns a function that waits for
+	// it and returns Append's result: the caller may go on meanwhile.
+	// msgs must not be touched until that function returned.
+	AppendAsync(ctx context.Context, msgs []Message) (wait func() error, err error)
 	// Read returns up to limit messages of route with Seq > after, in seq
 	// order.
 	Read(route string, after uint64, limit int) ([]Message, error)

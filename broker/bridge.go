@@ -6,33 +6,26 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"strconv"
 
 	"github.com/ferrymq/ferry/bridge"
 	"github.com/ferrymq/ferry/bridge/outbox"
 	"github.com/ferrymq/ferry/broker/connectors"
 	"github.com/ferrymq/ferry/hooks/auth"
+	"github.com/ferrymq/ferry/persistence"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// OutboxDir is where the bridge's durable outbox lives inside the data
-// directory.
-const OutboxDir = "outbox"
-
-// openBridge opens the outbox and builds and starts the routes. It runs
-// after mochi serves: ingress routes publish into it.
-func (b *Broker) openBridge() error {
+// openBridge opens the outbox in the store st, sharing its group commit
+// and fsyncs (and moving an outbox of an earlier Ferry, in
+// <storage.dir>/outbox, into it), and builds the routes. They start after
+// mochi serves: ingress routes publish into it.
+func (b *Broker) openBridge(st *persistence.Store) error {
 	if len(b.cfg.Bridges) == 0 {
 		return nil
 	}
-	ob, err := outbox.Open(outbox.Config{
-		Dir:          filepath.Join(b.cfg.Storage.Dir, OutboxDir),
-		Sync:         outbox.SyncMode(b.cfg.Storage.Sync),
-		SyncInterval: b.cfg.Storage.SyncInterval,
-		GCInterval:   b.cfg.Storage.GCInterval,
-	}, b.log.With("component", "outbox"))
+	ob, err := outbox.New(st, b.log.With("component", "outbox"))
 	if err != nil {
 		return fmt.Errorf("broker: bridge outbox: %w", err)
 	}
@@ -113,7 +106,15 @@ func (h *tapHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	for _, u := range pk.Properties.User {
 		m.UserProperties = append(m.UserProperties, bridge.Property{Key: u.Key, Value: u.Val})
 	}
-	err := h.br.Offer(m)
+	var err error
+	if c := ackDeferrer(cl, pk); c != nil {
+		var wait func() error
+		if wait, err = h.br.OfferAsync(m); err == nil {
+			c.DeferAck(pk.PacketID, wait)
+		}
+	} else {
+		err = h.br.Offer(m)
+	}
 	switch {
 	case err == nil:
 		return pk, nil

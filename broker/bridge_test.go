@@ -10,6 +10,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -61,6 +63,25 @@ func (s *webhookSink) count() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.ids)
+}
+
+// messages counts the messages posted: a batch's webhook-id is
+// "<route>-<first seq>_<route>-<last seq>".
+func (s *webhookSink) messages() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, id := range s.ids {
+		first, last, ok := strings.Cut(id, "_")
+		if !ok {
+			n++
+			continue
+		}
+		a, _ := strconv.Atoi(first[strings.LastIndexByte(first, '-')+1:])
+		b, _ := strconv.Atoi(last[strings.LastIndexByte(last, '-')+1:])
+		n += b - a + 1
+	}
+	return n
 }
 
 func publishQoS1(t *testing.T, c *testutil.Raw, id uint16, topic, payload string) byte {
@@ -196,7 +217,7 @@ bridges:
 	for i := range 3 {
 		publishQoS1(t, c, uint16(i+1), "s/x", "v")
 	}
-	testutil.Eventually(t, 10*time.Second, "3 deliveries", func() bool { return sink.count() == 3 })
+	testutil.Eventually(t, 10*time.Second, "3 deliveries", func() bool { return sink.messages() == 3 })
 	w := testutil.DialRaw(t, b.Addr, 4)
 	w.Connect("watcher", packets.Properties{})
 	testutil.Eventually(t, 10*time.Second, "$SYS/ferry/bridge/stats/delivered_total = 3", func() bool {

@@ -205,7 +205,7 @@ func (b *Broker) Start(ctx context.Context) error {
 		_ = st.Close()
 		return err
 	}
-	if err := b.openBridge(); err != nil {
+	if err := b.openBridge(st); err != nil {
 		return fail(err)
 	}
 	fail = func(err error) error {
@@ -301,7 +301,15 @@ func (b *Broker) addHooks(st *persistence.Store) error {
 		b.resend = &resendHook{after: b.cfg.Limits.ResendAfter}
 		hooks = append(hooks, b.resend)
 	}
-	hooks = append(hooks, persistence.NewHook(st, b.mochi), b.metrics)
+	ph := persistence.NewHook(st, b.mochi)
+	ph.SetAckDeferrer(deferAck)
+	ph.SetQueueLimits(persistence.QueueLimits{MaxMessages: b.cfg.Limits.MaxQueuedMessages,
+		MaxBytes: b.cfg.Limits.MaxQueuedBytes, Policy: b.cfg.Limits.OverflowPolicy, BlockWait: b.cfg.Limits.OverflowWait})
+	b.metrics.SetQueueCounts(func() metrics.QueueCounts {
+		s := ph.QueueStats()
+		return metrics.QueueCounts{DroppedNewest: s.DroppedNewest, DroppedOldest: s.DroppedOldest, Expired: s.Expired, Spilled: s.Spilled}
+	})
+	hooks = append(hooks, ph, b.metrics)
 	for _, h := range hooks {
 		if err := b.mochi.AddHook(h, nil); err != nil {
 			return fmt.Errorf("broker: add hook %s: %w", h.ID(), err)
@@ -353,7 +361,8 @@ func (b *Broker) shutdown(ctx context.Context) error {
 		<-closed
 	}
 	// Then the bridge: workers stop, connectors close, what is undelivered
-	// stays in the outbox for the next start.
+	// stays in the outbox for the next start. The outbox lives in the
+	// store: it closes first, waiting for its writes in flight.
 	if b.bridge != nil {
 		bctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		if berr := b.bridge.Close(bctx); berr != nil && err == nil {
@@ -441,6 +450,7 @@ func (b *Broker) untrack(c *conn) {
 // handling of it ends this connection only.
 func (b *Broker) serveConn(l *listener, nc net.Conn, state func() *tls.ConnectionState, establish listeners.EstablishFn) {
 	c := &conn{Conn: nc, b: b, listener: l.cfg.Name, tlsState: state}
+	c.acond.L = &c.amu
 	if b.perIP != nil {
 		c.ip = remoteIP(nc.RemoteAddr())
 		if why := b.perIP.admit(c.ip, time.Now()); why != "" {

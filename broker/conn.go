@@ -75,6 +75,18 @@ type conn struct {
 	wmu      sync.Mutex
 	released bool
 	held     []byte
+
+	// Deferred acknowledgements (ackwait.go): slow is set while any are
+	// registered or held; the rest is guarded by amu.
+	slow     atomic.Bool
+	amu      sync.Mutex
+	acond    sync.Cond // L is &amu
+	acks     map[uint16][]func() error
+	segs     []ackSeg
+	deferred int // bytes in segs
+	flushing bool
+	timedOut bool
+	acksDead bool // the connection failed or closed with waits pending
 }
 
 func (c *conn) Write(p []byte) (int, error) {
@@ -108,12 +120,20 @@ func (c *conn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// write writes with limits.write_timeout. mochi writes while holding the
+// write writes p now, or behind the acknowledgements being held.
+func (c *conn) write(p []byte) (int, error) {
+	if c.slow.Load() {
+		return c.writeOrdered(p)
+	}
+	return c.writeNow(p)
+}
+
+// writeNow writes with limits.write_timeout. mochi writes while holding the
 // client's lock, which every publisher to this client also takes: a client
 // that stops reading would stall them all for ever. A write that cannot
 // finish in time closes the connection instead (a persistent session keeps
 // its messages).
-func (c *conn) write(p []byte) (int, error) {
+func (c *conn) writeNow(p []byte) (int, error) {
 	if wt := c.b.cfg.Limits.WriteTimeout; wt > 0 {
 		_ = c.Conn.SetWriteDeadline(time.Now().Add(wt))
 	}
@@ -259,6 +279,7 @@ func (c *conn) SetReadDeadline(t time.Time) error {
 // configured linger, then closes it. Safe to call more than once.
 func (c *conn) Close() error {
 	c.closeOnce.Do(func() {
+		c.closeDeferred()
 		c.mu.Lock()
 		c.closed.Store(true)
 		cw, ok := c.Conn.(interface{ CloseWrite() error })

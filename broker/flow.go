@@ -21,10 +21,25 @@ const (
 	// OverflowDropNewest lets mochi drop the new message for that
 	// subscriber (counted in ferry_messages_dropped_total).
 	OverflowDropNewest = "drop-newest"
+	// OverflowDropOldest drops the oldest message queued for the
+	// subscriber that was not yet written to it. Only a persistent
+	// session has such a queue Ferry can reach into: the persistence
+	// hook's, in the store, beyond the session's memory window (see
+	// persistence.PolicyDropOldest). What mochi already handed to a
+	// connection (its outbound channel, its in-flight window) cannot be
+	// taken back, so a subscriber without a persistent session, or whose
+	// memory window and outbound queue are full with nothing spilled,
+	// gets drop-newest (counted as such).
+	OverflowDropOldest = "drop-oldest"
 )
 
 // flowHook keeps mochi v2.7.9 from dropping QoS 1/2 messages it has
-// acknowledged. mochi writes the PUBACK, then, for each subscriber, stores
+// acknowledged. It serves block-publisher only; the queue bounds of
+// persistent sessions (limits.max_queued_*) and all three policies at
+// those bounds are the persistence hook's, which also keeps a persistent
+// subscriber's messages beyond its memory window out of mochi (spilled to
+// the store), so this hook waits mostly for sessions that are not
+// persistent. mochi writes the PUBACK, then, for each subscriber, stores
 // the message in the session (limits.max_inflight) and hands it to the
 // subscriber's outbound queue (a channel of limits.client_writes_pending);
 // for a connected subscriber whose store or queue is full it drops the

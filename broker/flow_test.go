@@ -189,3 +189,60 @@ func TestQuietConnectionGetsResends(t *testing.T) {
 		t.Fatalf("after PUBACK the client got %s", packets.PacketNames[pk.FixedHeader.Type])
 	}
 }
+
+// TestSessionQueuePolicies: limits.max_queued_messages bounds what an
+// offline persistent session queues; the policy picks which messages it
+// gets back, and the drops are counted by reason.
+func TestSessionQueuePolicies(t *testing.T) {
+	for _, tc := range []struct {
+		policy, reason string
+		want           []string
+	}{
+		{"drop-oldest", "session_queue_dropped_oldest", []string{"m2", "m3", "m4"}},
+		{"drop-newest", "session_queue_full", []string{"m0", "m1", "m2"}},
+		{"block-publisher", "session_queue_full", []string{"m0", "m1", "m2"}},
+	} {
+		t.Run(tc.policy, func(t *testing.T) {
+			b := testutil.StartBroker(t, func(c *config.Config) {
+				c.Limits.MaxQueuedMessages = 3
+				c.Limits.OverflowPolicy = tc.policy
+			})
+			persistentSub := func() *testutil.Raw {
+				sub := testutil.DialRaw(t, b.Addr, 4)
+				sub.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
+					Connect: packets.ConnectParams{ClientIdentifier: "away", Keepalive: 60}})
+				sub.Expect(packets.Connack)
+				return sub
+			}
+			sub := persistentSub()
+			sub.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+				Filters: packets.Subscriptions{{Filter: "q/#", Qos: 1}}})
+			sub.Expect(packets.Suback)
+			sub.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+			sub.ExpectClosed(5 * time.Second)
+
+			pub := testutil.DialRaw(t, b.Addr, 4)
+			pub.Connect("pub", packets.Properties{})
+			for i := range 5 {
+				if code := publishQoS1(t, pub, uint16(i+1), "q/x", fmt.Sprint("m", i)); code != 0 {
+					t.Fatalf("PUBACK reason 0x%02x", code)
+				}
+			}
+			name := fmt.Sprintf("ferry_messages_dropped_total{reason=%q}", tc.reason)
+			if got := metric(t, b, name); got != 2 {
+				t.Fatalf("%s = %v, want 2", name, got)
+			}
+			sub = persistentSub()
+			for _, want := range tc.want {
+				pk := sub.Expect(packets.Publish)
+				if string(pk.Payload) != want {
+					t.Fatalf("got %s, want %s", pk.Payload, want)
+				}
+				sub.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
+			}
+			if pk, err := sub.Read(200 * time.Millisecond); err == nil {
+				t.Fatalf("unexpected %s %q", packets.PacketNames[pk.FixedHeader.Type], pk.Payload)
+			}
+		})
+	}
+}

@@ -67,6 +67,10 @@
 //     never a repeated QoS 2 delivery.
 //   - OnDisconnect, W: the disconnect time (session expiry counts from it),
 //     or the deletion of all keys of a session that ends.
+//   - The drain (spill.go), A (W for QoS 2, before the packet is written):
+//     the packet id of a spilled message it puts into mochi. Drops of the
+//     oldest message (drop-oldest) and entries forgotten when a resumed
+//     session's CONNACK is written (OnPacketSent), A: deletions, as above.
 //
 // # Acknowledged means durable
 //
@@ -93,8 +97,8 @@
 // the new one, sends CONNACK and resends them, while publishers go on
 // delivering to whichever of the two clients its index returns. A message
 // delivered meanwhile could land in the old client after the copy (mochi
-// forgets it, and reuses its packet id: lost), after orderForResendLocked
-// (resent out of order), or go to the new client before the resend (sent
+// forgets it, and reuses its packet id: lost), in the new one before the
+// resend is put in order (resent out of order), or go to the new client before the resend (sent
 // twice in one connection: a QoS 2 subscriber that completed the first
 // flow takes the second for a new message). So OnSessionEstablish waits
 // for publishes already past OnPublish with a ref for the session to reach
@@ -104,10 +108,41 @@
 // only while a session it publishes to resumes. Hooks before this one must
 // not publish to the session being resumed from OnSessionEstablished.
 //
+// # Queue bounds and spill (spill.go)
+//
+// A session keeps at most its memory window (QueueLimits.MemoryWindow,
+// capped at half of mochi's MaximumInflight) of queued messages in mochi.
+// OnPublish decides, per persistent target and under h.mu, whether the
+// message is (a) dropped because the session's queue is at its bound
+// (count or bytes, with the policy: drop-newest, drop-oldest, or
+// block-publisher, which first waits for a connected session), (b)
+// spilled: its ref is written without packet id and mochi never sees it,
+// because the window is full or older messages are still spilled, or (c)
+// left to mochi as before. mochi has no per-subscriber veto, so for (a)
+// and (b) the hook subscribes a member that is never a client to a shared
+// group matching '#' (exclusionFilter): mochi then calls
+// OnSelectSubscribers for every publish, which removes those subscribers
+// from the fan-out. Topics starting with '$' are never spilled or bounded.
+//
+// Spilled refs enter the session's backlog (in seq order) once their write
+// returns. A drain goroutine per connected session (runDrain) moves the
+// backlog into the client in order, as acknowledgements free its window:
+// under h.mu it takes a packet id, puts the packet in Inflight and maps it
+// to the ref, then writes it outside the lock. While a backlog, a pending
+// spilled write or a transfer exists, every new message for the session is
+// spilled too, so a live message never overtakes an older spilled one.
+// OnSessionEstablish stops the drain of the previous connection (no packet
+// is put into its Inflight after that); OnSessionEstablished starts one for
+// the new connection after mochi's resend.
+//
 // # Loading
 //
-// StoredClients returns unexpired sessions, expiry counted from the stored
-// disconnect time; expired ones are deleted with all their keys. Because
+// StoredInflightMessages loads per session its QoS 2 states, the messages
+// that had a packet id and then, in queue order, messages up to the memory
+// window; the rest becomes the session's backlog (only seq, body id and
+// size in memory). StoredClients returns unexpired sessions, expiry counted
+// from the stored disconnect time; expired ones are deleted with all their
+// keys. Because
 // mochi restarts that clock at load, the hook expires restored sessions
 // itself (once a second) until they reconnect. StoredInflightMessages and
 // StoredRetainedMessages put packets straight into mochi (Client.State.
@@ -116,16 +151,22 @@
 // nothing. Wills of restored sessions (a will delay running at the stop, or
 // a client connected at a crash) are published when due through a
 // throwaway inline client. mochi resends a session's in-flight messages
-// sorted by the low 16 bits of their creation second; OnSessionEstablish
-// temporarily rewrites those times so that sort is the queue order (see
-// orderForResendLocked).
+// sorted by the low 16 bits of their creation second; once the CONNACK of
+// a resumed session is written (OnPacketSent), the hook temporarily
+// rewrites those times in the new client so that sort is the queue order,
+// and forgets entries mochi no longer holds (see orderForResendLocked and
+// reconcileLocked).
 //
 // # Concurrency and lifetime
 //
 // Hook methods run on mochi's client goroutines and the hook's own
-// once-a-second goroutine (started by OnStarted, stopped by Stop); one
-// mutex guards the hook's maps and is never held across a store write or a
-// call into mochi that runs hooks. The Store is safe for concurrent use.
+// once-a-second goroutine (started by OnStarted, stopped by Stop), and on
+// one drain goroutine per session with a spilled backlog and a connected
+// client (also stopped by Stop). One mutex guards the hook's maps and is
+// never held across a store commit, a network write or a call into mochi
+// that runs hooks; the drain hands a write to the store's queue under it
+// (writeLocked), so that it is committed before the deletion an
+// acknowledgement causes. The Store is safe for concurrent use.
 // Close takes no context: it only commits what is queued (at most 4096
 // requests) and fsyncs. Close the mochi server first (its Close waits for
 // the client goroutines, so their disconnect times are stored), then the

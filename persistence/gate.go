@@ -22,8 +22,7 @@ const maxEstablishWait = 5 * time.Second
 //   - lands in the old client after mochi copied its in-flight messages:
 //     mochi forgets it, and when its packet id is reused the ref is
 //     overwritten: an acknowledged message lost;
-//   - lands in the old client after orderForResendLocked: resent out of
-//     queue order;
+//   - lands in cl before orderForResendLocked: resent out of queue order;
 //   - goes to cl before the resend: sent twice in one connection, so a QoS 2
 //     subscriber that completed the first (PUBREC, PUBREL, PUBCOMP) takes
 //     the second for a new message, and a QoS 1 one gets it before the
@@ -99,7 +98,7 @@ func (h *Hook) waitGate(e *establishing, start time.Time) bool {
 func (h *Hook) inboundLocked(id string) bool {
 	for _, list := range h.pending {
 		for _, p := range list {
-			if r := p.refs[id]; r != nil && !r.claimed {
+			if r := p.refs[id]; r != nil && !r.claimed && !(r.spilled && r.done) {
 				return true
 			}
 		}

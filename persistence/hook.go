@@ -39,6 +39,20 @@ type Hook struct {
 	changed      chan struct{}            // closed when a pending ref is claimed or released
 	gateWaiting  atomic.Int64             // publishes held at a gate now
 
+	// deferAck, when set, holds a QoS 1 PUBACK until the message's records
+	// are committed, so OnPublish need not wait (pending.go).
+	deferAck func(cl *mqtt.Client, pk packets.Packet, wait func() error) bool
+
+	limits          QueueLimits
+	exclusion       atomic.Bool // the exclusion subscription is in mochi's index (spill.go)
+	droppedNewest   atomic.Uint64
+	droppedOldest   atomic.Uint64
+	expired         atomic.Uint64
+	spilled         atomic.Uint64
+	blocked         atomic.Uint64
+	blockTimedOut   atomic.Uint64
+	lastOverflowLog atomic.Int64
+
 	loaded   atomic.Bool // the store is loaded into mochi: its listeners may serve
 	started  atomic.Bool
 	quit     chan struct{}
@@ -46,10 +60,21 @@ type Hook struct {
 	wg       sync.WaitGroup
 }
 
-// session is the hook's view of one persistent session.
+// session is the hook's view of one persistent session. Its queue is, in
+// order: entries (in mochi's memory, at most the memory window), transfer
+// (being moved from the store into mochi), backlog (in the store only).
 type session struct {
 	entries map[uint16]*entry // queue/in-flight records by mochi packet id
 	tweaked []uint16          // packet ids whose Created was changed for resend order
+
+	backlog      spillQueue  // spilled messages, in queue order
+	pendingSpill int         // spilled refs whose write has not returned yet
+	transfer     []spillItem // taken from backlog by drain, not yet in mochi
+	writing      int         // drained into mochi, not yet written to the client
+	drain        *drain      // feeds backlog into the connected client
+
+	count int   // PUBLISH messages queued: entries, transfer, backlog, pending
+	bytes int64 // their topic and payload bytes
 }
 
 // entry maps one of mochi's in-flight packets to its q/ record.
@@ -58,7 +83,11 @@ type entry struct {
 	msgID   uint64 // p/ body; 0 for refPubrel and refPubrec
 	state   byte
 	created int64
+	size    uint32 // topic and payload bytes of a PUBLISH
 }
+
+// counted says whether e is a message in the session's queue count.
+func (e *entry) counted() bool { return e.state == refPublish && e.msgID != 0 }
 
 // restoredSession is a session loaded at start that has not reconnected:
 // its expiry counts from the stored disconnect time, which mochi forgets.
@@ -81,6 +110,7 @@ func NewHook(st *Store, srv *mqtt.Server) *Hook {
 		pending:  map[string][]*pendingMsg{},
 		refs:     map[uint64]int32{},
 		restored: map[string]*restoredSession{},
+		limits:   QueueLimits{}.withDefaults(),
 		quit:     make(chan struct{}),
 
 		establishing: map[string]*establishing{},
@@ -107,6 +137,7 @@ var provided = []byte{
 	mqtt.OnQosComplete,
 	mqtt.OnQosDropped,
 	mqtt.OnPacketRead,
+	mqtt.OnPacketSent,
 	mqtt.OnWillSent,
 	mqtt.OnClientExpired,
 	mqtt.StoredClients,
@@ -251,6 +282,10 @@ func (h *Hook) write(b *batch, wait bool) {
 	} else {
 		err = h.st.write(b, false)
 	}
+	h.logWriteError(err)
+}
+
+func (h *Hook) logWriteError(err error) {
 	switch {
 	case errors.Is(err, ErrClosed):
 		h.log.Warn("storage closed before the broker: change not stored (close the server first)", "err", err)
@@ -295,6 +330,17 @@ func (h *Hook) dropSessionLocked(id string, ss *session, b *batch) {
 	for _, e := range ss.entries {
 		h.releaseBodyLocked(e.msgID, b)
 	}
+	for _, it := range ss.backlog.items[ss.backlog.head:] {
+		h.releaseBodyLocked(it.msgID, b)
+	}
+	for _, it := range ss.transfer {
+		h.releaseBodyLocked(it.msgID, b)
+	}
+	ss.backlog, ss.transfer = spillQueue{}, nil
+	if ss.drain != nil {
+		ss.drain.stop = true
+		ss.drain.wake()
+	}
 	delete(h.sessions, id)
 	delete(h.restored, id)
 	b.delete(sessionKey(id))
@@ -320,6 +366,9 @@ func (h *Hook) removeEntryLocked(id string, ss *session, pid uint16, b *batch) {
 		return
 	}
 	delete(ss.entries, pid)
+	if e.counted() {
+		ss.account(-1, e.size)
+	}
 	b.delete(b.queueKey(id, e.seq))
 	h.releaseBodyLocked(e.msgID, b)
 }
@@ -341,6 +390,12 @@ func (h *Hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		h.awaitInboundLocked(cl.ID)
 	}
 	ss := h.sessions[cl.ID]
+	if ss != nil && ss.drain != nil {
+		// It feeds the old connection; the new one gets a drain of its own
+		// once established.
+		ss.drain.stop = true
+		ss.drain.wake()
+	}
 	if ss != nil && (pk.Connect.Clean || !keep) {
 		h.dropSessionLocked(cl.ID, ss, b)
 		ss = nil
@@ -353,10 +408,27 @@ func (h *Hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		}
 		rec := h.sessionRecord(cl, 0)
 		b.set(sessionKey(cl.ID), rec.appendTo)
-		h.orderForResendLocked(cl.ID, ss)
 	}
 	h.mu.Unlock()
 	h.write(b, true)
+}
+
+// OnPacketSent puts a resumed session's in-flight messages in queue order
+// for mochi's resend, which follows its CONNACK (orderForResendLocked).
+func (h *Hook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {
+	if pk.FixedHeader.Type != packets.Connack || !pk.SessionPresent {
+		return
+	}
+	b := h.st.newBatch()
+	h.mu.Lock()
+	if ss := h.sessions[cl.ID]; ss != nil {
+		if g := h.establishing[cl.ID]; g != nil && g.cl == cl {
+			h.reconcileLocked(cl.ID, ss, cl, b)
+			h.orderForResendLocked(cl, ss)
+		}
+	}
+	h.mu.Unlock()
+	h.write(b, false)
 }
 
 // OnSessionEstablished undoes orderForResendLocked once mochi has resent,
@@ -369,6 +441,7 @@ func (h *Hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	if ss == nil {
 		return
 	}
+	h.maybeDrainLocked(cl.ID, ss)
 	for _, pid := range ss.tweaked {
 		e := ss.entries[pid]
 		if pk, ok := cl.State.Inflight.Get(pid); ok && e != nil {

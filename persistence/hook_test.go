@@ -73,10 +73,11 @@ func TestSessionExpiryCountsFromStoredDisconnect(t *testing.T) {
 	}
 }
 
-// TestFullInflightLeavesNoGhosts: messages mochi refuses for a full
-// in-flight window (after acknowledging the publisher) leave no records
-// that a restart would deliver.
-func TestFullInflightLeavesNoGhosts(t *testing.T) {
+// TestSmallInflightSpillsInsteadOfDropping: with a small in-flight window
+// (MaximumInflight 5: memory window 2), messages for an offline persistent
+// session beyond it are spilled to the store, not dropped by mochi, and all
+// of them reach the subscriber in order after a restart.
+func TestSmallInflightSpillsInsteadOfDropping(t *testing.T) {
 	dir := t.TempDir()
 	st := openStore(t, Config{Dir: dir})
 	caps := func(c *mqtt.Capabilities) { c.MaximumInflight = 5 }
@@ -88,7 +89,13 @@ func TestFullInflightLeavesNoGhosts(t *testing.T) {
 	for i := range 10 {
 		wait(t, "publish", pub.Publish("t/x", 1, false, strconv.Itoa(i)))
 	}
-	eventually(t, 5*time.Second, "five queued refs", func() bool { return countKeys(t, st, prefixQueue) == 5 })
+	eventually(t, 5*time.Second, "ten queued refs", func() bool { return countKeys(t, st, prefixQueue) == 10 })
+	if cl, _ := b.srv.Clients.Get("sub"); cl.State.Inflight.Len() != 2 {
+		t.Fatalf("%d messages in mochi's memory, want the window of 2", cl.State.Inflight.Len())
+	}
+	if n := b.srv.Info.InflightDropped; n != 0 {
+		t.Fatalf("mochi dropped %d", n)
+	}
 	pub.Disconnect(100)
 	b.close()
 	if err := st.Close(); err != nil {
@@ -96,21 +103,22 @@ func TestFullInflightLeavesNoGhosts(t *testing.T) {
 	}
 
 	st2 := openStore(t, Config{Dir: dir})
-	if n := countKeys(t, st2, prefixQueue); n != 5 {
-		t.Fatalf("%d queued refs after restart, want 5", n)
-	}
-	if n := countKeys(t, st2, prefixMessage); n != 5 {
-		t.Fatalf("%d message bodies after restart, want 5", n)
+	if n := countKeys(t, st2, prefixMessage); n != 10 {
+		t.Fatalf("%d message bodies after restart, want 10", n)
 	}
 	b2 := startBroker(t, st2, caps)
+	if cl, _ := b2.srv.Clients.Get("sub"); cl.State.Inflight.Len() != 2 {
+		t.Fatalf("%d messages loaded into mochi's memory, want the window of 2", cl.State.Inflight.Len())
+	}
 	var c collector
 	connect(t, b2.url, "sub", false, c.handle)
-	eventually(t, 5*time.Second, "the five accepted messages", func() bool { return len(c.snapshot()) == 5 })
+	eventually(t, 5*time.Second, "the ten messages", func() bool { return len(c.snapshot()) == 10 })
 	for i, got := range c.snapshot() {
 		if got != strconv.Itoa(i) {
-			t.Fatalf("got %v, want 0..4 in order", c.snapshot())
+			t.Fatalf("got %v, want 0..9 in order", c.snapshot())
 		}
 	}
+	eventually(t, 5*time.Second, "queue emptied", func() bool { return countKeys(t, st2, prefixQueue) == 0 })
 }
 
 func TestQos2AndSubscriptionsSurviveRestart(t *testing.T) {

@@ -137,44 +137,38 @@ func (h *Hook) StoredSubscriptions() ([]storage.Subscription, error) {
 	return out, nil
 }
 
-// StoredInflightMessages puts every queued and in-flight message of the
+// StoredInflightMessages puts the queued and in-flight messages of the
 // restored sessions straight into mochi's clients, with their absolute
 // expiry and publisher protocol version (which mochi's loadInflight would
-// drop), and returns none. Expired messages, refs of unknown sessions and
-// bodies no ref uses are deleted.
+// drop), and returns none. Per session it loads every QoS 2 state, every
+// message that has a packet id (the client may have it) and then, in queue
+// order, messages up to the memory window; the rest stays in the store
+// (the session's backlog, spill.go) and is fed to the client when it
+// resumes. Expired messages, refs of unknown sessions and bodies no ref
+// uses are deleted.
 func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 	now := h.now().Unix()
 	maxExpiry := h.srv.Options.Capabilities.MaximumMessageExpiryInterval
-	bodies := map[uint64]*msgRec{}
+	window := h.window()
 	b := h.st.newBatch()
 	h.mu.Lock()
 	defer func() {
 		h.mu.Unlock()
 		h.write(b, false)
 	}()
-	err := h.st.scan(prefixMessage, func(key, val []byte) error {
-		id, err := parseMessageKey(key)
-		if err != nil {
-			return h.st.unreadable(key, err)
-		}
-		rec, err := decodeMessage(val)
-		if err != nil {
-			return h.st.unreadable(key, err)
-		}
-		bodies[id] = &rec
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("load messages: %w", err)
-	}
 
+	// Refs first, in key order: per client, in queue order.
 	type loaded struct {
-		seq uint64
-		rec refRec
-		pk  packets.Packet
+		seq   uint64
+		rec   refRec
+		pk    packets.Packet
+		size  uint32
+		spill bool
 	}
 	perClient := map[string][]loaded{}
-	err = h.st.scan(prefixQueue, func(key, val []byte) error {
+	need := map[uint64]*msgRec{} // bodies to load into mochi
+	used := map[uint64]bool{}    // bodies referenced
+	err := h.st.scan(prefixQueue, func(key, val []byte) error {
 		id, seq, err := parseQueueKey(key)
 		if err != nil {
 			return h.st.unreadable(key, err)
@@ -187,35 +181,61 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 			b.delete(append([]byte(nil), key...))
 			return nil
 		}
-		var pk packets.Packet
-		switch rec.State {
-		case refPublish:
-			body := bodies[rec.MsgID]
-			if body == nil {
-				h.log.Warn("queued message without its body, skipped", "client_id", id, "seq", seq)
-				b.delete(append([]byte(nil), key...))
-				return nil
-			}
-			if (body.Expiry > 0 && body.Expiry < now) || (maxExpiry > 0 && now-body.Created > maxExpiry) {
-				b.delete(append([]byte(nil), key...))
-				return nil
-			}
-			pk = body.packet()
-			pk.FixedHeader.Qos = rec.Qos
-			pk.FixedHeader.Retain = rec.Retain
-			pk.Properties.SubscriptionIdentifier = rec.SubIDs
-		case refPubrel:
-			pk = packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, Created: now}
-		case refPubrec:
-			pk = packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, Created: now}
-		}
-		pk.PacketID = rec.PacketID
-		perClient[id] = append(perClient[id], loaded{seq: seq, rec: rec, pk: pk})
+		perClient[id] = append(perClient[id], loaded{seq: seq, rec: rec})
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("load queues: %w", err)
 	}
+	for _, list := range perClient {
+		inMemory := 0
+		for i := range list {
+			l := &list[i]
+			if l.rec.State != refPublish {
+				continue
+			}
+			used[l.rec.MsgID] = true
+			if l.rec.PacketID == 0 && inMemory >= window {
+				l.spill = true
+				continue
+			}
+			inMemory++
+			need[l.rec.MsgID] = nil
+		}
+	}
+
+	type bodyInfo struct {
+		size    uint32
+		expired bool
+	}
+	bodies := make(map[uint64]bodyInfo, len(used))
+	err = h.st.scan(prefixMessage, func(key, val []byte) error {
+		id, err := parseMessageKey(key)
+		if err != nil {
+			return h.st.unreadable(key, err)
+		}
+		if !used[id] {
+			b.delete(append([]byte(nil), key...))
+			return nil
+		}
+		rec, err := decodeMessage(val)
+		if err != nil {
+			return h.st.unreadable(key, err)
+		}
+		info := bodyInfo{
+			size:    uint32(len(rec.Topic) + len(rec.Payload)),
+			expired: (rec.Expiry > 0 && rec.Expiry < now) || (maxExpiry > 0 && now-rec.Created > maxExpiry),
+		}
+		bodies[id] = info
+		if _, ok := need[id]; ok && !info.expired {
+			need[id] = &rec
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load messages: %w", err)
+	}
+	used = nil
 
 	var restored int64
 	for id, list := range perClient {
@@ -227,14 +247,47 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 			}
 			continue
 		}
+		// Build the packets; drop refs without a live body.
+		kept := list[:0]
+		for _, l := range list {
+			switch l.rec.State {
+			case refPublish:
+				info, ok := bodies[l.rec.MsgID]
+				if !ok || info.expired {
+					if !ok {
+						h.log.Warn("queued message without its body, skipped", "client_id", id, "seq", l.seq)
+					}
+					b.delete(queueKey(id, l.seq))
+					continue
+				}
+				l.size = info.size
+				if !l.spill {
+					body := need[l.rec.MsgID]
+					l.pk = body.packet()
+					l.pk.FixedHeader.Qos = l.rec.Qos
+					l.pk.FixedHeader.Retain = l.rec.Retain
+					l.pk.Properties.SubscriptionIdentifier = l.rec.SubIDs
+				}
+			case refPubrel:
+				l.pk = packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, Created: now}
+			case refPubrec:
+				l.pk = packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, Created: now}
+			}
+			l.pk.PacketID = l.rec.PacketID
+			kept = append(kept, l)
+		}
+		list = kept
 		// Keep stored packet ids (the client may hold QoS 2 state for them);
 		// give queued messages that never got one, or clash, a free id.
-		used := make(map[uint16]bool, len(list))
+		usedIDs := make(map[uint16]bool, min(len(list), window+64))
 		var free uint16
 		for i := range list {
 			l := &list[i]
-			if l.pk.PacketID != 0 && !used[l.pk.PacketID] {
-				used[l.pk.PacketID] = true
+			if l.spill {
+				continue
+			}
+			if l.pk.PacketID != 0 && !usedIDs[l.pk.PacketID] {
+				usedIDs[l.pk.PacketID] = true
 				l.pk.FixedHeader.Dup = l.pk.FixedHeader.Type == packets.Publish
 				continue
 			}
@@ -242,31 +295,42 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 		}
 		for i := range list {
 			l := &list[i]
+			if l.rec.State == refPublish {
+				h.refs[l.rec.MsgID]++
+				ss.account(1, l.size)
+			}
+			if l.spill {
+				ss.backlog.insert(spillItem{seq: l.seq, msgID: l.rec.MsgID, size: l.size})
+				continue
+			}
 			if l.pk.PacketID == 0 {
-				for free < math.MaxUint16 && (free == 0 || used[free]) {
+				for free < math.MaxUint16 && (free == 0 || usedIDs[free]) {
 					free++
 				}
-				if used[free] || free == 0 || l.rec.State != refPublish {
+				if usedIDs[free] || free == 0 || l.rec.State != refPublish {
 					h.log.Warn("no packet id free for a queued message, dropped", "client_id", id, "seq", l.seq)
 					b.delete(queueKey(id, l.seq))
+					if l.rec.State == refPublish {
+						h.refs[l.rec.MsgID]--
+						ss.account(-1, l.size)
+					}
 					continue
 				}
-				used[free] = true
+				usedIDs[free] = true
 				l.pk.PacketID = free
 				l.rec.PacketID = free
 				b.set(queueKey(id, l.seq), l.rec.appendTo)
 			}
-			ss.entries[l.pk.PacketID] = &entry{seq: l.seq, msgID: l.rec.MsgID, state: l.rec.State, created: l.pk.Created}
-			if l.rec.MsgID != 0 {
-				h.refs[l.rec.MsgID]++
-			}
+			ss.entries[l.pk.PacketID] = &entry{seq: l.seq, msgID: l.rec.MsgID, state: l.rec.State, created: l.pk.Created, size: l.size}
 			cl.State.Inflight.Set(l.pk)
 			restored++
 		}
+		perClient[id] = nil
 	}
 	atomic.AddInt64(&h.srv.Info.Inflight, restored)
 	for id := range bodies {
-		if h.refs[id] == 0 {
+		if h.refs[id] <= 0 {
+			delete(h.refs, id)
 			b.delete(messageKey(id))
 		}
 	}

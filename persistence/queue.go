@@ -18,18 +18,24 @@ type pendingMsg struct {
 	msgID   uint64
 	refs    map[string]*pendingRef          // by subscriber client id
 	shared  map[string]packets.Subscription // shared-subscription members chosen
+	exclude map[string]bool                 // subscribers mochi must not deliver to (spilled, dropped)
+	tag     uint16                          // in the packet's (unused) Connect.Keepalive; see tagLocked
 }
 
 type pendingRef struct {
 	seq     uint64
 	claimed bool
 	pid     uint16
+	ss      *session
+	size    uint32
+	spilled bool // queued in the store only (spill.go)
+	done    bool // spilled: moved into ss.backlog, or refused
 }
 
 // matches says whether pk (an OnQosPublish copy or the publisher's packet)
 // is this message. A topic alias may have blanked the copy's topic.
 func (p *pendingMsg) matches(pk *packets.Packet) bool {
-	return pk.Created == p.created &&
+	return pk.Created == p.created && pk.Connect.Keepalive == p.tag &&
 		(pk.TopicName == "" || pk.TopicName == p.topic) &&
 		bytes.Equal(pk.Payload, p.payload)
 }
@@ -74,6 +80,7 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	}
 	maxQos := h.srv.Options.Capabilities.MaximumQos
 	var targets, shared map[string]packets.Subscription
+	var blocked blockWait
 	for start := time.Now(); ; {
 		targets, shared = h.targets(pk.TopicName)
 		h.mu.Lock()
@@ -86,6 +93,11 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 			}
 		}
 		if gate == nil {
+			if h.limits.Policy == PolicyBlockPublisher && excludable(pk.TopicName) && h.fullLocked(cl.ID, &pk, targets, maxQos) && blocked.more(h) {
+				h.mu.Unlock()
+				blocked.sleep()
+				continue
+			}
 			break // with h.mu held
 		}
 		h.mu.Unlock()
@@ -98,22 +110,60 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 
 	b := h.st.newBatch()
 	pm := &pendingMsg{created: pk.Created, topic: pk.TopicName, payload: pk.Payload, shared: shared}
+	size := messageSize(&pk)
+	bounded := excludable(pk.TopicName)
+	window := h.window()
+	spills := false
 	for id, sub := range targets {
 		if sub.NoLocal && id == cl.ID {
 			continue
 		}
 		qos := min(pk.FixedHeader.Qos, sub.Qos, maxQos)
-		if qos == 0 || h.sessions[id] == nil {
+		ss := h.sessions[id]
+		if qos == 0 || ss == nil {
 			continue
+		}
+		var spill bool
+		if bounded {
+			// Bounds and spilling need mochi kept from delivering the
+			// message to this subscriber (see exclusionFilter).
+			subCl, _ := h.srv.Clients.Get(id)
+			if !h.overflowLocked(id, ss, subCl, size, b) {
+				pm.excludeLocked(id)
+				continue
+			}
+			spill = ss.spillingLocked() || len(ss.entries) >= window
 		}
 		if pm.refs == nil {
 			pm.refs = make(map[string]*pendingRef, len(targets))
 			pm.msgID = h.st.nextSeq()
 		}
-		ref := &pendingRef{seq: h.st.nextSeq()}
+		ref := &pendingRef{seq: h.st.nextSeq(), ss: ss, size: size, spilled: spill}
 		pm.refs[id] = ref
+		ss.account(1, size)
 		rec := refRec{State: refPublish, Qos: qos, MsgID: pm.msgID}
+		if spill {
+			ss.pendingSpill++
+			pm.excludeLocked(id)
+			spills = true
+			var version byte = 4
+			if subCl, ok := h.srv.Clients.Get(id); ok {
+				version = subCl.Properties.ProtocolVersion
+			}
+			_, rec.Retain, rec.SubIDs = outFields(&pk, sub, version, maxQos)
+		}
 		b.set(b.queueKey(id, ref.seq), rec.appendTo)
+	}
+	if pm.exclude != nil || pm.refs != nil {
+		h.tagLocked(cl.ID, pm, &pk)
+	}
+	if pm.exclude != nil {
+		h.ensureExclusion()
+		if pm.refs == nil {
+			// Dropped for every persistent target: still pending, so that
+			// OnSelectSubscribers keeps mochi from delivering it.
+			h.pending[cl.ID] = append(h.pending[cl.ID], pm)
+		}
 	}
 	if pm.refs != nil {
 		h.refs[pm.msgID] = int32(len(pm.refs))
@@ -136,15 +186,73 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		h.st.putBatch(b)
 		return pk, nil
 	}
-	if err := h.st.apply(b); err != nil {
-		h.log.Error("message not stored, publish refused", "client_id", cl.ID, "topic", pk.TopicName, "err", err)
-		h.dropPendingMsg(cl.ID, pm)
-		if cl.Properties.ProtocolVersion == 5 {
-			return pk, packets.ErrImplementationSpecificError
+	// A QoS 1 publisher need not wait here: the connection holds its PUBACK
+	// until the commit (pending.go). A spilled message's bookkeeping must
+	// follow the commit: then it runs in the wait.
+	if pk.FixedHeader.Qos == 1 && h.deferAck != nil {
+		var settle func(ok bool)
+		if spills {
+			settle = func(ok bool) {
+				var b *batch
+				if ok {
+					b = h.st.newBatch()
+				}
+				h.mu.Lock()
+				h.settleSpilledLocked(pm, ok, b)
+				h.mu.Unlock()
+				if ok {
+					h.write(b, false)
+				}
+			}
 		}
-		return pk, packets.ErrRejectPacket
+		if err := h.commitDeferred(cl, pk, b, settle); err != nil {
+			return pk, h.refuse(cl, pk, pm, err)
+		}
+		return pk, nil
+	}
+	if err := h.st.apply(b); err != nil {
+		return pk, h.refuse(cl, pk, pm, err)
+	}
+	if spills {
+		b := h.st.newBatch()
+		h.mu.Lock()
+		h.settleSpilledLocked(pm, true, b)
+		h.mu.Unlock()
+		h.write(b, false)
 	}
 	return pk, nil
+}
+
+// tagLocked gives pm a tag that no other pending message of origin with
+// the same time, topic and payload has, and puts it in pk, which mochi
+// hands on (copied) to OnSelectSubscribers, OnQosPublish and OnPublished:
+// concurrent identical publishes of the inline client (bridge ingress)
+// would otherwise be told apart by nothing, and their spill and drop
+// decisions differ. A PUBLISH does not use Connect.Keepalive; it is
+// neither encoded nor stored.
+func (h *Hook) tagLocked(origin string, pm *pendingMsg, pk *packets.Packet) {
+	pm.tag = pk.Connect.Keepalive
+	for {
+		clash := false
+		for _, p := range h.pending[origin] {
+			if p != pm && p.created == pm.created && p.tag == pm.tag && p.topic == pm.topic && bytes.Equal(p.payload, pm.payload) {
+				clash = true
+				break
+			}
+		}
+		if !clash {
+			break
+		}
+		pm.tag++
+	}
+	pk.Connect.Keepalive = pm.tag
+}
+
+func (p *pendingMsg) excludeLocked(id string) {
+	if p.exclude == nil {
+		p.exclude = map[string]bool{}
+	}
+	p.exclude[id] = true
 }
 
 // targets returns the subscriptions a message on topic goes to, with one
@@ -152,6 +260,7 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 func (h *Hook) targets(topic string) (targets, shared map[string]packets.Subscription) {
 	subs := h.srv.Topics.Subscribers(topic)
 	targets = subs.Subscriptions
+	delete(subs.Shared, exclusionFilter)
 	if len(subs.Shared) > 0 {
 		shared = selectShared(subs.Shared)
 		for id, sub := range shared {
@@ -183,15 +292,31 @@ func selectShared(groups map[string]map[string]packets.Subscription) map[string]
 }
 
 // OnSelectSubscribers makes mochi deliver a shared-subscription message to
-// the members OnPublish stored it for.
+// the members OnPublish stored it for, and not to the subscribers it
+// spilled the message for or dropped it for (their queue was full).
 func (h *Hook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *mqtt.Subscribers {
+	if pk.FixedHeader.Qos == 0 {
+		return subs // OnPublish kept nothing pending for it
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if p, _ := h.findPendingLocked(pk.Origin, &pk); p != nil && p.shared != nil {
-		subs.SharedSelected = make(map[string]packets.Subscription, len(p.shared))
-		for id, sub := range p.shared {
+	p, _ := h.findPendingLocked(pk.Origin, &pk)
+	if p == nil || (p.shared == nil && p.exclude == nil) {
+		return subs
+	}
+	subs.SharedSelected = make(map[string]packets.Subscription, len(p.shared)+1)
+	for id, sub := range p.shared {
+		if !p.exclude[id] {
 			subs.SharedSelected[id] = sub
 		}
+	}
+	if h.exclusion.Load() {
+		// Never empty, or mochi would pick members itself; the exclusion
+		// member is no client, so mochi skips it.
+		subs.SharedSelected[exclusionClient] = packets.Subscription{Filter: exclusionFilter}
+	}
+	for id := range p.exclude {
+		delete(subs.Subscriptions, id)
 	}
 	return subs
 }
@@ -217,11 +342,15 @@ func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) 
 		return
 	}
 	var seq, msgID uint64
-	if p, _ := h.findPendingLocked(pk.Origin, &pk); p != nil && p.refs[cl.ID] != nil && !p.refs[cl.ID].claimed {
+	size := messageSize(&pk)
+	if p, _ := h.findPendingLocked(pk.Origin, &pk); p != nil && p.refs[cl.ID] != nil && !p.refs[cl.ID].claimed && !p.refs[cl.ID].spilled {
 		ref := p.refs[cl.ID]
 		ref.claimed, ref.pid = true, pk.PacketID
 		h.notifyLocked()
-		seq, msgID = ref.seq, p.msgID
+		seq, msgID, size = ref.seq, p.msgID, ref.size
+		if ref.ss != ss { // the session was replaced meanwhile
+			ss.account(1, size)
+		}
 	} else if pk.TopicName == "" {
 		// mochi blanked the topic for an outbound topic alias of this
 		// connection; stored like that it could not be resent after a restart.
@@ -233,13 +362,14 @@ func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) 
 	} else {
 		seq, msgID = h.st.nextSeq(), h.st.nextSeq()
 		h.refs[msgID] = 1
+		ss.account(1, size)
 		var body msgRec
 		body.fromPacket(&pk)
 		b.set(b.messageKey(msgID), body.appendTo)
 	}
 	// mochi replaced whatever it had under this id; so do we.
 	h.removeEntryLocked(cl.ID, ss, pk.PacketID, b)
-	ss.entries[pk.PacketID] = &entry{seq: seq, msgID: msgID, state: refPublish, created: pk.Created}
+	ss.entries[pk.PacketID] = &entry{seq: seq, msgID: msgID, state: refPublish, created: pk.Created, size: size}
 	rec := refRec{
 		State:    refPublish,
 		Qos:      pk.FixedHeader.Qos,
@@ -287,7 +417,9 @@ func (h *Hook) removePendingLocked(origin string, i int) {
 
 func (h *Hook) releaseUnclaimedLocked(p *pendingMsg, b *batch) {
 	for id, ref := range p.refs {
-		if !ref.claimed {
+		if !ref.claimed && !ref.spilled {
+			ref.claimed = true // released: not twice
+			ref.ss.account(-1, ref.size)
 			b.delete(b.queueKey(id, ref.seq))
 			h.releaseBodyLocked(p.msgID, b)
 		}
@@ -318,6 +450,13 @@ func (h *Hook) dropPendingMsg(origin string, pm *pendingMsg) {
 	if i := slices.Index(h.pending[origin], pm); i >= 0 {
 		h.removePendingLocked(origin, i)
 	}
+	for _, ref := range pm.refs {
+		if !ref.spilled && !ref.claimed {
+			ref.claimed = true
+			ref.ss.account(-1, ref.size)
+		}
+	}
+	h.settleSpilledLocked(pm, false, nil)
 	if pm.refs != nil {
 		delete(h.refs, pm.msgID)
 	}
@@ -345,7 +484,15 @@ func (h *Hook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 
 // OnQosComplete deletes the record of a finished QoS flow (PUBACK, PUBCOMP
 // from a subscriber; PUBREL from a publisher).
-func (h *Hook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) { h.forget(cl, pk.PacketID) }
+// A drain waiting for room in the client's window is woken.
+func (h *Hook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
+	h.forget(cl, pk.PacketID)
+	h.mu.Lock()
+	if ss := h.sessions[cl.ID]; ss != nil && ss.drain != nil && ss.drain.cl == cl {
+		ss.drain.wake()
+	}
+	h.mu.Unlock()
+}
 
 // OnQosDropped deletes the record of an expired or abandoned QoS flow.
 func (h *Hook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) { h.forget(cl, pk.PacketID) }
@@ -356,8 +503,13 @@ func (h *Hook) forget(cl *mqtt.Client, pid uint16) {
 	}
 	b := h.st.newBatch()
 	h.mu.Lock()
-	if ss := h.sessions[cl.ID]; ss != nil {
-		h.removeEntryLocked(cl.ID, ss, pid, b)
+	// mochi removes the packet from Inflight before it calls the hooks: if
+	// the id is in flight again, a new message took it meanwhile and its
+	// OnQosPublish (or the drain) already replaced this entry.
+	if _, reused := cl.State.Inflight.Get(pid); !reused {
+		if ss := h.sessions[cl.ID]; ss != nil {
+			h.removeEntryLocked(cl.ID, ss, pid, b)
+		}
 	}
 	h.mu.Unlock()
 	h.write(b, false)
@@ -387,6 +539,7 @@ func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		case e == nil:
 		case pk.FixedHeader.Type == packets.Pubrec && e.state == refPublish && pk.ReasonCode < packets.ErrUnspecifiedError.Code:
 			h.releaseBodyLocked(e.msgID, b)
+			ss.account(-1, e.size)
 			e.state, e.msgID = refPubrel, 0
 			rec := refRec{State: refPubrel, Qos: 2, PacketID: pk.PacketID}
 			b.set(b.queueKey(cl.ID, e.seq), rec.appendTo)
@@ -400,24 +553,25 @@ func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 }
 
 // orderForResendLocked works around mochi resending a session's in-flight
-// messages sorted by uint16(Created): it rewrites Created of the old
-// client's packets, which mochi copies into the new one, so that this sort
-// follows the queue order. The values only grow (a message is never expired
-// early by them) and OnSessionEstablished restores the real ones.
-func (h *Hook) orderForResendLocked(id string, ss *session) {
-	if len(ss.entries) == 0 {
+// messages sorted by uint16(Created) (seconds: messages of one second come
+// in any order): it rewrites Created of cl's packets so that this sort
+// follows the queue order. It runs when the CONNACK of a resumed session
+// has been written (OnPacketSent), on the new client's copy of the
+// in-flight messages, which nothing else changes until the resend: its
+// reads have not started and publishes to it are held (gate.go). The
+// values only grow (a message is never expired early by them) and
+// OnSessionEstablished restores the real ones.
+func (h *Hook) orderForResendLocked(cl *mqtt.Client, ss *session) {
+	ss.tweaked = ss.tweaked[:0]
+	if len(ss.entries) < 2 {
 		return
-	}
-	old, ok := h.srv.Clients.Get(id)
-	if !ok || !old.Closed() {
-		return // a live takeover: leave a running session alone
 	}
 	type item struct {
 		pk  packets.Packet
 		seq uint64
 	}
 	var items []item
-	for _, pk := range old.State.Inflight.GetAll(false) {
+	for _, pk := range cl.State.Inflight.GetAll(false) {
 		if e := ss.entries[pk.PacketID]; e != nil {
 			items = append(items, item{pk, e.seq})
 		}
@@ -435,15 +589,10 @@ func (h *Hook) orderForResendLocked(id string, ss *session) {
 	if base>>16 != (base+int64(len(items))-1)>>16 {
 		base = (base>>16 + 1) << 16 // keep the run clear of the uint16 wrap
 	}
-	created := make([]int64, len(items))
-	for i := range items {
-		created[i] = base + int64(i)
-	}
-	ss.tweaked = ss.tweaked[:0]
 	for i, it := range items {
-		if it.pk.Created != created[i] {
-			it.pk.Created = created[i]
-			old.State.Inflight.Set(it.pk)
+		if created := base + int64(i); it.pk.Created != created {
+			it.pk.Created = created
+			cl.State.Inflight.Set(it.pk)
 		}
 		ss.tweaked = append(ss.tweaked, it.pk.PacketID)
 	}

@@ -2,6 +2,7 @@ package persistence
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -27,6 +28,10 @@ const queueSize = 4096
 // Store is Ferry's Badger store. All writes go through one writer goroutine
 // that commits whatever requests are waiting as one transaction and, in
 // "always" mode, fsyncs once for all of them (group commit).
+//
+// Other packages that keep records in the store (the bridge outbox) write
+// through Update, which runs their stage function in the same group commit,
+// and read through View.
 //
 // A Store is safe for concurrent use. Open starts its goroutines; Close
 // stops them and must be called exactly when the broker no longer writes.
@@ -295,11 +300,19 @@ type op struct {
 // batch is one writer request: operations applied in order, in the same
 // transaction as the requests committed with it. Values are encoded into buf
 // so a pooled batch allocates nothing in the steady state.
+//
+// An Update's batch carries a stage instead, run by the writer to fill ops;
+// its error (stageErr) is that request's alone. commitOnly releases the
+// caller after the commit without waiting for (or causing) an fsync.
 type batch struct {
 	ops  []op
 	buf  []byte
 	wait bool
 	done chan error
+
+	stage      func(*Txn) error
+	stageErr   error
+	commitOnly bool
 }
 
 func (s *Store) newBatch() *batch { return s.pool.Get().(*batch) }
@@ -309,6 +322,7 @@ func (s *Store) putBatch(b *batch) {
 		b.ops[i] = op{}
 	}
 	b.ops, b.buf, b.wait = b.ops[:0], b.buf[:0], false
+	b.stage, b.stageErr, b.commitOnly = nil, nil, false
 	if cap(b.buf) > 1<<20 { // do not pin one huge payload's buffer forever
 		b.buf = nil
 	}
@@ -368,22 +382,40 @@ func (s *Store) write(b *batch, wait bool) error {
 		}
 		return nil
 	}
-	b.wait = wait
-	s.mu.RLock()
-	if s.closing {
-		s.mu.RUnlock()
+	if err := s.enqueue(context.Background(), b, wait); err != nil {
 		if !wait {
 			s.putBatch(b)
 		}
-		return ErrClosed
+		return err
 	}
-	s.queued.Add(1)
-	s.reqs <- b
-	s.mu.RUnlock()
 	if !wait {
 		return nil
 	}
 	return <-b.done
+}
+
+// enqueue hands b to the writer, waiting for room in its queue until ctx
+// ends. On error b was not queued and is still the caller's.
+func (s *Store) enqueue(ctx context.Context, b *batch, wait bool) error {
+	b.wait = wait
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closing {
+		return ErrClosed
+	}
+	s.queued.Add(1)
+	select {
+	case s.reqs <- b:
+		return nil
+	default:
+	}
+	select {
+	case s.reqs <- b:
+		return nil
+	case <-ctx.Done():
+		s.queued.Add(-1)
+		return ctx.Err()
+	}
 }
 
 // apply writes b, waits, and releases it.
@@ -453,7 +485,7 @@ func (s *Store) commit(reqs []*batch) {
 	err := s.commitTxn(reqs)
 	waited := false
 	for _, b := range reqs {
-		waited = waited || b.wait
+		waited = waited || (b.wait && !b.commitOnly)
 	}
 	// Only a batch someone waits for is fsynced: the others (packet ids of
 	// QoS 1 deliveries, deletions of acknowledged messages) may be lost to
@@ -471,6 +503,10 @@ func (s *Store) commit(reqs []*batch) {
 	}
 	for _, b := range reqs {
 		if b.wait {
+			if b.stageErr != nil {
+				b.done <- b.stageErr
+				continue
+			}
 			b.done <- err
 		} else {
 			s.putBatch(b)
@@ -484,6 +520,9 @@ func (s *Store) commitTxn(reqs []*batch) error {
 	n := 0
 	var keys [][]byte
 	for _, b := range reqs {
+		if b.stage != nil {
+			b.stageErr = s.runStage(txn, b)
+		}
 		for _, o := range b.ops {
 			n++
 			if o.kind == opDeletePrefix {

@@ -4,17 +4,21 @@
 # CI=true where a missing service fails them.
 
 # Debian packages the tests need, and the command each provides.
+# activemq depends on default-jre-headless, so --no-install-recommends
+# still brings a JRE.
 SERVICE_PACKAGES=(mosquitto:mosquitto mosquitto-clients:mosquitto_pub redis-server:redis-server
-  rabbitmq-server:/usr/lib/rabbitmq/bin/rabbitmq-server)
+  rabbitmq-server:/usr/lib/rabbitmq/bin/rabbitmq-server activemq:/usr/share/activemq/bin/activemq.jar)
 
 # shellcheck source=scripts/rabbitmq.sh
 . "$(dirname "${BASH_SOURCE[0]}")/rabbitmq.sh"
+# shellcheck source=scripts/activemq.sh
+. "$(dirname "${BASH_SOURCE[0]}")/activemq.sh"
 
 services_install() {
   local missing=() p pkg cmd
   for p in "${SERVICE_PACKAGES[@]}"; do
     pkg=${p%%:*}; cmd=${p#*:}
-    command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "$cmd" ] || missing+=("$pkg")
+    command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "$cmd" ] || [ -f "$cmd" ] || missing+=("$pkg")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" != 0 ]; then
@@ -34,6 +38,11 @@ services_install() {
   if [[ " ${missing[*]} " == *" rabbitmq-server "* ]]; then
     pkill -f 'beam.*rabbit' 2>/dev/null || true
     pkill -x epmd 2>/dev/null || true
+  fi
+  # Debian's activemq may start its "main" instance (OpenWire on 61616).
+  if [[ " ${missing[*]} " == *" activemq "* ]]; then
+    if command -v invoke-rc.d >/dev/null 2>&1; then invoke-rc.d activemq stop >/dev/null 2>&1 || true; fi
+    pkill -f 'activemq\.jar start xbean:activemq\.xml' 2>/dev/null || true
   fi
 }
 
@@ -65,6 +74,16 @@ SERVICES_DIR=""
 services_start() {
   SERVICES_DIR=$(mktemp -d /tmp/ferry-services.XXXXXX)
   export FERRY_TEST_SERVICES_DIR=$SERVICES_DIR
+  # ActiveMQ (a JVM) is the slowest to start: launch it first, in the
+  # background, and wait for its port after the others are up.
+  local activemq=""
+  if [ -f "$ACTIVEMQ_JAR" ] && command -v java >/dev/null 2>&1; then
+    if activemq_launch "$SERVICES_DIR/activemq" >"$SERVICES_DIR/activemq-start.log" 2>&1; then
+      activemq=yes
+    else
+      echo "services: activemq did not start:" >&2; tail -20 "$SERVICES_DIR/activemq-start.log" >&2; return 1
+    fi
+  fi
   if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then
     export FERRY_TEST_MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
   fi
@@ -94,6 +113,12 @@ services_start() {
     export FERRY_TEST_RABBITMQ_DIR=$dir
     echo "== rabbitmq-server on $FERRY_TEST_RABBITMQ_URL"
   fi
+  if [ -n "$activemq" ]; then
+    if ! activemq_wait "$SERVICES_DIR/activemq" >>"$SERVICES_DIR/activemq-start.log" 2>&1; then
+      echo "services: activemq did not start:" >&2; tail -20 "$SERVICES_DIR/activemq-start.log" >&2; return 1
+    fi
+    echo "== activemq (STOMP) on $FERRY_TEST_ACTIVEMQ_STOMP"
+  fi
   return 0
 }
 
@@ -101,6 +126,9 @@ services_stop() {
   local pidfile
   if [ -n "$SERVICES_DIR" ] && [ -f "$SERVICES_DIR/rabbitmq/ports" ]; then
     ( rabbitmq_stop "$SERVICES_DIR/rabbitmq" ) >/dev/null 2>&1 || true
+  fi
+  if [ -n "$SERVICES_DIR" ] && [ -f "$SERVICES_DIR/activemq/server.pid" ]; then
+    ( activemq_stop "$SERVICES_DIR/activemq" ) >/dev/null 2>&1 || true
   fi
   for pidfile in "$SERVICES_DIR"/*.pid; do
     [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null

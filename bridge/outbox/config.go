@@ -1,19 +1,21 @@
 package outbox
 
 import (
-	"errors"
-	"fmt"
 	"time"
+
+	"github.com/ferrymq/ferry/persistence"
 )
 
-// SyncMode says when the outbox fsyncs.
+// SyncMode says when the outbox's store fsyncs (persistence.SyncAlways,
+// SyncBatch, SyncNone).
 type SyncMode string
 
 // Sync modes. Every mode survives a process crash (kill -9): a committed
 // write is in the operating system's page cache. They differ on power loss.
 const (
 	// SyncAlways fsyncs each group-commit batch before any Append in it
-	// returns: an acknowledged publish survives power loss (default).
+	// returns: an acknowledged publish survives power loss (default for
+	// Open).
 	SyncAlways SyncMode = "always"
 	// SyncBatch returns after the commit and fsyncs at most every
 	// SyncInterval: power loss can lose that much acknowledged data.
@@ -23,26 +25,23 @@ const (
 	SyncNone SyncMode = "none"
 )
 
-// Defaults.
-const (
-	// DefaultSyncInterval is the fsync period in SyncBatch mode.
-	DefaultSyncInterval = 50 * time.Millisecond
-	// DefaultGCInterval is how often the value log is garbage-collected.
-	DefaultGCInterval = 5 * time.Minute
-	// MaxWriterBatch is the most requests one group commit takes.
-	MaxWriterBatch = 1024
-)
+// DefaultSyncInterval is the fsync period in SyncBatch mode of the store
+// Open opens. The outbox of a broker uses the store's settings (storage.*).
+const DefaultSyncInterval = 50 * time.Millisecond
 
-// Config configures an Outbox. Zero fields take the defaults.
+// Config configures Open, which opens a store of the outbox's own. Zero
+// fields take the defaults: SyncAlways, DefaultSyncInterval and the store's
+// (persistence.DefaultGCInterval).
 type Config struct {
-	// Dir is the Badger directory, owned by this outbox (<data-dir>/outbox).
+	// Dir is the store's data directory, owned by this outbox.
 	Dir          string        `yaml:"dir"`
 	Sync         SyncMode      `yaml:"sync"`
 	SyncInterval time.Duration `yaml:"sync_interval"`
 	GCInterval   time.Duration `yaml:"gc_interval"`
 }
 
-// WithDefaults returns a copy of c with zero fields set to the defaults.
+// WithDefaults returns a copy of c with zero fields set to the outbox's
+// defaults; the store's own (persistence.Config) fill the rest.
 func (c Config) WithDefaults() Config {
 	if c.Sync == "" {
 		c.Sync = SyncAlways
@@ -50,28 +49,14 @@ func (c Config) WithDefaults() Config {
 	if c.SyncInterval == 0 {
 		c.SyncInterval = DefaultSyncInterval
 	}
-	if c.GCInterval == 0 {
-		c.GCInterval = DefaultGCInterval
-	}
 	return c
 }
 
-// Validate reports every problem of c (after WithDefaults).
-func (c Config) Validate() error {
-	var errs []error
-	if c.Dir == "" {
-		errs = append(errs, errors.New("dir: must not be empty"))
-	}
-	switch c.Sync {
-	case SyncAlways, SyncBatch, SyncNone:
-	default:
-		errs = append(errs, fmt.Errorf("sync: %q is not always, batch or none", c.Sync))
-	}
-	if c.SyncInterval < time.Millisecond {
-		errs = append(errs, fmt.Errorf("sync_interval: %s is less than allowed 1ms", c.SyncInterval))
-	}
-	if c.GCInterval < time.Second {
-		errs = append(errs, fmt.Errorf("gc_interval: %s is less than allowed 1s", c.GCInterval))
-	}
-	return errors.Join(errs...)
+// store returns the store's configuration.
+func (c Config) store() persistence.Config {
+	return persistence.Config{Dir: c.Dir, Sync: string(c.Sync), SyncInterval: c.SyncInterval, GCInterval: c.GCInterval}
 }
+
+// Validate reports every problem of c, joined: the store's (see
+// persistence.Config.Validate).
+func (c Config) Validate() error { return c.store().Validate() }

@@ -2,10 +2,12 @@ package outbox
 
 import "encoding/binary"
 
-// Keys: o/<route>/<seq> (undelivered message), d/<route>/<seq> (dead
-// letter), m/seq/<route> (the route's last assigned seq, so seqs and thus
-// message ids are never reused). Route names are [a-z0-9_-], so '/' ends
-// them unambiguously; seqs are big-endian so key order is seq order.
+// Keys, in the persistence store's key space (listed in
+// docs/persistence.md): o/<route>/<seq> (undelivered message),
+// d/<route>/<seq> (dead letter), m/seq/<route> (the route's highest
+// assigned seq, so seqs and thus message ids are never reused). Route names
+// are [a-z0-9_-], so '/' ends them unambiguously; seqs are big-endian so key
+// order is seq order.
 
 func prefix(kind byte, route string) []byte {
 	b := make([]byte, 0, 2+len(route)+1+8)

@@ -3,23 +3,46 @@ package outbox
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ferrymq/ferry/bridge"
+	"github.com/ferrymq/ferry/persistence"
 )
 
+// openTest opens a persistence store in dir, as the broker does, and the
+// outbox in it; both close when the test ends, the outbox first.
 func openTest(t testing.TB, dir string, mode SyncMode) *Outbox {
 	t.Helper()
-	o, err := Open(Config{Dir: dir, Sync: mode}, nil)
-	if err != nil {
-		t.Fatalf("open: %v", err)
-	}
-	t.Cleanup(func() { _ = o.Close() })
+	o, _ := openShared(t, dir, mode)
 	return o
+}
+
+func openShared(t testing.TB, dir string, mode SyncMode) (*Outbox, *persistence.Store) {
+	t.Helper()
+	st, err := persistence.Open(persistence.Config{Dir: dir, Sync: string(mode)}, nil)
+	if err != nil {
+		t.Fatalf("open store: %v", err)
+	}
+	o, err := New(st, nil)
+	if err != nil {
+		_ = st.Close()
+		t.Fatalf("open outbox: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := o.Close(); err != nil {
+			t.Error(err)
+		}
+		if err := st.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return o, st
 }
 
 func msg(route, topic, payload string) bridge.Message {
@@ -184,20 +207,9 @@ func TestGroupCommit(t *testing.T) {
 	ctx := context.Background()
 	o := openTest(t, t.TempDir(), SyncAlways)
 	const writers, each = 32, 20
-	var wg sync.WaitGroup
-	for w := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range each {
-				if err := o.Append(ctx, []bridge.Message{msg("r", "t", fmt.Sprint(w, i))}); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	concurrently(t, writers, each, func(w, i int) error {
+		return o.Append(ctx, []bridge.Message{msg("r", "t", fmt.Sprint(w, i))})
+	})
 	if u := o.Usage("r"); u.Messages != writers*each {
 		t.Fatalf("messages = %d", u.Messages)
 	}
@@ -210,6 +222,54 @@ func TestGroupCommit(t *testing.T) {
 			t.Fatalf("seq %d at %d", m.Seq, i)
 		}
 	}
+}
+
+// TestSharedFsync: in "always" mode, appends and other writes to the
+// store (the persistence hook's session queues) waiting at the same time
+// share group commits and fsyncs: one fsync covers both kinds.
+func TestSharedFsync(t *testing.T) {
+	ctx := context.Background()
+	o, st := openShared(t, t.TempDir(), SyncAlways)
+	const writers, each = 32, 10
+	// Half the writers append, half write as the persistence hook does.
+	concurrently(t, 2*writers, each, func(w, i int) error {
+		if w%2 == 0 {
+			return o.Append(ctx, []bridge.Message{msg("r", "t", fmt.Sprint(w, i))})
+		}
+		return st.Update(ctx, true, func(tx *persistence.Txn) error {
+			tx.Set(fmt.Appendf(nil, "q/test/%d/%d", w, i), []byte("ref"))
+			return nil
+		})
+	})
+	total := uint64(2 * writers * each)
+	s := st.Stats()
+	if s.Fsyncs == 0 || s.Fsyncs*4 > total || o.Fsyncs() != s.Fsyncs {
+		t.Fatalf("%d fsyncs (outbox reports %d) for %d waiting writes: not shared", s.Fsyncs, o.Fsyncs(), total)
+	}
+	if u := o.Usage("r"); u.Messages != writers*each {
+		t.Fatalf("usage = %+v", u)
+	}
+	t.Logf("%d writes, %d batches, %d fsyncs", total, s.Batches, s.Fsyncs)
+}
+
+// concurrently runs fn(w, i) for i in [0, each) on each of writers
+// goroutines w at once, and waits for them; an error ends that writer.
+func concurrently(t *testing.T, writers, each int, fn func(w, i int) error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				if err := fn(w, i); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 func TestSyncModes(t *testing.T) {
@@ -256,7 +316,7 @@ func TestConfigValidate(t *testing.T) {
 		want string
 	}{
 		{"no dir", Config{}, "dir: must not be empty"},
-		{"bad sync", Config{Dir: "x", Sync: "sometimes"}, `sync: "sometimes"`},
+		{"bad sync", Config{Dir: "x", Sync: "sometimes"}, `sync: must be one of always, batch, none, got "sometimes"`},
 		{"tiny interval", Config{Dir: "x", SyncInterval: time.Microsecond}, "sync_interval"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -275,24 +335,69 @@ func BenchmarkOutboxAppendParallel(b *testing.B) {
 	for _, mode := range []SyncMode{SyncAlways, SyncBatch} {
 		b.Run(string(mode), func(b *testing.B) {
 			o := openTest(b, b.TempDir(), mode)
-			payload := bytes.Repeat([]byte{'x'}, 128)
-			// Many publishers at once, as on a broker: group commit shares
-			// fsyncs among them.
-			b.SetParallelism(32)
-			b.ReportAllocs()
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				ctx := context.Background()
-				ms := make([]bridge.Message, 1)
-				for pb.Next() {
-					ms[0] = bridge.Message{Route: "bench", Topic: "devices/d1/telemetry", Payload: payload, QoS: 1}
-					if err := o.Append(ctx, ms); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-			b.ReportMetric(float64(o.Fsyncs())/float64(b.N), "fsyncs/op")
+			benchParallel(b, o.Fsyncs, func(ctx context.Context, ms []bridge.Message) error { return o.Append(ctx, ms) })
 		})
 	}
+}
+
+// BenchmarkAppendThenQueueParallel is a QoS 1 publish routed at least once
+// while a persistent session subscribes, in "always" mode: each op appends
+// to the outbox and then writes a body and a queue ref (as the bridge tap
+// and then the persistence hook do before the PUBACK), waiting for each.
+// "shared" keeps the outbox in the same store (one writer, one fsync per
+// batch for both); "separate" in a store of its own, as Ferry did before.
+func BenchmarkAppendThenQueueParallel(b *testing.B) {
+	for _, shared := range []bool{true, false} {
+		name := "separate"
+		if shared {
+			name = "shared"
+		}
+		b.Run(name, func(b *testing.B) {
+			o, st := openShared(b, b.TempDir(), SyncAlways)
+			fsyncs := func() uint64 { return st.Stats().Fsyncs }
+			if !shared {
+				var err error
+				if o, err = Open(Config{Dir: b.TempDir(), Sync: SyncAlways}, nil); err != nil {
+					b.Fatal(err)
+				}
+				defer o.Close()
+				fsyncs = func() uint64 { return st.Stats().Fsyncs + o.Fsyncs() }
+			}
+			var seq atomic.Uint64
+			benchParallel(b, fsyncs, func(ctx context.Context, ms []bridge.Message) error {
+				if err := o.Append(ctx, ms); err != nil {
+					return err
+				}
+				id := seq.Add(1)
+				return st.Update(ctx, true, func(tx *persistence.Txn) error {
+					tx.Set(binary.BigEndian.AppendUint64([]byte("p/"), id), ms[0].Payload)
+					tx.Set(binary.BigEndian.AppendUint64([]byte("q/\x00\x03sub"), id), []byte("ref"))
+					return nil
+				})
+			})
+		})
+	}
+}
+
+// benchParallel runs op with a 128-byte message from many goroutines at
+// once, as publishers on a broker (group commit shares fsyncs among them),
+// and reports fsyncs per op.
+func benchParallel(b *testing.B, fsyncs func() uint64, op func(ctx context.Context, ms []bridge.Message) error) {
+	payload := bytes.Repeat([]byte{'x'}, 128)
+	b.SetParallelism(32)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		ctx := context.Background()
+		ms := make([]bridge.Message, 1)
+		for pb.Next() {
+			ms[0] = bridge.Message{Route: "bench", Topic: "devices/d1/telemetry", Payload: payload, QoS: 1}
+			if err := op(ctx, ms); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	b.ReportMetric(float64(fsyncs())/float64(b.N), "fsyncs/op")
 }

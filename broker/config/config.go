@@ -39,8 +39,21 @@ const (
 	// DefaultReceiveMaximum is how many QoS 1/2 publishes a client may have
 	// unacknowledged towards Ferry.
 	DefaultReceiveMaximum = 1024
-	// DefaultMaxInflight bounds the QoS 1/2 messages held per session.
+	// DefaultMaxInflight bounds the QoS 1/2 messages mochi holds in memory
+	// per session (in flight, or queued in RAM for a session without
+	// storage). Persistent sessions keep at most min(1000, max_inflight/2)
+	// of them in memory; the rest of their queue is in the store (see
+	// DefaultMaxQueuedMessages).
 	DefaultMaxInflight = 10000
+	// DefaultMaxQueuedMessages bounds everything queued for one persistent
+	// session (in flight or not yet sent), in the store. 100,000 rather than
+	// Mosquitto's 1,000 or EMQX's 1,000: the queue costs disk, not RAM
+	// (about 24 bytes of memory per queued message), and a day-long outage
+	// of a device reporting once a second fits in it.
+	DefaultMaxQueuedMessages = 100000
+	// DefaultMaxQueuedBytes bounds the topic and payload bytes queued for
+	// one persistent session: 64 MiB.
+	DefaultMaxQueuedBytes = 64 << 20
 	// DefaultClientWritesPending sizes each client's outbound queue.
 	DefaultClientWritesPending = 8192
 	// DefaultReadBufferSize and DefaultWriteBufferSize size each
@@ -167,15 +180,31 @@ type Limits struct {
 	// address may open (token bucket, burst the same); more are closed at
 	// accept. 0 = no limit.
 	ConnectionRatePerIP float64 `yaml:"connection_rate_per_ip"`
-	// MaxInflight bounds QoS 1/2 messages held per session. Default 10000.
+	// MaxInflight bounds the QoS 1/2 messages held in memory per session:
+	// unacknowledged, or queued for a session that is not persistent.
+	// Default 10000, at most 65535. A persistent session keeps at most
+	// min(1000, MaxInflight/2) in memory and the rest of its queue in the
+	// store, bounded by MaxQueuedMessages and MaxQueuedBytes.
 	MaxInflight int `yaml:"max_inflight"`
+	// MaxQueuedMessages bounds the QoS 1/2 messages queued for one
+	// persistent session, in flight or waiting, in memory or in the store.
+	// Beyond it OverflowPolicy applies. Default 100000.
+	MaxQueuedMessages int `yaml:"max_queued_messages"`
+	// MaxQueuedBytes bounds the topic and payload bytes of those messages.
+	// Default 64 MiB.
+	MaxQueuedBytes int64 `yaml:"max_queued_bytes"`
 	// ClientWritesPending sizes each client's outbound queue. Default 8192.
 	ClientWritesPending int `yaml:"client_writes_pending"`
-	// OverflowPolicy is what happens to a QoS 1/2 message for a connected
-	// subscriber whose queue is full: block-publisher (default: the
-	// publisher's PUBACK waits, up to OverflowWait) or drop-newest (the
-	// message is dropped for that subscriber and counted). QoS 0 messages
-	// are never waited for: dropped and counted.
+	// OverflowPolicy is what happens to a QoS 1/2 message for a subscriber
+	// whose queue is full: block-publisher (default: the publisher's PUBACK
+	// waits, up to OverflowWait), drop-newest (the new message is dropped
+	// for that subscriber) or drop-oldest (the oldest message queued for
+	// that subscriber and not yet sent to it is dropped to make room).
+	// Every drop is counted by reason. For a persistent session that is
+	// offline, block-publisher acts as drop-newest (waiting could last
+	// forever); drop-oldest needs a persistent session (other sessions have
+	// no queue Ferry can reach into: drop-newest). QoS 0 messages are never
+	// waited for: dropped and counted. See docs/persistence.md.
 	OverflowPolicy string `yaml:"overflow_policy"`
 	// OverflowWait bounds how long block-publisher holds a publisher.
 	// Default 5s.
@@ -270,6 +299,12 @@ func (c Config) WithDefaults() Config {
 	}
 	if l.ClientWritesPending == 0 {
 		l.ClientWritesPending = DefaultClientWritesPending
+	}
+	if l.MaxQueuedMessages == 0 {
+		l.MaxQueuedMessages = DefaultMaxQueuedMessages
+	}
+	if l.MaxQueuedBytes == 0 {
+		l.MaxQueuedBytes = DefaultMaxQueuedBytes
 	}
 	if l.OverflowPolicy == "" {
 		l.OverflowPolicy = "block-publisher"

@@ -79,8 +79,14 @@ func (c Config) Validate() error {
 	}
 	v.intRange("limits.max_inflight", l.MaxInflight, 1, 65535)
 	v.intRange("limits.client_writes_pending", l.ClientWritesPending, 1, 1<<20)
-	if l.OverflowPolicy != "block-publisher" && l.OverflowPolicy != "drop-newest" {
-		v.add("limits.overflow_policy", fmt.Errorf("must be block-publisher or drop-newest; got %q", l.OverflowPolicy))
+	switch l.OverflowPolicy {
+	case "block-publisher", "drop-newest", "drop-oldest":
+	default:
+		v.add("limits.overflow_policy", fmt.Errorf("must be block-publisher, drop-newest or drop-oldest; got %q", l.OverflowPolicy))
+	}
+	v.intRange("limits.max_queued_messages", l.MaxQueuedMessages, 1, 1<<31-1)
+	if l.MaxQueuedBytes < 1 {
+		v.add("limits.max_queued_bytes", fmt.Errorf("%d must be at least 1", l.MaxQueuedBytes))
 	}
 	v.durationMin("limits.overflow_wait", l.OverflowWait, time.Millisecond)
 	v.intRange("limits.read_buffer_size", l.ReadBufferSize, 256, 16<<20)

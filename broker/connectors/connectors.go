@@ -5,6 +5,7 @@ package connectors
 
 import (
 	"github.com/ferrymq/ferry/bridge"
+	"github.com/ferrymq/ferry/bridge/activemq"
 	"github.com/ferrymq/ferry/bridge/kafka"
 	"github.com/ferrymq/ferry/bridge/mqtt"
 	"github.com/ferrymq/ferry/bridge/nats"
@@ -22,5 +23,6 @@ func Factories() map[string]bridge.Factory {
 		"mqtt":     mqtt.New,
 		"redis":    redis.New,
 		"rabbitmq": rabbitmq.New,
+		"activemq": activemq.New,
 	}
 }

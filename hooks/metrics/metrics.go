@@ -25,7 +25,20 @@ const (
 	ReasonExpired = "qos_expired_or_abandoned"
 	// ReasonMalformed: a connection was closed for a malformed packet.
 	ReasonMalformed = "malformed_packet"
+	// ReasonSessionQueueFull: a persistent session's queue was at
+	// limits.max_queued_messages or max_queued_bytes; the new message was
+	// not queued for it (drop-newest, or block-publisher for a session
+	// that is offline).
+	ReasonSessionQueueFull = "session_queue_full"
+	// ReasonSessionQueueOldest: a queued message was dropped to make room
+	// for a newer one (drop-oldest).
+	ReasonSessionQueueOldest = "session_queue_dropped_oldest"
 )
+
+// QueueCounts are the session-queue counters of the persistence hook.
+type QueueCounts struct {
+	DroppedNewest, DroppedOldest, Expired, Spilled uint64
+}
 
 // Hook counts messages by QoS and drops by reason.
 type Hook struct {
@@ -37,7 +50,12 @@ type Hook struct {
 	qosDrop   atomic.Uint64
 	malformed atomic.Uint64
 	connects  atomic.Uint64
+	queues    func() QueueCounts
 }
+
+// SetQueueCounts makes Collect read the session-queue counters from f.
+// Call it before the collector is registered.
+func (h *Hook) SetQueueCounts(f func() QueueCounts) { h.queues = f }
 
 // New returns a hook reading mochi's counters from info; sessions reports
 // how many sessions (connected or not) the broker holds.
@@ -93,6 +111,7 @@ var (
 	descRetained  = prometheus.NewDesc("ferry_retained_messages", "Retained messages held.", nil, nil)
 	descSubs      = prometheus.NewDesc("ferry_subscriptions", "Subscriptions held.", nil, nil)
 	descInflight  = prometheus.NewDesc("ferry_inflight_messages", "QoS 1/2 messages awaiting acknowledgement.", nil, nil)
+	descSpilled   = prometheus.NewDesc("ferry_messages_spilled_total", "QoS 1/2 messages queued for a persistent session in storage only, beyond its memory window.", nil, nil)
 )
 
 var qosLabels = [3]string{"0", "1", "2"}
@@ -100,7 +119,7 @@ var qosLabels = [3]string{"0", "1", "2"}
 // Describe implements prometheus.Collector.
 func (h *Hook) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConnected, descConnects, descSessions, descIn, descOut,
-		descBytesIn, descBytesOut, descDropped, descRetained, descSubs, descInflight} {
+		descBytesIn, descBytesOut, descDropped, descRetained, descSubs, descInflight, descSpilled} {
 		ch <- d
 	}
 }
@@ -124,8 +143,15 @@ func (h *Hook) Collect(ch chan<- prometheus.Metric) {
 	counter(descBytesOut, uint64(atomic.LoadInt64(&h.info.BytesSent)))
 	counter(descDropped, h.queueFull.Load(), ReasonQueueFull)
 	counter(descDropped, uint64(atomic.LoadInt64(&h.info.InflightDropped)), ReasonInflightFull)
-	counter(descDropped, h.qosDrop.Load(), ReasonExpired)
+	var q QueueCounts
+	if h.queues != nil {
+		q = h.queues()
+	}
+	counter(descDropped, h.qosDrop.Load()+q.Expired, ReasonExpired)
 	counter(descDropped, h.malformed.Load(), ReasonMalformed)
+	counter(descDropped, q.DroppedNewest, ReasonSessionQueueFull)
+	counter(descDropped, q.DroppedOldest, ReasonSessionQueueOldest)
+	counter(descSpilled, q.Spilled)
 	gauge(descRetained, atomic.LoadInt64(&h.info.Retained))
 	gauge(descSubs, atomic.LoadInt64(&h.info.Subscriptions))
 	gauge(descInflight, atomic.LoadInt64(&h.info.Inflight))

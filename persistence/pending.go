@@ -1,0 +1,112 @@
+package persistence
+
+import (
+	"context"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// Pending is a write queued to the store's writer that its caller has not
+// waited for yet. It lets the broker keep reading a client's next PUBLISH
+// while the previous one is being committed, and hold only the PUBACK until
+// the write is durable: a publisher with many messages in flight then
+// shares one fsync among all of them instead of waiting for one fsync per
+// message (mochi reads a connection's packets one after the other).
+//
+// Wait must be called once; a Pending that is never waited for only costs
+// its buffer to the garbage collector.
+type Pending struct {
+	s *Store
+	b *batch
+}
+
+// Wait returns once the write is committed and, in "always" mode, fsynced,
+// with its error. It must not be called twice.
+func (p *Pending) Wait() error {
+	err := <-p.b.done
+	p.s.putBatch(p.b)
+	return err
+}
+
+// UpdateAsync queues stage like Update but returns without waiting: the
+// returned Pending's Wait does. ctx bounds only the wait for room in the
+// writer's queue.
+func (s *Store) UpdateAsync(ctx context.Context, durable bool, stage func(tx *Txn) error) (*Pending, error) {
+	b := s.newBatch()
+	b.stage, b.commitOnly = stage, !durable
+	if err := s.enqueue(ctx, b, true); err != nil {
+		s.putBatch(b)
+		return nil, err
+	}
+	return &Pending{s: s, b: b}, nil
+}
+
+// writeAsync hands b to the writer like write(b, true) but returns at once;
+// the Pending owns b from then on. A batch without operations is done
+// already: it returns nil.
+func (s *Store) writeAsync(b *batch) (*Pending, error) {
+	if len(b.ops) == 0 {
+		s.putBatch(b)
+		return nil, nil
+	}
+	if err := s.enqueue(context.Background(), b, true); err != nil {
+		s.putBatch(b)
+		return nil, err
+	}
+	return &Pending{s: s, b: b}, nil
+}
+
+// SetAckDeferrer lets OnPublish leave the wait for a QoS 1 message's
+// records to the connection: fn registers wait to run before pk's PUBACK
+// is written and reports whether it could (false: OnPublish waits itself).
+// Call it before the server's Serve.
+func (h *Hook) SetAckDeferrer(fn func(cl *mqtt.Client, pk packets.Packet, wait func() error) bool) {
+	h.deferAck = fn
+}
+
+// commitDeferred queues b and has the PUBACK of pk wait for it; settle,
+// if not nil, runs after the commit with its outcome. A failure to queue
+// is returned (settle has not run); a failed commit later closes the
+// connection instead of acknowledging (the broker's side of
+// SetAckDeferrer).
+func (h *Hook) commitDeferred(cl *mqtt.Client, pk packets.Packet, b *batch, settle func(ok bool)) error {
+	p, err := h.st.writeAsync(b)
+	if err != nil {
+		return err
+	}
+	if p == nil {
+		if settle != nil {
+			settle(true)
+		}
+		return nil
+	}
+	wait := func() error {
+		err := p.Wait()
+		if settle != nil {
+			settle(err == nil)
+		}
+		if err != nil {
+			h.log.Error("message not stored, PUBACK withheld", "client_id", cl.ID, "topic", pk.TopicName, "err", err)
+		}
+		return err
+	}
+	if h.deferAck(cl, pk, wait) {
+		return nil
+	}
+	if err := wait(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// refuse answers a publish whose records could not be stored: MQTT 5 gets
+// reason 0x83, MQTT 3 no acknowledgement (the client resends).
+func (h *Hook) refuse(cl *mqtt.Client, pk packets.Packet, pm *pendingMsg, err error) error {
+	h.log.Error("message not stored, publish refused", "client_id", cl.ID, "topic", pk.TopicName, "err", err)
+	h.dropPendingMsg(cl.ID, pm)
+	if cl.Properties.ProtocolVersion == 5 {
+		return packets.ErrImplementationSpecificError
+	}
+	return packets.ErrRejectPacket
+}

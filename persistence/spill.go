@@ -1,0 +1,705 @@
+package persistence
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// Overflow policies for QueueLimits.Policy.
+const (
+	// PolicyDropNewest does not queue a message for a session whose queue is
+	// full.
+	PolicyDropNewest = "drop-newest"
+	// PolicyDropOldest drops the oldest message queued for the session and
+	// not yet sent to it, to make room.
+	PolicyDropOldest = "drop-oldest"
+	// PolicyBlockPublisher makes a publisher wait, before its PUBACK, while
+	// a connected subscriber's queue is at its bound, up to
+	// QueueLimits.BlockWait; then, and at once for an offline session
+	// (it could make the publisher wait forever), it acts as
+	// PolicyDropNewest.
+	PolicyBlockPublisher = "block-publisher"
+)
+
+// Defaults of QueueLimits.
+const (
+	// DefaultMaxQueuedMessages bounds the messages queued per session.
+	DefaultMaxQueuedMessages = 100000
+	// DefaultMaxQueuedBytes bounds their topic and payload bytes: 64 MiB.
+	DefaultMaxQueuedBytes = 64 << 20
+	// DefaultMemoryWindow is the most QoS 1/2 messages of one persistent
+	// session kept in mochi's memory (in flight or queued) before the rest
+	// of its queue stays in the store only. It is further capped at half
+	// of mochi's MaximumInflight.
+	DefaultMemoryWindow = 1000
+	// DefaultBlockWait bounds the wait of PolicyBlockPublisher.
+	DefaultBlockWait = 5 * time.Second
+)
+
+// QueueLimits bound what is queued for one persistent session. The zero
+// value of each field means its default.
+type QueueLimits struct {
+	// MaxMessages bounds the QoS 1/2 messages queued for a session, in
+	// flight or waiting, in memory or spilled to the store.
+	MaxMessages int
+	// MaxBytes bounds the bytes (topic plus payload) of those messages.
+	MaxBytes int64
+	// Policy is PolicyDropNewest (default), PolicyDropOldest or
+	// PolicyBlockPublisher (waits for a connected session, then acts as
+	// PolicyDropNewest).
+	Policy string
+	// MemoryWindow is the most messages of one session kept in mochi's
+	// memory; the rest stays in the store until the client takes them.
+	// Default DefaultMemoryWindow, capped at MaximumInflight/2.
+	MemoryWindow int
+	// BlockWait bounds how long PolicyBlockPublisher holds a publisher.
+	// Default DefaultBlockWait.
+	BlockWait time.Duration
+}
+
+func (q QueueLimits) withDefaults() QueueLimits {
+	if q.MaxMessages <= 0 {
+		q.MaxMessages = DefaultMaxQueuedMessages
+	}
+	if q.MaxBytes <= 0 {
+		q.MaxBytes = DefaultMaxQueuedBytes
+	}
+	if q.Policy == "" {
+		q.Policy = PolicyDropNewest
+	}
+	if q.MemoryWindow <= 0 {
+		q.MemoryWindow = DefaultMemoryWindow
+	}
+	if q.BlockWait <= 0 {
+		q.BlockWait = DefaultBlockWait
+	}
+	return q
+}
+
+// SetQueueLimits sets the per-session queue bounds and overflow policy.
+// Call it before the server's Serve.
+func (h *Hook) SetQueueLimits(q QueueLimits) { h.limits = q.withDefaults() }
+
+// QueueStats are cumulative counters of the session queues, for metrics.
+type QueueStats struct {
+	// DroppedNewest: messages not queued for a session whose queue was full.
+	DroppedNewest uint64
+	// DroppedOldest: queued messages dropped to make room for newer ones.
+	DroppedOldest uint64
+	// Expired: spilled messages that expired before they could be sent.
+	Expired uint64
+	// Spilled: messages queued in the store only, beyond a session's
+	// memory window.
+	Spilled uint64
+	// Blocked: publishes that waited for a full queue (block-publisher);
+	// BlockTimedOut: those that waited BlockWait in vain.
+	Blocked, BlockTimedOut uint64
+}
+
+// QueueStats returns the queue counters.
+func (h *Hook) QueueStats() QueueStats {
+	return QueueStats{
+		DroppedNewest: h.droppedNewest.Load(),
+		DroppedOldest: h.droppedOldest.Load(),
+		Expired:       h.expired.Load(),
+		Spilled:       h.spilled.Load(),
+		Blocked:       h.blocked.Load(),
+		BlockTimedOut: h.blockTimedOut.Load(),
+	}
+}
+
+// window is the number of messages of one session kept in mochi's memory.
+func (h *Hook) window() int {
+	w := h.limits.MemoryWindow
+	if m := int(h.srv.Options.Capabilities.MaximumInflight) / 2; m < w {
+		w = m
+	}
+	return max(w, 1)
+}
+
+// spillItem is a queued message of a session held in the store only: not
+// in mochi's memory, no packet id yet.
+type spillItem struct {
+	seq   uint64
+	msgID uint64
+	size  uint32
+}
+
+// spillQueue is a session's spilled messages in queue (seq) order.
+type spillQueue struct {
+	items []spillItem
+	head  int
+}
+
+func (q *spillQueue) len() int { return len(q.items) - q.head }
+
+func (q *spillQueue) front() spillItem { return q.items[q.head] }
+
+// insert adds it in seq order; nearly always at the end.
+func (q *spillQueue) insert(it spillItem) {
+	i := len(q.items)
+	for i > q.head && q.items[i-1].seq > it.seq {
+		i--
+	}
+	q.items = append(q.items, spillItem{})
+	copy(q.items[i+1:], q.items[i:])
+	q.items[i] = it
+}
+
+// pushFront puts items, which are older than every queued item, back.
+func (q *spillQueue) pushFront(items []spillItem) {
+	if len(items) == 0 {
+		return
+	}
+	if q.head >= len(items) {
+		q.head -= len(items)
+		copy(q.items[q.head:], items)
+		return
+	}
+	rest := q.items[q.head:]
+	n := make([]spillItem, 0, len(items)+len(rest))
+	q.items = append(append(n, items...), rest...)
+	q.head = 0
+}
+
+// popFront removes and returns up to n items from the front.
+func (q *spillQueue) popFront(n int) []spillItem {
+	n = min(n, q.len())
+	out := append([]spillItem(nil), q.items[q.head:q.head+n]...)
+	q.head += n
+	q.compact()
+	return out
+}
+
+func (q *spillQueue) compact() {
+	if q.head == len(q.items) {
+		q.items, q.head = q.items[:0], 0
+		if cap(q.items) > 1024 {
+			q.items = nil
+		}
+		return
+	}
+	if q.head > 1024 && q.head > len(q.items)/2 {
+		q.items = append(q.items[:0:0], q.items[q.head:]...)
+		q.head = 0
+	}
+}
+
+// spillingLocked says whether new messages for ss must be spilled to keep
+// the queue order: older ones are still in the store or being moved into
+// mochi.
+func (ss *session) spillingLocked() bool {
+	return ss.backlog.len() > 0 || ss.pendingSpill > 0 || len(ss.transfer) > 0 || ss.writing > 0
+}
+
+func (ss *session) account(n int, size uint32) {
+	ss.count += n
+	ss.bytes += int64(n) * int64(size)
+}
+
+func messageSize(pk *packets.Packet) uint32 {
+	return uint32(len(pk.TopicName) + len(pk.Payload))
+}
+
+// offline says whether cl has no network connection mochi could write to.
+func offline(cl *mqtt.Client) bool { return cl.Net.Conn == nil || cl.Closed() }
+
+// The exclusion subscription: mochi delivers a message to every matching
+// subscriber; the only hook that can take a subscriber out of one message's
+// fan-out is OnSelectSubscribers, which mochi calls only when the topic has
+// shared subscribers. The hook subscribes a member that is never a client
+// to a shared group matching every topic (not those starting with '$',
+// which '#' does not match) the first time it needs to keep a message from
+// mochi: one that was spilled, or dropped for a full queue.
+const (
+	exclusionClient = "\x00ferry-exclusion"
+	exclusionFilter = "$share/\x00ferry/#"
+)
+
+func (h *Hook) ensureExclusion() {
+	if h.exclusion.Load() {
+		return
+	}
+	h.srv.Topics.Subscribe(exclusionClient, packets.Subscription{Filter: exclusionFilter, Qos: 2})
+	h.exclusion.Store(true)
+}
+
+// excludable says whether mochi can be kept from delivering a message on
+// topic to one subscriber (see exclusionFilter).
+func excludable(topic string) bool { return !strings.HasPrefix(topic, "$") }
+
+// outFields returns what mochi's publishToClient would give the copy of pk
+// it queues for sub: its QoS, retain flag and subscription identifiers.
+func outFields(pk *packets.Packet, sub packets.Subscription, version byte, maxQos byte) (qos byte, retain bool, ids []int) {
+	qos = min(pk.FixedHeader.Qos, sub.Qos, maxQos)
+	retain = pk.FixedHeader.Retain && version == 5 && sub.RetainAsPublished
+	if len(sub.Identifiers) > 0 {
+		ids = make([]int, 0, len(sub.Identifiers))
+		for _, id := range sub.Identifiers {
+			ids = append(ids, id)
+		}
+		sort.Ints(ids)
+	}
+	return qos, retain, ids
+}
+
+// overflowLocked applies the policy to a message of size bytes for session
+// id whose queue would go over a bound. It reports whether the message may
+// be queued (room was made).
+func (h *Hook) overflowLocked(id string, ss *session, cl *mqtt.Client, size uint32, b *batch) bool {
+	lim := &h.limits
+	full := func() bool { return ss.count+1 > lim.MaxMessages || ss.bytes+int64(size) > lim.MaxBytes }
+	if !full() {
+		return true
+	}
+	if lim.Policy == PolicyDropOldest && int64(size) <= lim.MaxBytes {
+		for full() && h.dropOldestLocked(id, ss, cl, b) {
+		}
+		if !full() {
+			return true
+		}
+	}
+	h.droppedNewest.Add(1)
+	h.logOverflow(id)
+	return false
+}
+
+// fullLocked says whether the queue of a connected persistent session
+// among targets has no room for pk. Offline sessions are not waited for
+// (block-publisher acts as drop-newest for them), nor a message larger
+// than the byte bound.
+func (h *Hook) fullLocked(origin string, pk *packets.Packet, targets map[string]packets.Subscription, maxQos byte) bool {
+	size := int64(messageSize(pk))
+	if size > h.limits.MaxBytes {
+		return false
+	}
+	for id, sub := range targets {
+		ss := h.sessions[id]
+		if ss == nil || min(pk.FixedHeader.Qos, sub.Qos, maxQos) == 0 || (sub.NoLocal && id == origin) {
+			continue
+		}
+		if ss.count+1 <= h.limits.MaxMessages && ss.bytes+size <= h.limits.MaxBytes {
+			continue
+		}
+		if cl, ok := h.srv.Clients.Get(id); ok && !offline(cl) {
+			return true
+		}
+	}
+	return false
+}
+
+// blockWait is one publish's wait under block-publisher: at most
+// QueueLimits.BlockWait in all, polling with a growing pause.
+type blockWait struct {
+	deadline time.Time
+	pause    time.Duration
+}
+
+// more says whether the publish may wait again, counting the first wait
+// and a wait that runs out.
+func (w *blockWait) more(h *Hook) bool {
+	now := time.Now()
+	if w.deadline.IsZero() {
+		h.blocked.Add(1)
+		w.deadline, w.pause = now.Add(h.limits.BlockWait), 50*time.Microsecond
+		return true
+	}
+	if now.After(w.deadline) {
+		h.blockTimedOut.Add(1)
+		return false
+	}
+	return true
+}
+
+func (w *blockWait) sleep() {
+	time.Sleep(w.pause)
+	w.pause = min(2*w.pause, 5*time.Millisecond)
+}
+
+func (h *Hook) logOverflow(id string) {
+	now := time.Now().UnixNano()
+	if last := h.lastOverflowLog.Load(); now-last > int64(10*time.Second) && h.lastOverflowLog.CompareAndSwap(last, now) {
+		h.log.Warn("session queue full: messages dropped (counted in ferry_messages_dropped_total)", "client_id", id, "policy", h.limits.Policy,
+			"max_queued_messages", h.limits.MaxMessages, "max_queued_bytes", h.limits.MaxBytes)
+	}
+}
+
+// dropOldestLocked drops the oldest message queued for session id that was
+// not yet sent on a live connection: for an offline session the oldest of
+// its memory window and spilled messages, for a connected one the oldest
+// spilled message. It reports false if there is none.
+func (h *Hook) dropOldestLocked(id string, ss *session, cl *mqtt.Client, b *batch) bool {
+	var oldest *entry
+	var oldestPid uint16
+	if cl != nil && offline(cl) {
+		for pid, e := range ss.entries {
+			if e.state == refPublish && e.msgID != 0 && (oldest == nil || e.seq < oldest.seq) {
+				oldest, oldestPid = e, pid
+			}
+		}
+	}
+	if ss.backlog.len() > 0 && (oldest == nil || ss.backlog.front().seq < oldest.seq) {
+		it := ss.backlog.popFront(1)[0]
+		b.delete(b.queueKey(id, it.seq))
+		h.releaseBodyLocked(it.msgID, b)
+		ss.account(-1, it.size)
+		h.droppedOldest.Add(1)
+		return true
+	}
+	if oldest == nil {
+		return false
+	}
+	if pk, ok := cl.State.Inflight.Get(oldestPid); ok && pk.FixedHeader.Type == packets.Publish {
+		if cl.State.Inflight.Delete(oldestPid) {
+			atomic.AddInt64(&h.srv.Info.Inflight, -1)
+		}
+	}
+	h.removeEntryLocked(id, ss, oldestPid, b)
+	h.droppedOldest.Add(1)
+	return true
+}
+
+// settleSpilledLocked moves the spilled refs of p, now committed (ok) or
+// refused, into their sessions' backlogs. The ref of a session dropped
+// meanwhile is deleted into b: its deletion may have been committed before
+// the ref was.
+func (h *Hook) settleSpilledLocked(p *pendingMsg, ok bool, b *batch) {
+	for id, ref := range p.refs {
+		if !ref.spilled || ref.done {
+			continue
+		}
+		ref.done = true
+		ss := ref.ss
+		ss.pendingSpill--
+		if !ok {
+			ss.account(-1, ref.size)
+			continue
+		}
+		if h.sessions[id] != ss {
+			b.delete(b.queueKey(id, ref.seq))
+			h.releaseBodyLocked(p.msgID, b)
+			continue
+		}
+		ss.backlog.insert(spillItem{seq: ref.seq, msgID: p.msgID, size: ref.size})
+		h.spilled.Add(1)
+		h.maybeDrainLocked(id, ss)
+	}
+	h.notifyLocked()
+}
+
+// drain moves the spilled messages of a session into its connected client,
+// in queue order, as acknowledgements free its window. There is at most one
+// per session; it stops when the backlog is empty or the client is gone.
+type drain struct {
+	cl   *mqtt.Client
+	kick chan struct{}
+	stop bool // the session is being taken over: leave cl alone
+}
+
+func (h *Hook) stopping() bool {
+	select {
+	case <-h.quit:
+		return true
+	default:
+		return false
+	}
+}
+
+func (d *drain) wake() {
+	select {
+	case d.kick <- struct{}{}:
+	default:
+	}
+}
+
+// maybeDrainLocked starts feeding the backlog of session id into its
+// client if it is connected and established and nothing feeds it yet.
+func (h *Hook) maybeDrainLocked(id string, ss *session) {
+	if d := ss.drain; d != nil {
+		d.wake()
+		return
+	}
+	if !h.loaded.Load() || ss.backlog.len() == 0 || h.stopping() {
+		return
+	}
+	cl, ok := h.srv.Clients.Get(id)
+	if !ok || offline(cl) || h.establishing[id] != nil {
+		return
+	}
+	d := &drain{cl: cl, kick: make(chan struct{}, 1)}
+	ss.drain = d
+	h.wg.Add(1)
+	go h.runDrain(id, ss, d)
+}
+
+// endDrainLocked retires d; items it had taken go back to the backlog, and
+// a newer connection of the session gets a drain of its own.
+func (h *Hook) endDrainLocked(id string, ss *session, d *drain) {
+	if ss.drain != d {
+		return
+	}
+	ss.drain = nil
+	ss.backlog.pushFront(ss.transfer)
+	ss.transfer = nil
+	h.notifyLocked()
+	if h.sessions[id] == ss && !d.stop {
+		if cl, ok := h.srv.Clients.Get(id); ok && cl == d.cl {
+			return // same client: closed, or the backlog is empty
+		}
+	}
+	if h.sessions[id] == ss {
+		h.maybeDrainLocked(id, ss)
+	}
+}
+
+// roomLocked is how many more messages cl may have in flight.
+func (h *Hook) roomLocked(cl *mqtt.Client) int {
+	limit := h.window()
+	if rm := int(cl.Properties.Props.ReceiveMaximum); rm > 0 && rm < limit {
+		limit = rm
+	}
+	return limit - cl.State.Inflight.Len()
+}
+
+const drainChunk = 128
+
+func (h *Hook) runDrain(id string, ss *session, d *drain) {
+	defer h.wg.Done()
+	idle := time.NewTimer(time.Second)
+	defer idle.Stop()
+	for {
+		h.mu.Lock()
+		if d.stop || h.sessions[id] != ss || d.cl.Closed() || h.stopping() {
+			h.endDrainLocked(id, ss, d)
+			h.mu.Unlock()
+			return
+		}
+		// What the last feed did not get to goes first again.
+		ss.backlog.pushFront(ss.transfer)
+		ss.transfer = nil
+		if ss.backlog.len() == 0 && ss.pendingSpill == 0 {
+			h.endDrainLocked(id, ss, d)
+			h.mu.Unlock()
+			return
+		}
+		room := h.roomLocked(d.cl)
+		if ss.backlog.len() == 0 || room <= 0 {
+			h.mu.Unlock()
+			idle.Reset(time.Second)
+			select {
+			case <-d.kick:
+			case <-idle.C:
+			case <-h.quit:
+				h.mu.Lock()
+				h.endDrainLocked(id, ss, d)
+				h.mu.Unlock()
+				return
+			}
+			continue
+		}
+		items := ss.backlog.popFront(min(room, drainChunk))
+		ss.transfer = items
+		h.mu.Unlock()
+		pks, err := h.st.loadSpilled(id, items)
+		if err != nil {
+			// Put them back and retry: never drop what could not be read.
+			h.log.Error("spilled messages unreadable, retrying", "client_id", id, "err", err)
+			h.mu.Lock()
+			if ss.drain == d && h.sessions[id] == ss {
+				ss.backlog.pushFront(ss.transfer)
+				ss.transfer = nil
+			}
+			h.mu.Unlock()
+			idle.Reset(time.Second)
+			select {
+			case <-idle.C:
+			case <-h.quit:
+			}
+			continue
+		}
+		h.feed(id, ss, d, pks)
+	}
+}
+
+// feed puts the loaded spilled messages into d.cl's in-flight messages, in
+// order, and writes them. The ones of a client that went away stay in
+// ss.transfer, which endDrainLocked puts back.
+func (h *Hook) feed(id string, ss *session, d *drain, pks []spilledPacket) {
+	for i := range pks {
+		sp := &pks[i]
+		b := h.st.newBatch()
+		h.mu.Lock()
+		if d.stop || h.sessions[id] != ss || d.cl.Closed() || len(ss.transfer) == 0 || ss.transfer[0].seq != sp.item.seq {
+			h.mu.Unlock()
+			h.st.putBatch(b)
+			return
+		}
+		ss.transfer = ss.transfer[1:]
+		now := h.now().Unix()
+		maxExpiry := h.srv.Options.Capabilities.MaximumMessageExpiryInterval
+		if !sp.ok || (sp.pk.Expiry > 0 && sp.pk.Expiry < now) || (maxExpiry > 0 && now-sp.pk.Created > maxExpiry) {
+			if sp.ok {
+				h.expired.Add(1)
+			}
+			b.delete(b.queueKey(id, sp.item.seq))
+			h.releaseBodyLocked(sp.item.msgID, b)
+			ss.account(-1, sp.item.size)
+			h.mu.Unlock()
+			h.write(b, false)
+			continue
+		}
+		next, err := h.nextPacketIDLocked(d.cl, ss)
+		if err != nil {
+			ss.transfer = append([]spillItem{sp.item}, ss.transfer...)
+			h.mu.Unlock()
+			h.st.putBatch(b)
+			return
+		}
+		pk := sp.pk
+		pk.PacketID = uint16(next)
+		if d.cl.State.Inflight.Set(pk) {
+			atomic.AddInt64(&h.srv.Info.Inflight, 1)
+		}
+		ss.entries[pk.PacketID] = &entry{seq: sp.item.seq, msgID: sp.item.msgID, state: refPublish, created: pk.Created, size: sp.item.size}
+		sp.rec.PacketID = pk.PacketID
+		b.set(b.queueKey(id, sp.item.seq), sp.rec.appendTo)
+		// Queued under h.mu: once the packet is in Inflight, a takeover can
+		// resend it and its acknowledgement delete the ref; that deletion
+		// must be committed after this write. As OnQosPublish, a QoS 2
+		// packet id is stored before we write the packet.
+		done := h.writeLocked(b, pk.FixedHeader.Qos == 2)
+		ss.writing++ // until written: a live message must not overtake it
+		h.mu.Unlock()
+		done()
+		err = d.cl.WritePacket(pk)
+		h.mu.Lock()
+		ss.writing--
+		h.mu.Unlock()
+		if err != nil {
+			// It is in flight as far as mochi knows, as a live message
+			// whose write failed: resent when the session resumes.
+			if d.cl.Closed() {
+				return
+			}
+			h.log.Warn("spilled message not written", "client_id", id, "err", err)
+		}
+	}
+}
+
+// writeLocked hands b to the store's writer with h.mu held, so that it is
+// committed before any write queued after h.mu is released. It waits only
+// for room in the writer's queue, never for a commit; with wait the
+// function it returns waits for the commit (and fsync), to be called
+// without h.mu.
+func (h *Hook) writeLocked(b *batch, wait bool) (done func()) {
+	if err := h.st.enqueue(context.Background(), b, wait); err != nil {
+		h.st.putBatch(b)
+		h.logWriteError(err)
+		return func() {}
+	}
+	if !wait {
+		return func() {}
+	}
+	return func() {
+		err := <-b.done
+		h.st.putBatch(b)
+		h.logWriteError(err)
+	}
+}
+
+// reconcileLocked forgets the queue entries of session id that mochi no
+// longer holds for cl, the client that resumes it. A takeover copies the
+// old client's in-flight messages; an acknowledgement the old connection
+// read after mochi marked it taken over (which this hook ignores, see
+// forget) but before the copy removed a message from both without a word.
+func (h *Hook) reconcileLocked(id string, ss *session, cl *mqtt.Client, b *batch) {
+	for pid := range ss.entries {
+		if _, ok := cl.State.Inflight.Get(pid); !ok {
+			h.removeEntryLocked(id, ss, pid, b)
+		}
+	}
+}
+
+// nextPacketIDLocked is cl.NextPacketID, skipping ids that still have an
+// entry: mochi removes an acknowledged packet from Inflight before the
+// hooks hear of it, so for a moment its id is free in mochi but not here.
+func (h *Hook) nextPacketIDLocked(cl *mqtt.Client, ss *session) (uint32, error) {
+	for range 64 {
+		id, err := cl.NextPacketID()
+		if err != nil || ss.entries[uint16(id)] == nil {
+			return id, err
+		}
+	}
+	return 0, packets.ErrQuotaExceeded
+}
+
+// spilledPacket is a spilled message read back from the store.
+type spilledPacket struct {
+	item spillItem
+	rec  refRec
+	pk   packets.Packet
+	ok   bool // false: its ref or body is gone
+}
+
+// loadSpilled reads the refs and bodies of items of client id in one read
+// transaction.
+func (s *Store) loadSpilled(id string, items []spillItem) ([]spilledPacket, error) {
+	out := make([]spilledPacket, len(items))
+	err := s.db.View(func(txn *badger.Txn) error {
+		for i, it := range items {
+			sp := &out[i]
+			sp.item = it
+			val, err := getValue(txn, queueKey(id, it.seq))
+			if err != nil || val == nil {
+				if err != nil {
+					return err
+				}
+				continue
+			}
+			if sp.rec, err = decodeRef(val); err != nil {
+				return s.unreadable(queueKey(id, it.seq), err)
+			}
+			body, err := getValue(txn, messageKey(it.msgID))
+			if err != nil {
+				return err
+			}
+			if body == nil {
+				continue
+			}
+			m, err := decodeMessage(body)
+			if err != nil {
+				return s.unreadable(messageKey(it.msgID), err)
+			}
+			sp.pk = m.packet()
+			sp.pk.FixedHeader.Qos = sp.rec.Qos
+			sp.pk.FixedHeader.Retain = sp.rec.Retain
+			sp.pk.Properties.SubscriptionIdentifier = sp.rec.SubIDs
+			sp.ok = true
+		}
+		return nil
+	})
+	if err != nil {
+		return out, fmt.Errorf("load spilled messages: %w", err)
+	}
+	return out, nil
+}
+
+// getValue returns a copy of key's value, or nil if there is none.
+func getValue(txn *badger.Txn, key []byte) ([]byte, error) {
+	item, err := txn.Get(key)
+	if err == badger.ErrKeyNotFound {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return item.ValueCopy(nil)
+}
