@@ -38,6 +38,12 @@ const (
 	MaxSyncInterval = time.Minute
 	// MinGCInterval bounds Config.GCInterval from below.
 	MinGCInterval = time.Second
+	// DefaultMemTableSize is the size of each of Badger's in-memory write
+	// buffers (memtables) when Config.MemTableSize is 0: 8 MiB.
+	DefaultMemTableSize = 8 << 20
+	// MinMemTableSize and MaxMemTableSize bound Config.MemTableSize.
+	MinMemTableSize = 1 << 20
+	MaxMemTableSize = 1 << 30
 )
 
 // Config configures the store. The zero value of every field but Dir means
@@ -56,9 +62,20 @@ type Config struct {
 	GCInterval time.Duration `yaml:"gc_interval"`
 	// GCDiscardRatio is in (0, 1); default 0.5.
 	GCDiscardRatio float64 `yaml:"gc_discard_ratio"`
+	// MemTableSize is the size in bytes of Badger's memtable, the buffer
+	// every write goes to before Badger flushes it to a table on disk; up
+	// to three exist while flushes lag behind writes. Each costs about 1.3
+	// times this much RAM when full, plus as much again of mapped
+	// write-ahead log. Larger memtables absorb longer write bursts before
+	// writers wait for a flush; smaller ones save little below the default
+	// and write more slowly. Values larger than an eighth of it are kept in
+	// the value log instead. Default 8 MiB (DefaultMemTableSize), from 1 MiB
+	// to 1 GiB.
+	MemTableSize int64 `yaml:"memtable_size"`
 }
 
-// WithDefaults returns a copy of c with every zero field set to its default.
+// WithDefaults returns a copy of c with every zero field set to its default,
+// except MemTableSize: Open reads zero there as DefaultMemTableSize.
 func (c Config) WithDefaults() Config {
 	if c.Sync == "" {
 		c.Sync = DefaultSync
@@ -99,5 +116,16 @@ func (c Config) Validate() error {
 	if !(c.GCDiscardRatio > 0 && c.GCDiscardRatio < 1) {
 		errs = append(errs, fmt.Errorf("gc_discard_ratio: %v must be greater than 0 and less than 1", c.GCDiscardRatio))
 	}
+	if m := c.memTableSize(); m < MinMemTableSize || m > MaxMemTableSize {
+		errs = append(errs, fmt.Errorf("memtable_size: %d is outside the allowed range %d to %d (the value is in bytes)", c.MemTableSize, MinMemTableSize, MaxMemTableSize))
+	}
 	return errors.Join(errs...)
+}
+
+// memTableSize is MemTableSize or, if it is zero, its default.
+func (c Config) memTableSize() int64 {
+	if c.MemTableSize == 0 {
+		return DefaultMemTableSize
+	}
+	return c.MemTableSize
 }

@@ -161,7 +161,7 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 	type loaded struct {
 		seq   uint64
 		rec   refRec
-		pk    packets.Packet
+		pk    *packets.Packet // nil while spilled: a restart with many queued messages must not build them all
 		size  uint32
 		spill bool
 	}
@@ -263,17 +263,20 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 				l.size = info.size
 				if !l.spill {
 					body := need[l.rec.MsgID]
-					l.pk = body.packet()
+					pk := body.packet()
+					l.pk = &pk
 					l.pk.FixedHeader.Qos = l.rec.Qos
 					l.pk.FixedHeader.Retain = l.rec.Retain
 					l.pk.Properties.SubscriptionIdentifier = l.rec.SubIDs
 				}
 			case refPubrel:
-				l.pk = packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, Created: now}
+				l.pk = &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, Created: now}
 			case refPubrec:
-				l.pk = packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, Created: now}
+				l.pk = &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, Created: now}
 			}
-			l.pk.PacketID = l.rec.PacketID
+			if l.pk != nil {
+				l.pk.PacketID = l.rec.PacketID
+			}
 			kept = append(kept, l)
 		}
 		list = kept
@@ -322,7 +325,7 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 				b.set(queueKey(id, l.seq), l.rec.appendTo)
 			}
 			ss.entries[l.pk.PacketID] = &entry{seq: l.seq, msgID: l.rec.MsgID, state: l.rec.State, created: l.pk.Created, size: l.size}
-			cl.State.Inflight.Set(l.pk)
+			cl.State.Inflight.Set(*l.pk)
 			restored++
 		}
 		perClient[id] = nil

@@ -112,7 +112,7 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	pm := &pendingMsg{created: pk.Created, topic: pk.TopicName, payload: pk.Payload, shared: shared}
 	size := messageSize(&pk)
 	bounded := excludable(pk.TopicName)
-	window := h.window()
+	window, liveWindow := h.window(), h.liveWindow()
 	spills := false
 	for id, sub := range targets {
 		if sub.NoLocal && id == cl.ID {
@@ -132,7 +132,11 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 				pm.excludeLocked(id)
 				continue
 			}
-			spill = ss.spillingLocked() || len(ss.entries) >= window
+			w := window
+			if subCl != nil && !offline(subCl) {
+				w = liveWindow
+			}
+			spill = ss.spillingLocked() || len(ss.entries) >= w
 		}
 		if pm.refs == nil {
 			pm.refs = make(map[string]*pendingRef, len(targets))
@@ -498,8 +502,14 @@ func (h *Hook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 func (h *Hook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) { h.forget(cl, pk.PacketID) }
 
 func (h *Hook) forget(cl *mqtt.Client, pid uint16) {
-	if takenOver(cl) {
-		return // mochi clears the old client after copying its flows to the new one
+	h.mu.Lock()
+	none := h.sessions[cl.ID] == nil
+	h.mu.Unlock()
+	if none || takenOver(cl) {
+		// Not persistent: nothing stored (the common case, kept cheap). Taken
+		// over: mochi clears the old client after copying its flows to the
+		// new one.
+		return
 	}
 	b := h.st.newBatch()
 	h.mu.Lock()

@@ -41,18 +41,30 @@ func readRSS(t testing.TB) rss {
 	return r
 }
 
-func settledRSS(t testing.TB) (r rss, heap uint64) {
-	runtime.GC()
-	debug.FreeOSMemory()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return readRSS(t), ms.HeapInuse
+// mem is a settled snapshot: RSS after a GC that returned free heap to the
+// OS (unless FERRY_RSS_NOFREE is set), and the Go runtime's view of the same
+// moment.
+type mem struct {
+	rss   rss
+	heap  uint64 // Go heap in use (includes untouched pages of large allocations)
+	stack uint64 // goroutine stacks
 }
 
-func growth(a, b rss, ha, hb uint64) string {
+func settledRSS(t testing.TB) mem {
+	runtime.GC()
+	if os.Getenv("FERRY_RSS_NOFREE") == "" {
+		debug.FreeOSMemory()
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return mem{rss: readRSS(t), heap: ms.HeapInuse, stack: ms.StackInuse}
+}
+
+func growth(a, b mem) string {
 	mb := func(v int64) float64 { return float64(v) / (1 << 20) }
-	return fmt.Sprintf("RSS %+.1f MB (anonymous %+.1f MB, file-backed %+.1f MB; Go heap in use %+.1f MB)",
-		mb(b.anon+b.file-a.anon-a.file), mb(b.anon-a.anon), mb(b.file-a.file), mb(int64(hb)-int64(ha)))
+	return fmt.Sprintf("RSS %+.1f MB (anonymous %+.1f MB, file-backed %+.1f MB; Go heap in use %+.1f MB, stacks %+.1f MB)",
+		mb(b.rss.anon+b.rss.file-a.rss.anon-a.rss.file), mb(b.rss.anon-a.rss.anon), mb(b.rss.file-a.rss.file),
+		mb(int64(b.heap)-int64(a.heap)), mb(int64(b.stack)-int64(a.stack)))
 }
 
 // TestQueuedRSS measures what an offline persistent session with N queued
@@ -64,13 +76,22 @@ func growth(a, b rss, ha, hb uint64) string {
 // With FERRY_RSS_WARM=1 Badger's memtables and caches are first filled
 // with as much data, which is then deleted: the figure is then the cost
 // of the queue itself rather than of Badger's fixed-size buffers.
+//
+// FERRY_RSS_MEMTABLE sets Config.MemTableSize (bytes). With
+// FERRY_RSS_IDLE=20s the running broker is measured again after that
+// long without writes: Badger keeps up to 8 table-building buffers after a
+// write burst and frees one every 2s while idle. With FERRY_RSS_NOFREE=1
+// memory the Go runtime has freed but not yet returned to the OS stays in
+// the figures (debug.FreeOSMemory is not called). FERRY_RSS_HEAP=file
+// writes heap profiles (file, file.idle, file.restart).
 func TestQueuedRSS(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("FERRY_RSS"))
 	if n <= 0 {
 		t.Skip("set FERRY_RSS=<messages> to measure")
 	}
-	dir := t.TempDir()
-	st := openStore(t, Config{Dir: dir})
+	memtable, _ := strconv.ParseInt(os.Getenv("FERRY_RSS_MEMTABLE"), 10, 64)
+	cfg := Config{Dir: t.TempDir(), MemTableSize: memtable}
+	st := openStore(t, cfg)
 	caps := func(c *mqtt.Capabilities) { c.MaximumInflight = 65535 }
 	lim := func(h *Hook) { h.SetQueueLimits(QueueLimits{MaxMessages: n, MaxBytes: 1 << 40}) }
 	b := startBrokerWith(t, st, caps, lim)
@@ -107,38 +128,45 @@ func TestQueuedRSS(t *testing.T) {
 		connect(t, b.url, "warm", true, nil).Disconnect(100)
 	}
 
-	rss0, heap0 := settledRSS(t)
+	m0 := settledRSS(t)
 	start := time.Now()
 	fill("q/x")
 	took := time.Since(start)
-	rss1, heap1 := settledRSS(t)
-	if f := os.Getenv("FERRY_RSS_HEAP"); f != "" {
-		out, err := os.Create(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = pprof.WriteHeapProfile(out)
-		_ = out.Close()
-	}
+	m1 := settledRSS(t)
+	heapProfile(t, "")
 	cl, _ := b.srv.Clients.Get("slow")
 	t.Logf("%d messages queued in %s; in mochi's RAM: %d; mochi dropped: %d; queue stats %+v", n, took.Round(time.Millisecond),
 		cl.State.Inflight.Len(), b.srv.Info.InflightDropped, b.hook.QueueStats())
-	t.Logf("running: %s", growth(rss0, rss1, heap0, heap1))
+	t.Logf("running: %s", growth(m0, m1))
+	if d, _ := time.ParseDuration(os.Getenv("FERRY_RSS_IDLE")); d > 0 {
+		<-time.After(d) // not a synchronisation: Badger frees buffers when idle
+		t.Logf("running, idle %s: %s", d, growth(m0, settledRSS(t)))
+		heapProfile(t, ".idle")
+	}
 
 	b.close()
 	_ = st.Close()
-	rss2, heap2 := settledRSS(t)
-	st = openStore(t, Config{Dir: dir})
+	m2 := settledRSS(t)
+	st = openStore(t, cfg)
 	b = startBrokerWith(t, st, caps, lim)
-	rss3, heap3 := settledRSS(t)
-	if f := os.Getenv("FERRY_RSS_HEAP"); f != "" {
-		out, err := os.Create(f + ".restart")
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = pprof.WriteHeapProfile(out)
-		_ = out.Close()
-	}
+	m3 := settledRSS(t)
+	heapProfile(t, ".restart")
 	cl, _ = b.srv.Clients.Get("slow")
-	t.Logf("after restart: %d in mochi's RAM; %s over the stopped broker", cl.State.Inflight.Len(), growth(rss2, rss3, heap2, heap3))
+	t.Logf("after restart: %d in mochi's RAM; %s over the stopped broker", cl.State.Inflight.Len(), growth(m2, m3))
+}
+
+// heapProfile writes a heap profile to $FERRY_RSS_HEAP+suffix, if set.
+func heapProfile(t *testing.T, suffix string) {
+	f := os.Getenv("FERRY_RSS_HEAP")
+	if f == "" {
+		return
+	}
+	out, err := os.Create(f + suffix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	if err := pprof.WriteHeapProfile(out); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -125,6 +125,17 @@ func (h *Hook) window() int {
 	return max(w, 1)
 }
 
+// liveWindow is the window of a connected session: half of mochi's
+// MaximumInflight (5,000 by default), at least window(). A connected
+// subscriber that falls behind for a moment would otherwise have its
+// messages written, read back and written again (measured: fan-in 10 -> 1
+// QoS 1, sync always, 23k msg/s with a window of 1,000, 31k with 5,000 and
+// no spill); RAM stays bounded per session, and an offline session keeps
+// the small window.
+func (h *Hook) liveWindow() int {
+	return max(h.window(), int(h.srv.Options.Capabilities.MaximumInflight)/2)
+}
+
 // spillItem is a queued message of a session held in the store only: not
 // in mochi's memory, no packet id yet.
 type spillItem struct {
@@ -462,7 +473,7 @@ func (h *Hook) endDrainLocked(id string, ss *session, d *drain) {
 
 // roomLocked is how many more messages cl may have in flight.
 func (h *Hook) roomLocked(cl *mqtt.Client) int {
-	limit := h.window()
+	limit := h.liveWindow()
 	if rm := int(cl.Properties.Props.ReceiveMaximum); rm > 0 && rm < limit {
 		limit = rm
 	}

@@ -21,6 +21,27 @@ import (
 // transaction stays well under Badger's size limit in the common case.
 const maxBatchRequests = 1024
 
+// Badger memory: what each option costs is in docs/persistence.md ("Memory").
+const (
+	// numMemtables bounds Badger's memtables: the one being written and
+	// those waiting to be flushed. When all are full, writes wait for a
+	// flush, which bounds the RAM a write burst can take.
+	numMemtables = 3
+	// blockCacheSize bounds Badger's cache of decompressed table blocks.
+	// OnTableRead checksum verification reads every block of each new or
+	// opened table through it, so it fills to this size at once. A larger
+	// cache makes reading spilled messages back faster (a point read of a
+	// block outside it decompresses the block) at the cost of as much RAM.
+	blockCacheSize = 4 << 20
+	// maxValueThreshold is the largest value kept in the LSM tree rather
+	// than the value log (Badger's own maximum).
+	maxValueThreshold = 1 << 20
+	// maxPooledOps is the capacity above which a batch's ops slice is not
+	// kept for reuse: dropping a session deletes one key per queued message
+	// in one batch.
+	maxPooledOps = 1 << 14
+)
+
 // queueSize is how many requests may wait for the writer before writers
 // block (backpressure).
 const queueSize = 4096
@@ -101,8 +122,14 @@ func Open(cfg Config, logger *slog.Logger) (*Store, error) {
 		WithNumVersionsToKeep(1).
 		// Catch a corrupt table when it is opened rather than on first read.
 		WithChecksumVerificationMode(options.OnTableRead).
-		WithMemTableSize(16 << 20).
-		WithBlockCacheSize(32 << 20).
+		// Memory (docs/persistence.md, "Memory"): Badger's buffers are
+		// sized by these options, not by how much is stored.
+		WithMemTableSize(cfg.memTableSize()).
+		WithNumMemtables(numMemtables).
+		// Badger rejects a value threshold above its largest write batch
+		// (15% of the memtable); larger values go to the value log.
+		WithValueThreshold(min(maxValueThreshold, cfg.memTableSize()/8)).
+		WithBlockCacheSize(blockCacheSize).
 		WithNumCompactors(2).
 		// Smaller value-log files let GC reclaim space in smaller steps.
 		WithValueLogFileSize(64 << 20)
@@ -318,13 +345,14 @@ type batch struct {
 func (s *Store) newBatch() *batch { return s.pool.Get().(*batch) }
 
 func (s *Store) putBatch(b *batch) {
-	for i := range b.ops {
-		b.ops[i] = op{}
-	}
+	clear(b.ops)
 	b.ops, b.buf, b.wait = b.ops[:0], b.buf[:0], false
 	b.stage, b.stageErr, b.commitOnly = nil, nil, false
 	if cap(b.buf) > 1<<20 { // do not pin one huge payload's buffer forever
 		b.buf = nil
+	}
+	if cap(b.ops) > maxPooledOps { // nor one dropped session's deletions
+		b.ops = nil
 	}
 	s.pool.Put(b)
 }
