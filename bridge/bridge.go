@@ -248,29 +248,32 @@ func (b *Bridge) Close(ctx context.Context) error {
 // was then given to no route. msg's slices are not retained after Offer
 // returns. The caller's msg.Route, Seq, ID and Created are ignored.
 func (b *Bridge) Offer(msg Message) error {
-	wait, err := b.OfferAsync(msg)
+	p, err := b.OfferAsync(msg)
 	if err != nil {
 		return err
 	}
-	return wait()
+	return p.Wait()
 }
 
-// noWait is OfferAsync's wait when nothing was written.
-func noWait() error { return nil }
+// noWait is OfferAsync's Pending when nothing was written.
+type noWait struct{}
+
+func (noWait) Wait() error { return nil }
+func (noWait) Ready() bool { return true }
 
 // OfferAsync is Offer with the wait for the outbox's commit left to the
-// returned function, which must be called once: the broker reads the
+// returned Pending, whose Wait must be called once: the broker reads the
 // publisher's next packet meanwhile and holds only its PUBACK until the
 // message is durable. Refusals (ErrOutboxFull) and queueing errors are
 // returned at once.
-func (b *Bridge) OfferAsync(msg Message) (wait func() error, err error) {
+func (b *Bridge) OfferAsync(msg Message) (Pending, error) {
 	if b.closed.Load() {
 		return nil, ErrClosed
 	}
 	var buf [8]*route
 	rs := b.trie.match(msg.Topic, buf[:0])
 	if len(rs) == 0 {
-		return noWait, nil
+		return noWait{}, nil
 	}
 	size := int64(msg.Size() + 64) // 64: a record's fixed overhead, roughly
 	durable := 0
@@ -309,24 +312,35 @@ func (b *Bridge) OfferAsync(msg Message) (wait func() error, err error) {
 		notify = append(notify, r)
 	}
 	if len(msgs) == 0 {
-		return noWait, nil
+		return noWait{}, nil
 	}
 	appended, err := b.outbox.AppendAsync(context.Background(), msgs)
 	if err != nil {
 		return nil, fmt.Errorf("bridge: append: %w", err)
 	}
-	return func() error {
-		if err := appended(); err != nil {
-			return fmt.Errorf("bridge: append: %w", err)
+	return &offerWait{p: appended, notify: notify}, nil
+}
+
+// offerWait is OfferAsync's Pending: the outbox's, then waking the routes'
+// workers (before the commit they would find nothing new).
+type offerWait struct {
+	p      Pending
+	notify []*route
+}
+
+func (w *offerWait) Ready() bool { return w.p.Ready() }
+
+func (w *offerWait) Wait() error {
+	if err := w.p.Wait(); err != nil {
+		return fmt.Errorf("bridge: append: %w", err)
+	}
+	for _, r := range w.notify {
+		select {
+		case r.notify <- struct{}{}:
+		default:
 		}
-		for _, r := range notify {
-			select {
-			case r.notify <- struct{}{}:
-			default:
-			}
-		}
-		return nil
-	}, nil
+	}
+	return nil
 }
 
 // enqueue puts m on an at-most-once route's queue, dropping the oldest

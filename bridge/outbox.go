@@ -19,10 +19,10 @@ type Outbox interface {
 	// across restarts. When Append returns nil the messages are as durable
 	// as the outbox's sync mode promises. msgs' slices are not retained.
 	Append(ctx context.Context, msgs []Message) error
-	// AppendAsync queues the append and returns a function that waits for
-	// it and returns Append's result: the caller may go on meanwhile.
-	// msgs must not be touched until that function returned.
-	AppendAsync(ctx context.Context, msgs []Message) (wait func() error, err error)
+	// AppendAsync queues the append; the returned Pending's Wait waits for
+	// it and returns Append's result: the caller may go on meanwhile. msgs
+	// must not be touched until Wait returned.
+	AppendAsync(ctx context.Context, msgs []Message) (Pending, error)
 	// Read returns up to limit messages of route with Seq > after, in seq
 	// order.
 	Read(route string, after uint64, limit int) ([]Message, error)
@@ -56,4 +56,12 @@ type Outbox interface {
 type Usage struct {
 	Messages int64
 	Bytes    int64
+}
+
+// Pending is a write in progress. Wait waits for it and returns its
+// result; it must be called once. Ready says, before Wait, whether Wait
+// would return at once.
+type Pending interface {
+	Wait() error
+	Ready() bool
 }

@@ -7,6 +7,8 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/ferrymq/ferry/persistence"
 )
 
 // Deferred acknowledgements.
@@ -32,7 +34,7 @@ const maxDeferredBytes = 1 << 20
 
 // ackSeg is a run of bytes to write once waits are done.
 type ackSeg struct {
-	waits []func() error
+	waits []persistence.Waiter
 	buf   []byte
 }
 
@@ -48,25 +50,25 @@ func ackDeferrer(cl *mqtt.Client, pk packets.Packet) *conn {
 
 // deferAck is the persistence hook's way to the connection (see
 // persistence.Hook.SetAckDeferrer).
-func deferAck(cl *mqtt.Client, pk packets.Packet, wait func() error) bool {
+func deferAck(cl *mqtt.Client, pk packets.Packet, w persistence.Waiter) bool {
 	c := ackDeferrer(cl, pk)
 	if c == nil {
 		return false
 	}
-	c.DeferAck(pk.PacketID, wait)
+	c.DeferAck(pk.PacketID, w)
 	return true
 }
 
 // DeferAck holds the acknowledgement of the client's packet id pid until
-// wait has returned; wait runs on another goroutine. If it fails, the
+// w's Wait has returned; it runs on another goroutine. If it fails, the
 // acknowledgement is never sent and the connection is closed: the client
 // sends the message again after reconnecting.
-func (c *conn) DeferAck(pid uint16, wait func() error) {
+func (c *conn) DeferAck(pid uint16, w persistence.Waiter) {
 	c.amu.Lock()
 	if c.acks == nil {
-		c.acks = make(map[uint16][]func() error)
+		c.acks = make(map[uint16][]persistence.Waiter)
 	}
-	c.acks[pid] = append(c.acks[pid], wait)
+	c.acks[pid] = append(c.acks[pid], w)
 	c.slow.Store(true)
 	c.amu.Unlock()
 }
@@ -90,7 +92,7 @@ func (c *conn) writeOrdered(p []byte) (int, error) {
 		}
 		pk := p[:n]
 		p = p[n:]
-		var waits []func() error
+		var waits []persistence.Waiter
 		if t := pk[0] >> 4; hdr > 0 && (t == packets.Puback || t == packets.Pubrec) && n >= hdr+2 {
 			pid := binary.BigEndian.Uint16(pk[hdr:])
 			if w, ok := c.acks[pid]; ok {
@@ -133,12 +135,7 @@ func (c *conn) flushDeferred() {
 		if waits := c.segs[0].waits; len(waits) > 0 {
 			c.segs[0].waits = nil // taken: Close must not run them again
 			c.amu.Unlock()
-			var err error
-			for _, w := range waits {
-				if werr := w(); werr != nil && err == nil {
-					err = werr
-				}
-			}
+			err := waitAll(waits)
 			c.amu.Lock()
 			if len(c.segs) == 0 {
 				break // dropped by Close meanwhile
@@ -159,6 +156,19 @@ func (c *conn) flushDeferred() {
 		buf := c.segs[0].buf
 		c.segs[0] = ackSeg{}
 		c.segs = c.segs[1:]
+		// The acknowledgements behind it were mostly in the same commit:
+		// take those already done into the same write (one syscall for a
+		// publisher's window instead of one per PUBACK).
+		for len(c.segs) > 0 && ready(c.segs[0].waits) {
+			if err := waitAll(c.segs[0].waits); err != nil {
+				// Write what is good; the next round fails this one.
+				c.segs[0].waits = []persistence.Waiter{failed{err}}
+				break
+			}
+			buf = append(buf, c.segs[0].buf...)
+			c.segs[0] = ackSeg{}
+			c.segs = c.segs[1:]
+		}
 		c.deferred -= len(buf)
 		if _, err := c.writeNow(buf); err != nil {
 			c.dropDeferred()
@@ -176,7 +186,7 @@ func (c *conn) flushDeferred() {
 // not run yet still run, on their own goroutine: a hook may settle its
 // bookkeeping in them, and they must run exactly once. Callers hold amu.
 func (c *conn) dropDeferred() {
-	var orphans []func() error
+	var orphans []persistence.Waiter
 	for _, ws := range c.acks {
 		orphans = append(orphans, ws...)
 	}
@@ -192,9 +202,7 @@ func (c *conn) dropDeferred() {
 		c.b.wg.Add(1)
 		go func() {
 			defer c.b.wg.Done()
-			for _, w := range orphans {
-				_ = w()
-			}
+			_ = waitAll(orphans)
 		}()
 	}
 }
@@ -239,6 +247,33 @@ func (c *conn) closeDeferred() {
 	}
 	c.amu.Unlock()
 }
+
+// waitAll waits for every w and returns the first error.
+func waitAll(ws []persistence.Waiter) error {
+	var err error
+	for _, w := range ws {
+		if werr := w.Wait(); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	return err
+}
+
+// ready says whether every w is done.
+func ready(ws []persistence.Waiter) bool {
+	for _, w := range ws {
+		if !w.Ready() {
+			return false
+		}
+	}
+	return true
+}
+
+// failed is a Waiter whose write already failed.
+type failed struct{ err error }
+
+func (f failed) Wait() error { return f.err }
+func (f failed) Ready() bool { return true }
 
 // remainingLen is the remaining-length field of the packet at the start of
 // b (whose header packetLen found whole).

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,6 +23,61 @@ func pipeConn(t *testing.T) (*conn, *bufio.Reader) {
 	c.released = true
 	t.Cleanup(func() { _ = srv.Close(); _ = cli.Close(); b.wg.Wait() })
 	return c, bufio.NewReader(cli)
+}
+
+// chanWait is done when its channel is closed.
+type chanWait struct {
+	ch  chan struct{}
+	err error
+}
+
+func (w chanWait) Wait() error { <-w.ch; return w.err }
+
+func (w chanWait) Ready() bool {
+	select {
+	case <-w.ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// countingConn counts the writes that reach the socket.
+type countingConn struct {
+	net.Conn
+	writes atomic.Int32
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// TestDeferredAcksCoalesce: acknowledgements whose writes completed together
+// go out in one write, in order.
+func TestDeferredAcksCoalesce(t *testing.T) {
+	c, r := pipeConn(t)
+	cc := &countingConn{Conn: c.Conn}
+	c.Conn = cc
+	done := make(chan struct{})
+	for pid := uint16(1); pid <= 3; pid++ {
+		c.DeferAck(pid, chanWait{done, nil})
+		if _, err := c.Write(ack(packets.Puback, pid)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(done)
+	var all []byte
+	for range 3 {
+		all = append(all, readPacket(t, r)...)
+	}
+	want := append(append(ack(packets.Puback, 1), ack(packets.Puback, 2)...), ack(packets.Puback, 3)...)
+	if string(all) != string(want) {
+		t.Fatalf("got %v, want %v", all, want)
+	}
+	if n := cc.writes.Load(); n != 1 {
+		t.Fatalf("%d writes for three acknowledgements done together, want 1", n)
+	}
 }
 
 func ack(typ byte, pid uint16) []byte {
@@ -70,7 +126,7 @@ func TestDeferredAckOrder(t *testing.T) {
 	}
 
 	done := make(chan struct{})
-	c.DeferAck(7, func() error { <-done; return nil })
+	c.DeferAck(7, chanWait{done, nil})
 	publish := []byte{packets.Publish << 4, 3, 0, 1, 'x'}
 	// One write holding the deferred PUBACK and a PUBLISH after it, then a
 	// PUBACK without waits: all three must wait, in order.
@@ -111,7 +167,7 @@ func testDrained(t *testing.T, c *conn) {
 // and the connection is closed, so the client resends the message.
 func TestDeferredAckFailure(t *testing.T) {
 	c, r := pipeConn(t)
-	c.DeferAck(3, func() error { return errors.New("disk full") })
+	c.DeferAck(3, failed{errors.New("disk full")})
 	go func() { _, _ = c.Write(ack(packets.Puback, 3)) }()
 	h := make([]byte, 1)
 	if _, err := r.Read(h); err == nil {
@@ -128,7 +184,7 @@ func TestDeferredAckFailure(t *testing.T) {
 func TestDeferredAckPubrecAndOthers(t *testing.T) {
 	c, r := pipeConn(t)
 	done := make(chan struct{})
-	c.DeferAck(9, func() error { <-done; return nil })
+	c.DeferAck(9, chanWait{done, nil})
 	// A PUBCOMP with id 9 is not what the wait is for: it goes at once.
 	go func() { _, _ = c.Write(ack(packets.Pubcomp, 9)) }()
 	if p := readPacket(t, r); p[0]>>4 != packets.Pubcomp {

@@ -108,9 +108,9 @@ func (h *tapHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	}
 	var err error
 	if c := ackDeferrer(cl, pk); c != nil {
-		var wait func() error
-		if wait, err = h.br.OfferAsync(m); err == nil {
-			c.DeferAck(pk.PacketID, wait)
+		var p bridge.Pending
+		if p, err = h.br.OfferAsync(m); err == nil {
+			c.DeferAck(pk.PacketID, p)
 		}
 	} else {
 		err = h.br.Offer(m)

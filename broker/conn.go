@@ -11,6 +11,8 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/ferrymq/ferry/persistence"
 )
 
 // maxHeldPacket bounds how much of one control packet conn buffers to check
@@ -81,7 +83,7 @@ type conn struct {
 	slow     atomic.Bool
 	amu      sync.Mutex
 	acond    sync.Cond // L is &amu
-	acks     map[uint16][]func() error
+	acks     map[uint16][]persistence.Waiter
 	segs     []ackSeg
 	deferred int // bytes in segs
 	flushing bool

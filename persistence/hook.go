@@ -41,7 +41,7 @@ type Hook struct {
 
 	// deferAck, when set, holds a QoS 1 PUBACK until the message's records
 	// are committed, so OnPublish need not wait (pending.go).
-	deferAck func(cl *mqtt.Client, pk packets.Packet, wait func() error) bool
+	deferAck func(cl *mqtt.Client, pk packets.Packet, w Waiter) bool
 
 	limits          QueueLimits
 	exclusion       atomic.Bool // the exclusion subscription is in mochi's index (spill.go)

@@ -21,6 +21,17 @@ type Pending struct {
 	b *batch
 }
 
+// Waiter is a write in progress: Wait waits for it, once; Ready says,
+// before that, whether Wait would return at once.
+type Waiter interface {
+	Wait() error
+	Ready() bool
+}
+
+// Ready reports whether the write is done (Wait would not block). Only
+// before Wait.
+func (p *Pending) Ready() bool { return len(p.b.done) > 0 }
+
 // Wait returns once the write is committed and, in "always" mode, fsynced,
 // with its error. It must not be called twice.
 func (p *Pending) Wait() error {
@@ -61,7 +72,7 @@ func (s *Store) writeAsync(b *batch) (*Pending, error) {
 // records to the connection: fn registers wait to run before pk's PUBACK
 // is written and reports whether it could (false: OnPublish waits itself).
 // Call it before the server's Serve.
-func (h *Hook) SetAckDeferrer(fn func(cl *mqtt.Client, pk packets.Packet, wait func() error) bool) {
+func (h *Hook) SetAckDeferrer(fn func(cl *mqtt.Client, pk packets.Packet, w Waiter) bool) {
 	h.deferAck = fn
 }
 
@@ -81,23 +92,32 @@ func (h *Hook) commitDeferred(cl *mqtt.Client, pk packets.Packet, b *batch, sett
 		}
 		return nil
 	}
-	wait := func() error {
-		err := p.Wait()
-		if settle != nil {
-			settle(err == nil)
-		}
-		if err != nil {
-			h.log.Error("message not stored, PUBACK withheld", "client_id", cl.ID, "topic", pk.TopicName, "err", err)
-		}
-		return err
-	}
-	if h.deferAck(cl, pk, wait) {
+	w := &publishWait{p: p, settle: settle, h: h, client: cl.ID, topic: pk.TopicName}
+	if h.deferAck(cl, pk, w) {
 		return nil
 	}
-	if err := wait(); err != nil {
-		return err
+	return w.Wait()
+}
+
+// publishWait is the Waiter of a deferred publish's records.
+type publishWait struct {
+	p             *Pending
+	settle        func(ok bool)
+	h             *Hook
+	client, topic string
+}
+
+func (w *publishWait) Ready() bool { return w.p.Ready() }
+
+func (w *publishWait) Wait() error {
+	err := w.p.Wait()
+	if w.settle != nil {
+		w.settle(err == nil)
 	}
-	return nil
+	if err != nil {
+		w.h.log.Error("message not stored, PUBACK withheld", "client_id", w.client, "topic", w.topic, "err", err)
+	}
+	return err
 }
 
 // refuse answers a publish whose records could not be stored: MQTT 5 gets

@@ -26,19 +26,19 @@ import (
 // committed and, in "always" mode, fsynced (with whatever else the store's
 // batch held).
 func (o *Outbox) Append(ctx context.Context, msgs []bridge.Message) error {
-	wait, err := o.AppendAsync(ctx, msgs)
+	p, err := o.AppendAsync(ctx, msgs)
 	if err != nil {
 		return err
 	}
-	return wait()
+	return p.Wait()
 }
 
 // AppendAsync implements bridge.Outbox: Append, with the wait for the
-// commit left to the returned function. msgs must not be touched until it
-// returns (their Seq and ID are set by the writer).
-func (o *Outbox) AppendAsync(ctx context.Context, msgs []bridge.Message) (func() error, error) {
+// commit left to the returned Pending. msgs must not be touched until its
+// Wait returns (their Seq and ID are set by the writer).
+func (o *Outbox) AppendAsync(ctx context.Context, msgs []bridge.Message) (bridge.Pending, error) {
 	if len(msgs) == 0 {
-		return func() error { return nil }, nil
+		return done{}, nil
 	}
 	var deltas []delta
 	applied := false
@@ -65,17 +65,36 @@ func (o *Outbox) AppendAsync(ctx context.Context, msgs []bridge.Message) (func()
 	if err != nil {
 		return nil, o.writeError(err)
 	}
-	return func() error {
-		err := p.Wait()
-		if err != nil && applied {
-			applyDeltas(deltas, -1) // staged, but the commit failed
-		}
-		if err != nil {
-			return o.writeError(err)
-		}
-		return nil
-	}, nil
+	return &appendWait{o: o, p: p, deltas: &deltas, applied: &applied}, nil
 }
+
+// appendWait is AppendAsync's Pending: the store's, plus taking the
+// counters back if the commit failed.
+type appendWait struct {
+	o       *Outbox
+	p       *persistence.Pending
+	deltas  *[]delta
+	applied *bool
+}
+
+func (w *appendWait) Ready() bool { return w.p.Ready() }
+
+func (w *appendWait) Wait() error {
+	err := w.p.Wait()
+	if err != nil && *w.applied {
+		applyDeltas(*w.deltas, -1) // staged, but the commit failed
+	}
+	if err != nil {
+		return w.o.writeError(err)
+	}
+	return nil
+}
+
+// done is a Pending that has nothing to wait for.
+type done struct{}
+
+func (done) Wait() error { return nil }
+func (done) Ready() bool { return true }
 
 // write runs stage in the store's group commit and applies its deltas.
 func (o *Outbox) write(ctx context.Context, durable bool, stage func(tx *persistence.Txn, deltas *[]delta) error) error {
