@@ -7,10 +7,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/ferrymq/ferry/bridge/activemq/stomp"
@@ -128,4 +130,92 @@ bridges:
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// TestActivemqIngressKill: 2,000 messages wait on an ActiveMQ queue for an
+// ingress route to the MQTT topic commands/in, read by a persistent QoS 1
+// subscriber. Ferry is killed -9 while it consumes and restarted on the
+// same data directory and address: every message reaches the subscriber
+// (ActiveMQ redelivers what Ferry had not acknowledged); duplicates are
+// counted and bounded by the prefetch window.
+func TestActivemqIngressKill(t *testing.T) {
+	testutil.Need(t, "FERRY_TEST_ACTIVEMQ_DIR", "start ActiveMQ with scripts/activemq.sh (activemq_start DIR exports it)")
+	amq := &privateActiveMQ{t: t, dir: t.TempDir()}
+	amq.run("activemq_start")
+	t.Cleanup(func() { amq.run("activemq_stop") })
+	addr := amq.addr()
+
+	const total, prefetch = 2000, 64
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := stomp.Dial(ctx, addr, stomp.Options{Login: "ferry", Passcode: "ferry"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	want := payloads("c", 0, total)
+	for i := 0; i < total; i += 500 {
+		msgs := make([]stomp.Message, 0, 500)
+		for _, p := range want[i:min(i+500, total)] {
+			msgs = append(msgs, stomp.Message{Destination: "/queue/ferry.commands", Body: []byte(p),
+				Headers: []stomp.Header{{Key: "persistent", Value: "true"}}})
+		}
+		r, err := c.SendTx(ctx, msgs)
+		if err == nil {
+			err = r.Wait(ctx)
+		}
+		if err != nil {
+			t.Fatalf("put messages: %v", err)
+		}
+	}
+
+	pass := filepath.Join(t.TempDir(), "passcode")
+	if err := os.WriteFile(pass, []byte("ferry\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := writeConfig(t, fmt.Sprintf(`storage: {sync: always}
+bridges:
+  - name: commands
+    direction: in
+    from: {activemq: {addr: %q, login: ferry, passcode_file: %q, destination: "/queue/ferry.commands", prefetch: %d}}
+    to: {topic: commands/in, qos: 1}
+    backoff: {initial: 20ms, max: 200ms}
+`, addr, pass, prefetch))
+	bin := testutil.BuildFerry(t)
+	mqttAddr := freeAddr(t)
+	args := []string{"-c", cfg, "--mqtt-addr", mqttAddr, "--ws-addr", "", "--admin-addr", "",
+		"--data-dir", filepath.Join(t.TempDir(), "data")}
+	p := testutil.StartFerry(t, bin, args...)
+
+	var mu sync.Mutex
+	got := map[string]int{}
+	sub := connectPaho(t, mqttAddr, "consumer", false, func(_ paho.Client, m paho.Message) {
+		mu.Lock()
+		got[string(m.Payload())]++
+		mu.Unlock()
+	})
+	if tok := sub.Subscribe("commands/in", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	distinct := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got)
+	}
+	testutil.Eventually(t, 30*time.Second, "ingress under way", func() bool { return distinct() >= 100 })
+	p.Signal(t, syscall.SIGKILL)
+	_ = p.Wait(t, 10*time.Second)
+	atKill := distinct()
+	if atKill >= total {
+		t.Fatalf("all %d messages were consumed before the kill: the test proves nothing", total)
+	}
+	p = testutil.StartFerry(t, bin, args...)
+	testutil.Eventually(t, 60*time.Second, "every message at the subscriber", func() bool { return distinct() >= total })
+	mu.Lock()
+	dups := checkAll(t, got, want)
+	mu.Unlock()
+	t.Logf("killed after %d of %d messages; %d duplicates at the subscriber", atKill, total, dups)
+	if dups > 4*prefetch {
+		t.Fatalf("%d duplicates, more than the prefetch window allows\nferry log:\n%s", dups, lastLines(p.Log(), 30))
+	}
 }
