@@ -3,21 +3,23 @@
 //
 // A route (RouteConfig, the `bridges:` list) is either egress (MQTT topic
 // filters → a connector target) or ingress (a connector source → an MQTT
-// topic). Connectors live in bridge/<name> (bridge/nats, bridge/webhook,
-// bridge/mqtt) behind the small Connector interface; the package that
+// topic). Connectors live in bridge/<name> (activemq, kafka, mqtt, nats,
+// rabbitmq, redis, webhook) behind the small Connector interface; the package that
 // wires Ferry together maps config keys to their Factory. Nothing here knows MQTT
 // sessions or imports the broker.
 //
 // # Use
 //
-//	ob, _ := outbox.Open(outbox.Config{Dir: dataDir + "/outbox"}, logger)
+//	st, _ := persistence.Open(persistence.Config{Dir: dataDir}, logger)
+//	ob, _ := outbox.New(st, logger) // the outbox shares the store's group commit
 //	b, err := bridge.New(routes, bridge.Deps{Outbox: ob, Publisher: pub, Logger: logger,
 //		Registerer: reg, Factories: map[string]bridge.Factory{"nats": nats.New, "webhook": webhook.New, "mqtt": mqtt.New}})
 //	err = b.Start(ctx)
 //	// in a mochi OnPublish hook, before the PUBACK:
 //	err = b.Offer(bridge.Message{Topic: ..., Payload: ..., QoS: ..., ClientID: ...})
+//	// or OfferAsync, and hold only the PUBACK until its Pending's Wait returns
 //	...
-//	b.Close(ctx) // then ob.Close()
+//	b.Close(ctx) // then ob.Close(), then st.Close()
 //
 // # Matching
 //

@@ -22,7 +22,8 @@
 // Keys (see keys.go) are c/<client> (session), s/<client><filter>
 // (subscription), q/<client><seq> (the session's queue, in order), p/<id>
 // (a message body, shared by the queue refs of every session it goes to),
-// r/<topic> (retained) and m/schema. Client ids inside s/ and q/ keys are
+// r/<topic> (retained), m/schema, and the bridge outbox's o/, d/ and m/seq/
+// (written by bridge/outbox through Update). Client ids inside s/ and q/ keys are
 // length-prefixed so one client is one key prefix. Values are a versioned
 // binary encoding (codec.go): the first byte is the record version, the
 // second the record kind; anything else is refused with ErrUnreadable
@@ -53,7 +54,10 @@
 //     or is not persistent.
 //   - OnSubscribed / OnUnsubscribed (before SUBACK/UNSUBACK), W.
 //   - OnRetainMessage (before the PUBACK), W.
-//   - OnPublish (before the PUBACK/PUBREC), W: see below. From the end of
+//   - OnPublish (before the PUBACK/PUBREC), W: see below; for QoS 1 with an
+//     ack deferrer (SetAckDeferrer, pending.go) the wait is the PUBACK's,
+//     not the reader's: the broker holds that PUBACK until the write is
+//     done, and mochi reads the publisher's next packet meanwhile. From the end of
 //     the load (StoredRetainedMessages), not from OnStarted: mochi's
 //     listeners serve before it calls OnStarted.
 //   - OnQosPublish, A (W for QoS 2 to a connected client): the packet id
