@@ -145,16 +145,20 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		ref := &pendingRef{seq: h.st.nextSeq(), ss: ss, size: size, spilled: spill}
 		pm.refs[id] = ref
 		ss.account(1, size)
+		// The ref is complete here (retain flag and subscription ids as
+		// mochi will send them), so that OnQosPublish need not write it
+		// again for QoS 1: only a packet id would be added, which a QoS 1
+		// resend after a restart may do without (load gives it a new one).
 		rec := refRec{State: refPublish, Qos: qos, MsgID: pm.msgID}
+		var version byte = 4
+		if subCl, ok := h.srv.Clients.Get(id); ok {
+			version = subCl.Properties.ProtocolVersion
+		}
+		_, rec.Retain, rec.SubIDs = outFields(&pk, sub, version, maxQos)
 		if spill {
 			ss.pendingSpill++
 			pm.excludeLocked(id)
 			spills = true
-			var version byte = 4
-			if subCl, ok := h.srv.Clients.Get(id); ok {
-				version = subCl.Properties.ProtocolVersion
-			}
-			_, rec.Retain, rec.SubIDs = outFields(&pk, sub, version, maxQos)
 		}
 		b.set(b.queueKey(id, ref.seq), rec.appendTo)
 	}
@@ -347,11 +351,13 @@ func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) 
 	}
 	var seq, msgID uint64
 	size := messageSize(&pk)
+	claimed := false
 	if p, _ := h.findPendingLocked(pk.Origin, &pk); p != nil && p.refs[cl.ID] != nil && !p.refs[cl.ID].claimed && !p.refs[cl.ID].spilled {
 		ref := p.refs[cl.ID]
 		ref.claimed, ref.pid = true, pk.PacketID
 		h.notifyLocked()
 		seq, msgID, size = ref.seq, p.msgID, ref.size
+		claimed = true
 		if ref.ss != ss { // the session was replaced meanwhile
 			ss.account(1, size)
 		}
@@ -382,7 +388,13 @@ func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) 
 		MsgID:    msgID,
 		SubIDs:   pk.Properties.SubscriptionIdentifier,
 	}
-	b.set(b.queueKey(cl.ID, seq), rec.appendTo)
+	// A QoS 1 ref that OnPublish stored is complete but for the packet id:
+	// not worth a write per delivery (a third of the store's work for a
+	// persistent subscriber). After a crash the message is resent under a
+	// new id; for QoS 1 that is at most a duplicate.
+	if !claimed || pk.FixedHeader.Qos == 2 {
+		b.set(b.queueKey(cl.ID, seq), rec.appendTo)
+	}
 	h.mu.Unlock()
 	// The packet id only matters for a QoS 2 message the client may receive
 	// now: with it, a resend after a crash is recognised as one.
