@@ -112,3 +112,11 @@ type Deps struct {
 	// Factories maps a connector's config key to its Factory.
 	Factories map[string]Factory
 }
+
+// Log is Logger, or a logger that discards when Logger is nil.
+func (d Deps) Log() *slog.Logger {
+	if d.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return d.Logger
+}

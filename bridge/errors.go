@@ -68,6 +68,15 @@ func fieldErr(path, format string, args ...any) error {
 	return &FieldError{Path: path, Err: fmt.Errorf(format, args...)}
 }
 
+// FieldErrors collects a connector section's configuration problems, each
+// naming its field (a FieldError); errors.Join(errs...) reports them all.
+type FieldErrors []error
+
+// Add records a problem of the field at path.
+func (e *FieldErrors) Add(path, format string, args ...any) {
+	*e = append(*e, fieldErr(path, format, args...))
+}
+
 // PrefixErrors returns err with prefix prepended to the Path of every
 // *FieldError joined in it; other errors become a FieldError at prefix. It
 // lets a connector report "subject: ..." and the bridge turn it into

@@ -84,11 +84,9 @@ func (c *conn) writeOrdered(p []byte) (int, error) {
 	}
 	total := len(p)
 	for len(p) > 0 {
-		n, hdr := packetLen(p), 0
+		n, hdr := packetHeader(p)
 		if n <= 0 || n > len(p) {
-			n = len(p) // not a whole packet: keep it in order, unparsed
-		} else {
-			hdr = n - remainingLen(p)
+			n, hdr = len(p), 0 // not a whole packet: keep it in order, unparsed
 		}
 		pk := p[:n]
 		p = p[n:]
@@ -274,17 +272,3 @@ type failed struct{ err error }
 
 func (f failed) Wait() error { return f.err }
 func (f failed) Ready() bool { return true }
-
-// remainingLen is the remaining-length field of the packet at the start of
-// b (whose header packetLen found whole).
-func remainingLen(b []byte) int {
-	n, mult := 0, 1
-	for i := 1; i < len(b) && i <= 4; i++ {
-		n += int(b[i]&0x7f) * mult
-		if b[i]&0x80 == 0 {
-			return n
-		}
-		mult *= 128
-	}
-	return 0
-}

@@ -173,15 +173,22 @@ func (c *conn) release() {
 // packetLen is the length of the MQTT packet at the start of b, 0 if b does
 // not hold its whole header.
 func packetLen(b []byte) int {
+	n, _ := packetHeader(b)
+	return n
+}
+
+// packetHeader is packetLen and the length of the packet's fixed header
+// (0, 0 if b does not hold the whole header).
+func packetHeader(b []byte) (total, header int) {
 	n, mult := 0, 1
 	for i := 1; i < len(b) && i <= 4; i++ {
 		n += int(b[i]&0x7f) * mult
 		if b[i]&0x80 == 0 {
-			return 1 + i + n
+			return 1 + i + n, 1 + i
 		}
 		mult *= 128
 	}
-	return 0
+	return 0, 0
 }
 
 func (c *conn) Read(p []byte) (int, error) {

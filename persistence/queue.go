@@ -124,10 +124,10 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 			continue
 		}
 		var spill bool
+		subCl, _ := h.srv.Clients.Get(id)
 		if bounded {
 			// Bounds and spilling need mochi kept from delivering the
 			// message to this subscriber (see exclusionFilter).
-			subCl, _ := h.srv.Clients.Get(id)
 			if !h.overflowLocked(id, ss, subCl, size, b) {
 				pm.excludeLocked(id)
 				continue
@@ -151,7 +151,7 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		// resend after a restart may do without (load gives it a new one).
 		rec := refRec{State: refPublish, Qos: qos, MsgID: pm.msgID}
 		var version byte = 4
-		if subCl, ok := h.srv.Clients.Get(id); ok {
+		if subCl != nil {
 			version = subCl.Properties.ProtocolVersion
 		}
 		_, rec.Retain, rec.SubIDs = outFields(&pk, sub, version, maxQos)

@@ -129,14 +129,9 @@ func New(spec bridge.Spec, deps bridge.Deps) (bridge.Connector, error) {
 		return nil, err
 	}
 	cfg := raw.withDefaults(spec.Route)
-	c := &Connector{cfg: cfg, spec: spec, log: deps.Logger, inflight: make(map[string]*produced)}
-	if c.log == nil {
-		c.log = slog.New(slog.DiscardHandler)
-	}
-	var errs []error
-	add := func(path, format string, args ...any) {
-		errs = append(errs, &bridge.FieldError{Path: path, Err: fmt.Errorf(format, args...)})
-	}
+	c := &Connector{cfg: cfg, spec: spec, log: deps.Log(), inflight: make(map[string]*produced)}
+	var errs bridge.FieldErrors
+	add := errs.Add
 	if len(cfg.Brokers) == 0 {
 		add("brokers", "must not be empty")
 	}

@@ -93,14 +93,9 @@ func New(spec bridge.Spec, deps bridge.Deps) (bridge.Connector, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = DefaultTimeout
 	}
-	c := &Connector{cfg: cfg, spec: spec, qos: DefaultQoS, log: deps.Logger}
-	if c.log == nil {
-		c.log = slog.New(slog.DiscardHandler)
-	}
-	var errs []error
-	add := func(path, format string, args ...any) {
-		errs = append(errs, &bridge.FieldError{Path: path, Err: fmt.Errorf(format, args...)})
-	}
+	c := &Connector{cfg: cfg, spec: spec, qos: DefaultQoS, log: deps.Log()}
+	var errs bridge.FieldErrors
+	add := errs.Add
 	u, err := url.Parse(cfg.URL)
 	switch {
 	case err != nil || u.Host == "":

@@ -80,14 +80,9 @@ func New(spec bridge.Spec, deps bridge.Deps) (bridge.Connector, error) {
 	if err := spec.Decode(&cfg); err != nil {
 		return nil, err
 	}
-	c := &Connector{cfg: cfg.withDefaults(spec.Route), spec: spec, log: deps.Logger}
-	if c.log == nil {
-		c.log = slog.New(slog.DiscardHandler)
-	}
-	var errs []error
-	add := func(path, format string, args ...any) {
-		errs = append(errs, &bridge.FieldError{Path: path, Err: fmt.Errorf(format, args...)})
-	}
+	c := &Connector{cfg: cfg.withDefaults(spec.Route), spec: spec, log: deps.Log()}
+	var errs bridge.FieldErrors
+	add := errs.Add
 	if cfg.URL == "" {
 		add("url", "must not be empty")
 	}

@@ -95,14 +95,9 @@ func New(spec bridge.Spec, deps bridge.Deps) (bridge.Connector, error) {
 		return nil, err
 	}
 	cfg := raw.withDefaults()
-	c := &Connector{cfg: cfg, spec: spec, log: deps.Logger}
-	if c.log == nil {
-		c.log = slog.New(slog.DiscardHandler)
-	}
-	var errs []error
-	add := func(path, format string, args ...any) {
-		errs = append(errs, &bridge.FieldError{Path: path, Err: fmt.Errorf(format, args...)})
-	}
+	c := &Connector{cfg: cfg, spec: spec, log: deps.Log()}
+	var errs bridge.FieldErrors
+	add := errs.Add
 	if cfg.URL == "" {
 		add("url", "must not be empty")
 	} else if _, err := amqp.ParseURI(cfg.URL); err != nil {

@@ -81,10 +81,8 @@ func New(spec bridge.Spec, deps bridge.Deps) (bridge.Connector, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = DefaultTimeout
 	}
-	var errs []error
-	add := func(path, format string, args ...any) {
-		errs = append(errs, &bridge.FieldError{Path: path, Err: fmt.Errorf(format, args...)})
-	}
+	var errs bridge.FieldErrors
+	add := errs.Add
 	if spec.Direction != bridge.Out {
 		add("", "webhook can only be an egress target")
 	}

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
-	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/ferrymq/ferry/bridge/activemq/stomp"
 	"github.com/ferrymq/ferry/internal/testutil"
@@ -80,19 +79,9 @@ bridges:
 	args := []string{"-c", cfg, "--mqtt-addr", "127.0.0.1:0", "--ws-addr", "", "--admin-addr", "", "--data-dir", dataDir}
 	p := testutil.StartFerry(t, bin, args...)
 
-	publish := func(addr string, from, to int) {
-		c := testutil.DialRaw(t, addr, 4)
-		c.Connect("sensor", packets.Properties{})
-		for i := from; i < to; i++ {
-			c.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: uint16(i%60000 + 1),
-				TopicName: "devices/sensor/telemetry", Payload: []byte(fmt.Sprintf("m%05d", i))})
-			c.Expect(packets.Puback)
-		}
-		_ = c.Conn.Close()
-	}
-	publish(p.Addr("tcp0"), 0, 1000)
+	publishSensor(t, p.Addr("tcp0"), 0, 1000)
 	amq.run("activemq_stop")
-	publish(p.Addr("tcp0"), 1000, 3000) // acknowledged: in the outbox
+	publishSensor(t, p.Addr("tcp0"), 1000, 3000) // acknowledged: in the outbox
 	p.Signal(t, syscall.SIGKILL)
 	_ = p.Wait(t, 10*time.Second)
 	p = testutil.StartFerry(t, bin, args...)

@@ -110,20 +110,10 @@ bridges:
 	args := []string{"-c", cfg, "--mqtt-addr", "127.0.0.1:0", "--ws-addr", "", "--admin-addr", "", "--data-dir", dataDir}
 	p := testutil.StartFerry(t, bin, args...)
 
-	publish := func(addr string, from, to int) {
-		c := testutil.DialRaw(t, addr, 4)
-		c.Connect("sensor", packets.Properties{})
-		for i := from; i < to; i++ {
-			c.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: uint16(i%60000 + 1),
-				TopicName: "devices/sensor/telemetry", Payload: []byte(fmt.Sprintf("m%05d", i))})
-			c.Expect(packets.Puback)
-		}
-		_ = c.Conn.Close()
-	}
-	publish(p.Addr("tcp0"), 0, 1000)
+	publishSensor(t, p.Addr("tcp0"), 0, 1000)
 	ns.Shutdown()
 	ns.WaitForShutdown()
-	publish(p.Addr("tcp0"), 1000, 3000) // acknowledged: in the outbox
+	publishSensor(t, p.Addr("tcp0"), 1000, 3000) // acknowledged: in the outbox
 	p.Signal(t, syscall.SIGKILL)
 	_ = p.Wait(t, 10*time.Second)
 	p = testutil.StartFerry(t, bin, args...)
@@ -156,4 +146,18 @@ bridges:
 		t.Fatalf("%d distinct messages in the stream, want 3000", len(distinct))
 	}
 	_ = p
+}
+
+// publishSensor publishes payloads m<from>..m<to-1> at QoS 1 as client
+// "sensor" to devices/sensor/telemetry, each waiting for its PUBACK.
+func publishSensor(t *testing.T, addr string, from, to int) {
+	t.Helper()
+	c := testutil.DialRaw(t, addr, 4)
+	c.Connect("sensor", packets.Properties{})
+	for i := from; i < to; i++ {
+		c.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: uint16(i%60000 + 1),
+			TopicName: "devices/sensor/telemetry", Payload: []byte(fmt.Sprintf("m%05d", i))})
+		c.Expect(packets.Puback)
+	}
+	_ = c.Conn.Close()
 }
