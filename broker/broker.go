@@ -449,7 +449,8 @@ func (b *Broker) untrack(c *conn) {
 // serveConn runs one connection through mochi. A panic anywhere in mochi's
 // handling of it ends this connection only.
 func (b *Broker) serveConn(l *listener, nc net.Conn, state func() *tls.ConnectionState, establish listeners.EstablishFn) {
-	c := &conn{Conn: nc, b: b, listener: l.cfg.Name, tlsState: state}
+	c := &conn{Conn: nc, b: b, listener: l.cfg.Name, tlsState: state, handled: make(chan struct{})}
+	defer close(c.handled) // last: after the clean-up of a panicked handler below
 	c.acond.L = &c.amu
 	if b.perIP != nil {
 		c.ip = remoteIP(nc.RemoteAddr())
@@ -504,7 +505,7 @@ func (b *Broker) serveConn(l *listener, nc net.Conn, state func() *tls.Connectio
 // forget removes what mochi would have removed had its handler returned: a
 // clean session of a client whose handler panicked.
 func (b *Broker) forget(cl *mqtt.Client) {
-	if cl.Properties.Clean || (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) {
+	if endsWithConnection(cl) {
 		b.mochi.UnsubscribeClient(cl)
 		cl.ClearInflights()
 		if cur, ok := b.mochi.Clients.Get(cl.ID); ok && cur == cl {

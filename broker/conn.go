@@ -56,6 +56,9 @@ type conn struct {
 	entered func()
 
 	client atomic.Pointer[mqtt.Client] // set once CONNECT is processed
+	// handled is closed once mochi's handler for the connection has
+	// returned: the client's clean-up is done (see protocolHook.OnSessionEstablish).
+	handled chan struct{}
 
 	// reader state, only touched by the reading goroutine
 	version byte
@@ -299,13 +302,25 @@ func (c *conn) Close() error {
 			c.b.untrack(c)
 			return
 		}
-		_ = c.Conn.SetReadDeadline(time.Now().Add(linger))
+		// A deadline in the past wakes mochi's reader, which then sees
+		// closed: its handler must end now, not when the client closes its
+		// side (a takeover waits for it, see protocolHook.OnSessionEstablish).
+		_ = c.Conn.SetReadDeadline(time.Now())
 		c.mu.Unlock()
 		c.b.wg.Add(1)
 		go func() {
 			defer c.b.wg.Done()
 			defer c.b.untrack(c)
 			defer c.Conn.Close()
+			// The drain's deadline must not be set before the reader
+			// woke: it would sleep on.
+			t := time.NewTimer(linger)
+			select {
+			case <-c.handled:
+			case <-t.C:
+			}
+			t.Stop()
+			_ = c.Conn.SetReadDeadline(time.Now().Add(linger))
 			buf := make([]byte, 512)
 			for {
 				if _, err := c.Conn.Read(buf); err != nil {

@@ -375,3 +375,52 @@ func TestSilentSocketsAreClosed(t *testing.T) {
 	talker.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
 	talker.Expect(packets.Pingresp)
 }
+
+// TestQuickReconnectKeepsSubscription: a clean-session client that comes
+// back under the same id while the broker is still tearing down its old
+// connection (or takes that connection over) keeps what it subscribed to
+// on the new one. In mochi v2.7.9 the old connection's clean-up
+// (UnsubscribeClient, Clients.Delete by id) can run after the new one
+// subscribed: it then unsubscribes the new connection and forgets its
+// client, and no message reaches it.
+func TestQuickReconnectKeepsSubscription(t *testing.T) {
+	b := testutil.StartBroker(t)
+	pub := testutil.DialRaw(t, b.Addr, 4)
+	pub.Connect("quick-pub", packets.Properties{})
+	for _, closeFirst := range []bool{true, false} {
+		for i := range 60 {
+			var old *testutil.Raw
+			for v := byte(4); v <= 5; v++ {
+				c := testutil.DialRaw(t, b.Addr, v)
+				c.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
+					Connect: packets.ConnectParams{ClientIdentifier: "quick", Clean: true, Keepalive: 60}})
+				if ack := c.Expect(packets.Connack); ack.ReasonCode != 0 {
+					t.Fatalf("CONNACK 0x%02x", ack.ReasonCode)
+				}
+				c.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+					Filters: packets.Subscriptions{{Filter: "quick/#"}}})
+				c.Expect(packets.Suback)
+				if old == nil {
+					old = c
+					if closeFirst {
+						_ = c.Conn.Close()
+					}
+					continue
+				}
+				topic := fmt.Sprintf("quick/%d", i)
+				pub.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: topic})
+				for {
+					pk, err := c.Read(5 * time.Second)
+					if err != nil {
+						t.Fatalf("close first %v, round %d: the new connection got nothing: %v", closeFirst, i, err)
+					}
+					if pk.FixedHeader.Type == packets.Publish && pk.TopicName == topic {
+						break
+					}
+				}
+				_ = c.Conn.Close()
+			}
+			_ = old.Conn.Close()
+		}
+	}
+}

@@ -220,6 +220,16 @@ func TestSessionQueuePolicies(t *testing.T) {
 			sub.Expect(packets.Suback)
 			sub.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
 			sub.ExpectClosed(5 * time.Second)
+			// mochi marks the client closed just after its socket: until
+			// then a message counts as sent on a live connection, which
+			// drop-oldest does not take back.
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+				if cl, ok := b.B.Server().Clients.Get("away"); ok && cl.Closed() {
+					break
+				} else if time.Now().After(deadline) {
+					t.Fatal("the session never went offline")
+				}
+			}
 
 			pub := testutil.DialRaw(t, b.Addr, 4)
 			pub.Connect("pub", packets.Properties{})

@@ -58,7 +58,7 @@ func (h *protocolHook) ID() string { return "ferry-protocol" }
 
 func (h *protocolHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnSessionEstablished,
+	case mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnSessionEstablish, mqtt.OnSessionEstablished,
 		mqtt.OnClientExpired, mqtt.OnDisconnect:
 		return true
 	case mqtt.OnPublish:
@@ -74,6 +74,53 @@ func (h *protocolHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
 		c.client.Store(cl)
 	}
 	return nil
+}
+
+// takeoverWait bounds how long a connection waits for the clean-up of the
+// previous connection under its client id; it takes microseconds unless
+// that connection's goroutine is stuck.
+const takeoverWait = 5 * time.Second
+
+// OnSessionEstablish lets the previous connection under cl's client id
+// finish, when its session ends with it, before mochi looks the id up
+// (inheritClientSession). mochi v2.7.9 does not order the two: the old
+// handler's clean-up (UnsubscribeClient, then Clients.Delete by id) could
+// run after the new connection subscribed, removing its subscriptions and
+// its client, so that nothing reached it any more. A device that drops its
+// connection and reconnects at once hits exactly that. So the old
+// connection is closed (with DISCONNECT "session taken over" for MQTT 5,
+// as mochi would) and this one waits until its handler returned; a
+// persistent session's handler leaves the session alone and mochi's
+// takeover moves it as before.
+func (h *protocolHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	old, ok := h.b.mochi.Clients.Get(cl.ID)
+	if !ok || old == cl || !endsWithConnection(old) {
+		return
+	}
+	oc, ok := old.Net.Conn.(*conn)
+	if !ok {
+		return
+	}
+	if !old.Closed() {
+		_ = h.b.mochi.DisconnectClient(old, packets.ErrSessionTakenOver)
+	}
+	t := time.NewTimer(takeoverWait)
+	defer t.Stop()
+	select {
+	case <-oc.handled:
+	case <-t.C:
+		h.b.log.Warn("previous connection of the client still not finished; taking it over anyway",
+			"client_id", cl.ID, "waited", takeoverWait)
+	}
+}
+
+// endsWithConnection says whether cl's session ends when its network
+// connection does, the condition under which mochi's handler cleans it up.
+func endsWithConnection(cl *mqtt.Client) bool {
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval == 0
+	}
+	return cl.Properties.Clean
 }
 
 // OnSessionEstablished runs after CONNACK and the resend of the session's
