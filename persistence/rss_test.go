@@ -48,6 +48,8 @@ type mem struct {
 	rss   rss
 	heap  uint64 // Go heap in use (includes untouched pages of large allocations)
 	stack uint64 // goroutine stacks
+	held  uint64 // heap memory the runtime holds from the OS (HeapSys - HeapReleased)
+	sys   uint64 // all memory the runtime holds from the OS (Sys - HeapReleased)
 }
 
 func settledRSS(t testing.TB) mem {
@@ -57,14 +59,14 @@ func settledRSS(t testing.TB) mem {
 	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return mem{rss: readRSS(t), heap: ms.HeapInuse, stack: ms.StackInuse}
+	return mem{rss: readRSS(t), heap: ms.HeapInuse, stack: ms.StackInuse, held: ms.HeapSys - ms.HeapReleased, sys: ms.Sys - ms.HeapReleased}
 }
 
 func growth(a, b mem) string {
 	mb := func(v int64) float64 { return float64(v) / (1 << 20) }
-	return fmt.Sprintf("RSS %+.1f MB (anonymous %+.1f MB, file-backed %+.1f MB; Go heap in use %+.1f MB, stacks %+.1f MB)",
+	return fmt.Sprintf("RSS %+.1f MB (anonymous %+.1f MB, file-backed %+.1f MB; Go heap in use %+.1f MB, held from the OS %+.1f MB, runtime total %+.1f MB, stacks %+.1f MB)",
 		mb(b.rss.anon+b.rss.file-a.rss.anon-a.rss.file), mb(b.rss.anon-a.rss.anon), mb(b.rss.file-a.rss.file),
-		mb(int64(b.heap)-int64(a.heap)), mb(int64(b.stack)-int64(a.stack)))
+		mb(int64(b.heap)-int64(a.heap)), mb(int64(b.held)-int64(a.held)), mb(int64(b.sys)-int64(a.sys)), mb(int64(b.stack)-int64(a.stack)))
 }
 
 // TestQueuedRSS measures what an offline persistent session with N queued
