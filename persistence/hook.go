@@ -32,6 +32,7 @@ type Hook struct {
 	mu       sync.Mutex
 	sessions map[string]*session      // persistent sessions, by client id
 	pending  map[string][]*pendingMsg // publishes between OnPublish and OnPublished, by origin
+	expiring map[string]*session      // sessions whose backlog holds messages that expire
 	refs     map[uint64]int32         // queue refs per message body
 	restored map[string]*restoredSession
 
@@ -75,6 +76,10 @@ type session struct {
 
 	count int   // PUBLISH messages queued: entries, transfer, backlog, pending
 	bytes int64 // their topic and payload bytes
+
+	// nextExpiry is the earliest spillItem.expires in backlog and transfer
+	// (0: none); it may be earlier than that, never later.
+	nextExpiry uint32
 }
 
 // entry maps one of mochi's in-flight packets to its q/ record.
@@ -108,6 +113,7 @@ func NewHook(st *Store, srv *mqtt.Server) *Hook {
 		now:      time.Now,
 		sessions: map[string]*session{},
 		pending:  map[string][]*pendingMsg{},
+		expiring: map[string]*session{},
 		refs:     map[uint64]int32{},
 		restored: map[string]*restoredSession{},
 		limits:   QueueLimits{}.withDefaults(),
@@ -178,6 +184,7 @@ func (h *Hook) OnStarted() {
 				return
 			case now := <-t.C:
 				h.tickRestored(now.Unix())
+				h.sweepSpilled(h.now().Unix())
 			}
 		}
 	}()

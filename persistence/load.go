@@ -159,11 +159,13 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 
 	// Refs first, in key order: per client, in queue order.
 	type loaded struct {
-		seq   uint64
-		rec   refRec
-		pk    *packets.Packet // nil while spilled: a restart with many queued messages must not build them all
-		size  uint32
-		spill bool
+		seq  uint64
+		rec  refRec
+		pk   *packets.Packet // nil while spilled: a restart with many queued messages must not build them all
+		size uint32
+		// expires is the body's spillItem.expires.
+		expires uint32
+		spill   bool
 	}
 	perClient := map[string][]loaded{}
 	need := map[uint64]*msgRec{} // bodies to load into mochi
@@ -207,6 +209,7 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 	type bodyInfo struct {
 		size    uint32
 		expired bool
+		expires uint32
 	}
 	bodies := make(map[uint64]bodyInfo, len(used))
 	err = h.st.scan(prefixMessage, func(key, val []byte) error {
@@ -225,6 +228,7 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 		info := bodyInfo{
 			size:    uint32(len(rec.Topic) + len(rec.Payload)),
 			expired: (rec.Expiry > 0 && rec.Expiry < now) || (maxExpiry > 0 && now-rec.Created > maxExpiry),
+			expires: expiresAt(rec.Created, rec.Expiry, maxExpiry),
 		}
 		bodies[id] = info
 		if _, ok := need[id]; ok && !info.expired {
@@ -260,7 +264,7 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 					b.delete(queueKey(id, l.seq))
 					continue
 				}
-				l.size = info.size
+				l.size, l.expires = info.size, info.expires
 				if !l.spill {
 					body := need[l.rec.MsgID]
 					pk := body.packet()
@@ -303,7 +307,8 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 				ss.account(1, l.size)
 			}
 			if l.spill {
-				ss.backlog.insert(spillItem{seq: l.seq, msgID: l.rec.MsgID, size: l.size})
+				ss.backlog.insert(spillItem{seq: l.seq, msgID: l.rec.MsgID, size: l.size, expires: l.expires})
+				h.noteExpiryLocked(id, ss, l.expires)
 				continue
 			}
 			if l.pk.PacketID == 0 {

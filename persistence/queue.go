@@ -13,6 +13,7 @@ import (
 // persistent sessions it will reach, and OnPublished, after mochi's fan-out.
 type pendingMsg struct {
 	created int64
+	expires uint32 // as spillItem.expires
 	topic   string
 	payload []byte
 	msgID   uint64
@@ -109,7 +110,8 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	}
 
 	b := h.st.newBatch()
-	pm := &pendingMsg{created: pk.Created, topic: pk.TopicName, payload: pk.Payload, shared: shared}
+	pm := &pendingMsg{created: pk.Created, topic: pk.TopicName, payload: pk.Payload, shared: shared,
+		expires: expiresAt(pk.Created, pk.Expiry, h.srv.Options.Capabilities.MaximumMessageExpiryInterval)}
 	size := messageSize(&pk)
 	bounded := excludable(pk.TopicName)
 	window, liveWindow := h.window(), h.liveWindow()

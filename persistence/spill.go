@@ -3,6 +3,7 @@ package persistence
 import (
 	"context"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -142,6 +143,25 @@ type spillItem struct {
 	seq   uint64
 	msgID uint64
 	size  uint32
+	// expires is when the message expires, in Unix seconds: its own expiry
+	// or the server's maximum, whichever comes first; 0 never. It sits in
+	// what would be the struct's padding.
+	expires uint32
+}
+
+// expiresAt is spillItem.expires of a message created at created with
+// expiry (Unix seconds, 0 none) under the server's maximum message expiry
+// interval maxExpiry (seconds, 0 none): the moment after which the drain
+// would skip it (feed).
+func expiresAt(created, expiry, maxExpiry int64) uint32 {
+	at := expiry
+	if maxExpiry > 0 && (at <= 0 || created+maxExpiry < at) {
+		at = created + maxExpiry
+	}
+	if at <= 0 {
+		return 0
+	}
+	return uint32(min(at, math.MaxUint32))
 }
 
 // spillQueue is a session's spilled messages in queue (seq) order.
@@ -179,6 +199,18 @@ func (q *spillQueue) pushFront(items []spillItem) {
 	n := make([]spillItem, 0, len(items)+len(rest))
 	q.items = append(append(n, items...), rest...)
 	q.head = 0
+}
+
+// filter keeps, in order, the items keep returns true for.
+func (q *spillQueue) filter(keep func(spillItem) bool) {
+	out := q.items[q.head:q.head]
+	for _, it := range q.items[q.head:] {
+		if keep(it) {
+			out = append(out, it)
+		}
+	}
+	q.items = q.items[:q.head+len(out)]
+	q.compact()
 }
 
 // popFront removes and returns up to n items from the front.
@@ -399,7 +431,8 @@ func (h *Hook) settleSpilledLocked(p *pendingMsg, ok bool, b *batch) {
 			h.releaseBodyLocked(p.msgID, b)
 			continue
 		}
-		ss.backlog.insert(spillItem{seq: ref.seq, msgID: p.msgID, size: ref.size})
+		ss.backlog.insert(spillItem{seq: ref.seq, msgID: p.msgID, size: ref.size, expires: p.expires})
+		h.noteExpiryLocked(id, ss, p.expires)
 		h.spilled.Add(1)
 		h.maybeDrainLocked(id, ss)
 	}
@@ -713,4 +746,68 @@ func getValue(txn *badger.Txn, key []byte) ([]byte, error) {
 		return nil, err
 	}
 	return item.ValueCopy(nil)
+}
+
+// noteExpiryLocked records that the backlog of session id holds a message
+// that expires at exp (0: never), for sweepSpilledLocked.
+func (h *Hook) noteExpiryLocked(id string, ss *session, exp uint32) {
+	if exp == 0 {
+		return
+	}
+	if ss.nextExpiry == 0 || exp < ss.nextExpiry {
+		ss.nextExpiry = exp
+	}
+	h.expiring[id] = ss
+}
+
+// sweepSpilled deletes the spilled messages that expired before they could
+// be sent. The drain skips them too, but only once the session is back: an
+// offline session's queue would otherwise stay full of dead messages, its
+// new ones dropped for want of room, and the disk kept. (Messages in
+// mochi's memory window are expired by mochi, which tells OnQosDropped.)
+func (h *Hook) sweepSpilled(now int64) {
+	b := h.st.newBatch()
+	h.mu.Lock()
+	n := 0
+	for id, ss := range h.expiring {
+		if h.sessions[id] != ss || ss.nextExpiry == 0 {
+			delete(h.expiring, id)
+			continue
+		}
+		if int64(ss.nextExpiry) >= now {
+			continue
+		}
+		var next uint32
+		earliest := func(exp uint32) {
+			if exp != 0 && (next == 0 || exp < next) {
+				next = exp
+			}
+		}
+		ss.backlog.filter(func(it spillItem) bool {
+			if it.expires != 0 && int64(it.expires) < now {
+				b.delete(b.queueKey(id, it.seq))
+				h.releaseBodyLocked(it.msgID, b)
+				ss.account(-1, it.size)
+				n++
+				return false
+			}
+			earliest(it.expires)
+			return true
+		})
+		// Taken by the drain, back in the backlog if it does not send them.
+		for _, it := range ss.transfer {
+			earliest(it.expires)
+		}
+		ss.nextExpiry = next
+		if next == 0 {
+			delete(h.expiring, id)
+		}
+	}
+	h.mu.Unlock()
+	if n == 0 {
+		h.st.putBatch(b)
+		return
+	}
+	h.expired.Add(uint64(n))
+	h.write(b, false)
 }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -642,4 +643,137 @@ func TestSpilledBodiesSharedBetweenSessions(t *testing.T) {
 		}
 		eventually(t, 5*time.Second, fmt.Sprintf("%d bodies left after %s", want, id), func() bool { return countKeys(t, st, prefixMessage) == want })
 	}
+}
+
+// TestSpilledMessagesExpireWhileOffline: spilled messages of an offline
+// session that expire are deleted then, not when the session comes back:
+// they no longer fill its queue (new messages are queued, not dropped) or
+// the disk. Those in mochi's memory window are mochi's to expire.
+func TestSpilledMessagesExpireWhileOffline(t *testing.T) {
+	st := openStore(t, Config{})
+	var skew atomic.Int64 // added to the hook's clock
+	adjust := func(h *Hook) {
+		h.SetQueueLimits(QueueLimits{MaxMessages: 5, Policy: PolicyDropNewest})
+		h.now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+	}
+	caps := func(c *mqtt.Capabilities) {
+		smallWindow(c) // 3 in memory, the rest spilled
+		c.MaximumMessageExpiryInterval = 60
+	}
+	b := startBrokerWith(t, st, caps, adjust)
+	offlineSubscriber(t, b, "sub", "e/#")
+	pub := connect(t, b.url, "pub", true, nil)
+	for _, p := range payloads(0, 5) {
+		wait(t, "publish", pub.Publish("e/x", 1, false, p))
+	}
+	eventually(t, 5*time.Second, "5 queued", func() bool { return countKeys(t, st, prefixQueue) == 5 })
+
+	skew.Store(int64(2 * time.Minute))
+	eventually(t, 5*time.Second, "spilled messages expired", func() bool { return b.hook.QueueStats().Expired == 2 })
+	skew.Store(0)
+	eventually(t, 5*time.Second, "their keys deleted", func() bool {
+		return countKeys(t, st, prefixQueue) == 3 && countKeys(t, st, prefixMessage) == 3
+	})
+
+	// Room for two more; the third is over the bound.
+	for _, p := range payloads(5, 8) {
+		wait(t, "publish", pub.Publish("e/x", 1, false, p))
+	}
+	if s := b.hook.QueueStats(); s.DroppedNewest != 1 {
+		t.Fatalf("dropped %d, want 1 (m007)", s.DroppedNewest)
+	}
+	var c collector
+	connect(t, b.url, "sub", false, c.handle)
+	want := []string{"m000", "m001", "m002", "m005", "m006"}
+	eventually(t, 5*time.Second, "5 messages", func() bool { return len(c.snapshot()) >= len(want) })
+	if got := c.snapshot(); !slices.Equal(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	assertQueueEmpties(t, b, st, "sub")
+}
+
+func TestSpillQueueFilter(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		seqs       []uint64
+		popped     int
+		drop, want []uint64
+	}{
+		{"none dropped", []uint64{1, 2, 3}, 0, nil, []uint64{1, 2, 3}},
+		{"all dropped", []uint64{1, 2, 3}, 0, []uint64{1, 2, 3}, nil},
+		{"middle, after a pop", []uint64{1, 2, 3, 4, 5}, 2, []uint64{4}, []uint64{3, 5}},
+		{"front and back", []uint64{1, 2, 3, 4}, 0, []uint64{1, 4}, []uint64{2, 3}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var q spillQueue
+			for _, s := range tc.seqs {
+				q.insert(spillItem{seq: s})
+			}
+			q.popFront(tc.popped)
+			q.filter(func(it spillItem) bool { return !slices.Contains(tc.drop, it.seq) })
+			var got []uint64
+			for q.len() > 0 {
+				got = append(got, q.popFront(1)[0].seq)
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestExpiresAt(t *testing.T) {
+	for _, tc := range []struct {
+		name                       string
+		created, expiry, maxExpiry int64
+		want                       uint32
+	}{
+		{"never", 100, 0, 0, 0},
+		{"own expiry", 100, 160, 0, 160},
+		{"server maximum only", 100, 0, 30, 130},
+		{"server maximum first", 100, 160, 30, 130},
+		{"own expiry first", 100, 120, 30, 120},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := expiresAt(tc.created, tc.expiry, tc.maxExpiry); got != tc.want {
+				t.Fatalf("got %d, want %d", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestSpilledExpiryAfterRestart: spilled messages restored at a start
+// still expire on time while their session stays offline.
+func TestSpilledExpiryAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	var skew atomic.Int64
+	adjust := func(h *Hook) {
+		h.now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+	}
+	caps := func(c *mqtt.Capabilities) {
+		smallWindow(c)
+		c.MaximumMessageExpiryInterval = 60
+	}
+	st := openStore(t, Config{Dir: dir})
+	b := startBrokerWith(t, st, caps, adjust)
+	offlineSubscriber(t, b, "sub", "e/#")
+	pub := connect(t, b.url, "pub", true, nil)
+	for _, p := range payloads(0, 5) {
+		wait(t, "publish", pub.Publish("e/x", 1, false, p))
+	}
+	eventually(t, 5*time.Second, "5 queued", func() bool { return countKeys(t, st, prefixQueue) == 5 })
+	pub.Disconnect(100)
+	b.close()
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	st = openStore(t, Config{Dir: dir})
+	b = startBrokerWith(t, st, caps, adjust)
+	if n := countKeys(t, st, prefixQueue); n != 5 {
+		t.Fatalf("%d queued after the restart, want 5", n)
+	}
+	skew.Store(int64(2 * time.Minute))
+	eventually(t, 5*time.Second, "spilled messages expired", func() bool { return b.hook.QueueStats().Expired == 2 })
+	eventually(t, 5*time.Second, "their keys deleted", func() bool { return countKeys(t, st, prefixQueue) == 3 })
 }
