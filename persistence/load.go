@@ -225,11 +225,8 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 		if err != nil {
 			return h.st.unreadable(key, err)
 		}
-		info := bodyInfo{
-			size:    uint32(len(rec.Topic) + len(rec.Payload)),
-			expired: (rec.Expiry > 0 && rec.Expiry < now) || (maxExpiry > 0 && now-rec.Created > maxExpiry),
-			expires: expiresAt(rec.Created, rec.Expiry, maxExpiry),
-		}
+		exp := expiresAt(rec.Created, rec.Expiry, maxExpiry)
+		info := bodyInfo{size: uint32(len(rec.Topic) + len(rec.Payload)), expired: expiredBy(exp, now), expires: exp}
 		bodies[id] = info
 		if _, ok := need[id]; ok && !info.expired {
 			need[id] = &rec

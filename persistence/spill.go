@@ -164,6 +164,10 @@ func expiresAt(created, expiry, maxExpiry int64) uint32 {
 	return uint32(min(at, math.MaxUint32))
 }
 
+// expiredBy says whether a message that expires at exp (as
+// spillItem.expires) has expired at now (Unix seconds).
+func expiredBy(exp uint32, now int64) bool { return exp != 0 && int64(exp) < now }
+
 // spillQueue is a session's spilled messages in queue (seq) order.
 type spillQueue struct {
 	items []spillItem
@@ -588,8 +592,7 @@ func (h *Hook) feed(id string, ss *session, d *drain, pks []spilledPacket) {
 		}
 		ss.transfer = ss.transfer[1:]
 		now := h.now().Unix()
-		maxExpiry := h.srv.Options.Capabilities.MaximumMessageExpiryInterval
-		if !sp.ok || (sp.pk.Expiry > 0 && sp.pk.Expiry < now) || (maxExpiry > 0 && now-sp.pk.Created > maxExpiry) {
+		if !sp.ok || expiredBy(sp.item.expires, now) {
 			if sp.ok {
 				h.expired.Add(1)
 			}
@@ -784,7 +787,7 @@ func (h *Hook) sweepSpilled(now int64) {
 			}
 		}
 		ss.backlog.filter(func(it spillItem) bool {
-			if it.expires != 0 && int64(it.expires) < now {
+			if expiredBy(it.expires, now) {
 				b.delete(b.queueKey(id, it.seq))
 				h.releaseBodyLocked(it.msgID, b)
 				ss.account(-1, it.size)

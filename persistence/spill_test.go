@@ -645,28 +645,43 @@ func TestSpilledBodiesSharedBetweenSessions(t *testing.T) {
 	}
 }
 
-// TestSpilledMessagesExpireWhileOffline: spilled messages of an offline
-// session that expire are deleted then, not when the session comes back:
-// they no longer fill its queue (new messages are queued, not dropped) or
-// the disk. Those in mochi's memory window are mochi's to expire.
-func TestSpilledMessagesExpireWhileOffline(t *testing.T) {
-	st := openStore(t, Config{})
-	var skew atomic.Int64 // added to the hook's clock
+// expiringBroker starts a broker on st whose hook clock runs skew ahead,
+// with a memory window of 3 and a 60 s maximum message expiry.
+func expiringBroker(t *testing.T, st *Store, skew *atomic.Int64, lim QueueLimits) *broker {
+	t.Helper()
 	adjust := func(h *Hook) {
-		h.SetQueueLimits(QueueLimits{MaxMessages: 5, Policy: PolicyDropNewest})
+		h.SetQueueLimits(lim)
 		h.now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
 	}
 	caps := func(c *mqtt.Capabilities) {
 		smallWindow(c) // 3 in memory, the rest spilled
 		c.MaximumMessageExpiryInterval = 60
 	}
-	b := startBrokerWith(t, st, caps, adjust)
+	return startBrokerWith(t, st, caps, adjust)
+}
+
+// queueFive leaves session "sub" offline with m000..m004 queued on "e/x":
+// 3 in mochi's memory window, 2 spilled.
+func queueFive(t *testing.T, b *broker, st *Store) paho.Client {
+	t.Helper()
 	offlineSubscriber(t, b, "sub", "e/#")
 	pub := connect(t, b.url, "pub", true, nil)
 	for _, p := range payloads(0, 5) {
 		wait(t, "publish", pub.Publish("e/x", 1, false, p))
 	}
 	eventually(t, 5*time.Second, "5 queued", func() bool { return countKeys(t, st, prefixQueue) == 5 })
+	return pub
+}
+
+// TestSpilledMessagesExpireWhileOffline: spilled messages of an offline
+// session that expire are deleted then, not when the session comes back:
+// they no longer fill its queue (new messages are queued, not dropped) or
+// the disk. Those in mochi's memory window are mochi's to expire.
+func TestSpilledMessagesExpireWhileOffline(t *testing.T) {
+	st := openStore(t, Config{})
+	var skew atomic.Int64
+	b := expiringBroker(t, st, &skew, QueueLimits{MaxMessages: 5, Policy: PolicyDropNewest})
+	pub := queueFive(t, b, st)
 
 	skew.Store(int64(2 * time.Minute))
 	eventually(t, 5*time.Second, "spilled messages expired", func() bool { return b.hook.QueueStats().Expired == 2 })
@@ -747,29 +762,16 @@ func TestExpiresAt(t *testing.T) {
 func TestSpilledExpiryAfterRestart(t *testing.T) {
 	dir := t.TempDir()
 	var skew atomic.Int64
-	adjust := func(h *Hook) {
-		h.now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
-	}
-	caps := func(c *mqtt.Capabilities) {
-		smallWindow(c)
-		c.MaximumMessageExpiryInterval = 60
-	}
 	st := openStore(t, Config{Dir: dir})
-	b := startBrokerWith(t, st, caps, adjust)
-	offlineSubscriber(t, b, "sub", "e/#")
-	pub := connect(t, b.url, "pub", true, nil)
-	for _, p := range payloads(0, 5) {
-		wait(t, "publish", pub.Publish("e/x", 1, false, p))
-	}
-	eventually(t, 5*time.Second, "5 queued", func() bool { return countKeys(t, st, prefixQueue) == 5 })
-	pub.Disconnect(100)
+	b := expiringBroker(t, st, &skew, QueueLimits{})
+	queueFive(t, b, st).Disconnect(100)
 	b.close()
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}
 
 	st = openStore(t, Config{Dir: dir})
-	b = startBrokerWith(t, st, caps, adjust)
+	b = expiringBroker(t, st, &skew, QueueLimits{})
 	if n := countKeys(t, st, prefixQueue); n != 5 {
 		t.Fatalf("%d queued after the restart, want 5", n)
 	}
