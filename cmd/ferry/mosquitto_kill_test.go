@@ -150,14 +150,19 @@ func TestMosquittoSubSurvivesKill(t *testing.T) {
 	// a crash) repeats an earlier message and is counted.
 	last, dupes := -2, 0
 	firsts := map[int]bool{}
-	for _, n := range received() {
+	all := received()
+	for i, n := range all {
 		if firsts[n] {
 			dupes++
 			continue
 		}
 		firsts[n] = true
 		if n < last {
-			t.Fatalf("message %d delivered after %d: out of order", n, last)
+			amu.Lock()
+			wasAcked := acked[n]
+			amu.Unlock()
+			t.Fatalf("message %d (acknowledged: %v) delivered after %d: out of order; deliveries around it: %v",
+				n, wasAcked, last, all[max(0, i-12):min(len(all), i+4)])
 		}
 		last = n
 	}
