@@ -33,7 +33,7 @@ type Hook struct {
 	sessions map[string]*session      // persistent sessions, by client id
 	pending  map[string][]*pendingMsg // publishes between OnPublish and OnPublished, by origin
 	expiring map[string]*session      // sessions whose backlog holds messages that expire
-	refs     map[uint64]int32         // queue refs per message body
+	refs     map[uint64]int32         // queue refs per message body shared by more than one (see releaseBodyLocked)
 	restored map[string]*restoredSession
 
 	establishing map[string]*establishing // closed gates, by client id (gate.go)
@@ -355,16 +355,31 @@ func (h *Hook) dropSessionLocked(id string, ss *session, b *batch) {
 	b.deletePrefix(clientPrefix(prefixQueue, id))
 }
 
+// releaseBodyLocked drops one queue ref of body msgID and deletes the body
+// with its last. h.refs counts only bodies with more than one ref: a body
+// absent from it has exactly one. Most bodies go to one session, and a
+// spilled backlog of 100,000 would otherwise cost 2.6 MB of map.
 func (h *Hook) releaseBodyLocked(msgID uint64, b *batch) {
 	if msgID == 0 {
 		return
 	}
-	if n := h.refs[msgID] - 1; n > 0 {
-		h.refs[msgID] = n
-		return
+	switch n := h.refs[msgID]; {
+	case n > 2:
+		h.refs[msgID] = n - 1
+	case n == 2:
+		delete(h.refs, msgID)
+	default:
+		b.delete(b.messageKey(msgID))
 	}
-	delete(h.refs, msgID)
-	b.delete(b.messageKey(msgID))
+}
+
+// setRefsLocked records that body msgID has n queue refs.
+func (h *Hook) setRefsLocked(msgID uint64, n int) {
+	if n > 1 {
+		h.refs[msgID] = int32(n)
+	} else {
+		delete(h.refs, msgID)
+	}
 }
 
 func (h *Hook) removeEntryLocked(id string, ss *session, pid uint16, b *batch) {

@@ -272,3 +272,25 @@ func TestSysTicksWriteNothing(t *testing.T) {
 		t.Fatalf("%d records written by $SYS ticks", got-before)
 	}
 }
+
+// TestReleaseBody: a body is deleted with its last queue ref, whether it
+// has one ref (not counted in h.refs) or several.
+func TestReleaseBody(t *testing.T) {
+	for _, refs := range []int{1, 2, 3, 5} {
+		t.Run(strconv.Itoa(refs), func(t *testing.T) {
+			h := &Hook{refs: map[uint64]int32{}}
+			h.setRefsLocked(7, refs)
+			for i := 1; i <= refs; i++ {
+				var b batch
+				h.releaseBodyLocked(7, &b)
+				deleted := len(b.ops) == 1 && b.ops[0].kind == opDelete && string(b.ops[0].key) == string(messageKey(7))
+				if last := i == refs; deleted != last {
+					t.Fatalf("release %d of %d: body deleted %v (ops %d), want %v", i, refs, deleted, len(b.ops), last)
+				}
+			}
+			if len(h.refs) != 0 {
+				t.Fatalf("counts left: %v", h.refs)
+			}
+		})
+	}
+}

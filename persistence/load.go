@@ -334,9 +334,12 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 	}
 	atomic.AddInt64(&h.srv.Info.Inflight, restored)
 	for id := range bodies {
-		if h.refs[id] <= 0 {
+		switch n := h.refs[id]; {
+		case n <= 0:
 			delete(h.refs, id)
 			b.delete(messageKey(id))
+		case n == 1:
+			delete(h.refs, id) // as releaseBodyLocked counts
 		}
 	}
 	return nil, nil

@@ -176,7 +176,7 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		}
 	}
 	if pm.refs != nil {
-		h.refs[pm.msgID] = int32(len(pm.refs))
+		h.setRefsLocked(pm.msgID, len(pm.refs))
 		h.pending[cl.ID] = append(h.pending[cl.ID], pm)
 		var body msgRec
 		body.fromPacket(&pk)
@@ -372,8 +372,7 @@ func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) 
 		h.log.Warn("message sent with a topic alias not stored", "client_id", cl.ID)
 		return
 	} else {
-		seq, msgID = h.st.nextSeq(), h.st.nextSeq()
-		h.refs[msgID] = 1
+		seq, msgID = h.st.nextSeq(), h.st.nextSeq() // one ref: not in h.refs
 		ss.account(1, size)
 		var body msgRec
 		body.fromPacket(&pk)

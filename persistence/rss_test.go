@@ -76,8 +76,9 @@ func growth(a, b mem) string {
 //	FERRY_RSS=100000 go test -run TestQueuedRSS -v ./persistence/
 //
 // With FERRY_RSS_WARM=1 Badger's memtables and caches are first filled
-// with as much data, which is then deleted: the figure is then the cost
-// of the queue itself rather than of Badger's fixed-size buffers.
+// with as much data, which is then deleted (and, with FERRY_RSS_IDLE, the
+// first snapshot waits as long): the figure is then the cost of the queue
+// itself rather than of Badger's fixed-size buffers, which any writes fill.
 //
 // FERRY_RSS_MEMTABLE sets Config.MemTableSize (bytes). With
 // FERRY_RSS_IDLE=20s the running broker is measured again after that
@@ -92,6 +93,7 @@ func TestQueuedRSS(t *testing.T) {
 		t.Skip("set FERRY_RSS=<messages> to measure")
 	}
 	memtable, _ := strconv.ParseInt(os.Getenv("FERRY_RSS_MEMTABLE"), 10, 64)
+	idle, _ := time.ParseDuration(os.Getenv("FERRY_RSS_IDLE"))
 	cfg := Config{Dir: t.TempDir(), MemTableSize: memtable}
 	st := openStore(t, cfg)
 	caps := func(c *mqtt.Capabilities) { c.MaximumInflight = 65535 }
@@ -128,6 +130,10 @@ func TestQueuedRSS(t *testing.T) {
 		offlineSubscriber(t, b, "warm", "w/#")
 		fill("w/x")
 		connect(t, b.url, "warm", true, nil).Disconnect(100)
+		if idle > 0 {
+			// Both snapshots then find Badger's buffers at rest.
+			<-time.After(idle) // not a synchronisation: Badger frees buffers when idle
+		}
 	}
 
 	m0 := settledRSS(t)
@@ -140,9 +146,9 @@ func TestQueuedRSS(t *testing.T) {
 	t.Logf("%d messages queued in %s; in mochi's RAM: %d; mochi dropped: %d; queue stats %+v", n, took.Round(time.Millisecond),
 		cl.State.Inflight.Len(), b.srv.Info.InflightDropped, b.hook.QueueStats())
 	t.Logf("running: %s", growth(m0, m1))
-	if d, _ := time.ParseDuration(os.Getenv("FERRY_RSS_IDLE")); d > 0 {
-		<-time.After(d) // not a synchronisation: Badger frees buffers when idle
-		t.Logf("running, idle %s: %s", d, growth(m0, settledRSS(t)))
+	if idle > 0 {
+		<-time.After(idle) // not a synchronisation: Badger frees buffers when idle
+		t.Logf("running, idle %s: %s", idle, growth(m0, settledRSS(t)))
 		heapProfile(t, ".idle")
 	}
 

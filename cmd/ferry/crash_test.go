@@ -83,6 +83,15 @@ func (l *crashLedger) deliver(qos byte, seq uint64) {
 	l.mu.Unlock()
 }
 
+// pubStream is what crashPublisher publishes and where it reports each
+// acknowledgement.
+type pubStream struct {
+	id, topic string
+	qos       byte
+	payload   func(seq uint64) []byte
+	acked     func(seq uint64) // the broker acknowledged seq (PUBACK or PUBREC)
+}
+
 // crashPublisher publishes seq 1, 2, ... at qos until stop, one at a time,
 // as a conforming client library does: it resends the unacknowledged
 // PUBLISH after every reconnect (DUP set), takes only an acknowledgement
@@ -90,9 +99,13 @@ func (l *crashLedger) deliver(qos byte, seq uint64) {
 // PUBREC for until their PUBCOMP, resending their PUBREL after a reconnect
 // [MQTT-4.4.0-1]. mochi also resends its PUBREC state on reconnect; a PUBREC
 // for an id other than the current one is answered with PUBREL.
-func crashPublisher(addr string, qos byte, l *crashLedger, stop <-chan struct{}, wg *sync.WaitGroup) {
+//
+// paho cannot stand in for it: when it resends a stored PUBLISH after a
+// reconnect it completes the original token as if acknowledged, and the
+// next Publish can overtake the resend on the wire.
+func crashPublisher(addr string, s pubStream, stop <-chan struct{}, wg *sync.WaitGroup) {
 	defer wg.Done()
-	id := fmt.Sprintf("crash-pub-q%d", qos)
+	qos := s.qos
 	seq := uint64(1)
 	dup := false
 	released := map[uint16]bool{} // PUBREL sent, PUBCOMP not yet received
@@ -106,7 +119,7 @@ func crashPublisher(addr string, qos byte, l *crashLedger, stop <-chan struct{},
 			return
 		default:
 		}
-		cc, _, err := dialCrash(addr, id, false)
+		cc, _, err := dialCrash(addr, s.id, false)
 		if err != nil {
 			time.Sleep(20 * time.Millisecond) // the broker is restarting
 			continue
@@ -124,10 +137,9 @@ func crashPublisher(addr string, qos byte, l *crashLedger, stop <-chan struct{},
 				return
 			default:
 			}
-			payload := binary.BigEndian.AppendUint64(nil, seq)
 			pid := uint16(seq%60000 + 1)
 			if err = cc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Dup: dup},
-				TopicName: fmt.Sprintf("crash/q%d", qos), PacketID: pid, Payload: payload}); err != nil {
+				TopicName: s.topic, PacketID: pid, Payload: s.payload(seq)}); err != nil {
 				break
 			}
 			dup = true
@@ -142,7 +154,7 @@ func crashPublisher(addr string, qos byte, l *crashLedger, stop <-chan struct{},
 					acked = true
 				case ack.FixedHeader.Type == packets.Pubrec && ack.PacketID == pid && !acked:
 					acked = true // the broker owns the message now
-					l.ack(qos, seq)
+					s.acked(seq)
 					err = pubrel(cc, pid)
 					continue
 				case ack.FixedHeader.Type == packets.Pubrec:
@@ -162,7 +174,7 @@ func crashPublisher(addr string, qos byte, l *crashLedger, stop <-chan struct{},
 				break
 			}
 			if qos == 1 {
-				l.ack(qos, seq)
+				s.acked(seq)
 			}
 			seq++
 			dup = false
@@ -303,7 +315,9 @@ func crashRun(t *testing.T, mode string, kills int) {
 	time.Sleep(300 * time.Millisecond) //nolint: the subscribers connect on their own goroutines; there is nothing to poll without a hook into them
 	for _, q := range []byte{1, 2} {
 		pubs.Add(1)
-		go crashPublisher(addr, q, l, stopPub, &pubs)
+		go crashPublisher(addr, pubStream{id: fmt.Sprintf("crash-pub-q%d", q), topic: fmt.Sprintf("crash/q%d", q), qos: q,
+			payload: func(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) },
+			acked:   func(seq uint64) { l.ack(q, seq) }}, stopPub, &pubs)
 	}
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	if kills == 0 {

@@ -82,32 +82,26 @@ func TestMosquittoSubSurvivesKill(t *testing.T) {
 	probe.Disconnect(100)
 
 	// The publisher: one message at a time, each counted as acknowledged
-	// once paho has its PUBACK (paho resends an unacknowledged one after
-	// reconnecting: its session is persistent too).
-	pub := connectPaho(t, addr, "dw-pub", false, func(paho.Client, paho.Message) {})
+	// once its PUBACK arrives; after a reconnect it resends the
+	// unacknowledged one first (its session is persistent too).
 	var amu sync.Mutex
 	acked := map[int]bool{}
 	sent := 0
 	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			tok := pub.Publish("dw/stream", 1, false, strconv.Itoa(i))
-			ok := tok.WaitTimeout(20*time.Second) && tok.Error() == nil
+	var pubs sync.WaitGroup
+	pubs.Add(1)
+	go crashPublisher(addr, pubStream{id: "dw-pub", topic: "dw/stream", qos: 1,
+		payload: func(seq uint64) []byte {
 			amu.Lock()
-			sent = i + 1
-			if ok {
-				acked[i] = true
-			}
+			sent = max(sent, int(seq))
 			amu.Unlock()
-		}
-	}()
+			return strconv.AppendUint(nil, seq, 10)
+		},
+		acked: func(seq uint64) {
+			amu.Lock()
+			acked[int(seq)] = true
+			amu.Unlock()
+		}}, stop, &pubs)
 	ackedCount := func() int {
 		amu.Lock()
 		defer amu.Unlock()
@@ -124,11 +118,11 @@ func TestMosquittoSubSurvivesKill(t *testing.T) {
 	target := ackedCount() + 300
 	testutil.Eventually(t, 30*time.Second, "messages acknowledged after the last restart", func() bool { return ackedCount() >= target })
 	close(stop)
-	<-done
+	pubs.Wait()
 
 	amu.Lock()
 	want := make([]int, 0, len(acked))
-	for i := range sent {
+	for i := 1; i <= sent; i++ {
 		if acked[i] {
 			want = append(want, i)
 		}
