@@ -424,3 +424,36 @@ func TestQuickReconnectKeepsSubscription(t *testing.T) {
 		}
 	}
 }
+
+// TestDollarTopicsNotMatchedBySharedWildcards: a shared subscription whose
+// filter starts with a wildcard gets no message on a topic starting with
+// '$' [MQTT-4.7.2-1], neither a client's nor $SYS; one naming the '$' level
+// does. mochi v2.7.9 matches them: "$share/g/#" got every $SYS update.
+func TestDollarTopicsNotMatchedBySharedWildcards(t *testing.T) {
+	b := testutil.StartBroker(t, func(c *config.Config) { c.MQTT.SysInterval = time.Second })
+	wild := connect3(t, b, 4, "wild")
+	wild.sub(t, "$share/g/#", 1)
+	wild.sub(t, "$share/h/+/x", 1)
+	named := connect3(t, b, 4, "named")
+	named.sub(t, "$share/g/$foo/#", 1)
+	named.sub(t, "$share/s/$SYS/#", 0)
+	pub := connect3(t, b, 4, "pub")
+	pub.pub(t, "$foo/x", 1, false, "dollar")
+	pub.pub(t, "a/x", 1, false, "plain")
+	named.box().wait1(t, "$foo/x")
+	testutil.Eventually(t, 5*time.Second, "a $SYS update", func() bool {
+		for _, m := range named.box().all() {
+			if strings.HasPrefix(m.Topic, "$SYS/") {
+				return true
+			}
+		}
+		return false
+	})
+	wild.box().wait1(t, "a/x")
+	barrier(t, pub, wild)
+	for _, m := range wild.box().all() {
+		if strings.HasPrefix(m.Topic, "$") {
+			t.Fatalf("%q delivered to a shared subscription starting with a wildcard", m.Topic)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/broker/config"
+	"github.com/ferrymq/ferry/internal/topic"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -59,12 +60,20 @@ func (h *protocolHook) ID() string { return "ferry-protocol" }
 func (h *protocolHook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnSessionEstablish, mqtt.OnSessionEstablished,
-		mqtt.OnClientExpired, mqtt.OnDisconnect:
+		mqtt.OnClientExpired, mqtt.OnDisconnect, mqtt.OnSelectSubscribers:
 		return true
 	case mqtt.OnPublish:
 		return h.messageExpiry > 0
 	}
 	return false
+}
+
+// OnSelectSubscribers keeps messages on '$' topics from shared
+// subscriptions whose filter starts with a wildcard, which mochi matches
+// ("$share/g/#" would get every $SYS update): topic.DropDollarWildcardShares.
+func (h *protocolHook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *mqtt.Subscribers {
+	topic.DropDollarWildcardShares(pk.TopicName, subs.Shared)
+	return subs
 }
 
 // OnConnect ties the client to its connection so the connection can name it

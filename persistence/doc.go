@@ -126,7 +126,8 @@
 // and (b) the hook subscribes a member that is never a client to a shared
 // group matching '#' (exclusionFilter): mochi then calls
 // OnSelectSubscribers for every publish, which removes those subscribers
-// from the fan-out. Topics starting with '$' are never spilled or bounded.
+// from the fan-out. '#' does not match topics starting with '$', so each
+// first level of those gets an exclusion group of its own ("$foo/#").
 //
 // Spilled refs enter the session's backlog (in seq order) once their write
 // returns. A drain goroutine per connected session (runDrain) moves the

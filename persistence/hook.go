@@ -45,7 +45,7 @@ type Hook struct {
 	deferAck func(cl *mqtt.Client, pk packets.Packet, w Waiter) bool
 
 	limits          QueueLimits
-	exclusion       atomic.Bool // the exclusion subscription is in mochi's index (spill.go)
+	exclusions      map[string]bool // exclusion filters in mochi's index (spill.go); under mu
 	droppedNewest   atomic.Uint64
 	droppedOldest   atomic.Uint64
 	expired         atomic.Uint64

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/ferrymq/ferry/internal/topic"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -94,7 +95,7 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 			}
 		}
 		if gate == nil {
-			if h.limits.Policy == PolicyBlockPublisher && excludable(pk.TopicName) && h.fullLocked(cl.ID, &pk, targets, maxQos) && blocked.more(h) {
+			if h.limits.Policy == PolicyBlockPublisher && h.fullLocked(cl.ID, &pk, targets, maxQos) && blocked.more(h) {
 				h.mu.Unlock()
 				blocked.sleep()
 				continue
@@ -113,7 +114,6 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	pm := &pendingMsg{created: pk.Created, topic: pk.TopicName, payload: pk.Payload, shared: shared,
 		expires: expiresAt(pk.Created, pk.Expiry, h.srv.Options.Capabilities.MaximumMessageExpiryInterval)}
 	size := messageSize(&pk)
-	bounded := excludable(pk.TopicName)
 	window, liveWindow := h.window(), h.liveWindow()
 	spills := false
 	for id, sub := range targets {
@@ -127,19 +127,17 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		}
 		var spill bool
 		subCl, _ := h.srv.Clients.Get(id)
-		if bounded {
-			// Bounds and spilling need mochi kept from delivering the
-			// message to this subscriber (see exclusionFilter).
-			if !h.overflowLocked(id, ss, subCl, size, b) {
-				pm.excludeLocked(id)
-				continue
-			}
-			w := window
-			if subCl != nil && !offline(subCl) {
-				w = liveWindow
-			}
-			spill = ss.spillingLocked() || len(ss.entries) >= w
+		// Bounds and spilling need mochi kept from delivering the message
+		// to this subscriber (see exclusionFilter).
+		if !h.overflowLocked(id, ss, subCl, size, b) {
+			pm.excludeLocked(id)
+			continue
 		}
+		w := window
+		if subCl != nil && !offline(subCl) {
+			w = liveWindow
+		}
+		spill = ss.spillingLocked() || len(ss.entries) >= w
 		if pm.refs == nil {
 			pm.refs = make(map[string]*pendingRef, len(targets))
 			pm.msgID = h.st.nextSeq()
@@ -168,7 +166,7 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		h.tagLocked(cl.ID, pm, &pk)
 	}
 	if pm.exclude != nil {
-		h.ensureExclusion()
+		h.ensureExclusionLocked(pk.TopicName)
 		if pm.refs == nil {
 			// Dropped for every persistent target: still pending, so that
 			// OnSelectSubscribers keeps mochi from delivering it.
@@ -267,10 +265,12 @@ func (p *pendingMsg) excludeLocked(id string) {
 
 // targets returns the subscriptions a message on topic goes to, with one
 // member chosen per shared group (shared: those members).
-func (h *Hook) targets(topic string) (targets, shared map[string]packets.Subscription) {
-	subs := h.srv.Topics.Subscribers(topic)
+func (h *Hook) targets(name string) (targets, shared map[string]packets.Subscription) {
+	subs := h.srv.Topics.Subscribers(name)
 	targets = subs.Subscriptions
 	delete(subs.Shared, exclusionFilter)
+	delete(subs.Shared, exclusionFilterFor(name))
+	topic.DropDollarWildcardShares(name, subs.Shared)
 	if len(subs.Shared) > 0 {
 		shared = selectShared(subs.Shared)
 		for id, sub := range shared {
@@ -320,7 +320,7 @@ func (h *Hook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *m
 			subs.SharedSelected[id] = sub
 		}
 	}
-	if h.exclusion.Load() {
+	if len(h.exclusions) > 0 {
 		// Never empty, or mochi would pick members itself; the exclusion
 		// member is no client, so mochi skips it.
 		subs.SharedSelected[exclusionClient] = packets.Subscription{Filter: exclusionFilter}

@@ -263,25 +263,38 @@ func offline(cl *mqtt.Client) bool { return cl.Net.Conn == nil || cl.Closed() }
 // subscriber; the only hook that can take a subscriber out of one message's
 // fan-out is OnSelectSubscribers, which mochi calls only when the topic has
 // shared subscribers. The hook subscribes a member that is never a client
-// to a shared group matching every topic (not those starting with '$',
-// which '#' does not match) the first time it needs to keep a message from
-// mochi: one that was spilled, or dropped for a full queue.
+// to a shared group matching every topic the first time it needs to keep a
+// message from mochi: one that was spilled, or dropped for a full queue.
+// '#' does not match topics starting with '$' [MQTT-4.7.2-1], so each first
+// level of those ("$foo") gets a group of its own ("$foo/#") when a message
+// on it first needs one.
 const (
 	exclusionClient = "\x00ferry-exclusion"
-	exclusionFilter = "$share/\x00ferry/#"
+	exclusionGroup  = "$share/\x00ferry/"
+	exclusionFilter = exclusionGroup + "#"
 )
 
-func (h *Hook) ensureExclusion() {
-	if h.exclusion.Load() {
-		return
+// exclusionFilterFor returns the exclusion filter that matches topic.
+func exclusionFilterFor(topic string) string {
+	if !strings.HasPrefix(topic, "$") {
+		return exclusionFilter
 	}
-	h.srv.Topics.Subscribe(exclusionClient, packets.Subscription{Filter: exclusionFilter, Qos: 2})
-	h.exclusion.Store(true)
+	root, _, _ := strings.Cut(topic, "/")
+	return exclusionGroup + root + "/#"
 }
 
-// excludable says whether mochi can be kept from delivering a message on
-// topic to one subscriber (see exclusionFilter).
-func excludable(topic string) bool { return !strings.HasPrefix(topic, "$") }
+// ensureExclusionLocked makes sure an exclusion group matches topic.
+func (h *Hook) ensureExclusionLocked(topic string) {
+	f := exclusionFilterFor(topic)
+	if h.exclusions[f] {
+		return
+	}
+	h.srv.Topics.Subscribe(exclusionClient, packets.Subscription{Filter: f, Qos: 2})
+	if h.exclusions == nil {
+		h.exclusions = map[string]bool{}
+	}
+	h.exclusions[f] = true
+}
 
 // outFields returns what mochi's publishToClient would give the copy of pk
 // it queues for sub: its QoS, retain flag and subscription identifiers.

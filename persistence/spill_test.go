@@ -1,6 +1,7 @@
 package persistence
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -53,23 +54,28 @@ func TestOfflineQueueBounds(t *testing.T) {
 		publish     int
 		want        []string
 		newest, old uint64
+		topic       string // "b/x" unless set
 	}{
-		{"count drop-newest", QueueLimits{MaxMessages: 5, Policy: PolicyDropNewest}, 8, payloads(0, 5), 3, 0},
-		{"count drop-oldest", QueueLimits{MaxMessages: 5, Policy: PolicyDropOldest}, 8, payloads(3, 8), 0, 3},
-		{"bytes drop-newest", QueueLimits{MaxBytes: 4 * 7, Policy: PolicyDropNewest}, 9, payloads(0, 4), 5, 0},
-		{"bytes drop-oldest", QueueLimits{MaxBytes: 4 * 7, Policy: PolicyDropOldest}, 9, payloads(5, 9), 0, 5},
-		{"block-publisher offline acts as drop-newest", QueueLimits{MaxMessages: 6, Policy: PolicyBlockPublisher}, 9, payloads(0, 6), 3, 0},
-		{"under the bound nothing dropped", QueueLimits{MaxMessages: 20, Policy: PolicyDropOldest}, 12, payloads(0, 12), 0, 0},
+		{"count drop-newest", QueueLimits{MaxMessages: 5, Policy: PolicyDropNewest}, 8, payloads(0, 5), 3, 0, ""},
+		{"count drop-oldest", QueueLimits{MaxMessages: 5, Policy: PolicyDropOldest}, 8, payloads(3, 8), 0, 3, ""},
+		{"bytes drop-newest", QueueLimits{MaxBytes: 4 * 7, Policy: PolicyDropNewest}, 9, payloads(0, 4), 5, 0, ""},
+		{"bytes drop-oldest", QueueLimits{MaxBytes: 4 * 7, Policy: PolicyDropOldest}, 9, payloads(5, 9), 0, 5, ""},
+		{"block-publisher offline acts as drop-newest", QueueLimits{MaxMessages: 6, Policy: PolicyBlockPublisher}, 9, payloads(0, 6), 3, 0, ""},
+		{"under the bound nothing dropped", QueueLimits{MaxMessages: 20, Policy: PolicyDropOldest}, 12, payloads(0, 12), 0, 0, ""},
+		// '#' does not match '$' topics: their exclusion group is their own.
+		{"'$' topic drop-newest", QueueLimits{MaxMessages: 5, Policy: PolicyDropNewest}, 8, payloads(0, 5), 3, 0, "$b/x"},
+		{"'$' topic drop-oldest", QueueLimits{MaxMessages: 5, Policy: PolicyDropOldest}, 9, payloads(4, 9), 0, 4, "$b/x"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			st := openStore(t, Config{Dir: dir})
 			lim := func(h *Hook) { h.SetQueueLimits(tc.limits) }
 			b := startBrokerWith(t, st, smallWindow, lim)
-			offlineSubscriber(t, b, "sub", "b/#")
+			topic := cmp.Or(tc.topic, "b/x")
+			offlineSubscriber(t, b, "sub", strings.TrimSuffix(topic, "x")+"#")
 			pub := connect(t, b.url, "pub", true, nil)
 			for _, p := range payloads(0, tc.publish) {
-				wait(t, "publish", pub.Publish("b/x", 1, false, p))
+				wait(t, "publish", pub.Publish(topic, 1, false, p))
 			}
 			eventually(t, 5*time.Second, "queue settled", func() bool { return countKeys(t, st, prefixQueue) == len(tc.want) })
 			s := b.hook.QueueStats()
