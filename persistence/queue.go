@@ -268,9 +268,8 @@ func (p *pendingMsg) excludeLocked(id string) {
 func (h *Hook) targets(name string) (targets, shared map[string]packets.Subscription) {
 	subs := h.srv.Topics.Subscribers(name)
 	targets = subs.Subscriptions
-	delete(subs.Shared, exclusionFilter)
 	delete(subs.Shared, exclusionFilterFor(name))
-	topic.DropDollarWildcardShares(name, subs.Shared)
+	topic.DropDollarWildcardShares(name, subs.Shared) // and the '#' exclusion group with them
 	if len(subs.Shared) > 0 {
 		shared = selectShared(subs.Shared)
 		for id, sub := range shared {

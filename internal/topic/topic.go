@@ -21,15 +21,15 @@ func DropDollarWildcardShares(topic string, shared map[string]map[string]packets
 		return
 	}
 	for full := range shared {
-		if f := SharedFilter(full); f != "" && (f[0] == '#' || f[0] == '+') {
+		if f := sharedFilter(full); f != "" && (f[0] == '#' || f[0] == '+') {
 			delete(shared, full)
 		}
 	}
 }
 
-// SharedFilter returns the topic filter of the shared subscription filter
+// sharedFilter returns the topic filter of the shared subscription filter
 // full ("$share/group/filter"), or "" if full is not one.
-func SharedFilter(full string) string {
+func sharedFilter(full string) string {
 	rest, ok := strings.CutPrefix(full, "$share/")
 	if !ok {
 		return ""

@@ -45,8 +45,8 @@ func TestSharedFilter(t *testing.T) {
 		"a/b":          "",
 		"$SYS/#":       "",
 	} {
-		if got := SharedFilter(full); got != want {
-			t.Errorf("SharedFilter(%q) = %q, want %q", full, got, want)
+		if got := sharedFilter(full); got != want {
+			t.Errorf("sharedFilter(%q) = %q, want %q", full, got, want)
 		}
 	}
 }
