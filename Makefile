@@ -27,7 +27,7 @@ staticcheck:
 
 # gotest assumes the services are already up (scripts/test.sh starts them).
 gotest:
-	$(GO) test -race -timeout 20m ./...
+	$(GO) test -race -timeout 8m ./...
 
 build:
 	$(GO) build -o bin/ferry ./cmd/ferry

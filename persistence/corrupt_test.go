@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/ferrymq/ferry/internal/mochitest"
 )
 
 // filledDir returns a closed store directory holding a table file.
@@ -94,7 +96,7 @@ func TestCorruptDirStopsOpen(t *testing.T) {
 				defer st.Close()
 				srv := newServerWithHook(t, st)
 				err = srv.Serve()
-				_ = srv.Close()
+				mochitest.Close(t, srv)
 			} else if err == nil {
 				st.Close()
 				t.Fatal("opened a damaged dir")

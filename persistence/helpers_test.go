@@ -3,16 +3,15 @@ package persistence
 import (
 	"io"
 	"log/slog"
-	"net"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
-	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/ferrymq/ferry/internal/mochitest"
 )
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -44,40 +43,8 @@ func eventually(t testing.TB, timeout time.Duration, msg string, fn func() bool)
 	}
 }
 
-// tcpListener is a mochi listener on 127.0.0.1:0 that reports the port it
-// got (mochi's TCP listener reports the configured address).
-type tcpListener struct {
-	ln  net.Listener
-	end atomic.Bool
-	mu  sync.Mutex
-}
-
-func (l *tcpListener) ID() string       { return "test" }
-func (l *tcpListener) Protocol() string { return "tcp" }
-func (l *tcpListener) Address() string  { return l.ln.Addr().String() }
-func (l *tcpListener) Init(*slog.Logger) (err error) {
-	l.ln, err = net.Listen("tcp", "127.0.0.1:0")
-	return err
-}
-func (l *tcpListener) Serve(establish listeners.EstablishFn) {
-	for {
-		conn, err := l.ln.Accept()
-		if err != nil || l.end.Load() {
-			return
-		}
-		go func() { _ = establish(l.ID(), conn) }()
-	}
-}
-func (l *tcpListener) Close(closeClients listeners.CloseFn) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.end.CompareAndSwap(false, true) {
-		closeClients(l.ID())
-	}
-	_ = l.ln.Close()
-}
-
 type broker struct {
+	t    testing.TB
 	once sync.Once
 	srv  *mqtt.Server
 	hook *Hook
@@ -110,19 +77,13 @@ func startBrokerWith(t testing.TB, st *Store, caps func(*mqtt.Capabilities), adj
 	if err := srv.AddHook(h, nil); err != nil {
 		t.Fatal(err)
 	}
-	l := &tcpListener{}
-	if err := srv.AddListener(l); err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Serve(); err != nil {
-		t.Fatal(err)
-	}
-	b := &broker{srv: srv, hook: h, url: "tcp://" + l.Address()}
+	l := mochitest.Serve(t, srv)
+	b := &broker{t: t, srv: srv, hook: h, url: l.URL()}
 	t.Cleanup(b.close)
 	return b
 }
 
-func (b *broker) close() { b.once.Do(func() { _ = b.srv.Close() }) }
+func (b *broker) close() { b.once.Do(func() { mochitest.Close(b.t, b.srv) }) }
 
 func connect(t testing.TB, url, id string, clean bool, onMsg paho.MessageHandler) paho.Client {
 	t.Helper()

@@ -11,6 +11,8 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/ferrymq/ferry/internal/mochitest"
 )
 
 // pauseHook stops one client goroutine of mochi at a chosen event, so a
@@ -180,7 +182,7 @@ func TestPublishBeforeOnStartedIsStored(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	l := &tcpListener{}
+	l := mochitest.NewListener(srv, "test")
 	if err := srv.AddListener(l); err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +200,7 @@ func TestPublishBeforeOnStartedIsStored(t *testing.T) {
 	if err := <-served; err != nil {
 		t.Fatal(err)
 	}
-	_ = srv.Close()
+	mochitest.Close(t, srv)
 
 	st3 := openStore(t, Config{Dir: crashed})
 	b3 := startBroker(t, st3, nil)

@@ -13,8 +13,9 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	mochiauth "github.com/mochi-mqtt/server/v2/hooks/auth"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/ferrymq/ferry/internal/mochitest"
 )
 
 // The MQTT protocol versions the tests speak: 3.1.1 and 5.
@@ -45,15 +46,7 @@ func startServer(t testing.TB, cfg Config) (*Hook, string) {
 	if err := srv.AddHook(h, nil); err != nil {
 		t.Fatalf("add limits hook: %v", err)
 	}
-	ln := listeners.NewTCP(listeners.Config{ID: "test", Address: "127.0.0.1:0"})
-	if err := srv.AddListener(ln); err != nil {
-		t.Fatalf("add listener: %v", err)
-	}
-	if err := srv.Serve(); err != nil {
-		t.Fatalf("serve: %v", err)
-	}
-	t.Cleanup(func() { _ = srv.Close() })
-	return h, ln.Address()
+	return h, mochitest.Serve(t, srv).Address()
 }
 
 // rawClient is a byte-level MQTT client: the tests must see the exact

@@ -20,10 +20,11 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/ferrymq/ferry/cmd/ferry-bench/internal/mqttc"
+
+	"github.com/ferrymq/ferry/internal/mochitest"
 )
 
 // startMochi runs a bare mochi broker (AllowHook plus any extra hooks) on
@@ -39,7 +40,7 @@ func startMochi(t *testing.T, extra ...mqtt.Hook) (string, *mqtt.Server) {
 			t.Fatal(err)
 		}
 	}
-	l := listeners.NewTCP(listeners.Config{ID: "t", Address: "127.0.0.1:0"})
+	l := mochitest.NewListener(s, "t")
 	if err := s.AddListener(l); err != nil {
 		t.Fatal(err)
 	}
@@ -244,8 +245,8 @@ func TestTLS(t *testing.T) {
 	if err := s.AddHook(new(auth.AllowHook), nil); err != nil {
 		t.Fatal(err)
 	}
-	l := listeners.NewTCP(listeners.Config{ID: "tls", Address: "127.0.0.1:0",
-		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}})
+	l := mochitest.NewListener(s, "tls")
+	l.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	if err := s.AddListener(l); err != nil {
 		t.Fatal(err)
 	}
