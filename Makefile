@@ -29,8 +29,10 @@ staticcheck:
 gotest:
 	$(GO) test -race -timeout 8m ./...
 
+# -buildvcs=auto records the git commit (ferry version) even where GOFLAGS
+# turns that off; outside a git checkout the build goes on without it.
 build:
-	$(GO) build -o bin/ferry ./cmd/ferry
+	$(GO) build -buildvcs=auto -o bin/ferry ./cmd/ferry
 
 bench:
 	@bench/run.sh

@@ -45,6 +45,7 @@ type route struct {
 	size    int
 	linger  time.Duration
 	met     routeMetrics
+	health  health
 }
 
 // New validates routes, builds their connectors through deps.Factories and
@@ -87,8 +88,11 @@ func (rs Routes) ValidateWith(factories map[string]Factory) error {
 
 // build validates routes and builds the route table and connectors.
 func build(routes []RouteConfig, deps Deps) (*Bridge, error) {
+	// Every problem is reported in one pass: a route's own errors do not
+	// hide its connector section's, nor another route's.
+	var errs []error
 	if err := Routes(routes).Validate(); err != nil {
-		return nil, err
+		errs = append(errs, err)
 	}
 	log := deps.Logger
 	if log == nil {
@@ -101,10 +105,10 @@ func build(routes []RouteConfig, deps Deps) (*Bridge, error) {
 		log:    log,
 		quit:   make(chan struct{}),
 	}
-	var errs []error
 	for i, rc := range routes {
 		rc = rc.WithDefaults()
 		p := fmt.Sprintf("[%d]", i)
+		invalid := rc.validate(p) != nil // reported above; only its connector section is checked
 		r := &route{
 			cfg:     rc,
 			name:    rc.Name,
@@ -125,7 +129,9 @@ func build(routes []RouteConfig, deps Deps) (*Bridge, error) {
 		}
 		f := deps.Factories[ep.Connector]
 		if f == nil {
-			errs = append(errs, fieldErr(epPath, "unknown connector %q", ep.Connector))
+			if ep.Connector != "" { // a missing section is one of Validate's errors
+				errs = append(errs, fieldErr(epPath, "unknown connector %q", ep.Connector))
+			}
 			continue
 		}
 		cdeps := deps
@@ -137,6 +143,9 @@ func build(routes []RouteConfig, deps Deps) (*Bridge, error) {
 		}
 		if _, ok := c.(Receiver); rc.Direction == In && !ok {
 			errs = append(errs, fieldErr(epPath, "connector %q cannot be an ingress source", ep.Connector))
+			continue
+		}
+		if invalid {
 			continue
 		}
 		r.conn = c

@@ -37,16 +37,20 @@ func routes(t *testing.T, y string) []bridge.RouteConfig {
 }
 
 // start builds and starts a bridge over routes on an outbox in dir; both
-// are closed at cleanup.
-func start(t *testing.T, dir string, f *fake, rs []bridge.RouteConfig) *env {
+// are closed at cleanup. opts adjust its Deps.
+func start(t *testing.T, dir string, f *fake, rs []bridge.RouteConfig, opts ...func(*bridge.Deps)) *env {
 	t.Helper()
 	ob, err := outbox.Open(outbox.Config{Dir: dir, Sync: outbox.SyncNone}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := &env{ob: ob, f: f, reg: prometheus.NewRegistry(), pub: &bridgetest.Publisher{}}
-	e.b, err = bridge.New(rs, bridge.Deps{Outbox: ob, Publisher: e.pub, Registerer: e.reg,
-		Factories: map[string]bridge.Factory{"fake": f.factory()}})
+	deps := bridge.Deps{Outbox: ob, Publisher: e.pub, Registerer: e.reg,
+		Factories: map[string]bridge.Factory{"fake": f.factory()}}
+	for _, o := range opts {
+		o(&deps)
+	}
+	e.b, err = bridge.New(rs, deps)
 	if err != nil {
 		t.Fatal(err)
 	}

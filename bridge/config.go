@@ -155,7 +155,7 @@ func (e *Endpoint) UnmarshalYAML(n *yaml.Node) error {
 		return n.Decode(&e.Filters)
 	case yaml.MappingNode:
 	default:
-		return fmt.Errorf("line %d: want a topic filter, a list or a mapping", n.Line)
+		return nodeError(n, "want a topic filter, a list or a mapping")
 	}
 	keys := map[string]*yaml.Node{}
 	for i := 0; i+1 < len(n.Content); i += 2 {
@@ -172,7 +172,7 @@ func (e *Endpoint) UnmarshalYAML(n *yaml.Node) error {
 		}
 		for k := range keys {
 			if k != "topic" && k != "qos" && k != "retain" {
-				return fmt.Errorf("line %d: unknown field %q beside topic", n.Line, k)
+				return nodeError(n, "unknown field %q beside topic", k)
 			}
 		}
 		e.Topic, e.QoS, e.Retain = t.Topic, t.QoS, t.Retain
@@ -187,12 +187,19 @@ func (e *Endpoint) UnmarshalYAML(n *yaml.Node) error {
 			names = append(names, k)
 		}
 		sort.Strings(names)
-		return fmt.Errorf("line %d: want exactly one connector, got %v", n.Line, names)
+		return nodeError(n, "want exactly one connector, got %v", names)
 	}
 	for k, v := range keys {
 		e.Connector, e.spec = k, v
 	}
 	return nil
+}
+
+// nodeError is a decoding error at n as yaml.v3 makes its own: a
+// *yaml.TypeError lets the decoder go on, so the rest of the file is
+// checked too.
+func nodeError(n *yaml.Node, format string, args ...any) error {
+	return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: ", n.Line) + fmt.Sprintf(format, args...)}}
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9_-]{1,64}$`)

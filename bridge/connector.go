@@ -39,6 +39,18 @@ type Receiver interface {
 // the broker accepted the message.
 type Handler func(ctx context.Context, m Message) error
 
+// Prober is implemented by connectors that can tell whether their backend
+// is up without delivering a message. The route worker probes a route that
+// is down (with capped backoff) before it sends the held messages again,
+// and probes after an error of unknown kind to decide whether it counts
+// against max_attempts (the backend is up: the message is at fault) or
+// takes the route down. Probe returns nil when the backend answers; its
+// error is classified like a delivery's. It is called concurrently with
+// Deliver and Receive, after Start.
+type Prober interface {
+	Probe(ctx context.Context) error
+}
+
 // Batcher is implemented by connectors that want batches of a given shape:
 // up to size messages, waiting up to linger for a batch to fill.
 type Batcher interface {

@@ -35,10 +35,18 @@
 // transaction and an fsync), so the publisher is acknowledged only then.
 // One worker per route reads the outbox in seq order, hands batches to the
 // connector and deletes them only when Deliver returned nil (the backend
-// acked). A failure is retried with capped exponential backoff and jitter;
-// a Permanent error, or max_attempts failures, moves the messages to the
-// route's dead-letter store with the reason (a permanent failure of a batch
-// is retried one message at a time to isolate the refused ones).
+// acked). Connectors classify their errors (KindOf): a Permanent error
+// moves the message to the route's dead-letter store with the reason at
+// once; an Unavailable one puts the route down: it holds its messages,
+// probes the backend (Prober) with its backoff capped at MaxProbeInterval,
+// and resumes in order when the backend answers, counting no attempt
+// however long that takes; an error of unknown kind is retried with capped
+// exponential backoff and jitter and counts against max_attempts only when
+// a probe shows the backend up (a poison message), else it puts the route
+// down too. A batch refused permanently or out of attempts is retried one
+// message at a time to isolate the refused ones. The route's state is in
+// States, the backend_up gauge and two log lines: one when it goes down,
+// one when the backlog it held is out.
 // DeadLetters lists them; Replay puts them back at the end of the outbox.
 // The attempt count lives in memory: a restart gives a message fresh
 // attempts.
@@ -46,6 +54,11 @@
 // at-most-once: Offer puts a copy on the route's bounded memory queue and
 // never blocks; a full queue drops its oldest message. Delivery is retried
 // like above, then dropped (reason "failed"); a crash loses the queue.
+//
+// Ingress: a receiver whose source goes away (an Unavailable error) puts
+// the route down until a probe succeeds, then runs again; it is never
+// given up on. A receiver that stops for another reason runs again after
+// the route's backoff.
 //
 // Ordering: one batch at a time, in outbox order (in-order, default). With
 // ordering per-key, the key template's value is hashed onto KeyLanes lanes
@@ -76,6 +89,8 @@
 // On the injected prometheus.Registerer, all labelled route:
 // ferry_bridge_delivered_total, _retried_total, _failed_total,
 // _dead_lettered_total, _refused_total, _dropped_total{reason},
-// _queue_depth, _queue_bytes, _lag_seconds (age of the oldest undelivered
-// message) and _delivery_latency_seconds (accept → backend ack).
+// _outages_total, _queue_depth, _queue_bytes, _lag_seconds (age of the
+// oldest undelivered message), _backend_up (0 while the route is down),
+// _backend_down_seconds and _delivery_latency_seconds (accept → backend
+// ack).
 package bridge

@@ -1,9 +1,14 @@
 package bridge
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"os"
 	"strconv"
+	"syscall"
 )
 
 var (
@@ -44,6 +49,108 @@ func Permanent(err error) error {
 func IsPermanent(err error) bool {
 	var p *permanentError
 	return errors.As(err, &p)
+}
+
+// Kind is what a delivery (or receive) error says about the backend, which
+// decides what the route worker does with it.
+type Kind int
+
+// Kinds of errors. Each connector classifies its own client library's
+// errors with Permanent and Unavailable; KindOf also recognises the
+// standard library's network errors as unavailable.
+const (
+	// KindUnknown is neither: the route worker asks the backend whether it
+	// is up (Prober) and counts the failure against max_attempts only when
+	// it is; a route without a Prober counts it only while it is up.
+	KindUnknown Kind = iota
+	// KindUnavailable: the backend takes no message now (cannot connect,
+	// timeout, connection lost, not leader, shutting down, HTTP 5xx, 408,
+	// 429). The route goes down and holds its messages; no attempt is
+	// counted, however long it lasts.
+	KindUnavailable
+	// KindPermanent: the backend refuses this message; retrying cannot fix
+	// it. The message is dead-lettered.
+	KindPermanent
+)
+
+// String returns "unknown", "unavailable" or "permanent".
+func (k Kind) String() string {
+	switch k {
+	case KindUnavailable:
+		return "unavailable"
+	case KindPermanent:
+		return "permanent"
+	default:
+		return "unknown"
+	}
+}
+
+// unavailableError marks an error that says the backend is not reachable
+// or not serving.
+type unavailableError struct{ err error }
+
+func (u *unavailableError) Error() string { return u.err.Error() }
+func (u *unavailableError) Unwrap() error { return u.err }
+
+// Unavailable wraps err so that the route worker treats it as the backend
+// being down (KindUnavailable) rather than a failure of the messages in
+// hand. Unavailable(nil) is nil; a Permanent error stays permanent.
+func Unavailable(err error) error {
+	if err == nil || IsPermanent(err) || IsUnavailable(err) {
+		return err
+	}
+	return &unavailableError{err: err}
+}
+
+// IsUnavailable reports whether err, or an error it wraps, was made by
+// Unavailable.
+func IsUnavailable(err error) bool {
+	var u *unavailableError
+	return errors.As(err, &u)
+}
+
+// KindOf classifies err: a Permanent mark wins over an Unavailable one;
+// unmarked network errors (NetworkError) are unavailable; anything else is
+// unknown.
+func KindOf(err error) Kind {
+	switch {
+	case err == nil:
+		return KindUnknown
+	case IsPermanent(err):
+		return KindPermanent
+	case IsUnavailable(err), NetworkError(err):
+		return KindUnavailable
+	default:
+		return KindUnknown
+	}
+}
+
+// NetworkError reports whether err is a transport failure of the standard
+// library: a dial, read or write error (connection refused, reset, no
+// route, DNS), an unexpected EOF or a closed connection, or a timeout
+// (context.DeadlineExceeded, os.ErrDeadlineExceeded, a net.Error that
+// times out). Connectors use it to classify their client's errors.
+func NetworkError(err error) bool {
+	if err == nil {
+		return false
+	}
+	var ne net.Error
+	var op *net.OpError
+	var dns *net.DNSError
+	var errno syscall.Errno
+	switch {
+	case errors.As(err, &op), errors.As(err, &dns):
+		return true
+	case errors.As(err, &ne) && ne.Timeout():
+		return true
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
+		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+		return true
+	case errors.As(err, &errno):
+		return errno == syscall.ECONNREFUSED || errno == syscall.ECONNRESET || errno == syscall.ECONNABORTED ||
+			errno == syscall.EPIPE || errno == syscall.ETIMEDOUT || errno == syscall.EHOSTUNREACH || errno == syscall.ENETUNREACH
+	}
+	return false
 }
 
 // FieldError is one configuration problem. Path is relative to the bridges

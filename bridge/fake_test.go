@@ -22,10 +22,27 @@ type fake struct {
 	handleErr []error
 	closed    int
 	startErr  error
+	// probe, when set, answers Probe (nil: the backend is up).
+	probe func() error
+	// recvFail, when set, makes Receive return its error at once.
+	recvFail func() error
+	probes   int
 }
 
 var _ bridge.Connector = (*fake)(nil)
 var _ bridge.Receiver = (*fake)(nil)
+var _ bridge.Prober = (*fake)(nil)
+
+func (f *fake) Probe(context.Context) error {
+	f.mu.Lock()
+	f.probes++
+	probe := f.probe
+	f.mu.Unlock()
+	if probe == nil {
+		return nil
+	}
+	return probe()
+}
 
 func (f *fake) Name() string                  { return "fake" }
 func (f *fake) Start(context.Context) error   { return f.startErr }
@@ -56,6 +73,14 @@ func (f *fake) Deliver(ctx context.Context, batch []bridge.Message) error {
 }
 
 func (f *fake) Receive(ctx context.Context, h bridge.Handler) error {
+	f.mu.Lock()
+	fail := f.recvFail
+	f.mu.Unlock()
+	if fail != nil {
+		if err := fail(); err != nil {
+			return err
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():

@@ -8,17 +8,18 @@ import (
 
 // metrics are the bridge's Prometheus series, all labelled by route.
 type metrics struct {
-	delivered, retried, failed, dead, refused *prometheus.CounterVec
-	dropped                                   *prometheus.CounterVec
-	latency                                   *prometheus.HistogramVec
-	depth, bytes, lag                         *prometheus.Desc
-	b                                         *Bridge
+	delivered, retried, failed, dead, refused, outages *prometheus.CounterVec
+	dropped                                            *prometheus.CounterVec
+	latency                                            *prometheus.HistogramVec
+	depth, bytes, lag, up, down                        *prometheus.Desc
+	b                                                  *Bridge
 }
 
 // routeMetrics are one route's children, resolved once in New so the hot
 // path does no label lookups.
 type routeMetrics struct {
 	delivered, retried, failed, deadLettered, refused prometheus.Counter
+	outages                                           prometheus.Counter
 	dropFull, dropExpired, dropFailed, dropShutdown   prometheus.Counter
 	latency                                           prometheus.Observer
 }
@@ -33,6 +34,7 @@ func newMetrics(b *Bridge, deps Deps) (*metrics, error) {
 		failed:    counter("failed_total", "Failed delivery attempts."),
 		dead:      counter("dead_lettered_total", "Messages moved to the dead-letter store."),
 		refused:   counter("refused_total", "Publishes refused because the route's outbox was full (when_full: block)."),
+		outages:   counter("outages_total", "Times the route's backend became unavailable (the route went down)."),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ferry", Subsystem: "bridge", Name: "dropped_total",
 			Help: "Messages dropped, by reason: full (drop-oldest or at-most-once queue), expired (max_age), failed (at-most-once past max_attempts), shutdown."},
 			[]string{"route", "reason"}),
@@ -42,7 +44,10 @@ func newMetrics(b *Bridge, deps Deps) (*metrics, error) {
 		depth: prometheus.NewDesc("ferry_bridge_queue_depth", "Undelivered messages in the route's outbox or memory queue.", []string{"route"}, nil),
 		bytes: prometheus.NewDesc("ferry_bridge_queue_bytes", "Bytes of undelivered messages in the route's outbox.", []string{"route"}, nil),
 		lag:   prometheus.NewDesc("ferry_bridge_lag_seconds", "Age of the route's oldest undelivered message (0 when none).", []string{"route"}, nil),
-		b:     b,
+		up: prometheus.NewDesc("ferry_bridge_backend_up", "1 while the route's backend takes messages, 0 while the route is down and holds them.",
+			[]string{"route"}, nil),
+		down: prometheus.NewDesc("ferry_bridge_backend_down_seconds", "How long the route has been down (0 when up).", []string{"route"}, nil),
+		b:    b,
 	}
 	for _, r := range b.routes {
 		n := r.name
@@ -52,6 +57,7 @@ func newMetrics(b *Bridge, deps Deps) (*metrics, error) {
 			failed:       m.failed.WithLabelValues(n),
 			deadLettered: m.dead.WithLabelValues(n),
 			refused:      m.refused.WithLabelValues(n),
+			outages:      m.outages.WithLabelValues(n),
 			dropFull:     m.dropped.WithLabelValues(n, "full"),
 			dropExpired:  m.dropped.WithLabelValues(n, "expired"),
 			dropFailed:   m.dropped.WithLabelValues(n, "failed"),
@@ -60,7 +66,7 @@ func newMetrics(b *Bridge, deps Deps) (*metrics, error) {
 		}
 	}
 	if deps.Registerer != nil {
-		for _, c := range []prometheus.Collector{m.delivered, m.retried, m.failed, m.dead, m.refused, m.dropped, m.latency, m} {
+		for _, c := range []prometheus.Collector{m.delivered, m.retried, m.failed, m.dead, m.refused, m.outages, m.dropped, m.latency, m} {
 			if err := deps.Registerer.Register(c); err != nil {
 				return nil, err
 			}
@@ -74,6 +80,8 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.depth
 	ch <- m.bytes
 	ch <- m.lag
+	ch <- m.up
+	ch <- m.down
 }
 
 // Collect reads the queue gauges at scrape time, so Offer never updates
@@ -81,6 +89,13 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	now := time.Now()
 	for _, r := range m.b.routes {
+		up, since, _ := r.health.state()
+		v, down := 1.0, 0.0
+		if !up {
+			v, down = 0, now.Sub(since).Seconds()
+		}
+		ch <- prometheus.MustNewConstMetric(m.up, prometheus.GaugeValue, v, r.name)
+		ch <- prometheus.MustNewConstMetric(m.down, prometheus.GaugeValue, down, r.name)
 		switch {
 		case r.durable:
 			u := m.b.outbox.Usage(r.name)

@@ -3,6 +3,8 @@ package bridge
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -224,39 +226,78 @@ func (l *lanes) stop() {
 	l.wg.Wait()
 }
 
-// deliverInOrder delivers msgs with retries until the backend acks them, a
-// permanent error or max_attempts dead-letters them, or the bridge stops.
+// deliverInOrder delivers msgs with retries until the backend acks them,
+// a permanent refusal or max_attempts failures while the backend is up
+// dead-letter them, or the bridge stops. An unavailable backend (KindOf)
+// takes the route down: the messages are held, the backend probed, and no
+// attempt is counted, however long that lasts.
 func (b *Bridge) deliverInOrder(ctx context.Context, r *route, msgs []Message) bool {
-	for attempt := 1; ; attempt++ {
+	attempt := 0 // failures counted against max_attempts
+	for {
 		err := r.conn.Deliver(ctx, msgs)
 		if err == nil {
 			b.acked(ctx, r, msgs)
+			b.markUp(r, len(msgs))
 			return true
 		}
 		if ctx.Err() != nil {
 			return false
 		}
 		r.met.failed.Inc()
-		perm := IsPermanent(err)
-		if perm && len(msgs) > 1 {
-			// Find the message the backend refuses: deliver one at a time.
-			for i := range msgs {
-				if !b.deliverInOrder(ctx, r, msgs[i:i+1]) {
-					return false
+		kind := KindOf(err)
+		if kind == KindUnknown {
+			// Whose fault: the backend's (down) or these messages'?
+			up, perr := b.backendUp(ctx, r)
+			if ctx.Err() != nil {
+				return false
+			}
+			if !up {
+				kind = KindUnavailable
+				if perr != nil {
+					err = fmt.Errorf("%w (probe: %v)", err, perr)
 				}
 			}
+		}
+		switch kind {
+		case KindUnavailable:
+			if !b.outage(ctx, r, err) {
+				return false
+			}
+			r.met.retried.Inc()
+			continue
+		case KindPermanent:
+			if len(msgs) > 1 {
+				return b.deliverEach(ctx, r, msgs)
+			}
+			b.giveUp(ctx, r, msgs, err, attempt+1)
 			return true
 		}
-		if perm || attempt >= r.cfg.MaxAttempts {
+		attempt++
+		if attempt >= r.cfg.MaxAttempts {
+			if len(msgs) > 1 {
+				return b.deliverEach(ctx, r, msgs)
+			}
 			b.giveUp(ctx, r, msgs, err, attempt)
 			return true
 		}
-		b.log.Warn("bridge: delivery failed, will retry", "route", r.name, "seq", msgs[0].Seq, "attempt", attempt, "err", err)
+		b.log.Debug("bridge: delivery failed while the backend is up, will retry", "route", r.name, "seq", msgs[0].Seq, "attempt", attempt, "err", err)
 		r.met.retried.Inc()
 		if !b.wait(ctx, backoff(r.cfg.Backoff, attempt)) {
 			return false
 		}
 	}
+}
+
+// deliverEach delivers a batch the backend refused (permanently, or up to
+// max_attempts while it was up) one message at a time, each with its own
+// attempts, so that only the messages at fault are dead-lettered.
+func (b *Bridge) deliverEach(ctx context.Context, r *route, msgs []Message) bool {
+	for i := range msgs {
+		if !b.deliverInOrder(ctx, r, msgs[i:i+1]) {
+			return false
+		}
+	}
+	return true
 }
 
 // acked records a successful delivery and deletes durable messages.
@@ -349,17 +390,56 @@ func (b *Bridge) runIngress(ctx context.Context, r *route) {
 	}()
 	recv := r.conn.(Receiver)
 	h := func(ctx context.Context, m Message) error { return b.ingest(ctx, r, m) }
-	for attempt := 1; ; attempt++ {
+	fails := 0 // consecutive stops that were not an outage
+	for {
+		// After an outage the route is back once the receiver has run for
+		// receiverSettle or handed over a message (ingest): a receiver
+		// failing at once again leaves it down, without a line per retry.
+		var settled *time.Timer
+		if r.health.troubled.Load() {
+			settled = time.AfterFunc(receiverSettle, func() { b.markUp(r, 0) })
+		}
+		started := time.Now()
 		err := recv.Receive(ctx, h)
+		if settled != nil {
+			settled.Stop()
+		}
 		if ctx.Err() != nil {
 			return
 		}
-		b.log.Error("bridge: receiver stopped, restarting", "route", r.name, "attempt", attempt, "err", err)
-		if !b.wait(ctx, backoff(r.cfg.Backoff, attempt)) {
+		if err == nil {
+			err = errors.New("bridge: receiver returned")
+		}
+		if KindOf(err) == KindUnavailable {
+			// A source that goes away is waited for, never given up on:
+			// the route is down, and Receive runs again once a probe
+			// succeeds.
+			if !b.outage(ctx, r, err) {
+				return
+			}
+			continue
+		}
+		// The source is there but the receiver stopped (a message the
+		// broker refused, an error of unknown kind): run it again after
+		// the backoff. The first stop of a series is logged.
+		if time.Since(started) >= receiverSettle {
+			fails = 0
+		}
+		fails++
+		lv := slog.LevelDebug
+		if fails == 1 {
+			lv = slog.LevelWarn
+		}
+		b.log.Log(ctx, lv, "bridge: receiver stopped, restarting", "route", r.name, "attempt", fails, "err", err)
+		if !b.wait(ctx, backoff(r.cfg.Backoff, fails)) {
 			return
 		}
 	}
 }
+
+// receiverSettle is how long a restarted receiver must run before its
+// route counts as back.
+const receiverSettle = time.Second
 
 // ingest publishes one backend message into the broker.
 func (b *Bridge) ingest(ctx context.Context, r *route, m Message) error {
@@ -385,6 +465,7 @@ func (b *Bridge) ingest(ctx context.Context, r *route, m Message) error {
 		return err
 	}
 	r.delivered(m)
+	b.markUp(r, 1)
 	return nil
 }
 

@@ -60,6 +60,14 @@ func (p *bridgePublisher) Publish(_ context.Context, m bridge.Message) error {
 	if p.b.auth != nil && !p.b.auth.AllowedFor(p.id, m.Topic, true) {
 		return bridge.Permanent(fmt.Errorf("publish %s as %s: %w", m.Topic, p.cl.ID, errDenied))
 	}
+	// Disk almost full: a QoS 1/2 message may have to be stored, and mochi
+	// would drop a refused inline publish without a word. Not delivered:
+	// the backend keeps it and the ingress retries.
+	if st := p.b.store.Load(); st != nil && m.QoS > 0 {
+		if err := st.Admit(); err != nil {
+			return fmt.Errorf("publish %s: %w", m.Topic, err)
+		}
+	}
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.QoS, Retain: m.Retain},
 		TopicName:   m.Topic,
@@ -87,10 +95,11 @@ func (h *tapHook) ID() string { return "ferry-bridge-tap" }
 
 func (h *tapHook) Provides(b byte) bool { return b == mqtt.OnPublish }
 
-// OnPublish offers the message. A full outbox with when_full: block
-// refuses it: MQTT 5 gets PUBACK 0x97 (quota exceeded); MQTT 3 gets no
-// PUBACK, so the client resends it later. Messages the bridge itself
-// published (ingress) are not offered again: no loops.
+// OnPublish offers the message. A full outbox with when_full: block, or a
+// disk below storage.min_free_space, refuses it: MQTT 5 gets PUBACK 0x97
+// (quota exceeded); MQTT 3 gets no PUBACK, so the client resends it later.
+// Messages the bridge itself published (ingress) are not offered again:
+// no loops.
 func (h *tapHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
 		return pk, nil
@@ -118,7 +127,7 @@ func (h *tapHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	switch {
 	case err == nil:
 		return pk, nil
-	case errors.Is(err, bridge.ErrOutboxFull):
+	case errors.Is(err, bridge.ErrOutboxFull), errors.Is(err, persistence.ErrDiskFull):
 		if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {
 			return pk, packets.ErrQuotaExceeded
 		}

@@ -102,7 +102,7 @@ func TestWebhookRouteAndDeadLetters(t *testing.T) {
 bridges:
   - name: hooks
     from: "devices/+/telemetry"
-    to: {webhook: {url: %q, batch_size: 1}}
+    to: {webhook: {url: %q, batch_size: 1, unsigned: true}}
     backoff: {initial: 10ms, max: 50ms}
 `, hs.URL)))
 	c := testutil.DialRaw(t, b.Addr, 5)
@@ -210,7 +210,7 @@ func TestBridgeStatsUnderSys(t *testing.T) {
 	defer hs.Close()
 	b := testutil.StartBroker(t, withBridges(t, fmt.Sprintf(`
 bridges:
-  - {name: stats, from: "s/#", to: {webhook: {url: %q}}}
+  - {name: stats, from: "s/#", to: {webhook: {url: %q, unsigned: true}}}
 `, hs.URL)), func(c *config.Config) { c.MQTT.SysInterval = time.Second })
 	c := testutil.DialRaw(t, b.Addr, 4)
 	c.Connect("stats-dev", packets.Properties{})
@@ -220,23 +220,53 @@ bridges:
 	testutil.Eventually(t, 10*time.Second, "3 deliveries", func() bool { return sink.messages() == 3 })
 	w := testutil.DialRaw(t, b.Addr, 4)
 	w.Connect("watcher", packets.Properties{})
-	testutil.Eventually(t, 10*time.Second, "$SYS/ferry/bridge/stats/delivered_total = 3", func() bool {
+	waitSys(t, w, "$SYS/ferry/bridge/stats/delivered_total", func(v string) bool { return v == "3" })
+}
+
+// waitSys subscribes w to the retained topic until its value satisfies ok.
+func waitSys(t *testing.T, w *testutil.Raw, topic string, ok func(string) bool) {
+	t.Helper()
+	testutil.Eventually(t, 10*time.Second, topic, func() bool {
 		w.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
-			Filters: packets.Subscriptions{{Filter: "$SYS/ferry/bridge/stats/delivered_total"}}})
+			Filters: packets.Subscriptions{{Filter: topic}}})
 		found := false
 		for {
 			pk, err := w.Read(300 * time.Millisecond)
 			if err != nil {
 				break
 			}
-			if pk.FixedHeader.Type == packets.Publish && string(pk.Payload) == "3" {
+			if pk.FixedHeader.Type == packets.Publish && ok(string(pk.Payload)) {
 				found = true
 			}
 		}
 		w.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Unsubscribe, Qos: 1}, PacketID: 2,
-			Filters: packets.Subscriptions{{Filter: "$SYS/ferry/bridge/stats/delivered_total"}}})
+			Filters: packets.Subscriptions{{Filter: topic}}})
 		return found
 	})
+}
+
+// TestBridgeStateUnderSys: a route whose backend is unreachable is down
+// under $SYS/ferry/bridge/<route>/state (with why) and backend_up.
+func TestBridgeStateUnderSys(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().String()
+	l.Close() // nothing listens there now: connection refused
+	b := testutil.StartBroker(t, withBridges(t, fmt.Sprintf(`
+bridges:
+  - {name: gone, from: "g/#", to: {webhook: {url: "http://%s/", unsigned: true}}, backoff: {initial: 10ms, max: 20ms}}
+`, dead)), func(c *config.Config) { c.MQTT.SysInterval = time.Second })
+	c := testutil.DialRaw(t, b.Addr, 4)
+	c.Connect("gone-dev", packets.Properties{})
+	publishQoS1(t, c, 1, "g/x", "v")
+	w := testutil.DialRaw(t, b.Addr, 4)
+	w.Connect("watcher", packets.Properties{})
+	waitSys(t, w, "$SYS/ferry/bridge/gone/state", func(v string) bool {
+		return strings.HasPrefix(v, "down since ") && strings.Contains(v, "connection refused")
+	})
+	waitSys(t, w, "$SYS/ferry/bridge/gone/backend_up", func(v string) bool { return v == "0" })
 }
 
 // TestPublishAPI: services send to devices over HTTP with the admin token.
@@ -340,7 +370,6 @@ bridges:
     from: "stream/#"
     to: {nats: {url: "nats://127.0.0.1:%d", subject: t, jetstream: true, timeout: 1s}}
     backoff: {initial: 50ms, max: 500ms}
-    max_attempts: 1000000
 `, port)))
 
 	const total, stopAt = 10000, 2000

@@ -45,6 +45,8 @@ type Broker struct {
 	publisher *bridgePublisher
 	auth      *auth.Hook // nil when no auth is configured
 	limits    *limits.Hook
+	protocol  *protocolHook
+	storage   *persistence.Hook
 	flow      *flowHook   // nil unless limits.overflow_policy is block-publisher
 	resend    *resendHook // nil when limits.resend_after is negative
 	registry  *prometheus.Registry
@@ -109,6 +111,7 @@ func New(cfg config.Config, opts ...Option) (*Broker, error) {
 		SysTopicResendInterval:   int64(cfg.MQTT.SysInterval / time.Second),
 		InlineClient:             true,
 	})
+	b.mochi.Info.Version = Version() // $SYS/broker/version: Ferry's, not mochi's
 	b.metrics = metrics.New(b.mochi.Info, b.mochi.Clients.Len)
 	b.publisher = &bridgePublisher{b: b, cl: b.mochi.NewClient(nil, mqtt.LocalListener, cfg.BridgeIdentity, true),
 		id: auth.NewIdentity(cfg.BridgeIdentity, cfg.BridgeIdentity)}
@@ -118,6 +121,7 @@ func New(cfg config.Config, opts ...Option) (*Broker, error) {
 		if err != nil {
 			return nil, fmt.Errorf("broker: %w", err)
 		}
+		ah.SetSessions(b.mochi.Clients.Get)
 		b.auth = ah
 	}
 
@@ -135,7 +139,7 @@ func New(cfg config.Config, opts ...Option) (*Broker, error) {
 	}
 
 	b.registry = prometheus.NewRegistry()
-	b.registry.MustRegister(b.metrics, storageCollector{b}, securityCollector{b}, collectors.NewGoCollector(),
+	b.registry.MustRegister(b.metrics, storageCollector{b}, securityCollector{b}, listenerCollector{b}, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if addr := *cfg.Admin.Addr; addr != "" {
 		b.admin = admin.New(admin.Config{Addr: addr, Token: cfg.Admin.Token, Pprof: cfg.Admin.Pprof},
@@ -280,7 +284,8 @@ func (b *Broker) addHooks(st *persistence.Store) error {
 		return fmt.Errorf("broker: %w", err)
 	}
 	b.limits = lh
-	hooks := []mqtt.Hook{newProtocolHook(b, b.cfg), lh}
+	b.protocol = newProtocolHook(b, b.cfg)
+	hooks := []mqtt.Hook{b.protocol, lh}
 	if b.auth != nil {
 		hooks = append(hooks, b.auth)
 	} else {
@@ -303,13 +308,22 @@ func (b *Broker) addHooks(st *persistence.Store) error {
 	}
 	ph := persistence.NewHook(st, b.mochi)
 	ph.SetAckDeferrer(deferAck)
+	ph.SetStalled(stalled)
+	if b.auth != nil {
+		// Sessions belong to their identity across restarts; spilled
+		// messages and shared-group members are checked against the ACL.
+		ph.SetSessionOwners(b.auth)
+		ph.SetReadCheck(b.auth.MayRead)
+	}
+	b.storage = ph
 	ph.SetQueueLimits(persistence.QueueLimits{MaxMessages: b.cfg.Limits.MaxQueuedMessages,
-		MaxBytes: b.cfg.Limits.MaxQueuedBytes, Policy: b.cfg.Limits.OverflowPolicy, BlockWait: b.cfg.Limits.OverflowWait})
+		MaxBytes: b.cfg.Limits.MaxQueuedBytes, Policy: b.cfg.Limits.OverflowPolicy, BlockWait: b.cfg.Limits.OverflowWait,
+		MemoryWindow: b.cfg.Limits.MemoryWindow})
 	b.metrics.SetQueueCounts(func() metrics.QueueCounts {
 		s := ph.QueueStats()
 		return metrics.QueueCounts{DroppedNewest: s.DroppedNewest, DroppedOldest: s.DroppedOldest, Expired: s.Expired, Spilled: s.Spilled}
 	})
-	hooks = append(hooks, ph, b.metrics)
+	hooks = append(hooks, ph, b.metrics, &connLogHook{log: b.log})
 	for _, h := range hooks {
 		if err := b.mochi.AddHook(h, nil); err != nil {
 			return fmt.Errorf("broker: add hook %s: %w", h.ID(), err)
@@ -324,11 +338,12 @@ func (b *Broker) closeListeners() {
 	}
 }
 
-// Shutdown drains the broker: stop accepting, disconnect every client with
-// reason 0x8B (server shutting down) after the packets already read are
-// answered, stop the hooks, flush and close storage, then stop the admin
-// endpoint. When ctx ends first, the remaining connections are cut. Safe to
-// call more than once.
+// Shutdown drains the broker: stop accepting, disconnect every client after
+// the packets already read are answered (MQTT 5 clients with DISCONNECT
+// 0x8B, server shutting down; 3.x ones, which have no server DISCONNECT,
+// by closing the connection), stop the hooks, flush and close storage,
+// then stop the admin endpoint. When ctx ends first, the remaining
+// connections are cut. Safe to call more than once.
 func (b *Broker) Shutdown(ctx context.Context) error {
 	b.stopOnce.Do(func() { b.stopErr = b.shutdown(ctx) })
 	return b.stopErr
@@ -409,17 +424,12 @@ func (b *Broker) watchCerts() {
 
 // Reload re-reads the password and ACL files without dropping connections.
 // A file that does not load is refused with its error and the rules in
-// force stay.
+// force stay. The auth hook logs the outcome, once.
 func (b *Broker) Reload() error {
 	if b.auth == nil {
 		return nil
 	}
-	if err := b.auth.Reload(); err != nil {
-		b.log.Error("reload refused; previous rules stay in force", "err", err)
-		return err
-	}
-	b.log.Info("reloaded password and ACL files")
-	return nil
+	return b.auth.Reload()
 }
 
 func (b *Broker) killConns() {
@@ -449,6 +459,7 @@ func (b *Broker) untrack(c *conn) {
 // serveConn runs one connection through mochi. A panic anywhere in mochi's
 // handling of it ends this connection only.
 func (b *Broker) serveConn(l *listener, nc net.Conn, state func() *tls.ConnectionState, establish listeners.EstablishFn) {
+	l.accepted.Add(1)
 	c := &conn{Conn: nc, b: b, listener: l.cfg.Name, tlsState: state, handled: make(chan struct{})}
 	defer close(c.handled) // last: after the clean-up of a panicked handler below
 	c.acond.L = &c.amu
@@ -479,6 +490,14 @@ func (b *Broker) serveConn(l *listener, nc net.Conn, state func() *tls.Connectio
 			_ = c.Close()
 		}
 	}()
+	// mochi sets no deadline before CONNECT: a socket that never sends one
+	// would be held for ever. mochi replaces this deadline with the
+	// keepalive once CONNECT is read. It bounds the TLS handshake too.
+	_ = nc.SetDeadline(time.Now().Add(b.cfg.Limits.ConnectTimeout))
+	if tc, ok := nc.(*tls.Conn); ok && !b.handshake(tc, l) {
+		_ = c.Close()
+		return
+	}
 	// mochi adds to its client WaitGroup inside the connection's goroutine,
 	// which races with the Wait in its Close. Close is called only once
 	// every connection let in has started reading, which mochi does after
@@ -493,13 +512,7 @@ func (b *Broker) serveConn(l *listener, nc net.Conn, state func() *tls.Connectio
 	b.estMu.Unlock()
 	c.entered = sync.OnceFunc(b.establishing.Done)
 	defer c.entered()
-	// mochi sets no deadline before CONNECT: a socket that never sends one
-	// would be held for ever. mochi replaces this deadline with the
-	// keepalive once CONNECT is read.
-	_ = nc.SetDeadline(time.Now().Add(b.cfg.Limits.ConnectTimeout))
-	if err := establish(l.cfg.Name, c); err != nil {
-		b.log.Debug("connection ended", "listener", l.cfg.Name, "remote", nc.RemoteAddr().String(), "err", err)
-	}
+	b.logConnectEnd(c, l.cfg.Name, establish(l.cfg.Name, c))
 }
 
 // forget removes what mochi would have removed had its handler returned: a
@@ -514,7 +527,8 @@ func (b *Broker) forget(cl *mqtt.Client) {
 	}
 }
 
-// Ready is nil when every listener accepts (and storage is open).
+// Ready is nil when every listener accepts, storage is open and the disk
+// has room for new messages (storage.min_free_space).
 func (b *Broker) Ready() error {
 	if b.stopping.Load() {
 		return errors.New("shutting down")
@@ -530,6 +544,8 @@ func (b *Broker) Ready() error {
 	if st := b.store.Load(); st == nil {
 		return errors.New("storage not open")
 	} else if err := st.Ready(); err != nil {
+		return fmt.Errorf("storage: %w", err)
+	} else if err := st.DiskSpace(); err != nil {
 		return fmt.Errorf("storage: %w", err)
 	}
 	return nil
@@ -571,10 +587,12 @@ var (
 	descStoreFsyncSec = prometheus.NewDesc("ferry_storage_fsync_seconds_total", "Time spent in fsync.", nil, nil)
 	descStoreFailures = prometheus.NewDesc("ferry_storage_failures_total", "Storage batches whose commit or fsync failed.", nil, nil)
 	descStoreQueue    = prometheus.NewDesc("ferry_storage_queue_depth", "Write requests waiting for the storage writer.", nil, nil)
+	descStoreFree     = prometheus.NewDesc("ferry_storage_free_bytes", "Free space of the data dir's filesystem at the last check (0: storage.min_free_space is -1).", nil, nil)
+	descStoreDiskFull = prometheus.NewDesc("ferry_storage_disk_full_refusals_total", "Messages refused because free space was below storage.min_free_space.", nil, nil)
 )
 
 func (storageCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descStoreBatches, descStoreRecords, descStoreFsyncs, descStoreFsyncSec, descStoreFailures, descStoreQueue} {
+	for _, d := range []*prometheus.Desc{descStoreBatches, descStoreRecords, descStoreFsyncs, descStoreFsyncSec, descStoreFailures, descStoreQueue, descStoreFree, descStoreDiskFull} {
 		ch <- d
 	}
 }
@@ -591,6 +609,8 @@ func (c storageCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descStoreFsyncSec, prometheus.CounterValue, s.FsyncTime.Seconds())
 	ch <- prometheus.MustNewConstMetric(descStoreFailures, prometheus.CounterValue, float64(s.Failures))
 	ch <- prometheus.MustNewConstMetric(descStoreQueue, prometheus.GaugeValue, float64(s.QueueDepth))
+	ch <- prometheus.MustNewConstMetric(descStoreFree, prometheus.GaugeValue, float64(s.FreeBytes))
+	ch <- prometheus.MustNewConstMetric(descStoreDiskFull, prometheus.CounterValue, float64(s.DiskFullRefusals))
 }
 
 // securityCollector exports the auth and limits hooks' counters.
@@ -598,7 +618,7 @@ type securityCollector struct{ b *Broker }
 
 var (
 	descAuth    = prometheus.NewDesc("ferry_auth_attempts_total", "Authentication attempts by method and outcome.", []string{"method", "outcome"}, nil)
-	descACL     = prometheus.NewDesc("ferry_acl_denied_total", "ACL checks denied, by action (publish, subscribe, read = delivery).", []string{"action"}, nil)
+	descACL     = prometheus.NewDesc("ferry_acl_denied_total", "ACL checks denied, by action (publish, subscribe, read = delivery, shared_no_reader, queued, session_takeover: see docs/security.md).", []string{"action"}, nil)
 	descRefused = prometheus.NewDesc("ferry_limits_enforced_total", "Clients refused, throttled or disconnected by a limit, by reason.", []string{"reason"}, nil)
 )
 
@@ -624,6 +644,15 @@ func (c securityCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descACL, s.ACLDenied.Publish, "publish")
 		counter(descACL, s.ACLDenied.Subscribe, "subscribe")
 		counter(descACL, s.ACLDenied.Read, "read")
+		counter(descACL, s.TakeoverRefused, "session_takeover")
+		if p := c.b.protocol; p != nil {
+			counter(descACL, p.sharedUnread.Load(), "shared_no_reader")
+			var spilled uint64
+			if ph := c.b.storage; ph != nil {
+				spilled = ph.ACLDropped()
+			}
+			counter(descACL, p.queuedUnread.Load()+spilled, "queued")
+		}
 	}
 	if l := c.b.limits; l != nil {
 		s := l.Stats()

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -56,6 +57,8 @@ type conn struct {
 	entered func()
 
 	client atomic.Pointer[mqtt.Client] // set once CONNECT is processed
+	// connected is set once CONNACK accepted the client (connLogHook).
+	connected atomic.Bool
 	// handled is closed once mochi's handler for the connection has
 	// returned: the client's clean-up is done (see protocolHook.OnSessionEstablish).
 	handled chan struct{}
@@ -81,6 +84,9 @@ type conn struct {
 	released bool
 	held     []byte
 
+	// Writes to a client that stopped reading (stall.go).
+	stall stallState
+
 	// Deferred acknowledgements (ackwait.go): slow is set while any are
 	// registered or held; the rest is guarded by amu.
 	slow     atomic.Bool
@@ -95,6 +101,14 @@ type conn struct {
 }
 
 func (c *conn) Write(p []byte) (int, error) {
+	if q, ok := withoutV3Disconnect(p); ok {
+		if len(q) > 0 {
+			if _, err := c.Write(q); err != nil {
+				return 0, err
+			}
+		}
+		return len(p), nil
+	}
 	c.wmu.Lock()
 	if c.released {
 		c.wmu.Unlock()
@@ -133,32 +147,6 @@ func (c *conn) write(p []byte) (int, error) {
 	return c.writeNow(p)
 }
 
-// writeNow writes with limits.write_timeout. mochi writes while holding the
-// client's lock, which every publisher to this client also takes: a client
-// that stops reading would stall them all for ever. A write that cannot
-// finish in time closes the connection instead (a persistent session keeps
-// its messages).
-func (c *conn) writeNow(p []byte) (int, error) {
-	if wt := c.b.cfg.Limits.WriteTimeout; wt > 0 {
-		_ = c.Conn.SetWriteDeadline(time.Now().Add(wt))
-	}
-	n, err := c.Conn.Write(p)
-	if err != nil && !c.closed.Load() {
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			id := ""
-			if cl := c.client.Load(); cl != nil {
-				id = cl.ID
-			}
-			c.b.log.Warn("closing connection: client not reading", "client_id", id, "remote", c.RemoteAddr().String(),
-				"listener", c.listener, "write_timeout", c.b.cfg.Limits.WriteTimeout.String())
-			c.b.writeTimeouts.Add(1)
-			_ = c.Close()
-		}
-	}
-	return n, err
-}
-
 // release ends the hold and writes what was held, in order.
 func (c *conn) release() {
 	c.wmu.Lock()
@@ -171,6 +159,47 @@ func (c *conn) release() {
 		_, _ = c.write(c.held)
 		c.held = nil
 	}
+}
+
+// v3Disconnect is DISCONNECT as mochi encodes it for MQTT 3.1 and 3.1.1: no
+// reason code, no properties. An MQTT 5 DISCONNECT from mochi always carries
+// both, so these two bytes at a packet boundary are a 3.x DISCONNECT.
+var v3Disconnect = []byte{packets.Disconnect << 4, 0}
+
+// withoutV3Disconnect returns p without its MQTT 3.x DISCONNECT packets and
+// true, or p and false if it holds none. MQTT 3.1.1 has no DISCONNECT from a
+// server (a client such as mosquitto_sub reports "a network protocol error"),
+// but mochi's DisconnectClient writes one whatever the client's version, on
+// every path that calls it (a session takeover, mochi's own receive-maximum
+// and ACL refusals): for a 3.x client the connection is just closed.
+func withoutV3Disconnect(p []byte) ([]byte, bool) {
+	if !bytes.Contains(p, v3Disconnect) {
+		return p, false
+	}
+	var out []byte
+	found := false
+	for rest := p; len(rest) > 0; {
+		n := packetLen(rest)
+		if n <= 0 || n > len(rest) {
+			if !found {
+				return p, false
+			}
+			return append(out, rest...), true
+		}
+		if n == len(v3Disconnect) && rest[0] == v3Disconnect[0] {
+			if !found {
+				out = append(make([]byte, 0, len(p)), p[:len(p)-len(rest)]...)
+				found = true
+			}
+		} else if found {
+			out = append(out, rest[:n]...)
+		}
+		rest = rest[n:]
+	}
+	if !found {
+		return p, false
+	}
+	return out, true
 }
 
 // packetLen is the length of the MQTT packet at the start of b, 0 if b does
@@ -294,6 +323,7 @@ func (c *conn) Close() error {
 		c.closeDeferred()
 		c.mu.Lock()
 		c.closed.Store(true)
+		c.cutStalled()
 		cw, ok := c.Conn.(interface{ CloseWrite() error })
 		linger := c.b.cfg.Limits.CloseLinger
 		if !ok || linger <= 0 || cw.CloseWrite() != nil {

@@ -32,6 +32,9 @@ type listener struct {
 	// establish is mochi's callback, known once Serve is called.
 	establish atomic.Pointer[listeners.EstablishFn]
 	closed    atomic.Bool
+
+	accepted          atomic.Uint64 // connections accepted
+	handshakeFailures atomic.Uint64 // failed TLS handshakes
 }
 
 var _ listeners.Listener = (*listener)(nil)
@@ -148,7 +151,7 @@ func (l *listener) newHTTPServer() *http.Server {
 		l.b.serveConn(l, &wsConn{Conn: ws}, state, *establish)
 	})
 	return &http.Server{Handler: mux, TLSConfig: l.tlsCfg, ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog: slog.NewLogLogger(l.b.log.Handler(), slog.LevelDebug)}
+		ErrorLog: l.httpErrorLog()}
 }
 
 // stopAccepting closes the socket; connections already accepted go on.
@@ -167,15 +170,21 @@ func (l *listener) stopAccepting() {
 }
 
 // Close is called by mochi's Server.Close: stop accepting, then disconnect
-// this listener's clients with reason 0x8B. mochi's own closeFn is not used:
+// this listener's MQTT 5 clients with reason 0x8B and close the others' connections
+// (MQTT 3.1.1 has no DISCONNECT from a server). mochi's own closeFn is not used:
 // its Clients.GetByListener takes the clients' read lock twice and
 // deadlocks against a client connecting or leaving at the same moment
 // (mochi v2.7.9). GetAll takes it once.
 func (l *listener) Close(listeners.CloseFn) {
 	l.stopAccepting()
 	for _, cl := range l.b.mochi.Clients.GetAll() {
-		if cl.Net.Listener == l.cfg.Name && !cl.Closed() {
+		if cl.Net.Listener != l.cfg.Name || cl.Closed() {
+			continue
+		}
+		if cl.Properties.ProtocolVersion == 5 {
 			_ = l.b.mochi.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		} else {
+			cl.Stop(packets.ErrServerShuttingDown)
 		}
 	}
 }

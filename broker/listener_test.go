@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -11,6 +12,7 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -243,5 +245,95 @@ func copyFile(t *testing.T, from, to string) {
 	}
 	if err := os.Rename(to+".tmp", to); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// MQTT 3.1 and 3.1.1 have no DISCONNECT from a server: a 3.x client whose
+// connection the broker ends (shutdown, takeover) sees it closed, with no
+// packet first; an MQTT 5 client gets DISCONNECT with the reason.
+func TestServerDisconnectOnlyForMQTT5(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		version byte
+		reason  byte // the DISCONNECT reason an MQTT 5 client gets; 0 = none sent
+		end     func(t *testing.T, b *testutil.Broker, r *testutil.Raw, id string)
+	}{
+		{"shutdown 3.1", 3, 0, shutdownBroker},
+		{"shutdown 3.1.1", 4, 0, shutdownBroker},
+		{"shutdown 5", 5, packets.ErrServerShuttingDown.Code, shutdownBroker},
+		{"takeover 3.1.1", 4, 0, takeOver},
+		{"takeover 5", 5, packets.ErrSessionTakenOver.Code, takeOver},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := testutil.StartBroker(t)
+			r := testutil.DialRaw(t, b.Addr, tc.version)
+			r.Connect("dc-"+strings.ReplaceAll(tc.name, " ", "-"), packets.Properties{})
+			tc.end(t, b, r, "dc-"+strings.ReplaceAll(tc.name, " ", "-"))
+			pk, err := r.Read(5 * time.Second)
+			if tc.reason == 0 {
+				if err == nil {
+					t.Fatalf("MQTT %d client got %s (% x) from the server; want the connection closed", tc.version,
+						packets.PacketNames[pk.FixedHeader.Type], testutil.Encode(t, pk, tc.version))
+				}
+				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					t.Fatal("connection still open")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("MQTT 5 client: want DISCONNECT 0x%02x, got %v", tc.reason, err)
+			}
+			if pk.FixedHeader.Type != packets.Disconnect || pk.ReasonCode != tc.reason {
+				t.Fatalf("got %s reason 0x%02x, want DISCONNECT 0x%02x", packets.PacketNames[pk.FixedHeader.Type], pk.ReasonCode, tc.reason)
+			}
+		})
+	}
+}
+
+func shutdownBroker(t *testing.T, b *testutil.Broker, _ *testutil.Raw, _ string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := b.B.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func takeOver(t *testing.T, b *testutil.Broker, _ *testutil.Raw, id string) {
+	t.Helper()
+	testutil.DialRaw(t, b.Addr, 4).Connect(id, packets.Properties{})
+}
+
+// mosquitto_sub, a strict MQTT 3.1.1 client, reports a server DISCONNECT as
+// "A network protocol error occurred"; a broker shutdown must look to it
+// like a lost connection.
+func TestMosquittoSubSeesCleanShutdown(t *testing.T) {
+	bin := testutil.NeedCommand(t, "mosquitto_sub", "mosquitto-clients")
+	b := testutil.StartBroker(t)
+	host, port, _ := net.SplitHostPort(b.Addr)
+	out := &testutil.Log{} // written by exec's goroutines while the test reads it
+	cmd := exec.Command(bin, "-V", "mqttv311", "-h", host, "-p", port, "-t", "x/#", "-i", "mosq-shutdown")
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	testutil.Eventually(t, 5*time.Second, "mosquitto_sub connected", func() bool {
+		_, ok := b.B.Server().Clients.Get("mosq-shutdown")
+		return ok
+	})
+	shutdownBroker(t, b, nil, "")
+	// Shutdown returns once every connection has ended: by then
+	// mosquitto_sub has read what it was sent. A lost connection leaves it
+	// trying to reconnect, quietly; a protocol error makes it print and exit.
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		t.Fatalf("mosquitto_sub exited (%v) after the shutdown:\n%s", err, out.String())
+	case <-time.After(2 * time.Second):
+	}
+	if strings.Contains(strings.ToLower(out.String()), "protocol error") {
+		t.Fatalf("mosquitto_sub saw a protocol error:\n%s", out.String())
 	}
 }

@@ -11,6 +11,11 @@ import (
 // at most once a second. mochi logs some warnings per message (a full
 // client queue, a full in-flight window); under load that would flood the
 // log and cost more than the message. The drops are counted in metrics.
+//
+// mochi's info lines are its own lifecycle ("added hook" and "stopping
+// hook" for each hook, "attached listener", "mochi mqtt starting" with
+// mochi's version): Ferry logs what an operator needs of that itself, so
+// they are demoted to debug.
 func mochiLogger(l *slog.Logger) *slog.Logger {
 	return slog.New(&limitHandler{Handler: l.Handler().WithAttrs([]slog.Attr{slog.String("component", "mochi")}),
 		state: &limitState{last: map[string]time.Time{}}})
@@ -26,7 +31,17 @@ type limitState struct {
 	last map[string]time.Time
 }
 
+func (h *limitHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	if l == slog.LevelInfo {
+		l = slog.LevelDebug
+	}
+	return h.Handler.Enabled(ctx, l)
+}
+
 func (h *limitHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level == slog.LevelInfo {
+		r.Level = slog.LevelDebug
+	}
 	if r.Level >= slog.LevelWarn {
 		h.state.mu.Lock()
 		prev, seen := h.state.last[r.Message]

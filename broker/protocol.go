@@ -3,6 +3,7 @@ package broker
 import (
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferrymq/ferry/broker/config"
@@ -34,6 +35,11 @@ type protocolHook struct {
 	// topic alias the broker has sent, to resend queued messages whole.
 	aliases sync.Map // string -> *aliasBook
 	ids     idMaps
+
+	// sharedUnread counts shared-subscription messages dropped for a group
+	// because no member may read them; queuedUnread, queued messages
+	// dropped when a session resumed because it may no longer read them.
+	sharedUnread, queuedUnread atomic.Uint64
 }
 
 type aliasBook struct {
@@ -62,6 +68,8 @@ func (h *protocolHook) Provides(b byte) bool {
 	case mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnSessionEstablish, mqtt.OnSessionEstablished,
 		mqtt.OnClientExpired, mqtt.OnDisconnect, mqtt.OnSelectSubscribers:
 		return true
+	case mqtt.OnPacketSent:
+		return h.b.auth != nil
 	case mqtt.OnPublish:
 		return h.messageExpiry > 0
 	}
@@ -71,9 +79,49 @@ func (h *protocolHook) Provides(b byte) bool {
 // OnSelectSubscribers keeps messages on '$' topics from shared
 // subscriptions whose filter starts with a wildcard, which mochi matches
 // ("$share/g/#" would get every $SYS update): topic.DropDollarWildcardShares.
+// It also leaves in each shared group only the members allowed to read the
+// message: mochi picks one member and checks the ACL after, so the share of
+// a member that may not read was lost. A group where no member may is
+// dropped for this message and counted.
 func (h *protocolHook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *mqtt.Subscribers {
 	topic.DropDollarWildcardShares(pk.TopicName, subs.Shared)
+	if a := h.b.auth; a != nil && len(subs.Shared) > 0 {
+		n := topic.DropUnreadableShares(subs.Shared, func(id string) bool {
+			cl, ok := h.b.mochi.Clients.Get(id)
+			return !ok || a.MayRead(cl, pk.TopicName) // no client: not a member mochi delivers to
+		})
+		h.sharedUnread.Add(uint64(n))
+	}
 	return subs
+}
+
+// OnPacketSent re-checks, once the CONNACK of a resumed session is written
+// and before mochi resends the session's in-flight messages, that the
+// client may still read each queued message: the rules may have changed
+// since it was queued (a reload), or the session may have been taken over
+// by another identity (allow_session_takeover). Those it may not read are
+// dropped (the persistence hook then deletes them from the store) and
+// counted.
+func (h *protocolHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {
+	if pk.FixedHeader.Type != packets.Connack || !pk.SessionPresent {
+		return
+	}
+	for _, p := range cl.State.Inflight.GetAll(false) {
+		if p.FixedHeader.Type != packets.Publish {
+			continue // QoS 2 flows past PUBREC carry no message
+		}
+		t := p.TopicName
+		if t == "" && p.Properties.TopicAliasFlag {
+			t = h.aliasTopic(cl.ID, p.Properties.TopicAlias)
+		}
+		if t == "" || h.b.auth.MayRead(cl, t) {
+			continue
+		}
+		if cl.State.Inflight.Delete(p.PacketID) {
+			atomic.AddInt64(&h.b.mochi.Info.Inflight, -1)
+			h.queuedUnread.Add(1)
+		}
+	}
 }
 
 // OnConnect ties the client to its connection so the connection can name it
@@ -216,6 +264,19 @@ func (h *protocolHook) aliasedPublish(cl *mqtt.Client, pk packets.Packet) packet
 	return pk
 }
 
+// aliasTopic returns the topic behind outbound alias a of client id, "" if
+// unknown.
+func (h *protocolHook) aliasTopic(id string, a uint16) string {
+	v, ok := h.aliases.Load(id)
+	if !ok {
+		return ""
+	}
+	book := v.(*aliasBook)
+	book.mu.Lock()
+	defer book.mu.Unlock()
+	return book.topics[a]
+}
+
 func flag(b bool) byte {
 	if b {
 		return 1
@@ -233,6 +294,14 @@ func (h *protocolHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets
 		h.ids.inbound(cl, &pk)
 		return pk, nil
 	case packets.Publish:
+		if a := pk.Properties.TopicAlias; pk.Properties.TopicAliasFlag && a > 0 && a <= h.aliasMax {
+			if !resolveAlias(cl, &pk) {
+				h.b.log.Warn("closing connection: PUBLISH with an unknown topic alias and no topic", "client_id", cl.ID,
+					"remote", cl.Net.Remote, "alias", a)
+				_ = h.b.mochi.DisconnectClient(cl, packets.ErrTopicAliasInvalid)
+				return pk, packets.ErrRejectPacket
+			}
+		}
 		if isSys(pk.TopicName) {
 			return h.refuseSysPublish(cl, pk)
 		}
@@ -269,6 +338,25 @@ func (h *protocolHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets
 		cl.Stop(code)
 	}
 	return pk, packets.ErrRejectPacket
+}
+
+// resolveAlias applies the client's topic alias to pk before anything
+// looks at its topic: mochi resolves aliases after its ACL check, which then
+// saw an empty topic (0x87 for every alias-only PUBLISH once any ACL was
+// configured), and it accepted an alias it never saw with an empty topic
+// (PUBACK 0x00, message discarded). A PUBLISH with a topic sets the alias,
+// as the receiver must [MQTT-3.3.2-12], even if it is then refused; one
+// without a topic takes the alias's. false: the alias is unknown, a
+// protocol error the client gets DISCONNECT 0x94 for [MQTT-3.3.2-8].
+func resolveAlias(cl *mqtt.Client, pk *packets.Packet) bool {
+	a := pk.Properties.TopicAlias
+	if pk.TopicName != "" {
+		cl.State.TopicAliases.Inbound.Set(a, pk.TopicName)
+		return true
+	}
+	// Set with an empty topic returns the alias's topic, "" if unknown.
+	pk.TopicName = cl.State.TopicAliases.Inbound.Set(a, "")
+	return pk.TopicName != ""
 }
 
 func isSys(topic string) bool {

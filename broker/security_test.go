@@ -25,24 +25,48 @@ pattern write devices/%u/#
 
 func startSecured(t *testing.T) (*testutil.Broker, string) {
 	t.Helper()
-	acl := filepath.Join(t.TempDir(), "acl")
-	if err := os.WriteFile(acl, []byte(mosquittoACL), 0o600); err != nil {
+	return startWithACL(t, mosquittoACL)
+}
+
+// startWithACL starts a broker with the test password file (alice/secret,
+// bob/hunter2, watcher/watch-all, dave) and acl as its Mosquitto ACL file,
+// whose path it returns; mutate changes the config further.
+func startWithACL(t *testing.T, acl string, mutate ...func(*config.Config)) (*testutil.Broker, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "acl")
+	if err := os.WriteFile(path, []byte(acl), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	b := testutil.StartBroker(t, func(c *config.Config) {
+	b := testutil.StartBroker(t, append([]func(*config.Config){func(c *config.Config) {
 		c.Auth.PasswordFile = filepath.Join("..", "hooks", "auth", "testdata", "mosquitto.passwd")
-		c.Auth.ACLFile = acl
-	})
-	return b, acl
+		c.Auth.ACLFile = path
+	}}, mutate...)...)
+	return b, path
 }
 
 // dialAs connects with credentials and returns the client and the CONNACK
 // reason code.
 func dialAs(t *testing.T, addr string, v byte, id, user, pass string) (*testutil.Raw, byte) {
 	t.Helper()
+	c, ack := dialSession(t, addr, v, id, user, pass, false)
+	if ack.FixedHeader.Type != packets.Connack {
+		return c, 0xff
+	}
+	return c, ack.ReasonCode
+}
+
+// dialSession connects with credentials (none when user is ""), resuming or
+// creating a persistent session when persist is set (clean start off; MQTT
+// 5: session expiry 300 s), and returns the client and what it read first:
+// the CONNACK, or a zero packet if the connection closed.
+func dialSession(t *testing.T, addr string, v byte, id, user, pass string, persist bool) (*testutil.Raw, packets.Packet) {
+	t.Helper()
 	c := testutil.DialRaw(t, addr, v)
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
-		Connect: packets.ConnectParams{ClientIdentifier: id, Clean: true, Keepalive: 60}}
+		Connect: packets.ConnectParams{ClientIdentifier: id, Clean: !persist, Keepalive: 60}}
+	if persist && v == 5 {
+		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 300, true
+	}
 	if user != "" {
 		pk.Connect.UsernameFlag, pk.Connect.Username = true, []byte(user)
 		pk.Connect.PasswordFlag, pk.Connect.Password = true, []byte(pass)
@@ -50,9 +74,9 @@ func dialAs(t *testing.T, addr string, v byte, id, user, pass string) (*testutil
 	c.Send(pk)
 	ack, err := c.Read(5 * time.Second)
 	if err != nil {
-		return c, 0xff
+		return c, packets.Packet{}
 	}
-	return c, ack.ReasonCode
+	return c, ack
 }
 
 // TestMosquittoPasswordAndACLFiles is the security issue's scenario through

@@ -14,7 +14,8 @@ const bridgeSysPrefix = "$SYS/ferry/bridge/"
 
 // publishBridgeSys republishes every route's statistics under $SYS each
 // mqtt.sys_interval, from the same metrics /metrics serves, so an MQTT-only
-// operator (mosquitto_sub -t '$SYS/ferry/bridge/#') sees them too.
+// operator (mosquitto_sub -t '$SYS/ferry/bridge/#') sees them too, and
+// each route's backend state (bridge.RouteState) under <route>/state.
 func (b *Broker) publishBridgeSys() {
 	defer b.wg.Done()
 	t := time.NewTicker(b.cfg.MQTT.SysInterval)
@@ -58,6 +59,13 @@ func (b *Broker) bridgeSysOnce() {
 			}
 			_ = b.mochi.Publish(topic, []byte(metricValue(f.GetType(), m)), true, 0)
 		}
+	}
+	if b.bridge == nil {
+		return
+	}
+	// The backend's state in words: "up", or when it went down and why.
+	for _, st := range b.bridge.States() {
+		_ = b.mochi.Publish(bridgeSysPrefix+st.Route+"/state", []byte(st.String()), true, 0)
 	}
 }
 

@@ -13,6 +13,11 @@ import (
 // version rather than guessing, so a later format can migrate explicitly.
 const recordVersion byte = 1
 
+// sessionVersion is the version of session records (c/), which are written
+// as version 2: version 1 plus the session's owner. Version 1 records
+// (written before sessions had owners) are still read, without an owner.
+const sessionVersion byte = 2
+
 // Record kinds, the second byte of every value. A value decoded as the wrong
 // kind is corruption (or a bug), never silently accepted.
 const (
@@ -62,6 +67,11 @@ type sessionRec struct {
 	WillTopic   string
 	WillPayload []byte
 	WillUser    []packets.UserProperty
+
+	// OwnerSet says Owner is known (version 2, with authentication on):
+	// the identity that owns the session, "" for an anonymous one.
+	OwnerSet bool
+	Owner    string
 }
 
 // subRec is one subscription (s/<client><filter>).
@@ -264,6 +274,26 @@ func (d *dec) header(kind byte) {
 	d.b = d.b[2:]
 }
 
+// versionedHeader is header for a kind written in more than one version:
+// it accepts recordVersion to newest and returns the version found.
+func (d *dec) versionedHeader(kind, newest byte) byte {
+	if len(d.b) < 2 {
+		d.fail(errTruncated)
+		return 0
+	}
+	v := d.b[0]
+	if v < recordVersion || v > newest {
+		d.fail(fmt.Errorf("%w %d (this Ferry reads versions %d to %d)", errBadVersion, v, recordVersion, newest))
+		return 0
+	}
+	if d.b[1] != kind {
+		d.fail(fmt.Errorf("record kind %d, want %d", d.b[1], kind))
+		return 0
+	}
+	d.b = d.b[2:]
+	return v
+}
+
 func (d *dec) end() error {
 	if d.err == nil && len(d.b) != 0 {
 		d.fail(errTrailing)
@@ -273,7 +303,7 @@ func (d *dec) end() error {
 
 func (r *sessionRec) appendTo(b []byte) []byte {
 	e := enc{b}
-	e.header(kindSession)
+	e.b = append(e.b, sessionVersion, kindSession)
 	e.u8(r.ProtocolVersion)
 	e.flags(r.Clean, r.ExpiryFlag, r.RequestProblemInfoFlag, r.WillFlag, r.WillRetain)
 	e.uv(uint64(r.ExpiryInterval))
@@ -293,13 +323,17 @@ func (r *sessionRec) appendTo(b []byte) []byte {
 	e.str(r.WillTopic)
 	e.bytes(r.WillPayload)
 	e.users(r.WillUser)
+	e.flags(r.OwnerSet)
+	if r.OwnerSet {
+		e.str(r.Owner)
+	}
 	return e.b
 }
 
 func decodeSession(b []byte) (sessionRec, error) {
 	d := dec{b: b}
 	var r sessionRec
-	d.header(kindSession)
+	version := d.versionedHeader(kindSession, sessionVersion)
 	r.ProtocolVersion = d.u8()
 	f := d.flags()
 	r.Clean, r.ExpiryFlag, r.RequestProblemInfoFlag, r.WillFlag, r.WillRetain = f[0], f[1], f[2], f[3], f[4]
@@ -320,6 +354,12 @@ func decodeSession(b []byte) (sessionRec, error) {
 	r.WillTopic = d.str()
 	r.WillPayload = d.bytes()
 	r.WillUser = d.users()
+	if version >= 2 {
+		r.OwnerSet = d.flags()[0]
+		if r.OwnerSet {
+			r.Owner = d.str()
+		}
+	}
 	if r.WillQos > 2 {
 		d.fail(fmt.Errorf("will qos %d", r.WillQos))
 	}

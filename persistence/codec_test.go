@@ -28,6 +28,9 @@ var (
 	sampleRef = refRec{State: refPublish, Qos: 2, Retain: true, PacketID: 65535, MsgID: 1 << 40, SubIDs: []int{1, 7}}
 )
 
+// ownedSession is a session record with an owner (version 2).
+var ownedSession = sessionRec{ProtocolVersion: 4, Username: []byte("name"), OwnerSet: true, Owner: "cert-cn"}
+
 func TestRecordRoundTrip(t *testing.T) {
 	tests := []struct {
 		name   string
@@ -37,6 +40,7 @@ func TestRecordRoundTrip(t *testing.T) {
 	}{
 		{"session full", sampleSession.appendTo, func(b []byte) (any, error) { return decodeSession(b) }, sampleSession},
 		{"session zero", (&sessionRec{}).appendTo, func(b []byte) (any, error) { return decodeSession(b) }, sessionRec{}},
+		{"session with owner", ownedSession.appendTo, func(b []byte) (any, error) { return decodeSession(b) }, ownedSession},
 		{"subscription", sampleSub.appendTo, func(b []byte) (any, error) { return decodeSub(b) }, sampleSub},
 		{"message full", sampleMsg.appendTo, func(b []byte) (any, error) { return decodeMessage(b) }, sampleMsg},
 		{"message empty", (&msgRec{}).appendTo, func(b []byte) (any, error) { return decodeMessage(b) }, msgRec{}},
@@ -88,12 +92,36 @@ func TestRecordDecodeErrors(t *testing.T) {
 	}
 }
 
+// TestSessionRecordVersion1: session records written before sessions had
+// owners (version 1: the version 2 layout without the owner) still load,
+// without an owner; a newer version is refused.
+func TestSessionRecordVersion1(t *testing.T) {
+	v2 := sampleSession.appendTo(nil)
+	v1 := append([]byte{recordVersion}, v2[1:len(v2)-1]...) // no owner flags byte
+	got, err := decodeSession(v1)
+	if err != nil {
+		t.Fatalf("version 1 session record: %v", err)
+	}
+	if !reflect.DeepEqual(got, sampleSession) || got.OwnerSet {
+		t.Fatalf("version 1 record decoded as %+v", got)
+	}
+	if _, err := decodeSession(append([]byte{recordVersion}, ownedSession.appendTo(nil)[1:]...)); err == nil {
+		t.Error("version 1 record with an owner decoded")
+	}
+	newer := ownedSession.appendTo(nil)
+	newer[0] = sessionVersion + 1
+	if _, err := decodeSession(newer); !errors.Is(err, errBadVersion) {
+		t.Errorf("newer session record: %v, want %v", err, errBadVersion)
+	}
+}
+
 // FuzzRecordDecode: no input panics any decoder, and whatever decodes
 // re-encodes to the same bytes (the encoding is canonical).
 func FuzzRecordDecode(f *testing.F) {
 	for _, seed := range [][]byte{
 		sampleSession.appendTo(nil), sampleSub.appendTo(nil), sampleMsg.appendTo(nil), sampleRef.appendTo(nil),
 		(&sessionRec{}).appendTo(nil), (&refRec{State: refPubrec, PacketID: 1}).appendTo(nil), {}, {1}, {1, 3, 0},
+		ownedSession.appendTo(nil),
 	} {
 		f.Add(seed)
 	}

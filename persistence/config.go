@@ -72,6 +72,14 @@ type Config struct {
 	// the value log instead. Default 8 MiB (DefaultMemTableSize), from 1 MiB
 	// to 1 GiB.
 	MemTableSize int64 `yaml:"memtable_size"`
+	// MinFreeSpace is the free space, in bytes, below which the store
+	// refuses new messages (Store.Admit): publishers get MQTT 5 PUBACK
+	// 0x97 or, with MQTT 3, no PUBACK, and resend later; /readyz reports
+	// it. It must leave room for Badger to flush and compact, which it
+	// cannot do on a full disk without crashing (see space.go). Default
+	// (0): (3 + 5 + 2) memtables, 80 MiB with the default memtable_size;
+	// -1 disables the limit.
+	MinFreeSpace int64 `yaml:"min_free_space"`
 }
 
 // WithDefaults returns a copy of c with every zero field set to its default,
@@ -115,6 +123,9 @@ func (c Config) Validate() error {
 	}
 	if !(c.GCDiscardRatio > 0 && c.GCDiscardRatio < 1) {
 		errs = append(errs, fmt.Errorf("gc_discard_ratio: %v must be greater than 0 and less than 1", c.GCDiscardRatio))
+	}
+	if c.MinFreeSpace < -1 {
+		errs = append(errs, fmt.Errorf("min_free_space: %d must be -1 (no limit), 0 (the default) or a number of bytes", c.MinFreeSpace))
 	}
 	if m := c.memTableSize(); m < MinMemTableSize || m > MaxMemTableSize {
 		errs = append(errs, fmt.Errorf("memtable_size: %d is outside the allowed range %d to %d (the value is in bytes)", c.MemTableSize, MinMemTableSize, MaxMemTableSize))

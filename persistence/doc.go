@@ -121,8 +121,8 @@
 // (count or bytes, with the policy: drop-newest, drop-oldest, or
 // block-publisher, which first waits for a connected session), (b)
 // spilled: its ref is written without packet id and mochi never sees it,
-// because the window is full or older messages are still spilled, or (c)
-// left to mochi as before. mochi has no per-subscriber veto, so for (a)
+// because the window is full, older messages are still spilled or the
+// client stopped reading (SetStalled), or (c) left to mochi as before. mochi has no per-subscriber veto, so for (a)
 // and (b) the hook subscribes a member that is never a client to a shared
 // group matching '#' (exclusionFilter): mochi then calls
 // OnSelectSubscribers for every publish, which removes those subscribers
@@ -132,22 +132,34 @@
 // Spilled refs enter the session's backlog (in seq order) once their write
 // returns. A drain goroutine per connected session (runDrain) moves the
 // backlog into the client in order, as acknowledgements free its window:
-// under h.mu it takes a packet id, puts the packet in Inflight and maps it
-// to the ref, then writes it outside the lock. While a backlog, a pending
-// spilled write or a transfer exists, every new message for the session is
-// spilled too, so a live message never overtakes an older spilled one.
+// it takes a packet id (outside h.mu: mochi's NextPacketID waits for a
+// client lock held during writes), then under h.mu puts the packet in
+// Inflight and maps it to the ref, then writes it outside the lock. While
+// a backlog, a pending spilled write or a transfer exists, every new
+// message for the session is spilled too, so a live message never
+// overtakes an older spilled one.
 // OnSessionEstablish stops the drain of the previous connection (no packet
 // is put into its Inflight after that); OnSessionEstablished starts one for
 // the new connection after mochi's resend.
 //
+// # Owners and the ACL (owner.go)
+//
+// With SetSessionOwners, each session record carries the identity owning
+// the session (record version 2; version 1 records load without one), and
+// StoredClients reports each restored session's owner, so that ownership
+// survives a restart. With SetReadCheck, OnPublish offers a shared-group
+// message only to members allowed to read it, and the drain drops (and
+// counts, ACLDropped) a spilled message its session may no longer read.
+//
 // # Loading
 //
-// StoredInflightMessages loads per session its QoS 2 states, the messages
-// that had a packet id and then, in queue order, messages up to the memory
-// window; the rest becomes the session's backlog (only seq, body id and
-// size in memory). StoredClients returns unexpired sessions, expiry counted
-// from the stored disconnect time; expired ones are deleted with all their
-// keys. Because
+// StoredInflightMessages loads per session its QoS 2 states and the front
+// of its queue: messages up to the memory window, further only up to the
+// last QoS 2 message with a packet id (kept for the client's QoS 2 state);
+// the rest becomes the session's backlog (only seq, body id and size in
+// memory), so nothing loaded overtakes an older spilled message.
+// StoredClients returns unexpired sessions, expiry counted from the stored
+// disconnect time; expired ones are deleted with all their keys. Because
 // mochi restarts that clock at load, the hook expires restored sessions
 // itself (once a second) until they reconnect. StoredInflightMessages and
 // StoredRetainedMessages put packets straight into mochi (Client.State.
@@ -176,6 +188,26 @@
 // requests) and fsyncs. Close the mochi server first (its Close waits for
 // the client goroutines, so their disconnect times are stored), then the
 // Store.
+//
+// # Damage and disk space (preflight.go, logscan.go, state.go, space.go)
+//
+// Open first reads the whole directory without changing a file (Inspect):
+// the MANIFEST, every table it lists (footer, block checksums, entries),
+// every write-ahead and value log (a damaged record followed by more data,
+// a file cut inside a record), the values tables point at, and the commit
+// number: every writer transaction sets keyCommit, and after each fsync
+// stateLoop records the number reached in FERRY-STATE, so a store whose
+// newest readable commit is older lost fsynced transactions. Any damage
+// refuses the start with ErrUnreadable naming every problem; a crash's
+// leftovers (a torn last record, a table being written) are only logged.
+// Salvage copies what is readable into a new directory.
+//
+// A goroutine reads the filesystem's free space every 250 ms. Below
+// MinFreeSpace, Admit fails with ErrDiskFull: OnPublish refuses messages it
+// would store (MQTT 5: 0x97, MQTT 3: no ack) and the bridge outbox refuses
+// appends; below criticalSpace every write is refused, because Badger
+// writes through memory maps and a full disk kills it with SIGBUS. Open
+// refuses when the space to flush the logs left by a crash is missing.
 //
 // # Not covered
 //

@@ -16,4 +16,8 @@ var (
 	// ErrNewerSchema is returned by Open when the data directory was written
 	// by a newer Ferry whose format this one does not know.
 	ErrNewerSchema = errors.New("persistence: data dir has a newer schema version")
+	// ErrDiskFull is returned by Admit and Ready while the data dir's
+	// filesystem has less than Config.MinFreeSpace free, and by Open when
+	// there is not enough space to open the store.
+	ErrDiskFull = errors.New("persistence: disk almost full")
 )

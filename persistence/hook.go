@@ -43,6 +43,13 @@ type Hook struct {
 	// deferAck, when set, holds a QoS 1 PUBACK until the message's records
 	// are committed, so OnPublish need not wait (pending.go).
 	deferAck func(cl *mqtt.Client, pk packets.Packet, w Waiter) bool
+	// stalled, when set, says that a client has stopped taking what is
+	// written to it (SetStalled).
+	stalled func(cl *mqtt.Client) bool
+
+	owners     SessionOwners                            // nil: owners not stored (owner.go)
+	mayRead    func(cl *mqtt.Client, topic string) bool // nil: everything readable
+	aclDropped atomic.Uint64
 
 	limits          QueueLimits
 	exclusions      map[string]bool // exclusion filters in mochi's index (spill.go); under mu
@@ -304,7 +311,7 @@ func (h *Hook) logWriteError(err error) {
 func (h *Hook) sessionRecord(cl *mqtt.Client, disconnectedAt int64) *sessionRec {
 	p := &cl.Properties
 	w := p.Will
-	return &sessionRec{
+	rec := &sessionRec{
 		ProtocolVersion:        p.ProtocolVersion,
 		Clean:                  p.Clean,
 		ExpiryFlag:             p.Props.SessionExpiryIntervalFlag,
@@ -329,6 +336,8 @@ func (h *Hook) sessionRecord(cl *mqtt.Client, disconnectedAt int64) *sessionRec 
 		WillPayload:            w.Payload,
 		WillUser:               w.User,
 	}
+	h.setOwner(cl, rec)
+	return rec
 }
 
 // dropSessionLocked forgets a session and queues the deletion of all its

@@ -15,6 +15,9 @@ const (
 	prefixMessage  = "p/" // p/<id u64 BE> → msgRec shared by queue refs
 	prefixRetained = "r/" // r/<topic> → msgRec
 	keySchema      = "m/schema"
+	// keyCommit holds the commit number (u64 BE) of the last transaction
+	// of the writer: every transaction sets it (see stateFile).
+	keyCommit = "m/commit"
 )
 
 // schemaVersion is the layout version this package writes and reads.

@@ -49,6 +49,7 @@ func (h *Hook) StoredClients() ([]storage.Client, error) {
 			return nil
 		}
 		h.sessions[id] = &session{entries: map[uint16]*entry{}}
+		h.restoredOwner(id, &rec)
 		r := &restoredSession{deadline: deadline, rec: rec}
 		if rec.WillFlag {
 			r.willAt = min(rec.DisconnectedAt+int64(rec.WillDelay), deadline)
@@ -140,12 +141,12 @@ func (h *Hook) StoredSubscriptions() ([]storage.Subscription, error) {
 // StoredInflightMessages puts the queued and in-flight messages of the
 // restored sessions straight into mochi's clients, with their absolute
 // expiry and publisher protocol version (which mochi's loadInflight would
-// drop), and returns none. Per session it loads every QoS 2 state, every
-// message that has a packet id (the client may have it) and then, in queue
-// order, messages up to the memory window; the rest stays in the store
-// (the session's backlog, spill.go) and is fed to the client when it
-// resumes. Expired messages, refs of unknown sessions and bodies no ref
-// uses are deleted.
+// drop), and returns none. Per session it loads every QoS 2 state and the
+// front of the queue: messages up to the memory window, and further up to
+// the last QoS 2 message that has a packet id (the client may hold its
+// state). The rest stays in the store (the session's backlog, spill.go)
+// and is fed to the client, in order, when it resumes. Expired messages,
+// refs of unknown sessions and bodies no ref uses are deleted.
 func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 	now := h.now().Unix()
 	maxExpiry := h.srv.Options.Capabilities.MaximumMessageExpiryInterval
@@ -190,6 +191,21 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 		return nil, fmt.Errorf("load queues: %w", err)
 	}
 	for _, list := range perClient {
+		// What goes into mochi is the front of the queue: mochi resends it
+		// before the drain feeds the rest, so a message kept in memory
+		// past a spilled older one would overtake it. The front is the
+		// window, stretched to the last QoS 2 message that has a packet id
+		// (the client may hold its QoS 2 state, so it must be resent
+		// under that id). A QoS 1 message past the window loses its id and
+		// gets a new one when fed: a connected session's window is larger
+		// than an offline one's, and the drain stores the id of each
+		// message it feeds.
+		keep := -1
+		for i := range list {
+			if r := &list[i].rec; r.State == refPublish && r.Qos == 2 && r.PacketID != 0 {
+				keep = i
+			}
+		}
 		inMemory := 0
 		for i := range list {
 			l := &list[i]
@@ -197,7 +213,7 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 				continue
 			}
 			used[l.rec.MsgID] = true
-			if l.rec.PacketID == 0 && inMemory >= window {
+			if i > keep && inMemory >= window {
 				l.spill = true
 				continue
 			}

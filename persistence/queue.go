@@ -109,6 +109,10 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 			break
 		}
 	}
+	if err := h.admitLocked(cl, &pk, targets, maxQos); err != nil {
+		h.mu.Unlock()
+		return pk, err
+	}
 
 	b := h.st.newBatch()
 	pm := &pendingMsg{created: pk.Created, topic: pk.TopicName, payload: pk.Payload, shared: shared,
@@ -137,7 +141,7 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		if subCl != nil && !offline(subCl) {
 			w = liveWindow
 		}
-		spill = ss.spillingLocked() || len(ss.entries) >= w
+		spill = ss.spillingLocked() || len(ss.entries) >= w || h.stalledClient(subCl)
 		if pm.refs == nil {
 			pm.refs = make(map[string]*pendingRef, len(targets))
 			pm.msgID = h.st.nextSeq()
@@ -270,6 +274,7 @@ func (h *Hook) targets(name string) (targets, shared map[string]packets.Subscrip
 	targets = subs.Subscriptions
 	delete(subs.Shared, exclusionFilterFor(name))
 	topic.DropDollarWildcardShares(name, subs.Shared) // and the '#' exclusion group with them
+	h.dropUnreadableShares(name, subs.Shared)
 	if len(subs.Shared) > 0 {
 		shared = selectShared(subs.Shared)
 		for id, sub := range shared {

@@ -89,6 +89,18 @@ func (q QueueLimits) withDefaults() QueueLimits {
 // Call it before the server's Serve.
 func (h *Hook) SetQueueLimits(q QueueLimits) { h.limits = q.withDefaults() }
 
+// SetStalled tells the hook which clients have stopped taking what is
+// written to them: their new messages are spilled to the store, and the
+// drain feeds them nothing, until fn reports false again (the drain looks
+// again within a second). fn must be cheap and must not block. Call it
+// before the server's Serve.
+func (h *Hook) SetStalled(fn func(cl *mqtt.Client) bool) { h.stalled = fn }
+
+// stalledClient says whether cl is connected but takes nothing.
+func (h *Hook) stalledClient(cl *mqtt.Client) bool {
+	return h.stalled != nil && cl != nil && h.stalled(cl)
+}
+
 // QueueStats are cumulative counters of the session queues, for metrics.
 type QueueStats struct {
 	// DroppedNewest: messages not queued for a session whose queue was full.
@@ -523,6 +535,9 @@ func (h *Hook) endDrainLocked(id string, ss *session, d *drain) {
 
 // roomLocked is how many more messages cl may have in flight.
 func (h *Hook) roomLocked(cl *mqtt.Client) int {
+	if h.stalledClient(cl) {
+		return 0
+	}
 	limit := h.liveWindow()
 	if rm := int(cl.Properties.Props.ReceiveMaximum); rm > 0 && rm < limit {
 		limit = rm
@@ -603,10 +618,10 @@ func (h *Hook) feed(id string, ss *session, d *drain, pks []spilledPacket) {
 			h.st.putBatch(b)
 			return
 		}
-		ss.transfer = ss.transfer[1:]
 		now := h.now().Unix()
-		if !sp.ok || expiredBy(sp.item.expires, now) {
-			if sp.ok {
+		if !sp.ok || expiredBy(sp.item.expires, now) || h.unreadableLocked(d.cl, &sp.pk) {
+			ss.transfer = ss.transfer[1:]
+			if sp.ok && expiredBy(sp.item.expires, now) {
 				h.expired.Add(1)
 			}
 			b.delete(b.queueKey(id, sp.item.seq))
@@ -616,15 +631,19 @@ func (h *Hook) feed(id string, ss *session, d *drain, pks []spilledPacket) {
 			h.write(b, false)
 			continue
 		}
-		next, err := h.nextPacketIDLocked(d.cl, ss)
-		if err != nil {
-			ss.transfer = append([]spillItem{sp.item}, ss.transfer...)
-			h.mu.Unlock()
+		h.mu.Unlock()
+		next, err := h.nextPacketID(d.cl, ss)
+		if err != nil || d.stop || h.sessions[id] != ss || d.cl.Closed() || len(ss.transfer) == 0 || ss.transfer[0].seq != sp.item.seq {
+			h.mu.Unlock() // what is left in ss.transfer goes back to the backlog
 			h.st.putBatch(b)
 			return
 		}
+		ss.transfer = ss.transfer[1:]
 		pk := sp.pk
 		pk.PacketID = uint16(next)
+		// A stored id on a spilled ref is one it had before a restart put
+		// it back in the backlog (load.go): it may have been sent.
+		pk.FixedHeader.Dup = sp.rec.PacketID != 0
 		if d.cl.State.Inflight.Set(pk) {
 			atomic.AddInt64(&h.srv.Info.Inflight, 1)
 		}
@@ -688,16 +707,23 @@ func (h *Hook) reconcileLocked(id string, ss *session, cl *mqtt.Client, b *batch
 	}
 }
 
-// nextPacketIDLocked is cl.NextPacketID, skipping ids that still have an
+// nextPacketID is cl.NextPacketID, skipping ids that still have an
 // entry: mochi removes an acknowledged packet from Inflight before the
 // hooks hear of it, so for a moment its id is free in mochi but not here.
-func (h *Hook) nextPacketIDLocked(cl *mqtt.Client, ss *session) (uint32, error) {
+// It returns with h.mu held. NextPacketID is called without h.mu: it waits
+// for the client's lock, which mochi holds while it writes to the client
+// (up to limits.write_timeout for one that stopped reading), and every
+// publisher to a persistent session needs h.mu.
+func (h *Hook) nextPacketID(cl *mqtt.Client, ss *session) (uint32, error) {
 	for range 64 {
 		id, err := cl.NextPacketID()
+		h.mu.Lock()
 		if err != nil || ss.entries[uint16(id)] == nil {
 			return id, err
 		}
+		h.mu.Unlock()
 	}
+	h.mu.Lock()
 	return 0, packets.ErrQuotaExceeded
 }
 

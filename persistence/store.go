@@ -78,8 +78,28 @@ type Store struct {
 	seq  atomic.Uint64
 	pool sync.Pool
 
+	// txnNo is the commit number (keyCommit) of the writer's open
+	// transaction, only used by the writer; committed the number of the
+	// last transaction that committed; synced the one reached at the last
+	// successful fsync, which stateLoop records in state (stateFileName).
+	txnNo     uint64
+	committed atomic.Uint64
+	synced    atomic.Uint64
+	state     *stateFile
+	stateKick chan struct{}
+	stateQuit chan struct{}
+	stateWG   sync.WaitGroup
+
 	batches, records, fsyncs, fsyncNanos, failures atomic.Uint64
 	queued                                         atomic.Int64
+
+	// spaceLow is set while less than cfg.MinFreeSpace is free (space.go).
+	spaceLow  atomic.Bool
+	freeBytes atomic.Int64
+	// spaceCritical is set while less than criticalSpace is free: every
+	// write is refused.
+	spaceCritical atomic.Bool
+	diskRefusals  atomic.Uint64
 }
 
 // Stats are cumulative counters of the store since Open, for metrics.
@@ -92,6 +112,12 @@ type Stats struct {
 	QueueDepth   int64         // requests waiting for the writer now
 	SyncAlways   bool          // whether acknowledged writes are fsynced first
 	SyncInterval time.Duration // fsync period in "batch" mode
+	// FreeBytes is the free space of the data dir's filesystem at the last
+	// check (0 if the limit is disabled); DiskLow whether it is below
+	// MinFreeSpace; DiskFullRefusals counts messages refused for that.
+	FreeBytes        int64
+	DiskLow          bool
+	DiskFullRefusals uint64
 }
 
 // Open validates cfg (after WithDefaults), opens or creates the data
@@ -109,11 +135,84 @@ func Open(cfg Config, logger *slog.Logger) (*Store, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	opts := badgerOptions(cfg).WithLogger(badgerLogger{logger})
+	// Read everything first, changing nothing: Badger itself would start
+	// empty over a dir without MANIFEST, cut a damaged log short, or
+	// panic on a damaged table, and it modifies files as it opens.
+	rep, err := inspect(opts)
+	if errors.Is(err, ErrLocked) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, openError(cfg.Dir, err)
+	}
+	if err := rep.Err(); err != nil {
+		return nil, err
+	}
+	for _, n := range rep.Notes {
+		logger.Warn("storage: "+n, "dir", cfg.Dir)
+	}
 	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
 		return nil, fmt.Errorf("persistence: create data dir %s: %w", cfg.Dir, err)
 	}
-	opts := badger.DefaultOptions(cfg.Dir).
-		WithLogger(badgerLogger{logger}).
+	if err := checkOpenSpace(cfg); err != nil {
+		return nil, err
+	}
+	db, err := openBadger(opts)
+	if err != nil {
+		return nil, openError(cfg.Dir, err)
+	}
+	s := &Store{
+		cfg:    cfg,
+		log:    logger,
+		db:     db,
+		always: cfg.Sync == SyncAlways,
+		reqs:   make(chan *batch, queueSize),
+		quit:   make(chan struct{}),
+
+		stateKick: make(chan struct{}, 1),
+		stateQuit: make(chan struct{}),
+	}
+	s.pool.New = func() any { return &batch{done: make(chan error, 1)} }
+	if err := s.checkSchema(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	if err := s.loadSequence(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	if s.state, err = openState(cfg.Dir); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("persistence: %w", err)
+	}
+	// Only what this process fsyncs raises the recorded number: the
+	// transactions read at open may not be on disk yet (a kill -9 leaves
+	// them in the page cache). A new file starts with what is known.
+	s.synced.Store(rep.Recorded)
+	if err := s.state.record(rep.Recorded); err != nil {
+		_ = s.state.close()
+		_ = db.Close()
+		return nil, fmt.Errorf("persistence: %s: %w", cfg.Dir, err)
+	}
+	if cfg.Sync == SyncNone {
+		logger.Warn("storage.sync is none: acknowledged messages are not fsynced and a power loss can lose them", "dir", cfg.Dir)
+	}
+	s.checkSpace()
+	s.wg.Add(3)
+	go s.writer()
+	go s.gcLoop()
+	go s.spaceLoop()
+	s.stateWG.Add(1)
+	go s.stateLoop()
+	return s, nil
+}
+
+// badgerOptions are the Badger options of a store with cfg (defaults
+// applied), without a logger.
+func badgerOptions(cfg Config) badger.Options {
+	return badger.DefaultOptions(cfg.Dir).
+		WithLogger(nil).
 		// Durability is decided by this package (one db.Sync per batch),
 		// not per transaction: SyncWrites fsyncs every commit separately.
 		WithSyncWrites(false).
@@ -133,37 +232,6 @@ func Open(cfg Config, logger *slog.Logger) (*Store, error) {
 		WithNumCompactors(2).
 		// Smaller value-log files let GC reclaim space in smaller steps.
 		WithValueLogFileSize(64 << 20)
-	if err := checkTables(opts); err != nil {
-		return nil, openError(cfg.Dir, err)
-	}
-	db, err := openBadger(opts)
-	if err != nil {
-		return nil, openError(cfg.Dir, err)
-	}
-	s := &Store{
-		cfg:    cfg,
-		log:    logger,
-		db:     db,
-		always: cfg.Sync == SyncAlways,
-		reqs:   make(chan *batch, queueSize),
-		quit:   make(chan struct{}),
-	}
-	s.pool.New = func() any { return &batch{done: make(chan error, 1)} }
-	if err := s.checkSchema(); err != nil {
-		_ = db.Close()
-		return nil, err
-	}
-	if err := s.loadSequence(); err != nil {
-		_ = db.Close()
-		return nil, err
-	}
-	if cfg.Sync == SyncNone {
-		logger.Warn("storage.sync is none: acknowledged messages are not fsynced and a power loss can lose them", "dir", cfg.Dir)
-	}
-	s.wg.Add(2)
-	go s.writer()
-	go s.gcLoop()
-	return s, nil
 }
 
 // openBadger turns a panic inside Badger (seen on some garbage table files)
@@ -230,7 +298,8 @@ func (s *Store) checkSchema() error {
 }
 
 // loadSequence sets the id/sequence counter above every id on disk, so ids
-// stay unique and queue order (by sequence) survives restarts.
+// stay unique and queue order (by sequence) survives restarts, and reads
+// the commit number.
 func (s *Store) loadSequence() error {
 	var max uint64
 	err := s.db.View(func(txn *badger.Txn) error {
@@ -256,7 +325,26 @@ func (s *Store) loadSequence() error {
 		return nil
 	})
 	s.seq.Store(max)
-	return err
+	if err != nil {
+		return err
+	}
+	return s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get([]byte(keyCommit))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return s.unreadable([]byte(keyCommit), err)
+		}
+		return item.Value(func(v []byte) error {
+			if len(v) != 8 {
+				return s.unreadable([]byte(keyCommit), fmt.Errorf("%d bytes, want 8", len(v)))
+			}
+			s.txnNo = binary.BigEndian.Uint64(v)
+			s.committed.Store(s.txnNo)
+			return nil
+		})
+	})
 }
 
 func maxU64(a, b uint64) uint64 {
@@ -277,6 +365,16 @@ func (s *Store) Ready() error {
 	return nil
 }
 
+// DiskSpace returns nil unless the store refuses new messages for lack of
+// disk space (see Admit): then an error wrapping ErrDiskFull that says how
+// much is left. For readiness checks; it counts nothing.
+func (s *Store) DiskSpace() error {
+	if s.spaceLow.Load() {
+		return s.spaceError()
+	}
+	return nil
+}
+
 // Stats returns the store's counters.
 func (s *Store) Stats() Stats {
 	return Stats{
@@ -288,6 +386,10 @@ func (s *Store) Stats() Stats {
 		QueueDepth:   s.queued.Load(),
 		SyncAlways:   s.always,
 		SyncInterval: s.cfg.SyncInterval,
+
+		FreeBytes:        s.freeBytes.Load(),
+		DiskLow:          s.spaceLow.Load(),
+		DiskFullRefusals: s.diskRefusals.Load(),
 	}
 }
 
@@ -304,9 +406,17 @@ func (s *Store) Close() error {
 		s.mu.Unlock()
 		close(s.quit)
 		s.wg.Wait()
+		close(s.stateQuit)
+		s.stateWG.Wait()
 		s.closeErr = s.db.Close()
 		if s.closeErr != nil {
 			s.closeErr = fmt.Errorf("persistence: close %s: %w", s.cfg.Dir, s.closeErr)
+		} else if err := s.state.record(s.committed.Load()); err != nil {
+			// Badger closed cleanly: every commit is on disk.
+			s.closeErr = fmt.Errorf("persistence: close %s: %w", s.cfg.Dir, err)
+		}
+		if err := s.state.close(); err != nil && s.closeErr == nil {
+			s.closeErr = fmt.Errorf("persistence: close %s: %w", s.cfg.Dir, err)
 		}
 	})
 	return s.closeErr
@@ -431,6 +541,11 @@ func (s *Store) enqueue(ctx context.Context, b *batch, wait bool) error {
 	if s.closing {
 		return ErrClosed
 	}
+	if s.spaceCritical.Load() {
+		// A Badger write now could hit a full disk through its memory
+		// maps: SIGBUS (space.go). Refused before it reaches Badger.
+		return s.spaceError()
+	}
 	s.queued.Add(1)
 	select {
 	case s.reqs <- b:
@@ -545,6 +660,9 @@ func (s *Store) commit(reqs []*batch) {
 func (s *Store) commitTxn(reqs []*batch) error {
 	txn := s.db.NewTransaction(true)
 	defer func() { txn.Discard() }()
+	if err := s.stampCommit(txn); err != nil {
+		return err
+	}
 	n := 0
 	var keys [][]byte
 	for _, b := range reqs {
@@ -575,6 +693,7 @@ func (s *Store) commitTxn(reqs []*batch) error {
 	if err := txn.Commit(); err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
+	s.committed.Store(s.txnNo)
 	s.batches.Add(1)
 	s.records.Add(uint64(n))
 	return nil
@@ -597,20 +716,89 @@ func (s *Store) txnDo(txn **badger.Txn, o op) error {
 	if err := (*txn).Commit(); err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
+	s.committed.Store(s.txnNo)
 	s.batches.Add(1)
 	*txn = s.db.NewTransaction(true)
+	if err := s.stampCommit(*txn); err != nil {
+		return err
+	}
 	return do(*txn)
 }
 
+// sync fsyncs the store: every transaction committed before it is then on
+// disk, and stateLoop may record that.
 func (s *Store) sync() error {
 	start := time.Now()
+	reached := s.committed.Load()
 	err := s.db.Sync()
 	s.fsyncNanos.Add(uint64(time.Since(start)))
 	s.fsyncs.Add(1)
 	if err != nil {
 		return fmt.Errorf("fsync %s: %w", s.cfg.Dir, err)
 	}
+	s.markSynced(reached)
 	return nil
+}
+
+// markSynced hands stateLoop a commit number now on disk.
+func (s *Store) markSynced(commit uint64) {
+	for {
+		cur := s.synced.Load()
+		if commit <= cur || s.synced.CompareAndSwap(cur, commit) {
+			break
+		}
+	}
+	select {
+	case s.stateKick <- struct{}{}:
+	default:
+	}
+}
+
+// stateInterval is the shortest time between two writes of the state
+// file: under load (an fsync per group commit in "always" mode) its own
+// fsyncs stay at 100 a second, and it lags the store by about this much.
+const stateInterval = 10 * time.Millisecond
+
+// stateLoop records synced commit numbers in the state file, off the
+// writer's path: a publisher never waits for this fsync.
+func (s *Store) stateLoop() {
+	defer s.stateWG.Done()
+	written := s.synced.Load()
+	failed := false
+	pause := time.NewTimer(0)
+	defer pause.Stop()
+	for {
+		select {
+		case <-s.stateKick:
+		case <-s.stateQuit:
+			return
+		}
+		select { // let the kicks of the next group commits coalesce
+		case <-pause.C:
+		case <-s.stateQuit:
+			return
+		}
+		pause.Reset(stateInterval)
+		c := s.synced.Load()
+		if c <= written {
+			continue
+		}
+		if err := s.state.record(c); err != nil {
+			if !failed { // once, not per fsync
+				s.log.Error("storage: cannot record the commit number; damage to the newest data will not be detected at start", "dir", s.cfg.Dir, "err", err)
+			}
+			failed = true
+			continue
+		}
+		written, failed = c, false
+	}
+}
+
+// stampCommit sets keyCommit in txn to the next commit number. A number
+// whose transaction fails is skipped: numbers only increase.
+func (s *Store) stampCommit(txn *badger.Txn) error {
+	s.txnNo++
+	return txn.Set([]byte(keyCommit), binary.BigEndian.AppendUint64(nil, s.txnNo))
 }
 
 func (s *Store) gcLoop() {

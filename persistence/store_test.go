@@ -26,6 +26,8 @@ func TestConfigValidate(t *testing.T) {
 		{"bad interval", Config{Dir: "d", SyncInterval: time.Hour}, []string{"sync_interval: 1h0m0s is outside"}},
 		{"negative gc", Config{Dir: "d", GCInterval: -time.Second}, []string{"gc_interval: -1s is less than allowed 1s"}},
 		{"bad ratio", Config{Dir: "d", GCDiscardRatio: 1}, []string{"gc_discard_ratio: 1 must be"}},
+		{"no free-space limit", Config{Dir: "d", MinFreeSpace: -1}, nil},
+		{"bad free-space limit", Config{Dir: "d", MinFreeSpace: -2}, []string{"min_free_space: -2 must be -1 (no limit), 0 (the default) or a number of bytes"}},
 		{"several", Config{Sync: "x", GCDiscardRatio: -1}, []string{"dir:", "sync:", "gc_discard_ratio:"}},
 	}
 	for _, tt := range tests {
@@ -50,6 +52,19 @@ func TestConfigValidate(t *testing.T) {
 	if (Config{}).WithDefaults() != (Config{Sync: SyncBatch, SyncInterval: 100 * time.Millisecond, GCInterval: 5 * time.Minute, GCDiscardRatio: 0.5}) {
 		t.Fatalf("defaults: %+v", Config{}.WithDefaults())
 	}
+	for _, c := range []struct {
+		cfg            Config
+		free, critical int64
+	}{
+		{Config{}, 80 << 20, 16 << 20},
+		{Config{MemTableSize: 1 << 20}, 10 << 20, 2 << 20},
+		{Config{MinFreeSpace: 1 << 20}, 1 << 20, 1 << 20},
+		{Config{MinFreeSpace: -1}, 0, 0},
+	} {
+		if f, cr := c.cfg.minFreeSpace(), c.cfg.criticalSpace(); f != c.free || cr != c.critical {
+			t.Errorf("%+v: min free %d, critical %d; want %d, %d", c.cfg, f, cr, c.free, c.critical)
+		}
+	}
 }
 
 func putRaw(t testing.TB, st *Store, key, val string) {
@@ -68,6 +83,7 @@ func readAll(t testing.TB, st *Store) map[string]string {
 		t.Fatal(err)
 	}
 	delete(out, keySchema)
+	delete(out, keyCommit)
 	return out
 }
 

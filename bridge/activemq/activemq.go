@@ -122,6 +122,7 @@ type Connector struct {
 var (
 	_ bridge.Connector = (*Connector)(nil)
 	_ bridge.Receiver  = (*Connector)(nil)
+	_ bridge.Prober    = (*Connector)(nil)
 	_ bridge.Factory   = New
 )
 

@@ -185,7 +185,6 @@ func TestOutage(t *testing.T) {
   from: "devices/#"
   to: {activemq: {addr: %q, login: ferry, passcode_file: %q, destination: "/queue/%s", timeout: 2s, heart_beat: 1s}}
   backoff: {initial: 20ms, max: 300ms}
-  max_attempts: 100000
 `, addr, passcodeFile(t), q), &bridgetest.Publisher{})
 	const total = 1000
 	offer := func(from, to int) {

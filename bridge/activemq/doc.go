@@ -29,8 +29,10 @@
 // bridge.Permanent, so the bridge sends the batch again one message at a
 // time and dead-letters only the refused one (nothing of the rolled-back
 // transaction was stored: no duplicates). A lost connection, a missed
-// heart-beat, a timeout or another ERROR is retried with the route's
-// backoff: the next Deliver redials. A connection lost after the COMMIT
+// heart-beat or a timeout is bridge.Unavailable: the route holds its
+// messages until Probe reconnects. Another ERROR is of unknown kind:
+// retried with the route's backoff, counted against max_attempts while
+// the server answers. A connection lost after the COMMIT
 // was written leaves its outcome unknown: the retry may store the batch
 // twice (consumers de-duplicate on ferry-message-id). Concurrent Delivers
 // (ordering per-key) share one connection.

@@ -18,7 +18,7 @@ import (
 func (c *Connector) Receive(ctx context.Context, h bridge.Handler) error {
 	conn, err := c.dial(ctx)
 	if err != nil {
-		return err
+		return bridge.Unavailable(err)
 	}
 	defer func() {
 		// DISCONNECT so ActiveMQ releases the unacked prefetch at once.
@@ -45,12 +45,12 @@ func (c *Connector) Receive(ctx context.Context, h bridge.Handler) error {
 }
 
 // stop returns ctx's error when ctx ended (err is its consequence), else
-// err.
+// err classified (a lost connection: unavailable).
 func (c *Connector) stop(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	return err
+	return classify(err, false)
 }
 
 // handle hands one message to h until the broker accepts it, then ACKs

@@ -31,7 +31,7 @@ func (c *Connector) Deliver(ctx context.Context, batch []bridge.Message) error {
 	}
 	conn, err := c.session(ctx)
 	if err != nil {
-		return err
+		return bridge.Unavailable(err)
 	}
 	if len(msgs) == 1 {
 		receipts, err := conn.SendAll(ctx, msgs)
@@ -115,20 +115,43 @@ var permanentMarkers = []string{
 	"Destination does not exi", // "Destination does not exist" (no auto-create)
 }
 
-// classify wraps an ERROR frame that refuses a message for good with
-// bridge.Permanent; other errors stay retryable. A lost connection is
-// retryable, except (inTx) when the ERROR that ended it refused a SEND of
-// the transaction: the caller then learns which message by sending them
-// one by one.
+// classify marks err with its kind (bridge.KindOf). An ERROR frame that
+// refuses a message for good is permanent, also (inTx) when it ended the
+// connection after refusing a SEND of the transaction: the caller then
+// learns which message by sending them one by one. A lost connection, a
+// missed heart-beat, a timeout or a network error mean the server is
+// unavailable; another ERROR (an I/O error of the store, a resource limit)
+// is of unknown kind: it counts against max_attempts once a probe shows
+// the server up.
 func classify(err error, inTx bool) error {
 	var se *stomp.ServerError
-	if !errors.As(err, &se) || (errors.Is(err, stomp.ErrConnectionLost) && !inTx) {
-		return err
-	}
-	for _, m := range permanentMarkers {
-		if strings.Contains(se.Message, m) || strings.Contains(se.Body, m) {
-			return bridge.Permanent(err)
+	if errors.As(err, &se) && (inTx || !errors.Is(err, stomp.ErrConnectionLost)) {
+		for _, m := range permanentMarkers {
+			if strings.Contains(se.Message, m) || strings.Contains(se.Body, m) {
+				return bridge.Permanent(err)
+			}
 		}
 	}
+	if errors.Is(err, stomp.ErrConnectionLost) || errors.Is(err, stomp.ErrHeartbeatTimeout) || errors.Is(err, stomp.ErrClosed) ||
+		bridge.NetworkError(err) {
+		return bridge.Unavailable(err)
+	}
 	return err
+}
+
+// Probe implements bridge.Prober: the egress session is connected, or a
+// new one connects (ingress: a connection can be made, then closed).
+func (c *Connector) Probe(ctx context.Context) error {
+	if c.spec.Direction == bridge.In {
+		conn, err := c.dial(ctx)
+		if err != nil {
+			return bridge.Unavailable(err)
+		}
+		_ = conn.Close()
+		return nil
+	}
+	if _, err := c.session(ctx); err != nil {
+		return bridge.Unavailable(err)
+	}
+	return nil
 }

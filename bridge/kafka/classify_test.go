@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -15,27 +17,29 @@ import (
 
 func TestClassify(t *testing.T) {
 	for _, tc := range []struct {
-		name      string
-		err       error
-		permanent bool
+		name string
+		err  error
+		kind bridge.Kind
 	}{
-		{"message too large", kerr.MessageTooLarge, true},
-		{"invalid topic, wrapped", fmt.Errorf("produce: %w", kerr.InvalidTopicException), true},
-		{"invalid record", kerr.InvalidRecord, true},
-		{"request timed out", kerr.RequestTimedOut, false},
-		{"not enough replicas", kerr.NotEnoughReplicas, false},
-		{"leader not available", kerr.LeaderNotAvailable, false},
-		{"topic authorization failed", kerr.TopicAuthorizationFailed, false},
-		{"cluster authorization failed", kerr.ClusterAuthorizationFailed, false},
-		{"record timeout", kgo.ErrRecordTimeout, false},
-		{"client closed", kgo.ErrClientClosed, false},
-		{"deadline", context.DeadlineExceeded, false},
-		{"network", errors.New("dial tcp: connection refused"), false},
+		{"message too large", kerr.MessageTooLarge, bridge.KindPermanent},
+		{"invalid topic, wrapped", fmt.Errorf("produce: %w", kerr.InvalidTopicException), bridge.KindPermanent},
+		{"invalid record", kerr.InvalidRecord, bridge.KindPermanent},
+		{"request timed out", kerr.RequestTimedOut, bridge.KindUnavailable},
+		{"not enough replicas", kerr.NotEnoughReplicas, bridge.KindUnavailable},
+		{"not leader", kerr.NotLeaderForPartition, bridge.KindUnavailable},
+		{"leader not available", kerr.LeaderNotAvailable, bridge.KindUnavailable},
+		{"topic authorization failed", kerr.TopicAuthorizationFailed, bridge.KindUnavailable},
+		{"cluster authorization failed", kerr.ClusterAuthorizationFailed, bridge.KindUnavailable},
+		{"record timeout", kgo.ErrRecordTimeout, bridge.KindUnavailable},
+		{"client closed", kgo.ErrClientClosed, bridge.KindUnavailable},
+		{"deadline", context.DeadlineExceeded, bridge.KindUnavailable},
+		{"connection refused", &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, bridge.KindUnavailable},
+		{"something else", errors.New("kafka: odd"), bridge.KindUnknown},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := classify(tc.err)
-			if got := bridge.IsPermanent(err); got != tc.permanent {
-				t.Fatalf("IsPermanent(classify(%v)) = %v, want %v", tc.err, got, tc.permanent)
+			if got := bridge.KindOf(err); got != tc.kind {
+				t.Fatalf("KindOf(classify(%v)) = %v, want %v", tc.err, got, tc.kind)
 			}
 			if !errors.Is(err, tc.err) {
 				t.Fatalf("classify lost the cause: %v", err)

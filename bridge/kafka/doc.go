@@ -18,15 +18,16 @@
 // itself with the same idempotent sequence numbers, so the broker drops
 // duplicates; when timeout passes, Deliver returns a plain error
 // (timeouts, brokers unreachable, REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS,
-// ...) so the route retries with its backoff. A record that was sent but
+// ...) as bridge.Unavailable: the route holds its messages and probes the
+// cluster. A record that was sent but
 // not answered cannot be failed safely by an idempotent producer: it stays
 // in flight in the client, and the retried Deliver waits for that record
 // (tracked by message id) instead of producing it again. A
 // non-retriable broker error (MESSAGE_TOO_LARGE, INVALID_TOPIC_EXCEPTION,
 // INVALID_RECORD, ...), a topic that is not a legal Kafka name or a
 // template that cannot be rendered is bridge.Permanent and dead-letters the
-// message; authorization errors are retried (an operator fixes them for
-// the whole route). A batch retried by the route is produced again as new
+// message; authorization errors are bridge.Unavailable (an operator fixes
+// them for the whole route). A batch retried by the route is produced again as new
 // records: a retry after a lost acknowledgement, or the one-by-one retry
 // after a permanent refusal, can store a record twice; consumers
 // de-duplicate on ferry-message-id.

@@ -118,6 +118,7 @@ type Connector struct {
 var (
 	_ bridge.Connector = (*Connector)(nil)
 	_ bridge.Receiver  = (*Connector)(nil)
+	_ bridge.Prober    = (*Connector)(nil)
 	_ bridge.Factory   = New
 )
 
@@ -326,7 +327,7 @@ func (c *Connector) Deliver(ctx context.Context, batch []bridge.Message) error {
 				return fmt.Errorf("kafka: produce %s (message %s): %w", records[i].Topic, batch[i].ID, classify(p.err))
 			}
 		case <-ctx.Done():
-			return fmt.Errorf("kafka: produce %s (message %s): not acknowledged: %w", records[i].Topic, batch[i].ID, ctx.Err())
+			return bridge.Unavailable(fmt.Errorf("kafka: produce %s (message %s): not acknowledged: %w", records[i].Topic, batch[i].ID, ctx.Err()))
 		}
 	}
 	return nil
@@ -395,7 +396,8 @@ func (c *Connector) record(m *bridge.Message) (*kgo.Record, error) {
 }
 
 // authErrors are non-retriable broker errors that an operator fixes for
-// the whole route (ACLs): retried, not dead-lettered.
+// the whole route (ACLs): the route is down until then, nothing is
+// dead-lettered.
 var authErrors = []error{
 	kerr.TopicAuthorizationFailed,
 	kerr.ClusterAuthorizationFailed,
@@ -403,34 +405,67 @@ var authErrors = []error{
 	kerr.SaslAuthenticationFailed,
 }
 
-// classify wraps a produce error that retrying cannot fix with
-// bridge.Permanent: a broker error code Kafka marks non-retriable
-// (MESSAGE_TOO_LARGE, INVALID_TOPIC_EXCEPTION, RECORD_LIST_TOO_LARGE,
-// INVALID_RECORD, ...), except authorization errors. Timeouts, network
-// errors and retriable codes stay plain errors.
+// classify marks a produce error with its kind (bridge.KindOf): a broker
+// error code Kafka marks non-retriable (MESSAGE_TOO_LARGE,
+// INVALID_TOPIC_EXCEPTION, RECORD_LIST_TOO_LARGE, INVALID_RECORD, ...) is
+// permanent, except authorization errors; those, retriable codes
+// (NOT_LEADER_FOR_PARTITION, REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS, ...),
+// the client's record timeout and retry limit, a closed client, timeouts
+// and network errors mean the cluster is unavailable.
 func classify(err error) error {
+	if err == nil {
+		return nil
+	}
 	var ke *kerr.Error
-	if !errors.As(err, &ke) || ke.Retriable {
+	if errors.As(err, &ke) {
+		if ke.Retriable {
+			return bridge.Unavailable(err)
+		}
+		for _, a := range authErrors {
+			if errors.Is(err, a) {
+				return bridge.Unavailable(err)
+			}
+		}
+		return bridge.Permanent(err)
+	}
+	if errors.Is(err, kgo.ErrRecordTimeout) || errors.Is(err, kgo.ErrRecordRetries) || errors.Is(err, kgo.ErrClientClosed) ||
+		bridge.NetworkError(err) {
+		return bridge.Unavailable(err)
+	}
+	return err
+}
+
+// Probe implements bridge.Prober: a request to any seed broker within
+// timeout, by the producer (egress) or a client made for it (ingress,
+// whose consumer lives inside Receive).
+func (c *Connector) Probe(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	var client *kgo.Client
+	var err error
+	if c.spec.Direction == bridge.In {
+		client, err = kgo.NewClient(kgo.SeedBrokers(c.cfg.Brokers...), kgo.ClientID("ferry-bridge-"+c.spec.Route),
+			kgo.WithLogger(logger{c.log}))
+		if err != nil {
+			return fmt.Errorf("kafka: client: %w", err)
+		}
+		defer client.Close()
+	} else if client, err = c.producer(); err != nil {
 		return err
 	}
-	for _, a := range authErrors {
-		if errors.Is(err, a) {
-			return err
-		}
+	if err := client.Ping(ctx); err != nil {
+		return fmt.Errorf("kafka: ping: %w", bridge.Unavailable(err))
 	}
-	return bridge.Permanent(err)
+	return nil
 }
 
 // logger passes the client's warnings and errors to the connector's
-// logger.
+// logger at debug: during an outage the client logs every failed
+// connection attempt, and the route logs the outage once.
 type logger struct{ l *slog.Logger }
 
 func (l logger) Level() kgo.LogLevel { return kgo.LogLevelWarn }
 
-func (l logger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
-	lv := slog.LevelWarn
-	if level == kgo.LogLevelError {
-		lv = slog.LevelError
-	}
-	l.l.Log(context.Background(), lv, "kafka: "+msg, keyvals...)
+func (l logger) Log(_ kgo.LogLevel, msg string, keyvals ...any) {
+	l.l.Log(context.Background(), slog.LevelDebug, "kafka: "+msg, keyvals...)
 }

@@ -259,7 +259,6 @@ func TestEgressProduceErrors(t *testing.T) {
   from: "t/#"
   to: {kafka: {brokers: [%q], topic: t, timeout: 2s}}
   backoff: {initial: 10ms, max: 50ms}
-  max_attempts: 1000
 `, kc.addr()), &bridgetest.Publisher{})
 	offer := func(from, to int) {
 		t.Helper()
@@ -357,7 +356,6 @@ func TestEgressClusterRestart(t *testing.T) {
   from: "t/#"
   to: {kafka: {brokers: [%q], topic: t, timeout: 1s}}
   backoff: {initial: 10ms, max: 100ms}
-  max_attempts: 1000
 `, kc.addr()), &bridgetest.Publisher{})
 	const total = 1000
 	offer := func(from, to int) {

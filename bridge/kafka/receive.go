@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -57,7 +58,7 @@ func (c *Connector) Receive(ctx context.Context, h bridge.Handler) error {
 				return
 			}
 			if fetchErr == nil {
-				fetchErr = fmt.Errorf("kafka: fetch %s[%d]: %w", topic, p, err)
+				fetchErr = fmt.Errorf("kafka: fetch %s[%d]: %w", topic, p, classify(err))
 			}
 		})
 		handleErr := c.handle(ctx, cl, fetches, h)
@@ -68,6 +69,17 @@ func (c *Connector) Receive(ctx context.Context, h bridge.Handler) error {
 			return ctx.Err()
 		case handleErr != nil:
 			return handleErr
+		case bridge.IsUnavailable(commitErr), commitErr == nil && bridge.IsUnavailable(fetchErr):
+			// The cluster is away: the client reconnects by itself, and
+			// this member stays in the group. A new one would wait for
+			// the old one's session timeout (45 s) before it got the
+			// partitions; the marks are committed after the next poll.
+			c.log.Debug("kafka: cluster unavailable, consumer waits", "err", errors.Join(commitErr, fetchErr))
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(unavailablePause):
+			}
 		case commitErr != nil:
 			return commitErr
 		case fetchErr != nil:
@@ -75,6 +87,10 @@ func (c *Connector) Receive(ctx context.Context, h bridge.Handler) error {
 		}
 	}
 }
+
+// unavailablePause is how long the consumer waits before it polls again
+// after the cluster answered with an unavailable error.
+const unavailablePause = 250 * time.Millisecond
 
 // handle hands the polled records to h in order, marking each one the
 // broker accepted (or refused permanently) for commit. At the first record
@@ -107,7 +123,7 @@ func (c *Connector) commit(ctx context.Context, cl *kgo.Client) error {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.Timeout)
 	defer cancel()
 	if err := cl.CommitMarkedOffsets(cctx); err != nil {
-		return fmt.Errorf("kafka: commit group %s: %w", c.cfg.Group, err)
+		return fmt.Errorf("kafka: commit group %s: %w", c.cfg.Group, classify(err))
 	}
 	return nil
 }

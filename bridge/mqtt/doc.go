@@ -8,7 +8,8 @@
 // nil only after every PUBACK, at QoS 2 every PUBCOMP; at QoS 0 once
 // written. A PUBACK reason code meaning the message can never be accepted
 // (not authorized, topic name invalid, packet too large, payload format
-// invalid) is permanent; others are retried.
+// invalid) is permanent; the connection being down, a timeout, server busy
+// or quota exceeded are bridge.Unavailable; other codes are retried.
 //
 // Ingress (route source): a subscription to a topic filter, renewed on each
 // reconnect. The message is acknowledged (PUBACK) after the bridge handed

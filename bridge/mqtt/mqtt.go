@@ -77,6 +77,7 @@ type receiver struct {
 var (
 	_ bridge.Connector = (*Connector)(nil)
 	_ bridge.Receiver  = (*Connector)(nil)
+	_ bridge.Prober    = (*Connector)(nil)
 	_ bridge.Factory   = New
 )
 
@@ -178,7 +179,8 @@ func (c *Connector) Start(ctx context.Context) error {
 			}
 		},
 		OnConnectError: func(err error) {
-			c.log.Warn("mqtt: connect", "url", c.server.Redacted(), "err", err)
+			// Once per reconnect attempt: the route logs the outage once.
+			c.log.Debug("mqtt: connect", "url", c.server.Redacted(), "err", err)
 		},
 		ClientConfig: paho.ClientConfig{
 			ClientID:          c.cfg.ClientID,
@@ -233,6 +235,46 @@ var permanentCodes = map[byte]bool{
 	0x99: true, // payload format invalid
 }
 
+// unavailableCodes are PUBACK/PUBREC reason codes that say the remote
+// broker takes nothing now.
+var unavailableCodes = map[byte]bool{
+	0x89: true, // server busy
+	0x97: true, // quota exceeded
+	0x8B: true, // server shutting down
+}
+
+// classify marks a publish error with its kind (bridge.KindOf): reason
+// codes in permanentCodes and invalid arguments are permanent; the
+// connection being down or lost, timeouts (autopaho waits for the
+// connection until the publish's timeout), quota exceeded and server busy
+// mean the remote broker is unavailable; other reason codes (0x80
+// unspecified, 0x83 implementation specific) are of unknown kind.
+func classify(resp *paho.PublishResponse, err error) error {
+	switch {
+	case (resp != nil && permanentCodes[resp.ReasonCode]) || errors.Is(err, paho.ErrInvalidArguments):
+		return bridge.Permanent(err)
+	case (resp != nil && unavailableCodes[resp.ReasonCode]) || errors.Is(err, autopaho.ConnectionDownError) ||
+		errors.Is(err, paho.ErrConnectionLost) || errors.Is(err, paho.ErrNetworkErrorAfterStored) || bridge.NetworkError(err):
+		return bridge.Unavailable(err)
+	}
+	return err
+}
+
+// Probe implements bridge.Prober: the connection is up, or comes up
+// within timeout.
+func (c *Connector) Probe(ctx context.Context) error {
+	cm, err := c.manager()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	if err := cm.AwaitConnection(ctx); err != nil {
+		return bridge.Unavailable(fmt.Errorf("mqtt: not connected to %s: %w", c.server.Redacted(), err))
+	}
+	return nil
+}
+
 // Deliver implements bridge.Connector.
 func (c *Connector) Deliver(ctx context.Context, batch []bridge.Message) error {
 	cm, err := c.manager()
@@ -246,14 +288,16 @@ func (c *Connector) Deliver(ctx context.Context, batch []bridge.Message) error {
 			return err
 		}
 		pctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
-		resp, err := cm.Publish(pctx, p)
+		// autopaho refuses a publish at once while it (re)connects, as it
+		// does right after Start: wait for the connection first.
+		err = cm.AwaitConnection(pctx)
+		var resp *paho.PublishResponse
+		if err == nil {
+			resp, err = cm.Publish(pctx, p)
+		}
 		cancel()
 		if err != nil {
-			err = fmt.Errorf("mqtt: publish %s: %w", p.Topic, err)
-			if (resp != nil && permanentCodes[resp.ReasonCode]) || errors.Is(err, paho.ErrInvalidArguments) {
-				return bridge.Permanent(err)
-			}
-			return err
+			return classify(resp, fmt.Errorf("mqtt: publish %s: %w", p.Topic, err))
 		}
 	}
 	return nil

@@ -70,6 +70,7 @@ type Connector struct {
 var (
 	_ bridge.Connector = (*Connector)(nil)
 	_ bridge.Receiver  = (*Connector)(nil)
+	_ bridge.Prober    = (*Connector)(nil)
 	_ bridge.Factory   = New
 )
 
@@ -179,8 +180,10 @@ func (c *Connector) Start(ctx context.Context) error {
 		// the message stays in the outbox.
 		nats.ReconnectBufSize(-1),
 		nats.Timeout(c.cfg.Timeout),
+		// The route logs an outage that costs it a delivery once; these
+		// are for the operator following the connection.
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			c.log.Warn("nats: disconnected", "err", err)
+			c.log.Info("nats: disconnected", "err", err)
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) { c.log.Info("nats: connected") }),
 	}
@@ -226,9 +229,77 @@ func (c *Connector) conn() (*nats.Conn, jetstream.JetStream, error) {
 		return nil, nil, errors.New("nats: not started")
 	}
 	if !nc.IsConnected() {
-		return nil, nil, fmt.Errorf("nats: not connected to %s (status %s)", c.cfg.URL, nc.Status())
+		return nil, nil, bridge.Unavailable(fmt.Errorf("nats: not connected to %s (status %s)", c.cfg.URL, nc.Status()))
 	}
 	return nc, js, nil
+}
+
+// Probe implements bridge.Prober: connected and a flush round trip; with
+// JetStream, an account info request (JetStream answers).
+func (c *Connector) Probe(ctx context.Context) error {
+	nc, js, err := c.conn()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	if err := nc.FlushWithContext(ctx); err != nil {
+		return fmt.Errorf("nats: flush: %w", classify(err))
+	}
+	if c.cfg.JetStream {
+		if _, err := js.AccountInfo(ctx); err != nil {
+			return fmt.Errorf("nats: jetstream account info: %w", classify(err))
+		}
+	}
+	return nil
+}
+
+// unavailableErrs say the server or JetStream cannot take messages now.
+var unavailableErrs = []error{
+	nats.ErrConnectionClosed, nats.ErrConnectionDraining, nats.ErrConnectionReconnecting,
+	nats.ErrReconnectBufExceeded, nats.ErrTimeout, nats.ErrNoServers, nats.ErrNoResponders,
+	nats.ErrStaleConnection, nats.ErrDisconnected, nats.ErrAuthExpired,
+	jetstream.ErrNoStreamResponse, jetstream.ErrAsyncPublishTimeout, jetstream.ErrJetStreamNotEnabled,
+	jetstream.ErrJetStreamNotEnabledForAccount, jetstream.ErrStreamNotFound,
+}
+
+// permanentErrs refuse the message itself.
+var permanentErrs = []error{nats.ErrMaxPayload, nats.ErrBadSubject, nats.ErrInvalidMsg}
+
+// classify marks err with its kind (bridge.KindOf): a payload over the
+// server's max_payload, a bad subject or a stream's "message size exceeds
+// maximum" are permanent; disconnection, timeouts, no responders (no
+// stream listens on the subject yet), JetStream unavailable (5xx, 408,
+// 429, not enabled, stream not found) are unavailable; other JetStream
+// refusals are of unknown kind (a probe decides).
+func classify(err error) error {
+	if err == nil || bridge.IsPermanent(err) || bridge.IsUnavailable(err) {
+		return err
+	}
+	for _, e := range permanentErrs {
+		if errors.Is(err, e) {
+			return bridge.Permanent(err)
+		}
+	}
+	for _, e := range unavailableErrs {
+		if errors.Is(err, e) {
+			return bridge.Unavailable(err)
+		}
+	}
+	var api *jetstream.APIError
+	if errors.As(err, &api) {
+		switch {
+		case api.Code == 503 || api.Code == 408 || api.Code == 429 || api.Code >= 500:
+			return bridge.Unavailable(err)
+		case api.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum:
+			return bridge.Permanent(err)
+		}
+		return err
+	}
+	if bridge.NetworkError(err) {
+		return bridge.Unavailable(err)
+	}
+	return err
 }
 
 // Deliver implements bridge.Connector.
@@ -248,12 +319,12 @@ func (c *Connector) Deliver(ctx context.Context, batch []bridge.Message) error {
 	if !c.cfg.JetStream {
 		for _, m := range msgs {
 			if err := nc.PublishMsg(m); err != nil {
-				return fmt.Errorf("nats: publish %s: %w", m.Subject, err)
+				return fmt.Errorf("nats: publish %s: %w", m.Subject, classify(err))
 			}
 		}
 		// The PONG comes after the server read every message above.
 		if err := nc.FlushWithContext(ctx); err != nil {
-			return fmt.Errorf("nats: flush: %w", err)
+			return fmt.Errorf("nats: flush: %w", classify(err))
 		}
 		return nil
 	}
@@ -261,7 +332,7 @@ func (c *Connector) Deliver(ctx context.Context, batch []bridge.Message) error {
 	for i, m := range msgs {
 		f, err := js.PublishMsgAsync(m, jetstream.WithMsgID(batch[i].ID))
 		if err != nil {
-			return fmt.Errorf("nats: jetstream publish %s: %w", m.Subject, err)
+			return fmt.Errorf("nats: jetstream publish %s: %w", m.Subject, classify(err))
 		}
 		futures = append(futures, f)
 	}
@@ -269,9 +340,9 @@ func (c *Connector) Deliver(ctx context.Context, batch []bridge.Message) error {
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
-			return fmt.Errorf("nats: jetstream publish %s: %w", f.Msg().Subject, err)
+			return fmt.Errorf("nats: jetstream publish %s: %w", f.Msg().Subject, classify(err))
 		case <-ctx.Done():
-			return fmt.Errorf("nats: jetstream publish %s: waiting for PubAck: %w", f.Msg().Subject, ctx.Err())
+			return bridge.Unavailable(fmt.Errorf("nats: jetstream publish %s: waiting for PubAck: %w", f.Msg().Subject, ctx.Err()))
 		}
 	}
 	return nil
@@ -320,7 +391,7 @@ func (c *Connector) Receive(ctx context.Context, h bridge.Handler) error {
 	}
 	sub, err := nc.SubscribeSync(c.cfg.Subject)
 	if err != nil {
-		return fmt.Errorf("nats: subscribe %s: %w", c.cfg.Subject, err)
+		return fmt.Errorf("nats: subscribe %s: %w", c.cfg.Subject, classify(err))
 	}
 	defer func() { _ = sub.Unsubscribe() }()
 	for {
@@ -329,7 +400,7 @@ func (c *Connector) Receive(ctx context.Context, h bridge.Handler) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return fmt.Errorf("nats: next message on %s: %w", c.cfg.Subject, err)
+			return fmt.Errorf("nats: next message on %s: %w", c.cfg.Subject, classify(err))
 		}
 		m := bridge.Message{Subject: msg.Subject, Payload: msg.Data, Headers: msg.Header, ID: msg.Header.Get(jetstream.MsgIDHeader)}
 		if err := h(ctx, m); err != nil && ctx.Err() == nil {
@@ -348,7 +419,7 @@ func (c *Connector) receiveJetStream(ctx context.Context, js jetstream.JetStream
 		MaxAckPending: c.cfg.MaxAckPending,
 	})
 	if err != nil {
-		return fmt.Errorf("nats: consumer %s on stream %s: %w", c.cfg.Durable, c.cfg.Stream, err)
+		return fmt.Errorf("nats: consumer %s on stream %s: %w", c.cfg.Durable, c.cfg.Stream, classify(err))
 	}
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
 		m := bridge.Message{Subject: msg.Subject(), Payload: msg.Data(), Headers: msg.Headers()}
@@ -371,7 +442,7 @@ func (c *Connector) receiveJetStream(ctx context.Context, js jetstream.JetStream
 		}
 	})
 	if err != nil {
-		return fmt.Errorf("nats: consume %s: %w", c.cfg.Durable, err)
+		return fmt.Errorf("nats: consume %s: %w", c.cfg.Durable, classify(err))
 	}
 	<-ctx.Done()
 	cc.Stop()

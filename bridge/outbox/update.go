@@ -61,6 +61,11 @@ func (o *Outbox) AppendAsync(ctx context.Context, msgs []bridge.Message) (bridge
 	if o.closed.Load() {
 		return nil, ErrClosed
 	}
+	// Disk almost full: refused like a full outbox, before anything is
+	// staged (the broker maps persistence.ErrDiskFull to PUBACK 0x97).
+	if err := o.st.Admit(); err != nil {
+		return nil, o.writeError(err)
+	}
 	p, err := o.st.UpdateAsync(ctx, true, stage)
 	if err != nil {
 		return nil, o.writeError(err)

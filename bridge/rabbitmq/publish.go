@@ -105,7 +105,7 @@ func (c *Connector) Deliver(ctx context.Context, batch []bridge.Message) error {
 	defer c.mu.Unlock()
 	s, err := c.session(ctx)
 	if err != nil {
-		return err
+		return classify(err)
 	}
 	// Every earlier publish on s was confirmed (else s was dropped), so a
 	// return still queued belongs to an earlier, failed Deliver.
@@ -115,7 +115,7 @@ func (c *Connector) Deliver(ctx context.Context, batch []bridge.Message) error {
 		confirms[i], err = s.ch.PublishWithDeferredConfirmWithContext(ctx, c.cfg.Exchange, keys[i], *c.cfg.Mandatory, false, pubs[i])
 		if err != nil {
 			c.drop(s)
-			return fmt.Errorf("rabbitmq: publish %s (message %s): %w", keys[i], batch[i].ID, err)
+			return fmt.Errorf("rabbitmq: publish %s (message %s): %w", keys[i], batch[i].ID, classify(err))
 		}
 	}
 	returned := make(map[string]amqp.Return)
@@ -138,14 +138,17 @@ func (c *Connector) Deliver(ctx context.Context, batch []bridge.Message) error {
 				// The outcome is unknown; a new channel starts from a
 				// clean confirm sequence.
 				c.drop(s)
-				return fmt.Errorf("rabbitmq: confirm (message %s): %w", batch[i].ID, ctx.Err())
+				return bridge.Unavailable(fmt.Errorf("rabbitmq: confirm (message %s): %w", batch[i].ID, ctx.Err()))
 			}
 		}
 		if !ok {
 			if s.ch.IsClosed() || s.conn.IsClosed() {
 				c.drop(s)
-				return fmt.Errorf("rabbitmq: channel closed before the confirm of message %s", batch[i].ID)
+				return bridge.Unavailable(fmt.Errorf("rabbitmq: channel closed before the confirm of message %s", batch[i].ID))
 			}
+			// A nack is about this message (an internal error of its
+			// queue): unknown, so it counts against max_attempts once a
+			// probe shows the server up.
 			return fmt.Errorf("rabbitmq: message %s nacked by the server", batch[i].ID)
 		}
 	}
@@ -158,6 +161,43 @@ func (c *Connector) Deliver(ctx context.Context, batch []bridge.Message) error {
 		}
 	}
 	return nil
+}
+
+// Probe implements bridge.Prober: the egress session is open, or a new one
+// can be dialed (ingress: a connection can be dialed).
+func (c *Connector) Probe(ctx context.Context) error {
+	if c.spec.Direction == bridge.In {
+		conn, err := c.dial(ctx)
+		if err != nil {
+			return classify(err)
+		}
+		_ = conn.Close()
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, err := c.session(ctx)
+	return classify(err)
+}
+
+// classify marks err with its kind (bridge.KindOf). Every error the
+// client reports is about the connection or the channel, and so about
+// the route as a whole: a dial failure, refused credentials or vhost, a
+// closed connection or channel, and the server's connection or channel
+// exceptions (connection-forced, resource-error, not-found for a missing
+// exchange, access-refused) make the route wait, unavailable, for the
+// server or the operator to fix it. What is about one message (a nack, a
+// return) is classified where it happens.
+func classify(err error) error {
+	if err == nil || bridge.IsPermanent(err) {
+		return err
+	}
+	var ae *amqp.Error
+	if errors.As(err, &ae) || errors.Is(err, amqp.ErrClosed) || errors.Is(err, amqp.ErrCredentials) ||
+		errors.Is(err, amqp.ErrVhost) || errors.Is(err, amqp.ErrSASL) || bridge.NetworkError(err) {
+		return bridge.Unavailable(err)
+	}
+	return err
 }
 
 // drop closes s after an error so the next Deliver redials. c.mu is held.

@@ -199,7 +199,6 @@ func TestOutage(t *testing.T) {
   from: "devices/#"
   to: {rabbitmq: {url: %q, exchange: %q, timeout: 1s}}
   backoff: {initial: 10ms, max: 200ms}
-  max_attempts: 1000
 `, url, exchange), &bridgetest.Publisher{})
 	const total = 1000
 	offer := func(from, to int) {

@@ -17,19 +17,19 @@ import (
 func (c *Connector) Receive(ctx context.Context, h bridge.Handler) error {
 	conn, err := c.dial(ctx)
 	if err != nil {
-		return err
+		return classify(err)
 	}
 	defer func() { _ = conn.Close() }()
 	ch, err := conn.Channel()
 	if err != nil {
-		return fmt.Errorf("rabbitmq: open channel: %w", err)
+		return fmt.Errorf("rabbitmq: open channel: %w", classify(err))
 	}
 	if err := ch.Qos(c.cfg.Prefetch, 0, false); err != nil {
-		return fmt.Errorf("rabbitmq: qos: %w", err)
+		return fmt.Errorf("rabbitmq: qos: %w", classify(err))
 	}
 	deliveries, err := ch.ConsumeWithContext(ctx, c.cfg.Queue, "ferry-"+c.spec.Route, false, false, false, false, nil)
 	if err != nil {
-		return fmt.Errorf("rabbitmq: consume %s: %w", c.cfg.Queue, err)
+		return fmt.Errorf("rabbitmq: consume %s: %w", c.cfg.Queue, classify(err))
 	}
 	for {
 		select {
@@ -40,13 +40,13 @@ func (c *Connector) Receive(ctx context.Context, h bridge.Handler) error {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				return fmt.Errorf("rabbitmq: consumer on %s: connection or channel closed", c.cfg.Queue)
+				return bridge.Unavailable(fmt.Errorf("rabbitmq: consumer on %s: connection or channel closed", c.cfg.Queue))
 			}
 			if err := c.handle(ctx, h, d); err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				return err
+				return classify(err)
 			}
 		}
 	}

@@ -18,7 +18,8 @@
 // error, or re-sent one message at a time after a refused message, may add
 // entries twice; consumers de-duplicate on the id field. Connection errors,
 // timeouts and transient replies (LOADING, BUSY, READONLY, MASTERDOWN,
-// TRYAGAIN, OOM) are retryable; any other error reply (WRONGTYPE, ...) is
+// TRYAGAIN, OOM) are bridge.Unavailable (the route holds its messages and
+// probes with PING); any other error reply (WRONGTYPE, ...) is
 // bridge.Permanent and dead-letters the message.
 //
 // Egress, mode "publish": PUBLISH of the payload to a channel template.

@@ -68,6 +68,9 @@ func (c *Connector) stop(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
+	if err != nil && !bridge.IsPermanent(err) && !bridge.IsUnavailable(err) {
+		err = classify(err)
+	}
 	return err
 }
 

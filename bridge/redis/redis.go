@@ -123,6 +123,7 @@ type Connector struct {
 var (
 	_ bridge.Connector = (*Connector)(nil)
 	_ bridge.Receiver  = (*Connector)(nil)
+	_ bridge.Prober    = (*Connector)(nil)
 	_ bridge.Factory   = New
 )
 
@@ -236,6 +237,8 @@ func (c *Connector) Start(ctx context.Context) error {
 		}
 		opts.Password = strings.TrimRight(string(b), "\r\n")
 	}
+	// go-redis has one logger for the process; setting it is atomic.
+	goredis.SetLogger(quietLog{})
 	client := goredis.NewClient(opts)
 	pctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	err := client.Ping(pctx).Err()
@@ -301,14 +304,43 @@ func transient(err error) bool {
 	return false
 }
 
-// classify wraps a command error reply that retrying cannot fix with
-// bridge.Permanent.
+// classify marks err with its kind (bridge.KindOf): an error reply that
+// retrying cannot fix (WRONGTYPE, ERR ...) is permanent; a transient reply
+// (LOADING, READONLY, MASTERDOWN, ...), a connection error, a timeout, a
+// pool timeout or a closed client mean Redis is unavailable.
 func classify(err error) error {
-	if isReply(err) && !transient(err) {
+	switch {
+	case err == nil:
+		return nil
+	case isReply(err) && !transient(err):
 		return bridge.Permanent(err)
+	case isReply(err), bridge.NetworkError(err), errors.Is(err, goredis.ErrPoolTimeout),
+		errors.Is(err, goredis.ErrClosed), errors.Is(err, goredis.ErrPoolExhausted):
+		return bridge.Unavailable(err)
 	}
 	return err
 }
+
+// Probe implements bridge.Prober: a PING within timeout.
+func (c *Connector) Probe(ctx context.Context) error {
+	client, err := c.conn()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	if err := client.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis: ping %s: %w", c.cfg.Addr, classify(err))
+	}
+	return nil
+}
+
+// quietLog is go-redis's logger: it would print a line to stderr for
+// every failed dial during an outage ("pool.go: ... failed to dial"); the
+// route logs the outage once instead.
+type quietLog struct{}
+
+func (quietLog) Printf(context.Context, string, ...any) {}
 
 // Deliver implements bridge.Connector.
 func (c *Connector) Deliver(ctx context.Context, batch []bridge.Message) error {
@@ -356,7 +388,7 @@ func (c *Connector) Deliver(ctx context.Context, batch []bridge.Message) error {
 		}
 	}
 	if execErr != nil {
-		return fmt.Errorf("redis: pipeline: %w", execErr)
+		return fmt.Errorf("redis: pipeline: %w", classify(execErr))
 	}
 	return nil
 }

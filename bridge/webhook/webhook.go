@@ -41,9 +41,14 @@ type Config struct {
 	// URL receives the POSTs (http or https).
 	URL string `yaml:"url"`
 	// Secret signs requests: "whsec_<base64>" (or bare base64). SecretFile
-	// reads it from a file instead; never both. Empty: no signature.
+	// reads it from a file instead; never both. One of them is required
+	// unless Unsigned is set.
 	Secret     string `yaml:"secret"`
 	SecretFile string `yaml:"secret_file"`
+	// Unsigned sends requests without a signature: it must be asked for,
+	// so that a forgotten secret is a configuration error rather than
+	// requests anyone could forge.
+	Unsigned bool `yaml:"unsigned"`
 	// Headers are added to every request.
 	Headers   map[string]string `yaml:"headers"`
 	BatchSize int               `yaml:"batch_size"`
@@ -99,6 +104,12 @@ func New(spec bridge.Spec, deps bridge.Deps) (bridge.Connector, error) {
 			add("secret_file", "%w", err)
 		}
 		secret = strings.TrimSpace(string(b))
+	}
+	switch {
+	case secret == "" && cfg.SecretFile == "" && !cfg.Unsigned:
+		add("secret", "required to sign requests (or secret_file; or unsigned: true to send them unsigned)")
+	case (secret != "" || cfg.SecretFile != "") && cfg.Unsigned:
+		add("unsigned", "true contradicts the secret that is set")
 	}
 	var key []byte
 	if secret != "" {
@@ -222,7 +233,9 @@ func (c *Connector) Deliver(ctx context.Context, batch []bridge.Message) error {
 	}
 	resp, err := c.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("webhook: post %s: %w", redact(c.cfg.URL), err)
+		// Connection refused, reset, DNS, TLS, timeout: the endpoint, not
+		// this batch.
+		return bridge.Unavailable(fmt.Errorf("webhook: post %s: %w", redact(c.cfg.URL), err))
 	}
 	defer resp.Body.Close()
 	head, _ := io.ReadAll(io.LimitReader(resp.Body, errBodyLimit))
@@ -234,7 +247,7 @@ func (c *Connector) Deliver(ctx context.Context, batch []bridge.Message) error {
 	}
 	err = fmt.Errorf("webhook: post %s: http %d: %s", redact(c.cfg.URL), code, strings.TrimSpace(string(head)))
 	if code == http.StatusRequestTimeout || code == http.StatusTooManyRequests || code >= 500 {
-		return err
+		return bridge.Unavailable(err)
 	}
 	return bridge.Permanent(err)
 }

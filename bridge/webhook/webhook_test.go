@@ -132,7 +132,6 @@ func startBridge(t *testing.T, url, extra string) *testBridge {
   from: "devices/#"
   to: {webhook: {url: %q, secret: %q, %s}}
   backoff: {initial: 5ms, max: 50ms}
-  max_attempts: 1000
 `, url, secret, extra)
 	var rs []bridge.RouteConfig
 	if err := yaml.Unmarshal([]byte(y), &rs); err != nil {
@@ -320,7 +319,9 @@ func TestNewValidation(t *testing.T) {
 		{"ftp url", `{url: "ftp://x"}`, "url:"},
 		{"bad secret", `{url: "http://x", secret: "whsec_!!!"}`, "secret: not a whsec_<base64> secret"},
 		{"both secrets", `{url: "http://x", secret: "whsec_AAAA", secret_file: /nonexistent}`, "secret_file: set secret or secret_file"},
-		{"batch size", `{url: "http://x", batch_size: -1}`, "batch_size: -1 is not in"},
+		{"batch size", `{url: "http://x", batch_size: -1, unsigned: true}`, "batch_size: -1 is not in"},
+		{"no secret", `{url: "http://x"}`, "secret: required to sign requests (or secret_file; or unsigned: true"},
+		{"unsigned with a secret", `{url: "http://x", secret: "whsec_AAAA", unsigned: true}`, "unsigned: true contradicts the secret"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			spec, err := bridge.NewSpec("r", bridge.Out, tc.section)

@@ -6,6 +6,11 @@
 // Every field has a default, so the zero file (or no file) is a working
 // broker: MQTT on :1883, WebSocket on :8083, admin on 127.0.0.1:8080, data in
 // ./data.
+//
+// Load reports every problem at once, each a *FieldError naming the field's
+// YAML path and where the bad value came from: the file and line, or the
+// environment variable or flag that set it. Relative paths of the files the
+// file names are relative to the file's directory.
 package config
 
 import (
@@ -41,7 +46,7 @@ const (
 	DefaultReceiveMaximum = 1024
 	// DefaultMaxInflight bounds the QoS 1/2 messages mochi holds in memory
 	// per session (in flight, or queued in RAM for a session without
-	// storage). Persistent sessions keep at most min(1000, max_inflight/2)
+	// storage). Offline persistent sessions keep at most min(memory_window, max_inflight/2)
 	// of them in memory; the rest of their queue is in the store (see
 	// DefaultMaxQueuedMessages).
 	DefaultMaxInflight = 10000
@@ -129,6 +134,9 @@ type Listener struct {
 	// ClientCA, when set, makes the listener mutual TLS: clients must
 	// present a certificate signed by this CA.
 	ClientCA string `yaml:"client_ca"`
+
+	// from names the flag or variable that set Addr, for error messages.
+	from string
 }
 
 // MQTT holds the protocol features Ferry offers. What is switched off here is
@@ -183,9 +191,15 @@ type Limits struct {
 	// MaxInflight bounds the QoS 1/2 messages held in memory per session:
 	// unacknowledged, or queued for a session that is not persistent.
 	// Default 10000, at most 65535. A persistent session keeps at most
-	// min(1000, MaxInflight/2) in memory and the rest of its queue in the
+	// min(MemoryWindow, MaxInflight/2) in memory while offline
+	// (MaxInflight/2 while connected) and the rest of its queue in the
 	// store, bounded by MaxQueuedMessages and MaxQueuedBytes.
 	MaxInflight int `yaml:"max_inflight"`
+	// MemoryWindow is how many queued messages of an offline persistent
+	// session stay in memory (capped at MaxInflight/2); the rest waits in
+	// the store. Smaller saves RAM per offline session; larger saves
+	// reading back from the store when it reconnects. Default 1000.
+	MemoryWindow int `yaml:"memory_window"`
 	// MaxQueuedMessages bounds the QoS 1/2 messages queued for one
 	// persistent session, in flight or waiting, in memory or in the store.
 	// Beyond it OverflowPolicy applies. Default 100000.
@@ -206,8 +220,10 @@ type Limits struct {
 	// no queue Ferry can reach into: drop-newest). QoS 0 messages are never
 	// waited for: dropped and counted. See docs/persistence.md.
 	OverflowPolicy string `yaml:"overflow_policy"`
-	// OverflowWait bounds how long block-publisher holds a publisher.
-	// Default 5s.
+	// OverflowWait bounds how long block-publisher holds a publisher,
+	// including behind a subscriber that stopped reading (whose new
+	// messages are then queued up to 1 MiB, and beyond dropped and
+	// counted, or kept by a persistent session). Default 5s.
 	OverflowWait time.Duration `yaml:"overflow_wait"`
 	// ReadBufferSize and WriteBufferSize size each connection's buffers.
 	ReadBufferSize  int `yaml:"read_buffer_size"`
@@ -296,6 +312,9 @@ func (c Config) WithDefaults() Config {
 	l.MaxPacketSize = intOr(l.MaxPacketSize, DefaultMaxPacketSize)
 	if l.MaxInflight == 0 {
 		l.MaxInflight = DefaultMaxInflight
+	}
+	if l.MemoryWindow == 0 {
+		l.MemoryWindow = persistence.DefaultMemoryWindow
 	}
 	if l.ClientWritesPending == 0 {
 		l.ClientWritesPending = DefaultClientWritesPending

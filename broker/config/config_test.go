@@ -51,7 +51,7 @@ func TestExampleFileIsValidAndDocumentsEveryField(t *testing.T) {
 		"client_writes_pending", "overflow_policy", "overflow_wait", "read_buffer_size", "write_buffer_size", "close_linger", "connect_timeout", "write_timeout", "resend_after", "max_topic_length", "max_topic_levels", "max_subscriptions", "publish_rate", "publish_burst", "publish_byte_rate", "rate_action", "client_id_max_length", "client_id_pattern", "max_goroutines", "max_heap_bytes", "storage", "dir",
 		"sync", "sync_interval", "gc_interval", "gc_discard_ratio", "memtable_size", "auth", "password_file", "acl_file", "acl", "allow_anonymous", "jwt",
 		"hs256_secret_file", "public_key_files", "jwks_file", "username_claim", "audience", "issuer", "http",
-		"url", "timeout", "cache_ttl", "cache_size", "tls_username", "admin", "token", "pprof", "log",
+		"url", "timeout", "cache_ttl", "cache_size", "tls_username", "allow_session_takeover", "admin", "token", "pprof", "log",
 		"level", "format", "shutdown", "bridges", "bridge_identity"} {
 		if !strings.Contains(string(data), key+":") {
 			t.Errorf("ferry.example.yaml does not document %q", key)
@@ -72,7 +72,7 @@ func TestBadConfigErrorsNameFieldAndLine(t *testing.T) {
 		{"unknown nested key", "storage:\n  dir: x\n  syncc: always\n", nil,
 			[]string{"ferry.yaml:3: storage.syncc: unknown field"}},
 		{"wrong type", "mqtt:\n  max_qos: two\n", nil,
-			[]string{"ferry.yaml:2: mqtt.max_qos: cannot unmarshal"}},
+			[]string{`ferry.yaml:2: mqtt.max_qos: "two" is not an integer`}},
 		{"bad duration", "storage:\n  sync_interval: 5 parsecs\n", nil,
 			[]string{"ferry.yaml:2: storage.sync_interval:"}},
 		{"port out of range", "listeners:\n  - type: tcp\n    addr: \":99999\"\n", nil,
@@ -112,6 +112,35 @@ func TestBadConfigErrorsNameFieldAndLine(t *testing.T) {
 		{"bad environment boolean", "", []string{"FERRY_MQTT_RETAIN_AVAILABLE=maybe"},
 			[]string{"mqtt.retain_available", "not a boolean"}},
 		{"not yaml", "listeners: [\n", nil, []string{"ferry.yaml"}},
+		{"duration without unit", "storage:\n  sync_interval: 100\n", nil,
+			[]string{"ferry.yaml:2: storage.sync_interval: 100 has no unit: write a duration such as 100ms"}},
+		{"duration as a word", "shutdown:\n  timeout: soon\n", nil,
+			[]string{`ferry.yaml:2: shutdown.timeout: "soon" is not a duration`}},
+		{"mapping for a number", "mqtt:\n  max_qos: {a: 1}\n", nil,
+			[]string{"ferry.yaml:2: mqtt.max_qos: want a single value, not a mapping"}},
+		{"misindented key", "storage:\n  dir: x\n sync: always\nlog:\n  level: info\n", nil,
+			[]string{"ferry.yaml:3: "}},
+		{"misindented list item", "log:\n  level: info\nlisteners:\n  - type: tcp\n    addr: \":1\"\n   - type: ws\n    addr: \":2\"\n", nil,
+			[]string{"ferry.yaml:6: "}},
+		{"unclosed quote", "storage:\n  dir: \"x\nlog:\n  level: info\nadmin:\n  addr: \":1\"\n", nil,
+			[]string{"ferry.yaml:2: "}},
+		{"tab indentation", "log:\n  level: info\n\tformat: json\n", nil,
+			[]string{"ferry.yaml:3: "}},
+		{"duplicate listener address", "listeners:\n  - {type: tcp, addr: \":1883\"}\n  - {type: ws, addr: \":1883\"}\n", nil,
+			[]string{`ferry.yaml:3: listeners[1].addr: ":1883" is already the address of listeners[0] (tcp0)`}},
+		{"listener address under a wildcard one", "listeners:\n  - {type: tcp, addr: \"0.0.0.0:1883\"}\n  - {type: tls, addr: \"127.0.0.1:1883\", cert: c, key: k}\n", nil,
+			[]string{`ferry.yaml:3: listeners[1].addr: "127.0.0.1:1883" is already the address of listeners[0]`}},
+		{"unknown connector field", "bridges:\n  - name: r1\n    from: a/#\n    to:\n      redis:\n        adr: x\n        stream: s\n", nil,
+			[]string{`ferry.yaml:6: bridges[0].to.redis.adr: route "r1": unknown field`}},
+		{"unknown field of a flow-style connector", "bridges:\n  - name: r2\n    from: b/#\n    to:\n      nats: {url: \"nats://x\", subjectt: y}\n", nil,
+			[]string{`ferry.yaml:5: bridges[0].to.nats.subjectt: route "r2": unknown field`}},
+		{"two connectors in one route, and more", "mqtt:\n  max_qos: 9\nbridges:\n  - name: r1\n    from: a/#\n" +
+			"    to: {nats: {url: \"nats://x\", subject: s}, kafka: {brokers: [a], topic: t}}\n" +
+			"  - name: r2\n    from: {a: 1}\n    to: {bogus: {}}\n", nil,
+			[]string{"ferry.yaml:2: mqtt.max_qos:", "ferry.yaml:6: bridges[0].to: want exactly one connector, got [kafka nats]",
+				`ferry.yaml:8: bridges[1].from: route "r2": egress route needs`, `ferry.yaml:9: bridges[1].to.bogus: unknown connector "bogus"`}},
+		{"connector field of the wrong type", "bridges:\n  - name: r1\n    from: a/#\n    to:\n      redis:\n        addr: x\n        stream: s\n        db: zero\n", nil,
+			[]string{`ferry.yaml:8: bridges[0].to.redis.db: route "r1": "zero" is not an integer`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := writeFile(t, dir, "ferry.yaml", tc.yaml)
@@ -125,7 +154,160 @@ func TestBadConfigErrorsNameFieldAndLine(t *testing.T) {
 					t.Errorf("error %q does not contain %q", msg, w)
 				}
 			}
+			for _, goType := range []string{"redis.Config", "nats.Config", "time.Duration", "!!", "not found in type"} {
+				if strings.Contains(msg, goType) {
+					t.Errorf("error %q names a Go or YAML type: %q", msg, goType)
+				}
+			}
 		})
+	}
+}
+
+// A value set by the environment or a flag is blamed on the variable or
+// flag, not on the file line of the value it replaced.
+func TestErrorsNameTheirSource(t *testing.T) {
+	dir := t.TempDir()
+	path := writeFile(t, dir, "ok.yaml", "listeners:\n  - {type: tcp, addr: \":1883\"}\nmqtt:\n  max_qos: 1\nstorage:\n  sync: always\n")
+	bad := ":99999"
+	for _, tc := range []struct {
+		name    string
+		env     []string
+		flags   config.Overrides
+		want    string
+		notWant string
+	}{
+		{"variable over a file value", []string{"FERRY_MQTT_MAX_QOS=5"}, config.Overrides{},
+			`FERRY_MQTT_MAX_QOS="5": mqtt.max_qos: 5 is out of range [0, 2]`, "ok.yaml:4"},
+		{"variable of a bad type", []string{"FERRY_STORAGE_SYNC_INTERVAL=100"}, config.Overrides{},
+			`FERRY_STORAGE_SYNC_INTERVAL="100": storage.sync_interval: not a duration: 100 has no unit`, "ok.yaml"},
+		{"flag over a file listener", nil, config.Overrides{MQTTAddr: &bad},
+			`--mqtt-addr=":99999": listeners[0].addr: port "99999"`, "ok.yaml:2"},
+		{"address variable", []string{"FERRY_MQTT_ADDR=:99999"}, config.Overrides{},
+			`FERRY_MQTT_ADDR=":99999": listeners[0].addr: port "99999"`, "ok.yaml:2"},
+		{"flag over a variable", []string{"FERRY_LOG_LEVEL=info"}, config.Overrides{LogLevel: &bad},
+			`--log-level=":99999": log.level: must be debug, info, warn or error`, "FERRY_LOG_LEVEL"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := config.Load(config.Source{Path: path, Env: tc.env, Flags: tc.flags})
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not contain %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), tc.notWant) {
+				t.Errorf("error %q blames %q", err, tc.notWant)
+			}
+		})
+	}
+}
+
+// Every problem is reported in one pass: type errors beside validation
+// errors, and every route's problems, its own and its connector's.
+func TestEveryErrorInOnePass(t *testing.T) {
+	dir := t.TempDir()
+	path := writeFile(t, dir, "ferry.yaml", `listeners:
+  - {type: tcp, addr: ":1883"}
+  - {type: ws, addr: ":1883"}
+storage:
+  sync_interval: 100
+mqtt:
+  max_qos: 7
+bridges:
+  - name: r1
+    from: "a/#"
+    to:
+      redis:
+        adr: "127.0.0.1:6379"
+        stream: s
+  - name: r2
+    from: "b/#"
+    to:
+      nats: {url: "nats://x", subjectt: y}
+  - name: R3
+    from: "c/#"
+    to: {kafka: {brokers: [], topic: t}}
+`)
+	_, err := config.Load(config.Source{Path: path})
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	msg := strings.ReplaceAll(err.Error(), path, "ferry.yaml")
+	want := []string{
+		"ferry.yaml:3: listeners[1].addr:",
+		"ferry.yaml:5: storage.sync_interval:",
+		"ferry.yaml:7: mqtt.max_qos:",
+		"ferry.yaml:13: bridges[0].to.redis.adr:",
+		"ferry.yaml:18: bridges[1].to.nats.subjectt:",
+		"ferry.yaml:19: bridges[2].name:",
+		"ferry.yaml:21: bridges[2].to.kafka.brokers:",
+	}
+	lines := strings.Split(msg, "\n")
+	if len(lines) != len(want) {
+		t.Errorf("%d errors, want %d:\n%s", len(lines), len(want), msg)
+	}
+	for i, w := range want {
+		if i >= len(lines) || !strings.HasPrefix(lines[i], w) {
+			t.Errorf("error %d: want it to start with %q in:\n%s", i, w, msg)
+		}
+	}
+}
+
+func TestUnknownVariablesWarned(t *testing.T) {
+	_, warnings, err := config.LoadWithWarnings(config.Source{Env: []string{
+		"FERRY_STORAGE_SYNK=always", "FERRY_STORAGE_SYNC=always", "FERRY_TEST_REDIS_ADDR=x", "FERRY_BOGUS=1", "PATH=/bin"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"environment variable FERRY_BOGUS is not a Ferry setting and is ignored",
+		"environment variable FERRY_STORAGE_SYNK is not a Ferry setting and is ignored (did you mean FERRY_STORAGE_SYNC?)",
+	}
+	if strings.Join(warnings, "\n") != strings.Join(want, "\n") {
+		t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(warnings, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// Files named in the file are found beside it, wherever ferry runs from;
+// those named by the environment are relative to the working directory.
+func TestRelativePathsFromTheFilesDirectory(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "conf"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	pw, err := os.ReadFile(filepath.Join("..", "..", "hooks", "auth", "testdata", "mosquitto.passwd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "conf"), "passwd", string(pw))
+	path := writeFile(t, filepath.Join(dir, "conf"), "ferry.yaml", "auth:\n  password_file: passwd\n  acl_file: sub/acl\n")
+	_, err = config.Load(config.Source{Path: path})
+	if err == nil {
+		t.Fatal("accepted a missing ACL file")
+	}
+	if strings.Contains(err.Error(), "password_file") {
+		t.Errorf("password file beside the config not found: %v", err)
+	}
+	if want := filepath.Join(dir, "conf", "sub", "acl"); !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q does not name %s", err, want)
+	}
+	// A connector's files too.
+	writeFile(t, filepath.Join(dir, "conf"), "hook.secret", "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0\n")
+	hooks := writeFile(t, filepath.Join(dir, "conf"), "hooks.yaml",
+		"bridges:\n  - name: h\n    from: a/#\n    to: {webhook: {url: \"http://127.0.0.1:1/\", secret_file: hook.secret}}\n"+
+			"  - name: g\n    from: b/#\n    to:\n      webhook:\n        url: \"http://127.0.0.1:1/\"\n        secret_file: missing.secret\n")
+	_, err = config.Load(config.Source{Path: hooks})
+	if err == nil || strings.Contains(err.Error(), "bridges[0]") {
+		t.Errorf("webhook secret_file beside the config not found, or the missing one not reported: %v", err)
+	}
+	if want := hooks + ":10: bridges[1].to.webhook.secret_file"; err == nil || !strings.Contains(err.Error(), want) ||
+		!strings.Contains(err.Error(), filepath.Join(dir, "conf", "missing.secret")) {
+		t.Errorf("error %v does not start with %q and name the file beside the config", err, want)
+	}
+	_, err = config.Load(config.Source{Path: path, Env: []string{"FERRY_AUTH_ACL_FILE=" + filepath.Join(dir, "conf", "passwd"),
+		"FERRY_AUTH_PASSWORD_FILE=passwd"}})
+	if err == nil || !strings.Contains(err.Error(), `FERRY_AUTH_PASSWORD_FILE="passwd": auth.password_file`) {
+		t.Errorf("a relative path from the environment should be relative to the working directory: %v", err)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferrymq/ferry/bridge"
 	"github.com/ferrymq/ferry/broker/connectors"
 )
 
@@ -21,14 +22,26 @@ type FieldError struct {
 	// File and Line locate the field in the YAML file, when known.
 	File string
 	Line int
+	// Source names where the value came from when it was not the file: an
+	// environment variable (FERRY_MQTT_MAX_QOS=5) or a flag
+	// (--mqtt-addr=":99999").
+	Source string
 	// Path is the field's YAML path, e.g. listeners[1].addr.
 	Path string
 	Err  error
+
+	// section errors (a connector's) carry yaml.v3's own location, relative
+	// to the section, until annotate places them in the file.
+	relLine int
+	key     string
 }
 
 func (e *FieldError) Error() string {
 	var b strings.Builder
-	if e.File != "" {
+	if e.Source != "" {
+		b.WriteString(e.Source)
+		b.WriteString(": ")
+	} else if e.File != "" {
 		b.WriteString(e.File)
 		if e.Line > 0 {
 			fmt.Fprintf(&b, ":%d", e.Line)
@@ -78,6 +91,7 @@ func (c Config) Validate() error {
 		v.add("limits.connection_rate_per_ip", fmt.Errorf("%v must not be negative", l.ConnectionRatePerIP))
 	}
 	v.intRange("limits.max_inflight", l.MaxInflight, 1, 65535)
+	v.intRange("limits.memory_window", l.MemoryWindow, 1, 65535)
 	v.intRange("limits.client_writes_pending", l.ClientWritesPending, 1, 1<<20)
 	switch l.OverflowPolicy {
 	case "block-publisher", "drop-newest", "drop-oldest":
@@ -109,7 +123,7 @@ func (c Config) Validate() error {
 	}
 	if len(c.Bridges) > 0 {
 		if err := c.Bridges.ValidateWith(connectors.Factories()); err != nil {
-			v.nested("bridges", err)
+			v.bridges(err)
 		}
 	}
 	if a := *c.Admin.Addr; a != "" {
@@ -135,11 +149,7 @@ func (v *validator) add(path string, err error) {
 // nested adds the problems a section's own Validate found; each of their
 // texts starts with the field's path inside the section.
 func (v *validator) nested(section string, err error) {
-	errs := []error{err}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		errs = j.Unwrap()
-	}
-	for _, e := range errs {
+	for _, e := range flatten(err) {
 		path, msg, ok := strings.Cut(e.Error(), ": ")
 		if !ok || strings.ContainsAny(path, " \t") {
 			v.add(section, e)
@@ -151,6 +161,49 @@ func (v *validator) nested(section string, err error) {
 		}
 		v.add(section+sep+path, errors.New(msg))
 	}
+}
+
+// bridges adds the bridge's problems: the routes' own and their connector
+// sections'. A section is decoded by its connector, so yaml.v3's messages
+// in it ("line 2: field adr not found in type redis.Config") are relative
+// to the section and name Go types: they are turned into the field's path
+// and an explanation, and annotate finds their line in the file.
+func (v *validator) bridges(err error) {
+	for _, e := range flatten(err) {
+		var fe *bridge.FieldError
+		if !errors.As(e, &fe) {
+			v.nested("bridges", e)
+			continue
+		}
+		path := "bridges" + fe.Path
+		route := ""
+		if fe.Route != "" {
+			route = "route " + strconv.Quote(fe.Route) + ": "
+		}
+		found := false
+		for _, m := range yamlMsgRe.FindAllStringSubmatch(fe.Err.Error(), -1) {
+			found = true
+			line, _ := strconv.Atoi(m[1])
+			text, key := explainYAML(m[2])
+			v.errs = append(v.errs, &FieldError{Path: path, Err: errors.New(route + text), relLine: line, key: key})
+		}
+		if !found {
+			v.add(path, errors.New(route+fe.Err.Error()))
+		}
+	}
+}
+
+// flatten lists the errors joined in err, at any depth.
+func flatten(err error) []error {
+	j, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return []error{err}
+	}
+	var out []error
+	for _, e := range j.Unwrap() {
+		out = append(out, flatten(e)...)
+	}
+	return out
 }
 
 func (v *validator) intRange(path string, n, lo, hi int) {
@@ -189,6 +242,12 @@ func (v *validator) listeners(ls []Listener) {
 			v.add(p+".name", fmt.Errorf("%q is already the name of listeners[%d]", l.Name, j))
 		}
 		names[l.Name] = i
+		for j, o := range ls[:i] {
+			if sameAddress(l, o) {
+				v.add(p+".addr", fmt.Errorf("%q is already the address of listeners[%d] (%s): two listeners cannot bind it", l.Addr, j, o.Name))
+				break
+			}
+		}
 		secure := l.Type == ListenerTLS || l.Type == ListenerWSS
 		switch l.Type {
 		case ListenerTCP, ListenerTLS, ListenerWS, ListenerWSS:
@@ -236,6 +295,26 @@ func (v *validator) listeners(ls []Listener) {
 			}
 		}
 	}
+}
+
+// sameAddress reports whether two listeners would bind the same socket: the
+// same unix path, or the same TCP port on the same host or on a wildcard
+// host ("", 0.0.0.0, ::), which takes the port on every address. Port 0
+// lets the system pick a free port each time.
+func sameAddress(a, b Listener) bool {
+	if (a.Type == ListenerUnix) != (b.Type == ListenerUnix) {
+		return false
+	}
+	if a.Type == ListenerUnix {
+		return a.Addr != "" && filepath.Clean(a.Addr) == filepath.Clean(b.Addr)
+	}
+	ah, ap, err1 := net.SplitHostPort(a.Addr)
+	bh, bp, err2 := net.SplitHostPort(b.Addr)
+	if err1 != nil || err2 != nil || ap != bp || ap == "0" {
+		return false
+	}
+	wild := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" || h == "[::]" }
+	return ah == bh || wild(ah) || wild(bh)
 }
 
 func fileReadable(path string) error {

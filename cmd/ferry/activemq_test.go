@@ -72,7 +72,6 @@ bridges:
     from: "devices/#"
     to: {activemq: {addr: %q, login: ferry, passcode_file: %q, destination: "/queue/%s", timeout: 2s, heart_beat: 1s}}
     backoff: {initial: 50ms, max: 500ms}
-    max_attempts: 1000000
 `, addr, pass, queue))
 	bin := testutil.BuildFerry(t)
 	dataDir := t.TempDir()

@@ -381,7 +381,6 @@ bridges:
     from: "devices/#"
     to: %s
     backoff: {initial: 20ms, max: 200ms}
-    max_attempts: 1000000
 `, be.to))
 			bin := testutil.BuildFerry(t)
 			args := []string{"-c", cfg, "--mqtt-addr", "127.0.0.1:0", "--ws-addr", "", "--admin-addr", "127.0.0.1:0",

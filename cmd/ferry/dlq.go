@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -15,35 +16,64 @@ import (
 	"github.com/ferrymq/ferry/broker/config"
 )
 
+const dlqUsage = `usage: ferry dlq list ROUTE [--after SEQ] [--limit N]
+       ferry dlq replay ROUTE [SEQ...]
+  -c FILE           read admin.addr and admin.token from the broker's configuration
+  --admin-addr ADDR the broker's admin endpoint (default: FILE's, FERRY_ADMIN_ADDR or 127.0.0.1:8080)
+  --token TOKEN     its bearer token (default: FILE's admin.token or FERRY_ADMIN_TOKEN)`
+
 // dlq lists and replays a bridge route's dead letters through a running
 // broker's admin API (the outbox belongs to the broker while it runs):
 //
-//	ferry dlq list ROUTE [--after SEQ] [--limit N]
-//	ferry dlq replay ROUTE [SEQ...]
+//	ferry dlq [-c FILE] list ROUTE [--after SEQ] [--limit N]
+//	ferry dlq [-c FILE] replay ROUTE [SEQ...]
 //
-// --admin-addr (default 127.0.0.1:8080, or FERRY_ADMIN_ADDR) and --token
-// (or FERRY_ADMIN_TOKEN) reach the admin endpoint.
+// The admin endpoint and its token are the flags', else those of the
+// configuration the broker runs with (-c FILE, with its FERRY_ADMIN_*
+// variables), else FERRY_ADMIN_ADDR and FERRY_ADMIN_TOKEN, else
+// 127.0.0.1:8080 without a token. Flags may come anywhere.
 func dlq(args, env []string, stdout, stderr io.Writer) int {
-	if len(args) < 2 || (args[0] != "list" && args[0] != "replay") {
-		fmt.Fprintln(stderr, "usage: ferry dlq list|replay ROUTE [flags] [SEQ...]")
-		return exitUsage
-	}
-	verb, route := args[0], args[1]
 	fs := flag.NewFlagSet("ferry dlq", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	addr := fs.String("admin-addr", envOr(env, "FERRY_ADMIN_ADDR", config.DefaultAdminAddr), "")
-	token := fs.String("token", envOr(env, "FERRY_ADMIN_TOKEN", ""), "")
+	var path string
+	fs.StringVar(&path, "c", "", "")
+	fs.StringVar(&path, "config", "", "")
+	addrFlag := fs.String("admin-addr", "", "")
+	tokenFlag := fs.String("token", "", "")
 	after := fs.Uint64("after", 0, "")
 	limit := fs.Int("limit", 100, "")
-	if err := fs.Parse(args[2:]); err != nil {
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		fmt.Fprintf(stderr, "ferry dlq: %v\n%s\n", err, dlqUsage)
+		return exitUsage
+	}
+	if len(pos) < 2 || (pos[0] != "list" && pos[0] != "replay") || (pos[0] == "list" && len(pos) > 2) {
+		fmt.Fprintln(stderr, dlqUsage)
+		return exitUsage
+	}
+	verb, route := pos[0], pos[1]
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	addr, token, err := adminEndpoint(path, env)
+	if err != nil {
 		fmt.Fprintf(stderr, "ferry dlq: %v\n", err)
 		return exitUsage
 	}
-	base := "http://" + *addr + "/api/v1/bridges/" + url.PathEscape(route) + "/deadletters"
+	if set["admin-addr"] {
+		addr = *addrFlag
+	}
+	if set["token"] {
+		token = *tokenFlag
+	}
+	if addr == "" {
+		fmt.Fprintf(stderr, "ferry dlq: the admin endpoint is disabled (admin.addr is empty); set it, or give --admin-addr\n")
+		return exitUsage
+	}
+	base := "http://" + dialable(addr) + "/api/v1/bridges/" + url.PathEscape(route) + "/deadletters"
 	client := &http.Client{Timeout: 30 * time.Second}
 	do := func(req *http.Request) ([]byte, error) {
-		if *token != "" {
-			req.Header.Set("Authorization", "Bearer "+*token)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
 		}
 		resp, err := client.Do(req)
 		if err != nil {
@@ -86,7 +116,7 @@ func dlq(args, env []string, stdout, stderr io.Writer) int {
 		var req struct {
 			Seqs []uint64 `json:"seqs,omitempty"`
 		}
-		for _, a := range fs.Args() {
+		for _, a := range pos[2:] {
 			n, err := strconv.ParseUint(a, 10, 64)
 			if err != nil {
 				fmt.Fprintf(stderr, "ferry dlq replay: %q is not a sequence number\n", a)
@@ -102,9 +132,50 @@ func dlq(args, env []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "ferry dlq replay %s: %v\n", route, err)
 			return 1
 		}
-		fmt.Fprintf(stdout, "%s", body)
+		var res struct {
+			Replayed *int `json:"replayed"`
+		}
+		if err := json.Unmarshal(body, &res); err != nil || res.Replayed == nil {
+			fmt.Fprintf(stderr, "ferry dlq replay %s: unexpected answer %q\n", route, bytes.TrimSpace(body))
+			return 1
+		}
+		noun := "dead letters"
+		if *res.Replayed == 1 {
+			noun = "dead letter"
+		}
+		fmt.Fprintf(stdout, "replayed %d %s of route %s: back in its outbox, after the messages already there\n", *res.Replayed, noun, route)
 		return 0
 	}
+}
+
+// adminEndpoint is the admin address and token of the configuration at
+// path (with its environment), or of the environment alone when path is
+// empty.
+func adminEndpoint(path string, env []string) (addr, token string, err error) {
+	if path == "" {
+		return envOr(env, "FERRY_ADMIN_ADDR", config.DefaultAdminAddr), envOr(env, "FERRY_ADMIN_TOKEN", ""), nil
+	}
+	cfg, err := config.Load(config.Source{Path: path, Env: env})
+	if err != nil {
+		return "", "", fmt.Errorf("%s: %w", path, err)
+	}
+	return *cfg.Admin.Addr, cfg.Admin.Token, nil
+}
+
+// dialable turns a listening address into one to connect to: a wildcard
+// or empty host is this machine.
+func dialable(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	switch host {
+	case "", "0.0.0.0":
+		host = "127.0.0.1"
+	case "::":
+		host = "::1"
+	}
+	return net.JoinHostPort(host, port)
 }
 
 func envOr(env []string, key, def string) string {

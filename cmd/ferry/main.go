@@ -2,8 +2,9 @@
 //
 //	ferry [-c ferry.yaml] [--mqtt-addr :1883] [--ws-addr :8083] [--admin-addr 127.0.0.1:8080] [--data-dir ./data]
 //	ferry check -c ferry.yaml
-//	ferry passwd [--stdin] FILE USER
-//	ferry dlq list|replay ROUTE [SEQ...]
+//	ferry passwd [-c] [-b] [-D] [--stdin] FILE USER [PASSWORD]
+//	ferry dlq [-c ferry.yaml] list|replay ROUTE [SEQ...]
+//	ferry store verify DIR | ferry store salvage DIR OUT
 //	ferry version
 //
 // Exit codes: 0 clean stop, 1 runtime failure, 2 bad configuration or usage.
@@ -18,15 +19,11 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 
 	"github.com/ferrymq/ferry/broker"
 	"github.com/ferrymq/ferry/broker/config"
 )
-
-// version is set at build time with -ldflags "-X main.version=v1.2.3".
-var version = ""
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Environ(), os.Stdin, os.Stdout, os.Stderr))
@@ -39,7 +36,7 @@ func run(args, env []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) > 0 {
 		switch args[0] {
 		case "version":
-			fmt.Fprintln(stdout, "ferry", versionString())
+			fmt.Fprintln(stdout, "ferry", broker.Version())
 			return 0
 		case "check":
 			return check(args[1:], env, stdout, stderr)
@@ -47,6 +44,8 @@ func run(args, env []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return passwd(args[1:], stdin, stdout, stderr)
 		case "dlq":
 			return dlq(args[1:], env, stdout, stderr)
+		case "store":
+			return store(args[1:], stdout, stderr)
 		case "help", "-h", "--help":
 			usage(stdout)
 			return 0
@@ -56,12 +55,19 @@ func run(args, env []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if code >= 0 {
 		return code
 	}
-	cfg, err := config.Load(src)
+	cfg, warnings, err := config.LoadWithWarnings(src)
 	if err != nil {
+		printWarnings(stderr, "ferry", warnings)
 		fmt.Fprintf(stderr, "ferry: invalid configuration:\n%s\n", indent(err))
 		return exitUsage
 	}
-	return serve(cfg, stderr)
+	return serve(cfg, warnings, stderr)
+}
+
+func printWarnings(w io.Writer, prog string, warnings []string) {
+	for _, m := range warnings {
+		fmt.Fprintf(w, "%s: warning: %s\n", prog, m)
+	}
 }
 
 func usage(w io.Writer) {
@@ -71,9 +77,13 @@ Usage:
   ferry [flags]            run the broker
   ferry check -c FILE      validate a configuration file and exit
   ferry passwd FILE USER   add or change a user in a password file
-                           (Mosquitto-compatible; --stdin reads the password)
+                           (Mosquitto-compatible, with mosquitto_passwd's
+                           -c, -b FILE USER PASSWORD and -D FILE USER;
+                           --stdin reads the password)
   ferry dlq list ROUTE     list a bridge route's dead letters (running broker,
-  ferry dlq replay ROUTE [SEQ...]   via --admin-addr and --token)
+  ferry dlq replay ROUTE [SEQ...]   via -c FILE, or --admin-addr and --token)
+  ferry store verify DIR   report damage in a data dir (broker stopped)
+  ferry store salvage DIR OUT   copy what is readable into the new dir OUT
   ferry version            print the version
 
 Flags (a flag wins over FERRY_* environment variables, which win over the file):
@@ -136,7 +146,9 @@ func check(args, env []string, stdout, stderr io.Writer) int {
 	if code >= 0 {
 		return code
 	}
-	if _, err := config.Load(src); err != nil {
+	_, warnings, err := config.LoadWithWarnings(src)
+	printWarnings(stderr, "ferry check", warnings)
+	if err != nil {
 		fmt.Fprintf(stderr, "ferry check: invalid configuration:\n%s\n", indent(err))
 		return exitUsage
 	}
@@ -169,8 +181,11 @@ func newLogger(cfg config.Log, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func serve(cfg config.Config, stderr io.Writer) int {
+func serve(cfg config.Config, warnings []string, stderr io.Writer) int {
 	log := newLogger(cfg.Log, stderr)
+	for _, w := range warnings {
+		log.Warn(w)
+	}
 	b, err := broker.New(cfg, broker.WithLogger(log))
 	if err != nil {
 		fmt.Fprintf(stderr, "ferry: %v\n", err)
@@ -182,7 +197,7 @@ func serve(cfg config.Config, stderr io.Writer) int {
 		log.Error("start failed", "err", err)
 		return 1
 	}
-	log.Info("ferry started", "version", versionString())
+	log.Info("ferry started", "version", broker.Version())
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -204,14 +219,4 @@ wait:
 		return 1
 	}
 	return 0
-}
-
-func versionString() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "(devel)"
 }

@@ -106,6 +106,79 @@ func TestPasswd(t *testing.T) {
 	}
 }
 
+// ferry passwd takes mosquitto_passwd's flags, before or after the
+// arguments: -b (password on the command line), -D (delete), -c (new file).
+func TestPasswdMosquittoFlags(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "passwd")
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		code  int
+		users map[string]string // user -> password that must verify; "" = absent
+	}{
+		{"batch, flag first", []string{"-b", file, "alice", "a1"}, 0, map[string]string{"alice": "a1"}},
+		{"batch, flag last", []string{file, "bob", "b1", "-b"}, 0, map[string]string{"alice": "a1", "bob": "b1"}},
+		{"batch changes a password", []string{file, "-b", "alice", "a2"}, 0, map[string]string{"alice": "a2", "bob": "b1"}},
+		{"delete, flag last", []string{file, "alice", "-D"}, 0, map[string]string{"alice": "", "bob": "b1"}},
+		{"delete a user not there", []string{"-D", file, "alice"}, 1, map[string]string{"bob": "b1"}},
+		{"batch without the password", []string{"-b", file, "carol"}, exitUsage, map[string]string{"bob": "b1"}},
+		{"delete with a password", []string{"-D", "-b", file, "bob", "x"}, exitUsage, map[string]string{"bob": "b1"}},
+		{"create anew", []string{"-c", "-b", file, "carol", "c1"}, 0, map[string]string{"bob": "", "carol": "c1"}},
+		{"after --, a dash is an argument", []string{"-b", "--", file, "dave", "-D"}, 0, map[string]string{"dave": "-D"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, errs := runCmd(t, "", nil, append([]string{"passwd"}, tc.args...)...)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d; stderr %q", code, tc.code, errs)
+			}
+			pw, err := auth.LoadPasswordFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for user, pass := range tc.users {
+				if pass == "" && pw.Has(user) {
+					t.Errorf("%s still in the file", user)
+				} else if pass != "" && !pw.Check(user, pass) {
+					t.Errorf("%s's password is not %q", user, pass)
+				}
+			}
+		})
+	}
+}
+
+// A file written by mosquitto_passwd is changed by ferry passwd -b and -D
+// and still read by mosquitto_passwd, and the other way round.
+func TestPasswdInteroperatesWithMosquittoPasswd(t *testing.T) {
+	mp := testutil.NeedCommand(t, "mosquitto_passwd", "mosquitto")
+	file := filepath.Join(t.TempDir(), "passwd")
+	for i, u := range []string{"m1", "m2", "m3"} {
+		args := []string{"-b", file, u, u + "-pw"}
+		if i == 0 {
+			args = append([]string{"-c"}, args...)
+		}
+		if out, err := exec.Command(mp, args...).CombinedOutput(); err != nil {
+			t.Fatalf("mosquitto_passwd: %v %s", err, out)
+		}
+	}
+	if code, _, errs := runCmd(t, "", nil, "passwd", file, "m2", "-D"); code != 0 {
+		t.Fatalf("ferry passwd -D: %d %s", code, errs)
+	}
+	if code, _, errs := runCmd(t, "", nil, "passwd", file, "f1", "f1-pw", "-b"); code != 0 {
+		t.Fatalf("ferry passwd -b: %d %s", code, errs)
+	}
+	if out, err := exec.Command(mp, "-D", file, "m3").CombinedOutput(); err != nil {
+		t.Fatalf("mosquitto_passwd -D on ferry's file: %v %s", err, out)
+	}
+	pw, err := auth.LoadPasswordFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !pw.Check("m1", "m1-pw") || !pw.Check("f1", "f1-pw") || pw.Has("m2") || pw.Has("m3") || pw.Len() != 2 {
+		t.Errorf("file after both tools: m1 %v, f1 %v, m2 %v, m3 %v, %d users", pw.Check("m1", "m1-pw"),
+			pw.Check("f1", "f1-pw"), pw.Has("m2"), pw.Has("m3"), pw.Len())
+	}
+}
+
 func startFerry(t *testing.T, extra ...string) *testutil.Proc {
 	t.Helper()
 	bin := testutil.BuildFerry(t)

@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -84,7 +87,6 @@ bridges:
     from: "devices/#"
     to: {redis: {addr: %q, stream: telemetry, timeout: 1s}}
     backoff: {initial: 20ms, max: 200ms}
-    max_attempts: 1000000
 `, rs.Addr))
 	p := startFerry(t, "-c", cfg)
 	pub := connectPaho(t, p.Addr("tcp0"), "sensor", true, nil)
@@ -125,4 +127,86 @@ bridges:
 		t.Fatalf("%d distinct message ids for %d payloads", len(distinctIDs), total)
 	}
 	t.Logf("%d entries for %d messages: %d duplicates (at-least-once re-sends)", entries, total, entries-total)
+}
+
+// TestRedisOutageCostsNothing is issue 13's done-when through a real Ferry
+// process, with the outage shortened: a route that gives up after 3
+// attempts 20-100 ms apart holds 500 QoS 1 messages through a 3 s Redis
+// outage (far beyond that schedule: before the fix most were
+// dead-lettered), then delivers all 1,000 in order; nothing is
+// dead-lettered, the outage is logged once on the way down and once on
+// the way back, and go-redis logs nothing of its own.
+func TestRedisOutageCostsNothing(t *testing.T) {
+	rs := testutil.StartRedis(t)
+	rc := rs.Client(t)
+	defer rc.Close()
+	cfg := writeConfig(t, fmt.Sprintf(`bridges:
+  - name: telemetry
+    from: "devices/#"
+    to: {redis: {addr: %q, stream: telemetry}}
+    backoff: {initial: 20ms, max: 100ms}
+    max_attempts: 3
+`, rs.Addr))
+	p := startFerry(t, "-c", cfg)
+	pub := connectPaho(t, p.Addr("tcp0"), "sensor", true, nil)
+	ctx := context.Background()
+	publishQoS1(t, pub, "devices/sensor/telemetry", 0, 500)
+	testutil.Eventually(t, 20*time.Second, "the first 500 in the stream", func() bool {
+		return rc.XLen(ctx, "telemetry").Val() >= 500
+	})
+	rs.Stop(t)
+	down := time.Now()
+	publishQoS1(t, pub, "devices/sensor/telemetry", 500, 1000)
+	testutil.Eventually(t, 20*time.Second, "an outage of 3s", func() bool { return time.Since(down) > 3*time.Second })
+	rs.Start(t)
+
+	testutil.Eventually(t, 30*time.Second, "1,000 messages in the stream", func() bool {
+		return rc.XLen(ctx, "telemetry").Val() >= 1000
+	})
+	all, err := rc.XRange(ctx, "telemetry", "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := 0
+	for _, e := range all {
+		switch p := fmt.Sprint(e.Values["payload"]); {
+		case p == fmt.Sprintf("m%05d", next):
+			next++
+		case p > fmt.Sprintf("m%05d", next):
+			t.Fatalf("%s arrived before m%05d", p, next)
+		}
+	}
+	if next != 1000 {
+		t.Fatalf("%d of 1,000 messages in order in the stream", next)
+	}
+	resp, err := http.Get("http://" + p.Addr("admin") + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`ferry_bridge_dead_lettered_total{route="telemetry"} 0`, `ferry_bridge_backend_up{route="telemetry"} 1`,
+		`ferry_bridge_outages_total{route="telemetry"} 1`} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, "the back line", func() bool {
+		return strings.Contains(p.Log(), "route telemetry: redis back after ")
+	})
+	log := p.Log()
+	if n := strings.Count(log, "route telemetry: redis unavailable ("); n != 1 {
+		t.Errorf("%d down lines, want 1", n)
+	}
+	if n := strings.Count(log, "route telemetry: redis back after "); n != 1 {
+		t.Errorf("%d back lines, want 1", n)
+	}
+	for _, never := range []string{"pool.go", "giving up", "will retry"} {
+		if strings.Contains(log, never) {
+			t.Errorf("the log has %q", never)
+		}
+	}
+	if t.Failed() {
+		t.Logf("ferry's log:\n%s", log)
+	}
 }

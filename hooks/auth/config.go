@@ -45,6 +45,13 @@ type Config struct {
 	// the client's user name from the certificate: "cn", "san_dns" or
 	// "san_email". Empty: certificates do not authenticate.
 	TLSUsername string `yaml:"tls_username"`
+	// AllowSessionTakeover lets a client of another identity connect under
+	// the client id of an existing session, taking over its connection and
+	// its stored session (mochi's behaviour, and Ferry's before sessions
+	// had owners). Default false: a session belongs to the identity (user
+	// name, or certificate name with tls_username) that created it, and
+	// any other identity is refused with CONNACK 0x87 (MQTT 3: 0x05).
+	AllowSessionTakeover bool `yaml:"allow_session_takeover"`
 }
 
 // JWTConfig configures JWT authentication. It is enabled when at least one

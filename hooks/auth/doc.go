@@ -14,6 +14,11 @@
 //
 // Files are read by New and by Reload only; Reload swaps the parsed rules
 // atomically and keeps the old ones if a file is bad. A client's identity is
-// kept from CONNECT until its disconnection, so per-message ACL checks do no
-// I/O and, after the first check, no allocation.
+// kept from CONNECT until its session ends, so per-message ACL checks do no
+// I/O and, after the first check, no allocation, and an offline persistent
+// session's messages are checked against its owner's rules.
+//
+// A session belongs to the identity that created it: another identity
+// connecting under its client id is refused unless AllowSessionTakeover is
+// set (session.go).
 package auth

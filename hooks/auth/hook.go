@@ -47,7 +47,10 @@ type Hook struct {
 
 	state    atomic.Pointer[state]
 	reloadMu sync.Mutex
+	// clients holds the identity of each session, by client id, from
+	// CONNECT until the session ends (session.go).
 	clients  sync.Map // client id -> *identity
+	sessions func(clientID string) (*mqtt.Client, bool)
 	stats    counters
 }
 
@@ -60,7 +63,7 @@ type state struct {
 
 // identity is what a client proved at CONNECT.
 type identity struct {
-	cl       *mqtt.Client // guards against a later client with the same id
+	cl       *mqtt.Client // guards against a later client with the same id; nil when restored from storage
 	username string       // "" for anonymous clients
 	clientID string
 	cn       string // verified client certificate's common name, if any
@@ -107,9 +110,9 @@ func isLoopback(host string) bool {
 func (h *Hook) ID() string { return HookID }
 
 // Provides reports the events the hook handles: OnConnectAuthenticate,
-// OnACLCheck and OnDisconnect.
+// OnACLCheck, OnDisconnect and OnClientExpired.
 func (h *Hook) Provides(b byte) bool {
-	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck || b == mqtt.OnDisconnect
+	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck || b == mqtt.OnDisconnect || b == mqtt.OnClientExpired
 }
 
 // Stop releases the HTTP callout's idle connections. mochi calls it when
@@ -185,7 +188,9 @@ func certName(c *x509.Certificate, field string) string {
 //     Credentials no method accepts are refused, even with allow_anonymous.
 //
 // A client whose will message it could not publish is refused too, because
-// mochi publishes wills without an ACL check.
+// mochi publishes wills without an ACL check. So is a client whose client id
+// names a session of another identity (see session.go), with CONNACK 0x87
+// (MQTT 3: 0x05), unless allow_session_takeover is set.
 func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	if !h.enabled {
 		return true
@@ -196,7 +201,9 @@ func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		for _, m := range tried {
 			h.stats.method(m).failure.Add(1)
 		}
-		h.log.Info("auth: connection refused", "client_id", cl.ID, "remote", cl.Net.Remote, "tried", strings.Join(tried, ","))
+		// The broker logs the refusal at info with the user name tried;
+		// which methods were tried is detail.
+		h.log.Debug("auth: connection refused", "client_id", cl.ID, "remote", cl.Net.Remote, "tried", strings.Join(tried, ","))
 		return false
 	}
 	if pk.Connect.WillFlag && (isSysTopic(pk.Connect.WillTopic) || !h.allowed(id, pk.Connect.WillTopic, true)) {
@@ -204,6 +211,16 @@ func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		h.stats.aclPublish.Add(1)
 		h.log.Info("auth: connection refused: will topic not allowed", "client_id", cl.ID, "topic", pk.Connect.WillTopic)
 		return false
+	}
+	if !h.cfg.AllowSessionTakeover {
+		if owner := h.sessionOwner(cl.ID); owner != nil && owner.username != id.username {
+			h.stats.refused.Add(1)
+			h.stats.takeover.Add(1)
+			h.log.Info("auth: connection refused: the client id's session belongs to another identity",
+				"client_id", cl.ID, "remote", cl.Net.Remote, "method", id.method)
+			h.refuseTakeover(cl)
+			return false
+		}
 	}
 	h.stats.method(id.method).success.Add(1)
 	h.clients.Store(cl.ID, id)
@@ -274,8 +291,13 @@ func (h *Hook) authenticate(cl *mqtt.Client, pk packets.Packet) (*identity, []st
 	return nil, tried
 }
 
-// OnDisconnect forgets the client's identity.
-func (h *Hook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+// OnDisconnect forgets the client's identity when its session ends with
+// the connection. A persistent session keeps it: its owner, and the rules
+// its queued messages are checked against.
+func (h *Hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
+	if !expire || cl.IsTakenOver() {
+		return
+	}
 	if v, ok := h.clients.Load(cl.ID); ok && v.(*identity).cl == cl {
 		h.clients.CompareAndDelete(cl.ID, v)
 	}
@@ -298,12 +320,12 @@ func (h *Hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if !h.enabled {
 		return true
 	}
-	v, ok := h.clients.Load(cl.ID)
-	if !ok || v.(*identity).cl != cl {
+	id := h.identityOf(cl)
+	if id == nil {
 		h.deny(cl, topic, write)
 		return false
 	}
-	if !h.allowed(v.(*identity), topic, write) {
+	if !h.allowed(id, topic, write) {
 		h.deny(cl, topic, write)
 		return false
 	}

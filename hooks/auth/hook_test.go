@@ -320,9 +320,15 @@ func TestHookIdentityLifecycle(t *testing.T) {
 	if h.OnACLCheck(old, "t", true) {
 		t.Error("taken-over connection still authorized")
 	}
+	// A persistent session keeps its identity while offline: messages
+	// queued for it are checked against its owner's rules.
 	h.OnDisconnect(taker, nil, false)
+	if !h.OnACLCheck(taker, "t", true) {
+		t.Error("offline persistent session lost its identity")
+	}
+	h.OnDisconnect(taker, nil, true)
 	if h.OnACLCheck(taker, "t", true) {
-		t.Error("disconnected client still authorized")
+		t.Error("client whose session ended still authorized")
 	}
 	// A client some other hook let in is denied everything.
 	if h.OnACLCheck(&mqtt.Client{ID: "stranger"}, "t", false) {

@@ -233,29 +233,56 @@ func SetPassword(path, user, password string) error {
 	if err != nil {
 		return fmt.Errorf("set password: %w", err)
 	}
+	out, found := replaceUser(old, user, user+":"+hash+"\n")
+	if !found {
+		out = append(out, user+":"+hash+"\n"...)
+	}
+	return writeFileAtomic(path, out, 0o600)
+}
+
+// ErrNoUser is returned by DeletePassword for a user the file does not
+// have.
+var ErrNoUser = errors.New("user not in the password file")
+
+// DeletePassword removes user from the password file at path, as
+// mosquitto_passwd -D does; other lines are kept as they are. The update is
+// atomic, as SetPassword's.
+func DeletePassword(path, user string) error {
+	old, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("delete user: %w", err)
+	}
+	out, found := replaceUser(old, user, "")
+	if !found {
+		return fmt.Errorf("delete user %q from %s: %w", user, path, ErrNoUser)
+	}
+	return writeFileAtomic(path, out, 0o600)
+}
+
+// replaceUser returns the password file content with user's line replaced
+// by line ("" deletes it), and whether the user was there. Duplicates of
+// the user are dropped: the file would not load with them.
+func replaceUser(content []byte, user, line string) ([]byte, bool) {
 	var out bytes.Buffer
-	replaced := false
-	for _, line := range strings.SplitAfter(string(old), "\n") {
-		if line == "" {
+	found := false
+	for _, l := range strings.SplitAfter(string(content), "\n") {
+		if l == "" {
 			continue
 		}
-		u, _, ok := strings.Cut(line, ":")
-		if ok && !strings.HasPrefix(line, "#") && strings.TrimSpace(u) == user {
-			if replaced {
-				continue // drop duplicates: the file would not load with them
+		u, _, ok := strings.Cut(l, ":")
+		if ok && !strings.HasPrefix(l, "#") && strings.TrimSpace(u) == user {
+			if !found {
+				out.WriteString(line)
 			}
-			replaced = true
-			line = user + ":" + hash + "\n"
+			found = true
+			continue
 		}
-		if !strings.HasSuffix(line, "\n") {
-			line += "\n"
+		if !strings.HasSuffix(l, "\n") {
+			l += "\n"
 		}
-		out.WriteString(line)
+		out.WriteString(l)
 	}
-	if !replaced {
-		out.WriteString(user + ":" + hash + "\n")
-	}
-	return writeFileAtomic(path, out.Bytes(), 0o600)
+	return out.Bytes(), found
 }
 
 // validUserName refuses names that cannot be stored in a password file or

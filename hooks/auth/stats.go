@@ -9,6 +9,9 @@ type Stats struct {
 	Anonymous, Password, JWT, HTTP, TLS MethodStats
 	// Refused counts refused connections, whatever the reason.
 	Refused uint64
+	// TakeoverRefused counts connections refused because their client id
+	// names a session of another identity.
+	TakeoverRefused uint64
 	// ACLDenied counts denied ACL checks.
 	ACLDenied ACLStats
 }
@@ -32,7 +35,7 @@ type methodCounters struct {
 
 type counters struct {
 	anonymous, password, jwt, http, tls methodCounters
-	refused                             atomic.Uint64
+	refused, takeover                   atomic.Uint64
 	aclPublish, aclSubscribe, aclRead   atomic.Uint64
 }
 
@@ -60,7 +63,7 @@ func (h *Hook) Stats() Stats {
 	return Stats{
 		Anonymous: m(&c.anonymous), Password: m(&c.password), JWT: m(&c.jwt),
 		HTTP: m(&c.http), TLS: m(&c.tls),
-		Refused: c.refused.Load(),
+		Refused: c.refused.Load(), TakeoverRefused: c.takeover.Load(),
 		ACLDenied: ACLStats{
 			Publish: c.aclPublish.Load(), Subscribe: c.aclSubscribe.Load(), Read: c.aclRead.Load(),
 		},

@@ -4,6 +4,7 @@ package bridgerun
 
 import (
 	"context"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -28,6 +29,12 @@ type Bridge struct {
 // to pub. The bridge and then the outbox are closed when the test ends.
 func Start(t testing.TB, dir, routesYAML string, pub bridge.Publisher, factories map[string]bridge.Factory) *Bridge {
 	t.Helper()
+	return StartLogged(t, dir, routesYAML, pub, factories, nil)
+}
+
+// StartLogged is Start with the bridge logging to log (nil: discarded).
+func StartLogged(t testing.TB, dir, routesYAML string, pub bridge.Publisher, factories map[string]bridge.Factory, log *slog.Logger) *Bridge {
+	t.Helper()
 	var rs []bridge.RouteConfig
 	if err := yaml.Unmarshal([]byte(routesYAML), &rs); err != nil {
 		t.Fatal(err)
@@ -40,7 +47,7 @@ func Start(t testing.TB, dir, routesYAML string, pub bridge.Publisher, factories
 		t.Fatal(err)
 	}
 	r := &Bridge{Outbox: ob, Reg: prometheus.NewRegistry()}
-	r.B, err = bridge.New(rs, bridge.Deps{Outbox: ob, Publisher: pub, Registerer: r.Reg, Factories: factories})
+	r.B, err = bridge.New(rs, bridge.Deps{Outbox: ob, Publisher: pub, Registerer: r.Reg, Factories: factories, Logger: log})
 	if err == nil {
 		err = r.B.Start(context.Background())
 	}

@@ -5,6 +5,7 @@ package bridgetest
 
 import (
 	"context"
+	"log/slog"
 	"runtime"
 	"strings"
 	"sync"
@@ -134,4 +135,50 @@ func (p *Publisher) Topics() string {
 		s = append(s, m.Topic)
 	}
 	return strings.Join(s, " ")
+}
+
+// Logs is a slog.Handler that records every record at Info or above, for
+// tests that check what a route logs.
+type Logs struct {
+	mu   sync.Mutex
+	recs []slog.Record
+}
+
+// Logger returns a logger writing to l.
+func (l *Logs) Logger() *slog.Logger { return slog.New(l) }
+
+// Enabled implements slog.Handler.
+func (l *Logs) Enabled(_ context.Context, lv slog.Level) bool { return lv >= slog.LevelInfo }
+
+// Handle implements slog.Handler.
+func (l *Logs) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.recs = append(l.recs, r.Clone())
+	return nil
+}
+
+// WithAttrs implements slog.Handler (attributes are not recorded).
+func (l *Logs) WithAttrs([]slog.Attr) slog.Handler { return l }
+
+// WithGroup implements slog.Handler.
+func (l *Logs) WithGroup(string) slog.Handler { return l }
+
+// Lines returns "LEVEL message" of every record at level or above whose
+// message contains substr.
+func (l *Logs) Lines(level slog.Level, substr string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, r := range l.recs {
+		if r.Level >= level && strings.Contains(r.Message, substr) {
+			out = append(out, r.Level.String()+" "+r.Message)
+		}
+	}
+	return out
+}
+
+// All returns every recorded line, one per line, for failure messages.
+func (l *Logs) All() string {
+	return strings.Join(l.Lines(slog.LevelInfo, ""), "\n")
 }
