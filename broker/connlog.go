@@ -64,7 +64,7 @@ func (b *Broker) logConnectEnd(c *conn, listenerName string, err error) {
 	}
 	b.log.Info("connection refused", "client_id", cl.ID, "username", string(cl.Properties.Username),
 		"listener", listenerName, "remote", remote, "protocol", protocolName(cl.Properties.ProtocolVersion),
-		"reason", endReason(nil, err))
+		"reason", endReason(cl.StopCause(), err))
 }
 
 // protocolName is the MQTT version as users know it.

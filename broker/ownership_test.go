@@ -65,7 +65,15 @@ func expectPayloads(t *testing.T, c *testutil.Raw, ack bool, want ...string) []p
 	t.Helper()
 	var got []packets.Packet
 	for range want {
-		got = append(got, c.Expect(packets.Publish))
+		pk, err := c.Read(5 * time.Second)
+		if err != nil || pk.FixedHeader.Type != packets.Publish {
+			seen := make([]string, len(got))
+			for i, g := range got {
+				seen[i] = string(g.Payload)
+			}
+			t.Fatalf("want PUBLISH of %q, got %s (err %v) after %q", want, packets.PacketNames[pk.FixedHeader.Type], err, seen)
+		}
+		got = append(got, pk)
 		if ack {
 			c.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: got[len(got)-1].PacketID})
 		}

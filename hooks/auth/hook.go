@@ -320,7 +320,7 @@ func (h *Hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if !h.enabled {
 		return true
 	}
-	id := h.identityOf(cl)
+	id := h.identityOf(cl, write)
 	if id == nil {
 		h.deny(cl, topic, write)
 		return false

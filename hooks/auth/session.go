@@ -58,21 +58,25 @@ func (h *Hook) MayRead(cl *mqtt.Client, topic string) bool {
 	if cl.Net.Inline || !h.enabled {
 		return true
 	}
-	id := h.identityOf(cl)
+	id := h.identityOf(cl, false)
 	return id != nil && h.allowed(id, topic, false)
 }
 
 // identityOf returns the identity that ACL checks for cl use, nil if none.
 // It is the identity of cl's session: the one cl authenticated with, or,
-// for a session restored from storage, its stored owner. Another client
-// under the same id (a connection being replaced) has none.
-func (h *Hook) identityOf(cl *mqtt.Client) *identity {
+// for a session restored from storage, its stored owner. A connection being
+// replaced under the same client id may publish nothing more (write), but a
+// message delivered to it belongs to its session, which the new connection
+// inherits: a read is checked against the identity now holding the id, the
+// session's owner. Denying it would drop a message the session is owed (a
+// publish fanned out to an offline session while it reconnects).
+func (h *Hook) identityOf(cl *mqtt.Client, write bool) *identity {
 	v, ok := h.clients.Load(cl.ID)
 	if !ok {
 		return nil
 	}
 	id := v.(*identity)
-	if id.cl != nil && id.cl != cl {
+	if id.cl != nil && id.cl != cl && (write || endsWithConnection(cl)) {
 		return nil
 	}
 	return id

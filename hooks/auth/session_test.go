@@ -130,3 +130,54 @@ func TestMayReadRestoredSession(t *testing.T) {
 		t.Errorf("MayRead counted %d denials", s.ACLDenied.Read)
 	}
 }
+
+// TestDeliveryToReplacedConnection: a message fanned out to a session's old
+// client while the session reconnects (mochi acknowledges a QoS 1 publish
+// before it fans out, so a publish to an offline session can meet its
+// reconnect) is checked against the session's owner, not denied because a
+// new connection now holds the client id: denying it lost an acknowledged
+// message. The old connection may publish nothing more, and a clean
+// session's old connection, whose session ends with it, receives nothing.
+func TestDeliveryToReplacedConnection(t *testing.T) {
+	srv := mqtt.New(&mqtt.Options{Logger: discardLogger()})
+	bob := packets.Packet{Connect: packets.ConnectParams{Username: []byte("bob"), Password: []byte("hunter2")}}
+	for _, tc := range []struct {
+		name       string
+		persistent bool
+		topic      string
+		write      bool
+		want       bool
+	}{
+		{"persistent: delivery", true, "devices/bob/1", false, true},
+		{"persistent: delivery the owner may not read", true, "devices/alice/1", false, false},
+		{"persistent: publish from the old connection", true, "devices/bob/1", true, false},
+		{"clean: delivery", false, "devices/bob/1", false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h, err := New(Config{PasswordFile: "testdata/mosquitto.passwd",
+				ACL: []ACLRule{{Users: []string{"bob"}, Allow: ACLAccess{Publish: []string{"devices/bob/#"}, Subscribe: []string{"devices/bob/#"}}}}},
+				discardLogger())
+			if err != nil {
+				t.Fatal(err)
+			}
+			old := srv.NewClient(nil, "t", "x", false)
+			old.Properties.ProtocolVersion, old.Properties.Clean = 4, !tc.persistent
+			if !h.OnConnectAuthenticate(old, bob) {
+				t.Fatal("bob refused")
+			}
+			old.Stop(nil)
+			reconnect := srv.NewClient(nil, "t", "x", false)
+			if !h.OnConnectAuthenticate(reconnect, bob) {
+				t.Fatal("bob refused on reconnect")
+			}
+			if got := h.OnACLCheck(old, tc.topic, tc.write); got != tc.want {
+				t.Errorf("OnACLCheck(old connection, %s, write %v) = %v, want %v", tc.topic, tc.write, got, tc.want)
+			}
+			if !tc.write {
+				if got := h.MayRead(old, tc.topic); got != tc.want {
+					t.Errorf("MayRead(old connection, %s) = %v, want %v", tc.topic, got, tc.want)
+				}
+			}
+		})
+	}
+}
