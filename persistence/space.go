@@ -15,6 +15,12 @@ import (
 // filesystem (one statfs call).
 const spaceCheckInterval = 250 * time.Millisecond
 
+// spaceFresh is how old the free-space reading may be when a write is
+// admitted: between two ticks of spaceCheckInterval alone, a fast
+// publisher wrote 4 MiB past a 10 MiB limit on a loaded machine and ate
+// the room Badger needs for its flushes and compactions.
+const spaceFresh = 5 * time.Millisecond
+
 // Why Badger crashed on a full disk (issue 12): it writes its write-ahead
 // log (.mem), value log (.vlog) and every new table (table.CreateTable)
 // through memory-mapped files that it first extends with ftruncate, which
@@ -68,6 +74,7 @@ func (s *Store) checkSpace() {
 		return
 	}
 	free, err := freeSpace(s.cfg.Dir)
+	s.spaceCheckedAt.Store(time.Now().UnixNano())
 	if err != nil {
 		return // leave the state as it is: nothing better is known
 	}
@@ -108,8 +115,22 @@ func (s *Store) spaceLoop() {
 		case <-s.quit:
 			return
 		case <-t.C:
+			s.spaceMu.Lock()
 			s.checkSpace()
+			s.spaceMu.Unlock()
 		}
+	}
+}
+
+// refreshSpace reads the free space again if the last reading is older
+// than spaceFresh (one statfs), unless another goroutine is reading it.
+func (s *Store) refreshSpace() {
+	if s.cfg.minFreeSpace() == 0 || time.Now().UnixNano()-s.spaceCheckedAt.Load() < int64(spaceFresh) {
+		return
+	}
+	if s.spaceMu.TryLock() {
+		s.checkSpace()
+		s.spaceMu.Unlock()
 	}
 }
 
@@ -122,6 +143,7 @@ func (s *Store) Admit() error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
+	s.refreshSpace()
 	if !s.spaceLow.Load() {
 		return nil
 	}
@@ -178,7 +200,11 @@ func baseNames(paths []string) string {
 // withhold and drops a refused one silently, so the broker's bridge ingress
 // checks Admit itself before it publishes (its backend keeps the message).
 func (h *Hook) admitLocked(cl *mqtt.Client, pk *packets.Packet, targets map[string]packets.Subscription, maxQos byte) error {
-	if !h.st.spaceLow.Load() || cl.Net.Inline {
+	if cl.Net.Inline {
+		return nil
+	}
+	h.st.refreshSpace()
+	if !h.st.spaceLow.Load() {
 		return nil
 	}
 	stores := pk.FixedHeader.Qos == 2 && h.sessions[cl.ID] != nil

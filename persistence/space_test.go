@@ -84,3 +84,22 @@ func TestDiskSpaceStates(t *testing.T) {
 		t.Fatal("a refused open changed files")
 	}
 }
+
+// TestAdmitReadsFreshSpace: a store that fills its disk between two ticks
+// of its space check refuses at once. With the ticker alone, a fast
+// publisher wrote megabytes past the limit (into the room Badger needs for
+// its flushes) before the next tick noticed.
+func TestAdmitReadsFreshSpace(t *testing.T) {
+	mnt := tmpfs.Mount(t, "32m")
+	dir, filler := filepath.Join(mnt, "data"), filepath.Join(mnt, "filler")
+	st := openStore(t, Config{Dir: dir, Sync: SyncAlways, MemTableSize: MinMemTableSize})
+	t.Cleanup(func() { _ = os.Remove(filler) })
+	if err := st.Admit(); err != nil {
+		t.Fatalf("Admit on an empty disk: %v", err)
+	}
+	tmpfs.Fill(t, filler, 6<<20)
+	time.Sleep(2 * spaceFresh) // the last reading is stale, the next tick is far
+	if err := st.Admit(); !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("Admit right after the disk filled: %v, want ErrDiskFull", err)
+	}
+}

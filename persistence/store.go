@@ -99,7 +99,11 @@ type Store struct {
 	// spaceCritical is set while less than criticalSpace is free: every
 	// write is refused.
 	spaceCritical atomic.Bool
-	diskRefusals  atomic.Uint64
+	// spaceMu lets one goroutine at a time read the free space and switch
+	// the states above; spaceCheckedAt is when it last did (unix ns).
+	spaceMu        sync.Mutex
+	spaceCheckedAt atomic.Int64
+	diskRefusals   atomic.Uint64
 }
 
 // Stats are cumulative counters of the store since Open, for metrics.
@@ -541,6 +545,7 @@ func (s *Store) enqueue(ctx context.Context, b *batch, wait bool) error {
 	if s.closing {
 		return ErrClosed
 	}
+	s.refreshSpace()
 	if s.spaceCritical.Load() {
 		// A Badger write now could hit a full disk through its memory
 		// maps: SIGBUS (space.go). Refused before it reaches Badger.

@@ -18,15 +18,22 @@ import (
 	"github.com/ferrymq/ferry/internal/tmpfs"
 )
 
-// diskFullConfig: 1 MiB memtables make the default storage.min_free_space
-// 10 MiB, so a 32 MiB tmpfs holds a real store and still fills up.
+// diskFullConfig: 1 MiB memtables make a small store on a 48 MiB tmpfs.
+// The limit is twice the default (10 memtables, what Badger needs to flush
+// and compact), so the test can hold the disk well below it, against the
+// space Badger's flushes give back, without eating into what Badger needs.
 const diskFullConfig = `
 storage:
   sync: always
   memtable_size: 1048576
+  min_free_space: 20971520
 `
 
-// TestDiskFull fills a 32 MiB tmpfs under a real ferry with messages for
+// belowLimit is the free space the test holds the disk at while it checks
+// the refusals: 8 MiB under the limit, 12 MiB over the default.
+const belowLimit = 12 << 20
+
+// TestDiskFull fills a 48 MiB tmpfs under a real ferry with messages for
 // an offline persistent session (issue 12 item 5: Badger used to die of
 // SIGBUS in table.CreateTable, and again on restart). Below
 // min_free_space, MQTT 5 publishers get PUBACK 0x97 and MQTT 3 publishers
@@ -35,7 +42,7 @@ storage:
 // after kill -9 on a disk that is still almost full, and then delivers
 // every message it acknowledged.
 func TestDiskFull(t *testing.T) {
-	mnt := tmpfs.Mount(t, "32m")
+	mnt := tmpfs.Mount(t, "48m")
 	bin := testutil.BuildFerry(t)
 	cfg := filepath.Join(t.TempDir(), "ferry.yaml")
 	if err := os.WriteFile(cfg, []byte(diskFullConfig), 0o600); err != nil {
@@ -45,9 +52,9 @@ func TestDiskFull(t *testing.T) {
 	args := []string{"-c", cfg, "--mqtt-addr", addr, "--ws-addr", "", "--admin-addr", "127.0.0.1:0", "--data-dir", filepath.Join(mnt, "data")}
 	proc := testutil.StartFerry(t, bin, args...)
 
-	// Fill the disk up to 16 MiB free: the store fills the rest.
+	// Fill the disk up to 28 MiB free: the store fills the rest.
 	filler := filepath.Join(mnt, "filler")
-	tmpfs.Fill(t, filler, 16<<20)
+	tmpfs.Fill(t, filler, 28<<20)
 
 	sub := testutil.DialRaw(t, addr, 5)
 	connectPersistent(t, sub, "full-sub")
@@ -78,7 +85,7 @@ func TestDiskFull(t *testing.T) {
 		return pk
 	}
 	refused := false
-	for range 2000 {
+	for range 3000 {
 		ack := publish(pub)
 		if ack.ReasonCode == packets.ErrQuotaExceeded.Code {
 			refused = true
@@ -90,13 +97,12 @@ func TestDiskFull(t *testing.T) {
 		acked[seq] = true
 	}
 	if !refused {
-		t.Fatalf("%d messages acknowledged on a 32 MiB disk, none refused", len(acked))
+		t.Fatalf("%d messages acknowledged on a 48 MiB disk, none refused", len(acked))
 	}
 	t.Logf("%d messages of 32 KiB acknowledged before the first 0x97; %d bytes free", len(acked), tmpfs.Free(t, mnt))
 	// Badger's flushes free some space at once: keep the disk well below
-	// the limit (10 MiB) for the checks that follow, above the critical
-	// mark (2 MiB).
-	tmpfs.Fill(t, filler, 6<<20)
+	// the limit for the checks that follow.
+	tmpfs.Fill(t, filler, belowLimit)
 	testutil.Eventually(t, 5*time.Second, "/readyz 503 naming the full disk", func() bool {
 		code, body := readyz(t, proc)
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "disk almost full")
@@ -113,7 +119,8 @@ func TestDiskFull(t *testing.T) {
 	if pk, err := v3.Read(time.Second); err == nil {
 		t.Fatalf("MQTT 3 publisher got %s (reason 0x%02x) on a full disk, want no acknowledgement", packets.PacketNames[pk.FixedHeader.Type], pk.ReasonCode)
 	} else if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
-		t.Fatalf("MQTT 3 publisher: %v", err)
+		log := proc.Log()
+		t.Fatalf("MQTT 3 publisher: %v; %d bytes free; broker log (end):\n%s", err, tmpfs.Free(t, mnt), log[max(0, len(log)-3000):])
 	}
 	// What the bridge ingress and the publish API bring in at QoS 1 is
 	// refused too (mochi would drop it silently): the sender keeps it.
@@ -147,7 +154,7 @@ func TestDiskFull(t *testing.T) {
 	}
 
 	// Almost full again, then kill -9 and restart there.
-	tmpfs.Fill(t, filler, 6<<20)
+	tmpfs.Fill(t, filler, belowLimit)
 	proc.Signal(t, syscall.SIGKILL)
 	_ = proc.Wait(t, 10*time.Second)
 	if strings.Contains(proc.Log(), "SIGBUS") {
