@@ -172,7 +172,7 @@ func (c *conn) dropStalledPublish(pk []byte) (owed bool) {
 	cl := c.client.Load()
 	qos := (pk[0] >> 1) & 3
 	if qos > 0 {
-		if cl == nil || sessionOutlives(cl) {
+		if cl == nil || !endsWithConnection(cl) {
 			return true // resent from the in-flight window when the session resumes
 		}
 		pid, ok := publishPacketID(pk)
@@ -187,15 +187,6 @@ func (c *conn) dropStalledPublish(pk []byte) (owed bool) {
 	}
 	c.b.metrics.OnPublishDropped(cl, packets.Packet{})
 	return false
-}
-
-// sessionOutlives says whether cl's session is kept after its connection
-// ends (mochi's rule).
-func sessionOutlives(cl *mqtt.Client) bool {
-	if cl.Properties.ProtocolVersion == 5 {
-		return cl.Properties.Props.SessionExpiryInterval > 0
-	}
-	return !cl.Properties.Clean
 }
 
 // publishPacketID is the packet id of an encoded QoS 1/2 PUBLISH.
