@@ -29,7 +29,10 @@ ACTIVEMQ_JAR=${ACTIVEMQ_JAR:-$ACTIVEMQ_HOME/bin/activemq.jar}
 _activemq_free_port() {
 	local p
 	while :; do
-		p=$((20000 + RANDOM % 40000))
+		# 10000-29999: below Linux's ephemeral range (32768-60999), so an
+		# outgoing connection cannot take the port between this check and a
+		# slow server's bind (a JVM takes seconds).
+		p=$((10000 + RANDOM % 20000))
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 			echo "$p"
 			return 0

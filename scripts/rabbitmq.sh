@@ -22,7 +22,10 @@ RABBITMQ_CTL_BIN=${RABBITMQ_CTL_BIN:-/usr/lib/rabbitmq/bin/rabbitmqctl}
 _rabbitmq_free_port() {
 	local p
 	while :; do
-		p=$((20000 + RANDOM % 40000))
+		# 10000-29999: below Linux's ephemeral range (32768-60999), so an
+		# outgoing connection cannot take the port between this check and a
+		# slow server's bind (a JVM takes seconds).
+		p=$((10000 + RANDOM % 20000))
 		case " $* " in *" $p "*) continue ;; esac
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 			echo "$p"

@@ -50,7 +50,10 @@ services_install() {
 free_port() {
   local p
   for _ in $(seq 200); do
-    p=$((RANDOM % 20000 + 20000))
+    # 10000-29999: below Linux's ephemeral range (32768-60999), so an
+    # outgoing connection cannot take the port between this check and a
+    # slow server's bind (a JVM takes seconds).
+    p=$((10000 + RANDOM % 20000))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
       echo "$p"
       return 0
