@@ -170,7 +170,7 @@ bridges:
     backoff: {initial: 20ms, max: 200ms}
 `, addr, pass, prefetch))
 	bin := testutil.BuildFerry(t)
-	mqttAddr := freeAddr(t)
+	mqttAddr := testutil.FreeAddr(t)
 	args := []string{"-c", cfg, "--mqtt-addr", mqttAddr, "--ws-addr", "", "--admin-addr", "",
 		"--data-dir", filepath.Join(t.TempDir(), "data")}
 	p := testutil.StartFerry(t, bin, args...)

@@ -436,7 +436,7 @@ bridges:
     backoff: {initial: 20ms, max: 200ms}
 `, be.from))
 			bin := testutil.BuildFerry(t)
-			addr := freeAddr(t)
+			addr := testutil.FreeAddr(t)
 			args := []string{"-c", cfg, "--mqtt-addr", addr, "--ws-addr", "", "--admin-addr", "",
 				"--data-dir", filepath.Join(t.TempDir(), "data")}
 			p := testutil.StartFerry(t, bin, args...)

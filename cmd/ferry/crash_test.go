@@ -411,16 +411,6 @@ func crashSubscriber(t *testing.T, addr string, s crashStream, l *crashLedger, s
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // TestCrashRecovery kills a real ferry process with SIGKILL at random
 // moments, restarting it on the same data directory, while QoS 1 and QoS 2
 // publishers and persistent subscribers run: 30 times with storage.sync
@@ -471,7 +461,7 @@ func crashRun(t *testing.T, mode string, kills int, streams []crashStream) {
 	if err := os.WriteFile(cfg, fmt.Appendf(nil, crashConfig, mode), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr := testutil.FreeAddr(t)
 	args := []string{"-c", cfg, "--mqtt-addr", addr, "--ws-addr", "", "--admin-addr", "", "--data-dir", filepath.Join(dir, "data")}
 	proc := testutil.StartFerry(t, bin, args...)
 

@@ -48,7 +48,7 @@ func TestDiskFull(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(diskFullConfig), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr := testutil.FreeAddr(t)
 	args := []string{"-c", cfg, "--mqtt-addr", addr, "--ws-addr", "", "--admin-addr", "127.0.0.1:0", "--data-dir", filepath.Join(mnt, "data")}
 	proc := testutil.StartFerry(t, bin, args...)
 

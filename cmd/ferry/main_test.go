@@ -60,7 +60,7 @@ func TestCheck(t *testing.T) {
 // TestBadConfigExitsBeforeListening: one bad field and nothing listens, not
 // even the listeners that were fine.
 func TestBadConfigExitsBeforeListening(t *testing.T) {
-	free := freePort(t)
+	free := testutil.FreeAddr(t)
 	cfg := filepath.Join(t.TempDir(), "ferry.yaml")
 	_ = os.WriteFile(cfg, []byte(fmt.Sprintf("listeners:\n  - {type: tcp, addr: %q}\n  - {type: ws, addr: \":99999\"}\n", free)), 0o600)
 	code, _, errs := runCmd(t, "", nil, "-c", cfg, "--admin-addr", "")
@@ -71,16 +71,6 @@ func TestBadConfigExitsBeforeListening(t *testing.T) {
 		c.Close()
 		t.Fatalf("something listens on %s after a refused config", free)
 	}
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 func TestPasswd(t *testing.T) {

@@ -36,7 +36,7 @@ func TestMosquittoSubSurvivesKill(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("storage:\n  sync: always\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr := testutil.FreeAddr(t)
 	host, port, _ := net.SplitHostPort(addr)
 	args := []string{"-c", cfg, "--mqtt-addr", addr, "--ws-addr", "", "--admin-addr", "", "--data-dir", filepath.Join(dir, "data")}
 	proc := testutil.StartFerry(t, bin, args...)

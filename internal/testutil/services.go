@@ -3,6 +3,7 @@ package testutil
 import (
 	"context"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os/exec"
 	"strconv"
@@ -16,14 +17,29 @@ import (
 
 // FreePort returns a loopback TCP port that nothing listened on a moment
 // ago, for a server that must come back on the same port after a restart.
+// It is taken from 10000-29999, below Linux's ephemeral range
+// (32768-60999), as scripts/services.sh does: a port from the ephemeral
+// range can be taken, while the server is down, by a client's own end of a
+// connection, or by a client reconnecting to it (a connection to a closed
+// port from that same port connects to itself), and the restart fails with
+// "address already in use".
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 200 {
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(10000+rand.IntN(20000)))
+		if err == nil {
+			defer l.Close()
+			return l.Addr().(*net.TCPAddr).Port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free loopback port in 10000-29999 after 200 tries")
+	return 0
+}
+
+// FreeAddr is 127.0.0.1:FreePort.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	return "127.0.0.1:" + strconv.Itoa(FreePort(t))
 }
 
 // Redis is a redis-server process owned by one test, with its append-only
