@@ -100,15 +100,25 @@ type conn struct {
 	acksDead bool // the connection failed or closed with waits pending
 }
 
+// Write writes what mochi hands it. A 3.x client's DISCONNECT packets are
+// left out (see withoutV3Disconnect); an MQTT 5 client's writes are not
+// scanned for them.
 func (c *conn) Write(p []byte) (int, error) {
-	if q, ok := withoutV3Disconnect(p); ok {
-		if len(q) > 0 {
-			if _, err := c.Write(q); err != nil {
-				return 0, err
+	if cl := c.client.Load(); cl == nil || cl.Properties.ProtocolVersion < 5 {
+		if q, ok := withoutV3Disconnect(p); ok {
+			if len(q) > 0 {
+				if _, err := c.writeOut(q); err != nil {
+					return 0, err
+				}
 			}
+			return len(p), nil
 		}
-		return len(p), nil
 	}
+	return c.writeOut(p)
+}
+
+// writeOut writes p as mochi handed it.
+func (c *conn) writeOut(p []byte) (int, error) {
 	c.wmu.Lock()
 	if c.released {
 		c.wmu.Unlock()
