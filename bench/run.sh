@@ -72,7 +72,7 @@ fi
 
 log "building into $work/bin"
 go build -o "$work/bin/ferry-bench" ./cmd/ferry-bench
-go build -o "$work/bin/mochi-baseline" ./cmd/mochi-baseline
+(cd bench/mochi-baseline && go build -o "$work/bin/mochi-baseline" .)
 available=()
 for b in $BROKERS; do
 	case $b in
