@@ -46,6 +46,13 @@ type route struct {
 	linger  time.Duration
 	met     routeMetrics
 	health  health
+
+	// paused is set by Pause; workers wait between batches while it is
+	// (status.go). retrying holds the last delivery error while the worker
+	// backs off before a retry, nil otherwise.
+	paused   atomic.Bool
+	pause    pauseState
+	retrying atomic.Pointer[string]
 }
 
 // New validates routes, builds their connectors through deps.Factories and
@@ -115,6 +122,7 @@ func build(routes []RouteConfig, deps Deps) (*Bridge, error) {
 			durable: rc.Direction == Out && rc.Delivery == AtLeastOnce,
 			notify:  make(chan struct{}, 1),
 			size:    rc.BatchSize,
+			pause:   pauseState{resume: make(chan struct{}, 1)},
 		}
 		if rc.Key != "" {
 			r.key, _ = ParseTemplate(rc.Key) // checked by Validate
@@ -414,7 +422,7 @@ func (b *Bridge) durableRoute(name string) (*route, error) {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownRoute, name)
 	}
 	if !r.durable {
-		return nil, fmt.Errorf("bridge: route %s has no dead letters (not an at-least-once egress route)", name)
+		return nil, fmt.Errorf("%w: %s", ErrNoDeadLetters, name)
 	}
 	return r, nil
 }

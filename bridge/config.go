@@ -143,6 +143,22 @@ type Endpoint struct {
 	spec      *yaml.Node
 }
 
+// MarshalYAML writes e in the form UnmarshalYAML reads, connector
+// section included (secrets too: redact before showing it).
+func (e Endpoint) MarshalYAML() (any, error) {
+	switch {
+	case e.Connector != "":
+		return map[string]*yaml.Node{e.Connector: e.spec}, nil
+	case e.Topic != "":
+		return struct {
+			Topic  string `yaml:"topic"`
+			QoS    byte   `yaml:"qos"`
+			Retain bool   `yaml:"retain"`
+		}{e.Topic, e.QoS, e.Retain}, nil
+	}
+	return e.Filters, nil
+}
+
 // UnmarshalYAML accepts a filter string, a list of filters, a mapping
 // {topic, qos, retain} or a mapping with one connector key.
 func (e *Endpoint) UnmarshalYAML(n *yaml.Node) error {

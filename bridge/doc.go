@@ -46,8 +46,11 @@
 // down too. A batch refused permanently or out of attempts is retried one
 // message at a time to isolate the refused ones. The route's state is in
 // States, the backend_up gauge and two log lines: one when it goes down,
-// one when the backlog it held is out.
-// DeadLetters lists them; Replay puts them back at the end of the outbox.
+// one when the backlog it held is out; Status adds the counters, the lag
+// and whether the route backs off, and Pause and Resume stop and restart a
+// route by hand (between batches; not stored).
+// DeadLetters lists them; Replay puts them back at the end of the outbox;
+// PurgeDeadLetters deletes them.
 // The attempt count lives in memory: a restart gives a message fresh
 // attempts.
 //

@@ -23,6 +23,10 @@ var (
 	// ErrUnknownRoute is returned by DeadLetters and Replay for a route
 	// name that is not configured.
 	ErrUnknownRoute = errors.New("bridge: unknown route")
+	// ErrNoDeadLetters is returned by DeadLetters, Replay and
+	// PurgeDeadLetters for a route without a dead-letter store (not an
+	// at-least-once egress route).
+	ErrNoDeadLetters = errors.New("bridge: route has no dead letters (not an at-least-once egress route)")
 )
 
 // permanentError marks an error that retrying cannot fix.

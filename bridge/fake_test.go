@@ -27,6 +27,8 @@ type fake struct {
 	// recvFail, when set, makes Receive return its error at once.
 	recvFail func() error
 	probes   int
+	// receiving counts the Receive calls running now.
+	receiving int
 }
 
 var _ bridge.Connector = (*fake)(nil)
@@ -81,6 +83,8 @@ func (f *fake) Receive(ctx context.Context, h bridge.Handler) error {
 			return err
 		}
 	}
+	f.set(func(f *fake) { f.receiving++ })
+	defer f.set(func(f *fake) { f.receiving-- })
 	for {
 		select {
 		case <-ctx.Done():

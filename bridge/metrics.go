@@ -11,7 +11,7 @@ type metrics struct {
 	delivered, retried, failed, dead, refused, outages *prometheus.CounterVec
 	dropped                                            *prometheus.CounterVec
 	latency                                            *prometheus.HistogramVec
-	depth, bytes, lag, up, down                        *prometheus.Desc
+	depth, bytes, maxBytes, lag, up, down              *prometheus.Desc
 	b                                                  *Bridge
 }
 
@@ -43,7 +43,9 @@ func newMetrics(b *Bridge, deps Deps) (*metrics, error) {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10)}, []string{"route"}),
 		depth: prometheus.NewDesc("ferry_bridge_queue_depth", "Undelivered messages in the route's outbox or memory queue.", []string{"route"}, nil),
 		bytes: prometheus.NewDesc("ferry_bridge_queue_bytes", "Bytes of undelivered messages in the route's outbox.", []string{"route"}, nil),
-		lag:   prometheus.NewDesc("ferry_bridge_lag_seconds", "Age of the route's oldest undelivered message (0 when none).", []string{"route"}, nil),
+		maxBytes: prometheus.NewDesc("ferry_bridge_queue_max_bytes", "The route's outbox limit (max_bytes): at it, when_full applies.",
+			[]string{"route"}, nil),
+		lag: prometheus.NewDesc("ferry_bridge_lag_seconds", "Age of the route's oldest undelivered message (0 when none).", []string{"route"}, nil),
 		up: prometheus.NewDesc("ferry_bridge_backend_up", "1 while the route's backend takes messages, 0 while the route is down and holds them.",
 			[]string{"route"}, nil),
 		down: prometheus.NewDesc("ferry_bridge_backend_down_seconds", "How long the route has been down (0 when up).", []string{"route"}, nil),
@@ -79,6 +81,7 @@ func newMetrics(b *Bridge, deps Deps) (*metrics, error) {
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.depth
 	ch <- m.bytes
+	ch <- m.maxBytes
 	ch <- m.lag
 	ch <- m.up
 	ch <- m.down
@@ -101,6 +104,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 			u := m.b.outbox.Usage(r.name)
 			ch <- prometheus.MustNewConstMetric(m.depth, prometheus.GaugeValue, float64(u.Messages), r.name)
 			ch <- prometheus.MustNewConstMetric(m.bytes, prometheus.GaugeValue, float64(u.Bytes), r.name)
+			ch <- prometheus.MustNewConstMetric(m.maxBytes, prometheus.GaugeValue, float64(r.cfg.MaxBytes), r.name)
 			lag := 0.0
 			if t, err := m.b.outbox.Oldest(r.name); err == nil && !t.IsZero() {
 				lag = now.Sub(t).Seconds()

@@ -31,6 +31,9 @@ func (b *Bridge) runDurable(ctx context.Context, r *route) {
 			return
 		default:
 		}
+		if !b.whilePaused(r) {
+			return
+		}
 		batch, err := b.outbox.Read(r.name, after, r.size)
 		if err != nil {
 			b.log.Error("bridge: read outbox", "route", r.name, "err", err)
@@ -136,6 +139,12 @@ func (b *Bridge) runMemory(ctx context.Context, r *route) {
 			default:
 				break fill
 			}
+		}
+		if !b.whilePaused(r) {
+			// Stopping while paused: what is held is lost, as at-most-once
+			// allows; counted.
+			r.met.dropShutdown.Add(float64(len(batch) + len(r.queue)))
+			return
 		}
 		if ln != nil {
 			if !ln.submit(b, r, batch) {
@@ -282,7 +291,11 @@ func (b *Bridge) deliverInOrder(ctx context.Context, r *route, msgs []Message) b
 		}
 		b.log.Debug("bridge: delivery failed while the backend is up, will retry", "route", r.name, "seq", msgs[0].Seq, "attempt", attempt, "err", err)
 		r.met.retried.Inc()
-		if !b.wait(ctx, backoff(r.cfg.Backoff, attempt)) {
+		why := err.Error()
+		r.retrying.Store(&why)
+		ok := b.wait(ctx, backoff(r.cfg.Backoff, attempt))
+		r.retrying.Store(nil)
+		if !ok {
 			return false
 		}
 	}
@@ -392,6 +405,15 @@ func (b *Bridge) runIngress(ctx context.Context, r *route) {
 	h := func(ctx context.Context, m Message) error { return b.ingest(ctx, r, m) }
 	fails := 0 // consecutive stops that were not an outage
 	for {
+		if !b.whilePaused(r) {
+			return
+		}
+		// Pause stops this receiver through rctx (status.go).
+		rctx, stop := context.WithCancel(ctx)
+		if !r.receiving(stop) {
+			stop()
+			continue
+		}
 		// After an outage the route is back once the receiver has run for
 		// receiverSettle or handed over a message (ingest): a receiver
 		// failing at once again leaves it down, without a line per retry.
@@ -400,12 +422,17 @@ func (b *Bridge) runIngress(ctx context.Context, r *route) {
 			settled = time.AfterFunc(receiverSettle, func() { b.markUp(r, 0) })
 		}
 		started := time.Now()
-		err := recv.Receive(ctx, h)
+		err := recv.Receive(rctx, h)
+		r.receiving(nil)
+		stop()
 		if settled != nil {
 			settled.Stop()
 		}
 		if ctx.Err() != nil {
 			return
+		}
+		if r.paused.Load() {
+			continue // stopped by Pause: not a failure
 		}
 		if err == nil {
 			err = errors.New("bridge: receiver returned")

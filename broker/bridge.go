@@ -2,11 +2,8 @@ package broker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
-	"strconv"
 
 	"github.com/ferrymq/ferry/bridge"
 	"github.com/ferrymq/ferry/bridge/outbox"
@@ -116,10 +113,10 @@ func (h *tapHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		m.UserProperties = append(m.UserProperties, bridge.Property{Key: u.Key, Value: u.Val})
 	}
 	var err error
-	if c := ackDeferrer(cl, pk); c != nil {
+	if pk.FixedHeader.Qos == 1 && !cl.Net.Inline {
 		var p bridge.Pending
-		if p, err = h.br.OfferAsync(m); err == nil {
-			c.DeferAck(pk.PacketID, p)
+		if p, err = h.br.OfferAsync(m); err == nil && !cl.HoldAck(p) {
+			err = p.Wait()
 		}
 	} else {
 		err = h.br.Offer(m)
@@ -140,143 +137,4 @@ func (h *tapHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		}
 		return pk, packets.ErrRejectPacket
 	}
-}
-
-// mountBridgeAPI adds the dead-letter endpoints to the admin API:
-//
-//	GET  /api/v1/bridges/{route}/deadletters?after=SEQ&limit=N
-//	POST /api/v1/bridges/{route}/deadletters/replay   body: {"seqs": [..]} (none: all)
-func (b *Broker) mountBridgeAPI() {
-	if b.admin == nil {
-		return
-	}
-	b.admin.Handle("GET /api/v1/bridges/{route}/deadletters", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		br := b.bridge
-		if br == nil {
-			http.Error(w, "no bridges configured", http.StatusNotFound)
-			return
-		}
-		after, _ := strconv.ParseUint(r.URL.Query().Get("after"), 10, 64)
-		limit, err := strconv.Atoi(r.URL.Query().Get("limit"))
-		if err != nil || limit <= 0 {
-			limit = 100
-		}
-		dls, err := br.DeadLetters(r.PathValue("route"), after, limit)
-		if err != nil {
-			http.Error(w, err.Error(), httpStatus(err))
-			return
-		}
-		out := make([]deadLetterJSON, 0, len(dls))
-		for _, d := range dls {
-			out = append(out, deadLetterJSON{Seq: d.Seq, ID: d.ID, Topic: d.Topic, ClientID: d.ClientID,
-				Created: d.Created.UTC().Format("2006-01-02T15:04:05.000Z"), Reason: d.Reason, Payload: d.Payload})
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(out)
-	}))
-	b.admin.Handle("POST /api/v1/bridges/{route}/deadletters/replay", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		br := b.bridge
-		if br == nil {
-			http.Error(w, "no bridges configured", http.StatusNotFound)
-			return
-		}
-		var req struct {
-			Seqs []uint64 `json:"seqs"`
-		}
-		if r.ContentLength != 0 {
-			if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-				http.Error(w, "body: "+err.Error(), http.StatusBadRequest)
-				return
-			}
-		}
-		n, err := br.Replay(r.Context(), r.PathValue("route"), req.Seqs)
-		if err != nil {
-			http.Error(w, err.Error(), httpStatus(err))
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(map[string]int{"replayed": n})
-	}))
-}
-
-// publishRequest is the body of POST /api/v1/publish.
-type publishRequest struct {
-	Topic string `json:"topic"`
-	// Payload is the message as text; PayloadBase64 as base64 for binary
-	// payloads. At most one.
-	Payload        *string           `json:"payload"`
-	PayloadBase64  []byte            `json:"payload_base64"`
-	QoS            byte              `json:"qos"`
-	Retain         bool              `json:"retain"`
-	UserProperties map[string]string `json:"user_properties"`
-}
-
-// mountPublishAPI lets services without MQTT send to devices:
-//
-//	POST /api/v1/publish  {"topic": "devices/d1/commands", "payload": "reboot", "qos": 1}
-//
-// The message is published as the bridge identity (bridge_identity); the
-// admin token guards the endpoint like the rest of the API.
-func (b *Broker) mountPublishAPI() {
-	if b.admin == nil {
-		return
-	}
-	b.admin.Handle("POST /api/v1/publish", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var req publishRequest
-		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, int64(*b.cfg.Limits.MaxPacketSize)+4096))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil {
-			http.Error(w, "body: "+err.Error(), http.StatusBadRequest)
-			return
-		}
-		var payload []byte
-		switch {
-		case req.Payload != nil && req.PayloadBase64 != nil:
-			http.Error(w, "body: payload and payload_base64 are exclusive", http.StatusBadRequest)
-			return
-		case req.Payload != nil:
-			payload = []byte(*req.Payload)
-		default:
-			payload = req.PayloadBase64
-		}
-		if req.QoS > 2 {
-			http.Error(w, "body: qos must be 0, 1 or 2", http.StatusBadRequest)
-			return
-		}
-		if req.Topic == "" || !mqtt.IsValidFilter(req.Topic, true) {
-			http.Error(w, fmt.Sprintf("body: topic %q is not a valid topic name", req.Topic), http.StatusBadRequest)
-			return
-		}
-		m := bridge.Message{Topic: req.Topic, Payload: payload, QoS: req.QoS, Retain: req.Retain}
-		for k, v := range req.UserProperties {
-			m.UserProperties = append(m.UserProperties, bridge.Property{Key: k, Value: v})
-		}
-		if err := b.publisher.Publish(r.Context(), m); err != nil {
-			code := http.StatusServiceUnavailable
-			if errors.Is(err, errDenied) {
-				code = http.StatusForbidden
-			}
-			http.Error(w, err.Error(), code)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write([]byte(`{"published":true}` + "\n"))
-	}))
-}
-
-type deadLetterJSON struct {
-	Seq      uint64 `json:"seq"`
-	ID       string `json:"id"`
-	Topic    string `json:"topic"`
-	ClientID string `json:"client_id"`
-	Created  string `json:"created"`
-	Reason   string `json:"reason"`
-	Payload  []byte `json:"payload"`
-}
-
-func httpStatus(err error) int {
-	if errors.Is(err, bridge.ErrUnknownRoute) {
-		return http.StatusNotFound
-	}
-	return http.StatusInternalServerError
 }

@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"math"
 	"net"
-	"net/http"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -67,11 +66,8 @@ type Broker struct {
 	conns    map[*conn]struct{}
 	started  atomic.Bool
 	stopping atomic.Bool
-	// estMu orders the stopping flag against establishing.Add.
-	estMu        sync.Mutex
-	establishing sync.WaitGroup
-	stopOnce     sync.Once
-	stopErr      error
+	stopOnce sync.Once
+	stopErr  error
 }
 
 type options struct {
@@ -139,20 +135,12 @@ func New(cfg config.Config, opts ...Option) (*Broker, error) {
 	}
 
 	b.registry = prometheus.NewRegistry()
-	b.registry.MustRegister(b.metrics, storageCollector{b}, securityCollector{b}, listenerCollector{b}, collectors.NewGoCollector(),
+	b.registry.MustRegister(b.metrics, storageCollector{b}, securityCollector{b}, listenerCollector{b}, certCollector{b}, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if addr := *cfg.Admin.Addr; addr != "" {
 		b.admin = admin.New(admin.Config{Addr: addr, Token: cfg.Admin.Token, Pprof: cfg.Admin.Pprof},
 			b.Ready, b.registry, o.logger)
-		b.mountBridgeAPI()
-		b.mountPublishAPI()
-		b.admin.Handle("POST /api/v1/reload", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			if err := b.Reload(); err != nil {
-				http.Error(w, "reload refused, previous rules stay: "+err.Error(), http.StatusUnprocessableEntity)
-				return
-			}
-			_, _ = w.Write([]byte("reloaded\n"))
-		}))
+		b.mountAPI()
 	}
 	return b, nil
 }
@@ -292,10 +280,7 @@ func (b *Broker) addHooks(st *persistence.Store) error {
 		hooks = append(hooks, new(openHook))
 	}
 	if b.cfg.Limits.OverflowPolicy == OverflowBlockPublisher {
-		fh, err := newFlowHook(b.cfg.Limits.OverflowWait, b.cfg.Limits.MaxInflight)
-		if err != nil {
-			return err
-		}
+		fh := newFlowHook(b.cfg.Limits.OverflowWait, b.cfg.Limits.MaxInflight)
 		b.flow = fh
 		hooks = append(hooks, fh)
 	}
@@ -307,7 +292,6 @@ func (b *Broker) addHooks(st *persistence.Store) error {
 		hooks = append(hooks, b.resend)
 	}
 	ph := persistence.NewHook(st, b.mochi)
-	ph.SetAckDeferrer(deferAck)
 	ph.SetStalled(stalled)
 	if b.auth != nil {
 		// Sessions belong to their identity across restarts; spilled
@@ -323,7 +307,7 @@ func (b *Broker) addHooks(st *persistence.Store) error {
 		s := ph.QueueStats()
 		return metrics.QueueCounts{DroppedNewest: s.DroppedNewest, DroppedOldest: s.DroppedOldest, Expired: s.Expired, Spilled: s.Spilled}
 	})
-	hooks = append(hooks, ph, b.metrics, &connLogHook{log: b.log})
+	hooks = append(hooks, ph, b.metrics, &connLogHook{log: b.log, malformed: b.metrics.CountMalformed})
 	for _, h := range hooks {
 		if err := b.mochi.AddHook(h, nil); err != nil {
 			return fmt.Errorf("broker: add hook %s: %w", h.ID(), err)
@@ -350,9 +334,7 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 }
 
 func (b *Broker) shutdown(ctx context.Context) error {
-	b.estMu.Lock()
 	b.stopping.Store(true)
-	b.estMu.Unlock()
 	if !b.started.Load() {
 		return nil
 	}
@@ -360,7 +342,6 @@ func (b *Broker) shutdown(ctx context.Context) error {
 	b.closeListeners()
 	closed := make(chan struct{})
 	go func() {
-		b.establishing.Wait()
 		// mochi's Close disconnects every client, waits for their
 		// goroutines, then stops the hooks.
 		_ = b.mochi.Close()
@@ -462,7 +443,6 @@ func (b *Broker) serveConn(l *listener, nc net.Conn, state func() *tls.Connectio
 	l.accepted.Add(1)
 	c := &conn{Conn: nc, b: b, listener: l.cfg.Name, tlsState: state, handled: make(chan struct{})}
 	defer close(c.handled) // last: after the clean-up of a panicked handler below
-	c.acond.L = &c.amu
 	if b.perIP != nil {
 		c.ip = remoteIP(nc.RemoteAddr())
 		if why := b.perIP.admit(c.ip, time.Now()); why != "" {
@@ -498,20 +478,7 @@ func (b *Broker) serveConn(l *listener, nc net.Conn, state func() *tls.Connectio
 		_ = c.Close()
 		return
 	}
-	// mochi adds to its client WaitGroup inside the connection's goroutine,
-	// which races with the Wait in its Close. Close is called only once
-	// every connection let in has started reading, which mochi does after
-	// its Add (conn.Read calls c.entered).
-	b.estMu.Lock()
-	if b.stopping.Load() {
-		b.estMu.Unlock()
-		_ = c.Close()
-		return
-	}
-	b.establishing.Add(1)
-	b.estMu.Unlock()
-	c.entered = sync.OnceFunc(b.establishing.Done)
-	defer c.entered()
+	// Once mochi's Close has begun, establish refuses the connection.
 	b.logConnectEnd(c, l.cfg.Name, establish(l.cfg.Name, c))
 }
 

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -12,16 +11,10 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
-
-	"github.com/ferrymq/ferry/persistence"
 )
 
-// maxHeldPacket bounds how much of one control packet conn buffers to check
-// it before mochi sees it. Bigger packets stream through unchecked (mochi
-// refuses them by size first unless the size limit is off).
-const maxHeldPacket = 1 << 20
-
-// ProtocolError is a packet that conn refused before mochi could decode it.
+// ProtocolError is a packet that conn refused by its fixed header, before
+// mochi read any of it.
 type ProtocolError struct {
 	Code   packets.Code
 	Reason string
@@ -31,13 +24,10 @@ func (e *ProtocolError) Error() string {
 	return fmt.Sprintf("%s (reason code 0x%02x): %s", e.Code.Reason, e.Code.Code, e.Reason)
 }
 
-// conn wraps every accepted connection. It does three things mochi v2.7.9
-// does not:
+// conn wraps every accepted connection. It does two things mochi does not
+// (packets are decoded once, by mochi, whose decoder turns every malformed
+// packet into an error, never a panic):
 //
-//   - Every control packet other than PUBLISH is decoded once under
-//     recover() before mochi decodes it, so a packet that would panic mochi's
-//     decoder (upstream issue #501) becomes a read error that closes this one
-//     connection the normal way: will sent, hooks told.
 //   - Packets over the size limit are answered with DISCONNECT 0x95 (MQTT 5)
 //     before the connection closes, instead of a bare close.
 //   - Close is a lingering close: FIN after the last write, then the
@@ -52,24 +42,24 @@ type conn struct {
 	listener string
 	ip       string // remote IP, when per-IP limits are on
 	tlsState func() *tls.ConnectionState
-	// entered is called at the first read: mochi has registered the
-	// connection by then.
-	entered func()
 
 	client atomic.Pointer[mqtt.Client] // set once CONNECT is processed
 	// connected is set once CONNACK accepted the client (connLogHook).
 	connected atomic.Bool
 	// handled is closed once mochi's handler for the connection has
-	// returned: the client's clean-up is done (see protocolHook.OnSessionEstablish).
+	// returned: the client's clean-up is done.
 	handled chan struct{}
 
 	// reader state, only touched by the reading goroutine
-	version byte
-	sc      scanner
-	pending []byte
-	rerr    error
+	sc   scanner
+	rerr error
 	// reported is set once a refused packet has been logged and answered.
 	reported bool
+
+	// bytesIn and bytesOut count what crossed the socket, since when the
+	// session was established, in Unix nanoseconds (admin API).
+	bytesIn, bytesOut atomic.Uint64
+	since             atomic.Int64
 
 	mu        sync.Mutex // orders deadline changes against Close
 	closed    atomic.Bool
@@ -86,39 +76,10 @@ type conn struct {
 
 	// Writes to a client that stopped reading (stall.go).
 	stall stallState
-
-	// Deferred acknowledgements (ackwait.go): slow is set while any are
-	// registered or held; the rest is guarded by amu.
-	slow     atomic.Bool
-	amu      sync.Mutex
-	acond    sync.Cond // L is &amu
-	acks     map[uint16][]persistence.Waiter
-	segs     []ackSeg
-	deferred int // bytes in segs
-	flushing bool
-	timedOut bool
-	acksDead bool // the connection failed or closed with waits pending
 }
 
-// Write writes what mochi hands it. A 3.x client's DISCONNECT packets are
-// left out (see withoutV3Disconnect); an MQTT 5 client's writes are not
-// scanned for them.
+// Write writes p as mochi handed it.
 func (c *conn) Write(p []byte) (int, error) {
-	if cl := c.client.Load(); cl == nil || cl.Properties.ProtocolVersion < 5 {
-		if q, ok := withoutV3Disconnect(p); ok {
-			if len(q) > 0 {
-				if _, err := c.writeOut(q); err != nil {
-					return 0, err
-				}
-			}
-			return len(p), nil
-		}
-	}
-	return c.writeOut(p)
-}
-
-// writeOut writes p as mochi handed it.
-func (c *conn) writeOut(p []byte) (int, error) {
 	c.wmu.Lock()
 	if c.released {
 		c.wmu.Unlock()
@@ -149,11 +110,9 @@ func (c *conn) writeOut(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// write writes p now, or behind the acknowledgements being held.
+// write writes p now, counted.
 func (c *conn) write(p []byte) (int, error) {
-	if c.slow.Load() {
-		return c.writeOrdered(p)
-	}
+	c.bytesOut.Add(uint64(len(p)))
 	return c.writeNow(p)
 }
 
@@ -169,47 +128,6 @@ func (c *conn) release() {
 		_, _ = c.write(c.held)
 		c.held = nil
 	}
-}
-
-// v3Disconnect is DISCONNECT as mochi encodes it for MQTT 3.1 and 3.1.1: no
-// reason code, no properties. An MQTT 5 DISCONNECT from mochi always carries
-// both, so these two bytes at a packet boundary are a 3.x DISCONNECT.
-var v3Disconnect = []byte{packets.Disconnect << 4, 0}
-
-// withoutV3Disconnect returns p without its MQTT 3.x DISCONNECT packets and
-// true, or p and false if it holds none. MQTT 3.1.1 has no DISCONNECT from a
-// server (a client such as mosquitto_sub reports "a network protocol error"),
-// but mochi's DisconnectClient writes one whatever the client's version, on
-// every path that calls it (a session takeover, mochi's own receive-maximum
-// and ACL refusals): for a 3.x client the connection is just closed.
-func withoutV3Disconnect(p []byte) ([]byte, bool) {
-	if !bytes.Contains(p, v3Disconnect) {
-		return p, false
-	}
-	var out []byte
-	found := false
-	for rest := p; len(rest) > 0; {
-		n := packetLen(rest)
-		if n <= 0 || n > len(rest) {
-			if !found {
-				return p, false
-			}
-			return append(out, rest...), true
-		}
-		if n == len(v3Disconnect) && rest[0] == v3Disconnect[0] {
-			if !found {
-				out = append(make([]byte, 0, len(p)), p[:len(p)-len(rest)]...)
-				found = true
-			}
-		} else if found {
-			out = append(out, rest[:n]...)
-		}
-		rest = rest[n:]
-	}
-	if !found {
-		return p, false
-	}
-	return out, true
 }
 
 // packetLen is the length of the MQTT packet at the start of b, 0 if b does
@@ -234,18 +152,7 @@ func packetHeader(b []byte) (total, header int) {
 }
 
 func (c *conn) Read(p []byte) (int, error) {
-	if c.entered != nil {
-		c.entered()
-	}
 	for {
-		if len(c.pending) > 0 {
-			n := copy(p, c.pending)
-			c.pending = c.pending[n:]
-			if len(c.pending) == 0 {
-				c.pending = nil
-			}
-			return n, nil
-		}
 		if c.rerr != nil {
 			// Raised only once mochi has taken every byte before the bad
 			// packet: by then it has processed a CONNECT that came in the
@@ -254,6 +161,7 @@ func (c *conn) Read(p []byte) (int, error) {
 			return 0, c.rerr
 		}
 		n, err := c.Conn.Read(p)
+		c.bytesIn.Add(uint64(n))
 		if c.closed.Load() {
 			return 0, net.ErrClosed
 		}
@@ -330,7 +238,6 @@ func (c *conn) SetReadDeadline(t time.Time) error {
 // configured linger, then closes it. Safe to call more than once.
 func (c *conn) Close() error {
 	c.closeOnce.Do(func() {
-		c.closeDeferred()
 		c.mu.Lock()
 		c.closed.Store(true)
 		c.cutStalled()
@@ -344,7 +251,7 @@ func (c *conn) Close() error {
 		}
 		// A deadline in the past wakes mochi's reader, which then sees
 		// closed: its handler must end now, not when the client closes its
-		// side (a takeover waits for it, see protocolHook.OnSessionEstablish).
+		// side (a takeover waits for it: mochi's Server.takeOver).
 		_ = c.Conn.SetReadDeadline(time.Now())
 		c.mu.Unlock()
 		c.b.wg.Add(1)
@@ -378,65 +285,37 @@ func (c *conn) kill() {
 	_ = c.Conn.Close()
 }
 
-// scanner follows MQTT framing across reads.
+// scanner follows MQTT framing across reads, to refuse a packet over the
+// size limit by its fixed header alone.
 type scanner struct {
 	state     int
-	typ       byte
-	hold      bool
 	length    int
 	mult      int
 	hdrLen    int
 	remaining int
-	frame     []byte
-	// Where the current packet's first byte went, so a packet refused by
-	// its header alone can be taken back before mochi sees any of it.
-	startW, startPending int
-	startedHere          bool
 }
 
 const (
 	stFirst = iota
 	stLength
 	stBody
+	// stPass: the framing was lost (a remaining length longer than four
+	// bytes); mochi's decoder refuses that packet, so the rest just passes.
+	stPass
 )
 
-// scan walks buf, the bytes just read. Bytes mochi may see now are moved to
-// the front of buf (their count is returned) or, once order requires it,
-// appended to c.pending; bytes of a control packet still being checked are
-// held in c.sc.frame.
+// scan follows the packets in buf, the bytes just read, and returns how many
+// of them mochi may read: all of them, or those before a packet over the
+// size limit, with the error that refuses it.
 func (c *conn) scan(buf []byte) (int, error) {
 	s := &c.sc
-	w, i := 0, 0
-	s.startedHere = false
-	refuse := func(err error) (int, error) {
-		if s.startedHere {
-			w = s.startW
-			c.pending = c.pending[:s.startPending]
-		}
-		return w, err
-	}
-	emit := func(b []byte) {
-		if len(c.pending) == 0 && w+len(b) <= i {
-			copy(buf[w:], b)
-			w += len(b)
-			return
-		}
-		c.pending = append(c.pending, b...)
-	}
-	for i < len(buf) {
+	start := 0 // where the packet being scanned starts in buf (0: in an earlier read)
+	for i := 0; i < len(buf); {
 		switch s.state {
 		case stFirst:
-			s.startW, s.startPending, s.startedHere = w, len(c.pending), true
-			b := buf[i]
+			start = i
 			i++
-			s.typ = b >> 4
-			s.hold = s.typ != packets.Publish
 			s.length, s.mult, s.hdrLen = 0, 1, 1
-			if s.hold {
-				s.frame = append(s.frame[:0], b)
-			} else {
-				emit(buf[i-1 : i])
-			}
 			s.state = stLength
 		case stLength:
 			b := buf[i]
@@ -444,108 +323,37 @@ func (c *conn) scan(buf []byte) (int, error) {
 			s.hdrLen++
 			s.length += int(b&0x7f) * s.mult
 			s.mult *= 128
-			if s.hold {
-				s.frame = append(s.frame, b)
-			} else {
-				emit(buf[i-1 : i])
-			}
 			if b&0x80 != 0 {
 				if s.hdrLen == 5 {
-					return refuse(&ProtocolError{Code: packets.ErrMalformedPacket, Reason: "remaining length is longer than 4 bytes"})
+					s.state = stPass
 				}
 				continue
+			}
+			if max := c.maxPacket(); max > 0 && s.hdrLen+s.length > max {
+				// Nothing of this packet reaches mochi, unless an earlier
+				// read already handed it the start of the header.
+				return start, &ProtocolError{Code: packets.ErrPacketTooLarge,
+					Reason: fmt.Sprintf("packet of %d bytes exceeds the maximum %d", s.hdrLen+s.length, max)}
 			}
 			s.remaining = s.length
-			if max := c.maxPacket(); max > 0 && s.hdrLen+s.length > max {
-				return refuse(&ProtocolError{Code: packets.ErrPacketTooLarge,
-					Reason: fmt.Sprintf("packet of %d bytes exceeds the maximum %d", s.hdrLen+s.length, max)})
-			}
-			if s.hold && s.length > maxHeldPacket {
-				s.hold = false
-				emit(s.frame)
-			}
-			if s.remaining == 0 {
-				if err := c.complete(emit); err != nil {
-					return w, err
-				}
-				continue
-			}
 			s.state = stBody
+			if s.remaining == 0 {
+				s.state = stFirst
+			}
 		case stBody:
 			k := min(s.remaining, len(buf)-i)
-			if s.hold {
-				s.frame = append(s.frame, buf[i:i+k]...)
-			} else {
-				emit(buf[i : i+k])
-			}
 			i += k
 			s.remaining -= k
 			if s.remaining == 0 {
-				if err := c.complete(emit); err != nil {
-					return w, err
-				}
+				s.state = stFirst
 			}
+		case stPass:
+			return len(buf), nil
 		}
 	}
-	return w, nil
+	return len(buf), nil
 }
 
 func (c *conn) maxPacket() int {
 	return *c.b.cfg.Limits.MaxPacketSize
-}
-
-// complete checks a whole held packet and releases it.
-func (c *conn) complete(emit func([]byte)) error {
-	s := &c.sc
-	s.state = stFirst
-	if !s.hold {
-		return nil
-	}
-	if err := c.check(s.frame[0], s.frame[s.hdrLen:]); err != nil {
-		return err
-	}
-	emit(s.frame)
-	if cap(s.frame) > 64<<10 {
-		s.frame = nil // don't pin one large packet's buffer for the connection's life
-	}
-	return nil
-}
-
-// check decodes one control packet the way mochi will, under recover. A
-// decode error is left for mochi to report; only a panic is refused here.
-func (c *conn) check(first byte, body []byte) (err error) {
-	var fh packets.FixedHeader
-	if fh.Decode(first) != nil {
-		return nil
-	}
-	pk := packets.Packet{ProtocolVersion: c.version, FixedHeader: fh}
-	defer func() {
-		if r := recover(); r != nil {
-			err = &ProtocolError{Code: packets.ErrMalformedPacket,
-				Reason: fmt.Sprintf("malformed %s packet: %v", packets.PacketNames[fh.Type], r)}
-		}
-	}()
-	switch fh.Type {
-	case packets.Connect:
-		if pk.ConnectDecode(body) == nil {
-			c.version = pk.ProtocolVersion
-		}
-	case packets.Disconnect:
-		_ = pk.DisconnectDecode(body)
-	case packets.Puback:
-		_ = pk.PubackDecode(body)
-	case packets.Pubrec:
-		_ = pk.PubrecDecode(body)
-	case packets.Pubrel:
-		_ = pk.PubrelDecode(body)
-	case packets.Pubcomp:
-		_ = pk.PubcompDecode(body)
-	case packets.Subscribe:
-		_ = pk.SubscribeDecode(body)
-	case packets.Unsubscribe:
-		_ = pk.UnsubscribeDecode(body)
-	case packets.Auth:
-		_ = pk.AuthDecode(body)
-	}
-	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"time"
 
 	"github.com/ferrymq/ferry/broker/config"
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -21,10 +22,12 @@ import (
 // address, listener), which protocol, and why the connection ended. These
 // lines are what an operator reads to tell a device that never arrived from
 // one that was refused or keeps dropping. Refused connections are logged by
-// serveConn, which sees mochi's verdict.
+// serveConn, which sees mochi's verdict. A connection ended for a malformed
+// packet or a protocol error is logged by mochi alone (refusedBadPacket).
 type connLogHook struct {
 	mqtt.HookBase
-	log *slog.Logger
+	log       *slog.Logger
+	malformed func() // counts a connection ended for a bad packet
 }
 
 func (*connLogHook) ID() string { return "ferry-connlog" }
@@ -36,6 +39,7 @@ func (*connLogHook) Provides(b byte) bool {
 // OnSessionEstablished runs once CONNACK has been sent.
 func (h *connLogHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	if c, ok := cl.Net.Conn.(*conn); ok {
+		c.since.Store(time.Now().UnixNano())
 		c.connected.Store(true)
 	}
 	h.log.Info("client connected", "client_id", cl.ID, "username", string(cl.Properties.Username),
@@ -45,6 +49,10 @@ func (h *connLogHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 
 // OnDisconnect runs when an established connection ends, for any reason.
 func (h *connLogHook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
+	if refusedBadPacket(cl.StopCause(), err) {
+		h.malformed()
+		return
+	}
 	h.log.Info("client disconnected", "client_id", cl.ID, "username", string(cl.Properties.Username),
 		"listener", cl.Net.Listener, "remote", cl.Net.Remote, "protocol", protocolName(cl.Properties.ProtocolVersion),
 		"reason", endReason(cl.StopCause(), err))
@@ -57,14 +65,31 @@ func (b *Broker) logConnectEnd(c *conn, listenerName string, err error) {
 	remote := c.RemoteAddr().String()
 	cl := c.client.Load()
 	if cl == nil || c.connected.Load() {
-		if err != nil && cl == nil {
+		if err != nil && cl == nil && refusedBadPacket(nil, err) {
+			b.metrics.CountMalformed() // a CONNECT that did not decode
+		} else if err != nil && cl == nil {
 			b.log.Debug("connection ended before CONNECT", "listener", listenerName, "remote", remote, "err", err)
 		}
+		return
+	}
+	if refusedBadPacket(cl.StopCause(), err) {
+		b.metrics.CountMalformed()
 		return
 	}
 	b.log.Info("connection refused", "client_id", cl.ID, "username", string(cl.Properties.Username),
 		"listener", listenerName, "remote", remote, "protocol", protocolName(cl.Properties.ProtocolVersion),
 		"reason", endReason(cl.StopCause(), err))
+}
+
+// refusedBadPacket reports whether a connection ended for a malformed packet
+// or a protocol error: mochi logs those itself, on one bounded line,
+// rate-limited, so a client (or a fuzzer) sending garbage cannot flood the
+// log. cause and err are as for endReason.
+func refusedBadPacket(cause, err error) bool {
+	if cause == nil {
+		cause = err
+	}
+	return mqtt.BadPacket(cause)
 }
 
 // protocolName is the MQTT version as users know it.

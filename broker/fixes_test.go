@@ -1,14 +1,10 @@
 package broker_test
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,9 +12,6 @@ import (
 
 	"github.com/ferrymq/ferry/broker/config"
 	"github.com/ferrymq/ferry/internal/testutil"
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/hooks/auth"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -27,74 +20,10 @@ import (
 var connectV5 = []byte{0x10, 0x0d, 0x00, 0x04, 'M', 'Q', 'T', 'T', 0x05, 0x02, 0x00, 0x3c, 0x00, 0x00, 0x00}
 
 // issue501 is an MQTT 5 SUBSCRIBE whose only filter lacks its options byte:
-// mochi v2.7.9 indexes past the end of the packet and the process panics.
+// upstream mochi v2.7.9 indexes past the end of the packet and the process
+// panics. The fork refuses it (packets.TMalformedPackets; the engine's
+// TestServerRefusesMalformedPackets).
 var issue501 = []byte{0x82, 0x06, 0x00, 0x01, 0x00, 0x00, 0x01, 0x61}
-
-// TestBareMochiPanicsOnIssue501 reproduces the upstream bug Ferry guards
-// against: the same bytes kill a bare mochi server. The server runs in a
-// child process, since the panic ends the whole process. If this test
-// starts failing, mochi has fixed #501.
-func TestBareMochiPanicsOnIssue501(t *testing.T) {
-	if os.Getenv("FERRY_BARE_MOCHI_CHILD") == "1" {
-		s := mqtt.New(&mqtt.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-		_ = s.AddHook(new(auth.AllowHook), nil)
-		l := listeners.NewTCP(listeners.Config{ID: "t", Address: "127.0.0.1:0"})
-		if err := s.AddListener(l); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.Serve(); err != nil {
-			t.Fatal(err)
-		}
-		fmt.Println("ADDR", l.Address())
-		select {} // until the panic
-	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestBareMochiPanicsOnIssue501$")
-	cmd.Env = append(os.Environ(), "FERRY_BARE_MOCHI_CHILD=1")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	sc := bufio.NewScanner(out)
-	addr := ""
-	for sc.Scan() {
-		if a, ok := strings.CutPrefix(sc.Text(), "ADDR "); ok {
-			addr = a
-			break
-		}
-	}
-	if addr == "" {
-		t.Fatalf("child mochi did not start: %s", stderr.String())
-	}
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Write(append(append([]byte{}, connectV5...), issue501...)); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() {
-		for sc.Scan() {
-		}
-		done <- cmd.Wait()
-	}()
-	select {
-	case err := <-done:
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) || !strings.Contains(stderr.String(), "panic") {
-			t.Fatalf("bare mochi exited with %v, stderr: %s", err, stderr.String())
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("bare mochi survived the #501 packet: upstream fixed; Ferry's guard may be revisited")
-	}
-}
 
 // TestMalformedPacketClosesOnlyItsConnection sends the #501 packet to Ferry:
 // that client gets DISCONNECT 0x81 (malformed packet) and is closed, the

@@ -1,8 +1,6 @@
 package broker
 
 import (
-	"errors"
-	"reflect"
 	"runtime"
 	"sync/atomic"
 	"time"
@@ -48,26 +46,17 @@ const (
 // until the subscriber's store and queue are under three quarters full, or
 // until overflow_wait passes: the message is queued, not dropped, and the
 // publisher reads nothing meanwhile, so TCP pushes back on it.
-//
-// mochi does not expose the outbound queue's length; it is read by
-// reflection from the unexported ClientState.outbound field. If a future
-// mochi renames it, New fails loudly rather than losing messages quietly.
 type flowHook struct {
 	mqtt.HookBase
 	wait        time.Duration
-	queueField  []int
 	maxInflight int
 	waited      atomic.Uint64 // deliveries that waited
 	timedOut    atomic.Uint64 // deliveries that waited overflow_wait in vain
 	pressure    atomic.Int64  // unix nanoseconds of the last drop on a full queue
 }
 
-func newFlowHook(wait time.Duration, maxInflight int) (*flowHook, error) {
-	f, ok := reflect.TypeOf(mqtt.ClientState{}).FieldByName("outbound")
-	if !ok || f.Type.Kind() != reflect.Chan {
-		return nil, errMochiInternals
-	}
-	return &flowHook{wait: wait, queueField: f.Index, maxInflight: maxInflight}, nil
+func newFlowHook(wait time.Duration, maxInflight int) *flowHook {
+	return &flowHook{wait: wait, maxInflight: maxInflight}
 }
 
 func (h *flowHook) ID() string { return "ferry-flow" }
@@ -100,8 +89,7 @@ func (h *flowHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 // full reports whether cl's outbound queue or session store is at least
 // three quarters full.
 func (h *flowHook) full(cl *mqtt.Client) bool {
-	q := reflect.ValueOf(&cl.State).Elem().FieldByIndex(h.queueField)
-	return 4*q.Len() >= 3*q.Cap() || 4*cl.State.Inflight.Len() >= 3*h.maxInflight
+	return 4*cl.OutboundLen() >= 3*cl.OutboundCap() || 4*cl.State.Inflight.Len() >= 3*h.maxInflight
 }
 
 // OnQosPublish runs on the publisher's goroutine for each QoS 1/2 delivery,
@@ -123,6 +111,3 @@ func (h *flowHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, res
 		backoff = min(2*backoff, 5*time.Millisecond)
 	}
 }
-
-// errMochiInternals: the mochi in use lacks an internal flow control reads.
-var errMochiInternals = errors.New("broker: mochi's ClientState has no outbound channel: flow control was written for mochi v2.7.9; set limits.overflow_policy: drop-newest")

@@ -4,15 +4,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/ferrymq/ferry/broker"
 	"github.com/ferrymq/ferry/broker/config"
 	"github.com/ferrymq/ferry/internal/testutil"
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -265,4 +269,85 @@ func TestMaxConnections(t *testing.T) {
 		pk, err := c.Read(time.Second)
 		return err == nil && pk.FixedHeader.Type == packets.Connack && pk.ReasonCode == 0
 	})
+}
+
+// TestMalformedFloodLogIsBounded: clients sending the engine's catalogue of
+// malformed packets and protocol errors, one connection each, cost the log
+// one short line per refused connection at most, rate-limited, with a count
+// of those not logged: never a dump of the packet (upstream mochi logged
+// whole packets, lines of 2 KB and more under a fuzzer), and no second line
+// from Ferry for the same connection.
+func TestMalformedFloodLogIsBounded(t *testing.T) {
+	logs, logger := testutil.NewLog(slog.LevelInfo)
+	b := testutil.StartBrokerWith(t, []broker.Option{broker.WithLogger(logger)})
+	before := len(strings.Split(logs.String(), "\n"))
+
+	var cases []packets.TMalformedCase
+	for _, tc := range packets.TMalformedPackets {
+		if tc.Code == packets.ErrMalformedPacket.Code || tc.Code == packets.ErrProtocolViolation.Code {
+			cases = append(cases, tc)
+		}
+	}
+	const n = 200
+	pad := make([]byte, 3000) // a big PUBLISH refused after decoding, as a fuzzer sends them
+	big := testutil.Encode(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "a",
+		Payload: pad, Properties: packets.Properties{SubscriptionIdentifier: []int{1}}}, 5)
+	for i := range n {
+		tc := packets.TMalformedCase{Raw: big, Version: 5}
+		if i%4 != 0 {
+			tc = cases[i%len(cases)]
+		}
+		c, err := net.Dial("tcp", b.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		send := tc.Raw
+		if tc.Raw[0]>>4 != packets.Connect {
+			send = append(testutil.Encode(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
+				Connect: packets.ConnectParams{ClientIdentifier: fmt.Sprintf("bad-%d", i), Clean: true, Keepalive: 30}}, tc.Version), send...)
+		}
+		if _, err := c.Write(send); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.Copy(io.Discard, c); err != nil { // CONNACK, DISCONNECT, then the close
+			t.Fatalf("%s: %v", tc.Desc, err)
+		}
+		_ = c.Close()
+	}
+
+	var refused, counted, longest int
+	var other []string
+	testutil.Eventually(t, 10*time.Second, "every refusal logged or counted", func() bool {
+		refused, counted, longest, other = 0, 0, 0, nil
+		lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+		for _, l := range lines[before-1:] {
+			longest = max(longest, len(l))
+			switch {
+			case strings.Contains(l, mqtt.LogRefusedMessage):
+				refused++
+			case strings.Contains(l, mqtt.LogSuppressedMessage):
+				var k int
+				if i := strings.Index(l, "count="); i >= 0 {
+					_, _ = fmt.Sscanf(l[i+len("count="):], "%d", &k)
+				}
+				counted += k
+			case strings.Contains(l, "client connected"):
+			default:
+				other = append(other, l)
+			}
+		}
+		return refused+counted == n
+	})
+	// Every refused connection is counted, logged or not.
+	if got := metric(t, b, `ferry_messages_dropped_total{reason="malformed_packet"}`); got != n {
+		t.Errorf("malformed_packet counted %v times for %d refused connections", got, n)
+	}
+	if longest > 1024 {
+		t.Errorf("a log line of %d bytes", longest)
+	}
+	if len(other) > 0 {
+		t.Errorf("%d other lines, first: %s", len(other), other[0])
+	}
+	t.Logf("%d refused connections: %d lines, %d counted, longest line %d bytes", n, refused, counted, longest)
 }

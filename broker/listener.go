@@ -16,7 +16,6 @@ import (
 	"github.com/ferrymq/ferry/broker/config"
 	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/listeners"
-	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // listener is one MQTT endpoint. It implements mochi's listeners.Listener so
@@ -169,24 +168,12 @@ func (l *listener) stopAccepting() {
 	}
 }
 
-// Close is called by mochi's Server.Close: stop accepting, then disconnect
-// this listener's MQTT 5 clients with reason 0x8B and close the others' connections
-// (MQTT 3.1.1 has no DISCONNECT from a server). mochi's own closeFn is not used:
-// its Clients.GetByListener takes the clients' read lock twice and
-// deadlocks against a client connecting or leaving at the same moment
-// (mochi v2.7.9). GetAll takes it once.
-func (l *listener) Close(listeners.CloseFn) {
+// Close is called by mochi's Server.Close: stop accepting, then let mochi
+// disconnect this listener's clients (MQTT 5 with DISCONNECT 0x8B, 3.x by
+// closing the connection).
+func (l *listener) Close(closeClients listeners.CloseFn) {
 	l.stopAccepting()
-	for _, cl := range l.b.mochi.Clients.GetAll() {
-		if cl.Net.Listener != l.cfg.Name || cl.Closed() {
-			continue
-		}
-		if cl.Properties.ProtocolVersion == 5 {
-			_ = l.b.mochi.DisconnectClient(cl, packets.ErrServerShuttingDown)
-		} else {
-			cl.Stop(packets.ErrServerShuttingDown)
-		}
-	}
+	closeClients(l.cfg.Name)
 }
 
 // ready reports whether the listener is accepting.

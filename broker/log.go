@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
 )
 
 // mochiLogger gives mochi a logger that lets each distinct warning through
@@ -15,7 +17,8 @@ import (
 // mochi's info lines are its own lifecycle ("added hook" and "stopping
 // hook" for each hook, "attached listener", "mochi mqtt starting" with
 // mochi's version): Ferry logs what an operator needs of that itself, so
-// they are demoted to debug.
+// they are demoted to debug. Refused bad packets are rate-limited by mochi
+// itself, with a count of what it held back, so they pass as they are.
 func mochiLogger(l *slog.Logger) *slog.Logger {
 	return slog.New(&limitHandler{Handler: l.Handler().WithAttrs([]slog.Attr{slog.String("component", "mochi")}),
 		state: &limitState{last: map[string]time.Time{}}})
@@ -42,7 +45,7 @@ func (h *limitHandler) Handle(ctx context.Context, r slog.Record) error {
 	if r.Level == slog.LevelInfo {
 		r.Level = slog.LevelDebug
 	}
-	if r.Level >= slog.LevelWarn {
+	if r.Level >= slog.LevelWarn && r.Message != mqtt.LogRefusedMessage && r.Message != mqtt.LogSuppressedMessage {
 		h.state.mu.Lock()
 		prev, seen := h.state.last[r.Message]
 		if seen && r.Time.Sub(prev) < time.Second {

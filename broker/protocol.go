@@ -34,7 +34,6 @@ type protocolHook struct {
 	// aliases remembers, per client id, the topic behind each outbound
 	// topic alias the broker has sent, to resend queued messages whole.
 	aliases sync.Map // string -> *aliasBook
-	ids     idMaps
 
 	// sharedUnread counts shared-subscription messages dropped for a group
 	// because no member may read them; queuedUnread, queued messages
@@ -65,7 +64,7 @@ func (h *protocolHook) ID() string { return "ferry-protocol" }
 
 func (h *protocolHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnSessionEstablish, mqtt.OnSessionEstablished,
+	case mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnSessionEstablished,
 		mqtt.OnClientExpired, mqtt.OnDisconnect, mqtt.OnSelectSubscribers:
 		return true
 	case mqtt.OnPacketSent:
@@ -133,44 +132,6 @@ func (h *protocolHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
 	return nil
 }
 
-// takeoverWait bounds how long a connection waits for the clean-up of the
-// previous connection under its client id; it takes microseconds unless
-// that connection's goroutine is stuck.
-const takeoverWait = 5 * time.Second
-
-// OnSessionEstablish lets the previous connection under cl's client id
-// finish, when its session ends with it, before mochi looks the id up
-// (inheritClientSession). mochi v2.7.9 does not order the two: the old
-// handler's clean-up (UnsubscribeClient, then Clients.Delete by id) could
-// run after the new connection subscribed, removing its subscriptions and
-// its client, so that nothing reached it any more. A device that drops its
-// connection and reconnects at once hits exactly that. So the old
-// connection is closed (with DISCONNECT "session taken over" for MQTT 5,
-// as mochi would) and this one waits until its handler returned; a
-// persistent session's handler leaves the session alone and mochi's
-// takeover moves it as before.
-func (h *protocolHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
-	old, ok := h.b.mochi.Clients.Get(cl.ID)
-	if !ok || old == cl || !endsWithConnection(old) {
-		return
-	}
-	oc, ok := old.Net.Conn.(*conn)
-	if !ok {
-		return
-	}
-	if !old.Closed() {
-		_ = h.b.mochi.DisconnectClient(old, packets.ErrSessionTakenOver)
-	}
-	t := time.NewTimer(takeoverWait)
-	defer t.Stop()
-	select {
-	case <-oc.handled:
-	case <-t.C:
-		h.b.log.Warn("previous connection of the client still not finished; taking it over anyway",
-			"client_id", cl.ID, "waited", takeoverWait)
-	}
-}
-
 // endsWithConnection says whether cl's session ends when its network
 // connection does, the condition under which mochi's handler cleans it up.
 func endsWithConnection(cl *mqtt.Client) bool {
@@ -195,15 +156,12 @@ func (h *protocolHook) OnClientExpired(cl *mqtt.Client) {
 	h.b.mochi.UnsubscribeClient(cl)
 	cl.ClearInflights()
 	h.aliases.Delete(cl.ID)
-	h.ids.forget(cl.ID)
 }
 
-// OnDisconnect forgets the alias book and packet id mappings of a session
-// that ends here.
+// OnDisconnect forgets the alias book of a session that ends here.
 func (h *protocolHook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	if expire {
 		h.aliases.Delete(cl.ID)
-		h.ids.forget(cl.ID)
 	}
 }
 
@@ -215,9 +173,6 @@ func (h *protocolHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packet
 		if pk.Properties.TopicAliasFlag {
 			return h.aliasedPublish(cl, pk)
 		}
-		return pk
-	case packets.Puback, packets.Pubrec, packets.Pubcomp, packets.Suback, packets.Unsuback:
-		h.ids.answer(cl, &pk)
 		return pk
 	}
 	if pk.FixedHeader.Type != packets.Connack || cl.Properties.ProtocolVersion != 5 || pk.ReasonCode >= packets.ErrUnspecifiedError.Code {
@@ -290,17 +245,9 @@ func flag(b bool) byte {
 func (h *protocolHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	var code packets.Code
 	switch pk.FixedHeader.Type {
-	case packets.Pubrel, packets.Unsubscribe:
-		h.ids.inbound(cl, &pk)
-		return pk, nil
 	case packets.Publish:
 		if a := pk.Properties.TopicAlias; pk.Properties.TopicAliasFlag && a > 0 && a <= h.aliasMax {
-			if !resolveAlias(cl, &pk) {
-				h.b.log.Warn("closing connection: PUBLISH with an unknown topic alias and no topic", "client_id", cl.ID,
-					"remote", cl.Net.Remote, "alias", a)
-				_ = h.b.mochi.DisconnectClient(cl, packets.ErrTopicAliasInvalid)
-				return pk, packets.ErrRejectPacket
-			}
+			resolveAlias(cl, &pk)
 		}
 		if isSys(pk.TopicName) {
 			return h.refuseSysPublish(cl, pk)
@@ -308,9 +255,6 @@ func (h *protocolHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets
 		if pk.FixedHeader.Qos > 0 && cl.Properties.ProtocolVersion < 5 && h.b.auth != nil &&
 			!h.b.auth.OnACLCheck(cl, pk.TopicName, true) {
 			return h.dropDeniedV3(cl, pk), nil
-		}
-		if pk.FixedHeader.Qos > 0 {
-			h.ids.inbound(cl, &pk)
 		}
 		switch {
 		case pk.FixedHeader.Retain && !h.retain:
@@ -324,7 +268,6 @@ func (h *protocolHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets
 		if c, bad := h.subscribeViolation(pk); bad {
 			code = c
 		} else {
-			h.ids.inbound(cl, &pk)
 			return pk, nil
 		}
 	default:
@@ -340,23 +283,15 @@ func (h *protocolHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets
 	return pk, packets.ErrRejectPacket
 }
 
-// resolveAlias applies the client's topic alias to pk before anything
-// looks at its topic: mochi resolves aliases after its ACL check, which then
-// saw an empty topic (0x87 for every alias-only PUBLISH once any ACL was
-// configured), and it accepted an alias it never saw with an empty topic
-// (PUBACK 0x00, message discarded). A PUBLISH with a topic sets the alias,
+// resolveAlias applies the client's topic alias to pk for the checks
+// below, which run before mochi's. A PUBLISH with a topic sets the alias,
 // as the receiver must [MQTT-3.3.2-12], even if it is then refused; one
-// without a topic takes the alias's. false: the alias is unknown, a
-// protocol error the client gets DISCONNECT 0x94 for [MQTT-3.3.2-8].
-func resolveAlias(cl *mqtt.Client, pk *packets.Packet) bool {
-	a := pk.Properties.TopicAlias
-	if pk.TopicName != "" {
-		cl.State.TopicAliases.Inbound.Set(a, pk.TopicName)
-		return true
+// without a topic takes the alias's. mochi resolves it again and answers an
+// unknown alias with DISCONNECT 0x94 [MQTT-3.3.2-8].
+func resolveAlias(cl *mqtt.Client, pk *packets.Packet) {
+	if topic, ok := cl.State.TopicAliases.Inbound.Resolve(pk.Properties.TopicAlias, pk.TopicName); ok {
+		pk.TopicName = topic
 	}
-	// Set with an empty topic returns the alias's topic, "" if unknown.
-	pk.TopicName = cl.State.TopicAliases.Inbound.Set(a, "")
-	return pk.TopicName != ""
 }
 
 func isSys(topic string) bool {

@@ -3,14 +3,17 @@ package broker
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"log/slog"
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/ferrymq/ferry/broker/config"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // DefaultCertCheckInterval is how often certificate files are checked for
@@ -38,11 +41,23 @@ type certWatcher struct {
 	cur  atomic.Pointer[tls.Config]
 	mu   sync.Mutex // serialises reloads
 	seen map[string]fileStamp
+	// expiry is the NotAfter of the certificate in service and the
+	// earliest NotAfter in the client CA file, for alerts before either
+	// lapses.
+	expiry atomic.Pointer[certExpiry]
 }
 
+type certExpiry struct {
+	server, clientCA time.Time // clientCA zero without client_ca
+}
+
+// fileStamp tells a changed file: a renewal written within the file
+// system's timestamp granularity and of the same size shows only in the
+// inode (renewal tools replace the file by renaming a new one over it).
 type fileStamp struct {
-	mod  time.Time
-	size int64
+	mod   time.Time
+	size  int64
+	inode uint64
 }
 
 func newCertWatcher(lc config.Listener, log *slog.Logger) (*certWatcher, error) {
@@ -83,6 +98,13 @@ func (w *certWatcher) load() error {
 		CipherSuites: modernCipherSuites,
 		Certificates: []tls.Certificate{cert},
 	}
+	leaf := cert.Leaf
+	if leaf == nil { // GODEBUG=x509keypairleaf=0 leaves it unparsed
+		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return fmt.Errorf("listener %s: parse certificate %s: %w", w.lc.Name, w.lc.Cert, err)
+		}
+	}
+	exp := &certExpiry{server: leaf.NotAfter}
 	if w.lc.ClientCA != "" {
 		var pool *x509.CertPool
 		pool, err = config.LoadCertPool(w.lc.ClientCA)
@@ -91,8 +113,10 @@ func (w *certWatcher) load() error {
 		}
 		tc.ClientCAs = pool
 		tc.ClientAuth = tls.RequireAndVerifyClientCert
+		exp.clientCA = earliestExpiry(w.lc.ClientCA)
 	}
 	w.cur.Store(tc)
+	w.expiry.Store(exp)
 	for _, f := range w.files() {
 		w.seen[f] = stamp(f)
 	}
@@ -104,7 +128,11 @@ func stamp(path string) fileStamp {
 	if err != nil {
 		return fileStamp{}
 	}
-	return fileStamp{mod: fi.ModTime(), size: fi.Size()}
+	st := fileStamp{mod: fi.ModTime(), size: fi.Size()}
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.inode = sys.Ino
+	}
+	return st
 }
 
 // check reloads when any file changed since the last load.
@@ -130,4 +158,49 @@ func (w *certWatcher) check() {
 		return
 	}
 	w.log.Info("certificate reloaded", "listener", w.lc.Name, "cert", w.lc.Cert)
+}
+
+// earliestExpiry is the earliest NotAfter among the certificates of a PEM
+// file LoadCertPool accepted (zero if none parses: the pool accepted it, so
+// that does not happen).
+func earliestExpiry(path string) time.Time {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return time.Time{}
+	}
+	var first time.Time
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			return first
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err == nil && (first.IsZero() || c.NotAfter.Before(first)) {
+			first = c.NotAfter
+		}
+	}
+}
+
+var descCertExpiry = prometheus.NewDesc("ferry_tls_certificate_expiry_timestamp_seconds",
+	"When the certificate in service on a tls or wss listener expires (cert=server), and the earliest expiry in its client_ca file (cert=client_ca), as a Unix time. Follows certificate reloads.",
+	[]string{"listener", "cert"}, nil)
+
+// certCollector exports each TLS listener's certificate expiry, so an alert
+// fires weeks before clients start failing their handshakes.
+type certCollector struct{ b *Broker }
+
+func (certCollector) Describe(ch chan<- *prometheus.Desc) { ch <- descCertExpiry }
+
+func (c certCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, w := range c.b.certs {
+		e := w.expiry.Load()
+		ch <- prometheus.MustNewConstMetric(descCertExpiry, prometheus.GaugeValue, float64(e.server.Unix()), w.lc.Name, "server")
+		if !e.clientCA.IsZero() {
+			ch <- prometheus.MustNewConstMetric(descCertExpiry, prometheus.GaugeValue, float64(e.clientCA.Unix()), w.lc.Name, "client_ca")
+		}
+	}
 }

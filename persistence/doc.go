@@ -54,10 +54,10 @@
 //     or is not persistent.
 //   - OnSubscribed / OnUnsubscribed (before SUBACK/UNSUBACK), W.
 //   - OnRetainMessage (before the PUBACK), W.
-//   - OnPublish (before the PUBACK/PUBREC), W: see below; for QoS 1 with an
-//     ack deferrer (SetAckDeferrer, pending.go) the wait is the PUBACK's,
-//     not the reader's: the broker holds that PUBACK until the write is
-//     done, and mochi reads the publisher's next packet meanwhile. From the end of
+//   - OnPublish (before the PUBACK/PUBREC), W: see below; for QoS 1 the
+//     wait is the PUBACK's, not the reader's (mqtt.Client.HoldAck,
+//     pending.go): the engine holds that PUBACK until the write is done,
+//     and reads the publisher's next packet meanwhile. From the end of
 //     the load (StoredRetainedMessages), not from OnStarted: mochi's
 //     listeners serve before it calls OnStarted.
 //   - OnQosPublish, A (W for QoS 2 to a connected client): the packet id

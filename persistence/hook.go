@@ -40,9 +40,6 @@ type Hook struct {
 	changed      chan struct{}            // closed when a pending ref is claimed or released
 	gateWaiting  atomic.Int64             // publishes held at a gate now
 
-	// deferAck, when set, holds a QoS 1 PUBACK until the message's records
-	// are committed, so OnPublish need not wait (pending.go).
-	deferAck func(cl *mqtt.Client, pk packets.Packet, w Waiter) bool
 	// stalled, when set, says that a client has stopped taking what is
 	// written to it (SetStalled).
 	stalled func(cl *mqtt.Client) bool
@@ -73,7 +70,11 @@ type Hook struct {
 // (being moved from the store into mochi), backlog (in the store only).
 type session struct {
 	entries map[uint16]*entry // queue/in-flight records by mochi packet id
-	tweaked []uint16          // packet ids whose Created was changed for resend order
+	// inbound holds the client's QoS 2 flows awaiting PUBREL (refPubrec), by
+	// the client's packet id: MQTT numbers each direction on its own, so
+	// the same id may also be in entries.
+	inbound map[uint16]*entry
+	tweaked []uint16 // packet ids whose Created was changed for resend order
 
 	backlog      spillQueue  // spilled messages, in queue order
 	pendingSpill int         // spilled refs whose write has not returned yet
@@ -87,6 +88,10 @@ type session struct {
 	// nextExpiry is the earliest spillItem.expires in backlog and transfer
 	// (0: none); it may be earlier than that, never later.
 	nextExpiry uint32
+}
+
+func newSession() *session {
+	return &session{entries: map[uint16]*entry{}, inbound: map[uint16]*entry{}}
 }
 
 // entry maps one of mochi's in-flight packets to its q/ record.
@@ -397,6 +402,20 @@ func (h *Hook) removeEntryLocked(id string, ss *session, pid uint16, b *batch) {
 		return
 	}
 	delete(ss.entries, pid)
+	h.deleteEntryLocked(id, ss, e, b)
+}
+
+// removeInboundLocked forgets the client's QoS 2 flow pid.
+func (h *Hook) removeInboundLocked(id string, ss *session, pid uint16, b *batch) {
+	e := ss.inbound[pid]
+	if e == nil {
+		return
+	}
+	delete(ss.inbound, pid)
+	h.deleteEntryLocked(id, ss, e, b)
+}
+
+func (h *Hook) deleteEntryLocked(id string, ss *session, e *entry, b *batch) {
 	if e.counted() {
 		ss.account(-1, e.size)
 	}
@@ -434,7 +453,7 @@ func (h *Hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	delete(h.restored, cl.ID)
 	if keep {
 		if ss == nil {
-			ss = &session{entries: map[uint16]*entry{}}
+			ss = newSession()
 			h.sessions[cl.ID] = ss
 		}
 		rec := h.sessionRecord(cl, 0)
@@ -501,10 +520,29 @@ func (h *Hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 		} else {
 			rec := h.sessionRecord(cl, h.disconnectTime(cl))
 			b.set(sessionKey(cl.ID), rec.appendTo)
+			h.storeHandedLocked(cl, ss, b)
 		}
 	}
 	h.mu.Unlock()
 	h.write(b, true)
+}
+
+// storeHandedLocked stores the packet ids of the QoS 1 messages the ending
+// connection held in flight, which OnQosPublish does not store for each
+// delivery: they were sent, or queued to be, so after a restart they go out
+// with DUP set (load.go). Only a crash loses that: then they go out again
+// with DUP clear, at most a duplicate QoS 1 allows.
+func (h *Hook) storeHandedLocked(cl *mqtt.Client, ss *session, b *batch) {
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		e := ss.entries[pk.PacketID]
+		if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos != 1 || pk.Expiry < 0 ||
+			e == nil || e.state != refPublish || e.msgID == 0 {
+			continue
+		}
+		rec := refRec{State: refPublish, Qos: 1, Retain: pk.FixedHeader.Retain, PacketID: pk.PacketID,
+			MsgID: e.msgID, SubIDs: pk.Properties.SubscriptionIdentifier}
+		b.set(b.queueKey(cl.ID, e.seq), rec.appendTo)
+	}
 }
 
 func (h *Hook) disconnectTime(cl *mqtt.Client) int64 {

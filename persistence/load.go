@@ -48,7 +48,7 @@ func (h *Hook) StoredClients() ([]storage.Client, error) {
 			h.dropSessionLocked(id, &session{}, b)
 			return nil
 		}
-		h.sessions[id] = &session{entries: map[uint16]*entry{}}
+		h.sessions[id] = newSession()
 		h.restoredOwner(id, &rec)
 		r := &restoredSession{deadline: deadline, rec: rec}
 		if rec.WillFlag {
@@ -303,8 +303,8 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 		var free uint16
 		for i := range list {
 			l := &list[i]
-			if l.spill {
-				continue
+			if l.spill || l.rec.State == refPubrec {
+				continue // spilled: no id yet; a client's flow: the id is the client's
 			}
 			if l.pk.PacketID != 0 && !usedIDs[l.pk.PacketID] {
 				usedIDs[l.pk.PacketID] = true
@@ -324,6 +324,12 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 				h.noteExpiryLocked(id, ss, l.expires)
 				continue
 			}
+			if l.rec.State == refPubrec {
+				ss.inbound[l.pk.PacketID] = &entry{seq: l.seq, state: refPubrec, created: l.pk.Created}
+				cl.State.Inflight.Set(*l.pk)
+				restored++
+				continue
+			}
 			if l.pk.PacketID == 0 {
 				for free < math.MaxUint16 && (free == 0 || usedIDs[free]) {
 					free++
@@ -337,10 +343,11 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 					}
 					continue
 				}
+				// Not stored: a stored id says the message may have
+				// been sent (DUP on the next restart); OnQosPublish
+				// stores it once the message goes out.
 				usedIDs[free] = true
 				l.pk.PacketID = free
-				l.rec.PacketID = free
-				b.set(queueKey(id, l.seq), l.rec.appendTo)
 			}
 			ss.entries[l.pk.PacketID] = &entry{seq: l.seq, msgID: l.rec.MsgID, state: l.rec.State, created: l.pk.Created, size: l.size}
 			cl.State.Inflight.Set(*l.pk)

@@ -68,19 +68,11 @@ func (s *Store) writeAsync(b *batch) (*Pending, error) {
 	return &Pending{s: s, b: b}, nil
 }
 
-// SetAckDeferrer lets OnPublish leave the wait for a QoS 1 message's
-// records to the connection: fn registers wait to run before pk's PUBACK
-// is written and reports whether it could (false: OnPublish waits itself).
-// Call it before the server's Serve.
-func (h *Hook) SetAckDeferrer(fn func(cl *mqtt.Client, pk packets.Packet, w Waiter) bool) {
-	h.deferAck = fn
-}
-
-// commitDeferred queues b and has the PUBACK of pk wait for it; settle,
-// if not nil, runs after the commit with its outcome. A failure to queue
-// is returned (settle has not run); a failed commit later closes the
-// connection instead of acknowledging (the broker's side of
-// SetAckDeferrer).
+// commitDeferred queues b and has the engine hold the PUBACK of pk until
+// it is committed (mqtt.Client.HoldAck); settle, if not nil, runs after the
+// commit with its outcome. A failure to queue is returned (settle has not
+// run); a failed commit later closes the connection instead of
+// acknowledging.
 func (h *Hook) commitDeferred(cl *mqtt.Client, pk packets.Packet, b *batch, settle func(ok bool)) error {
 	p, err := h.st.writeAsync(b)
 	if err != nil {
@@ -93,7 +85,7 @@ func (h *Hook) commitDeferred(cl *mqtt.Client, pk packets.Packet, b *batch, sett
 		return nil
 	}
 	w := &publishWait{p: p, settle: settle, h: h, client: cl.ID, topic: pk.TopicName}
-	if h.deferAck(cl, pk, w) {
+	if cl.HoldAck(w) {
 		return nil
 	}
 	return w.Wait()

@@ -184,7 +184,50 @@ func TestPublisherQos2StateResumedAfterCrash(t *testing.T) {
 	if !ok {
 		t.Fatal("publisher session not restored")
 	}
-	if pk, ok := cl.State.Inflight.Get(7); !ok || pk.FixedHeader.Type != packets.Pubrec {
+	if pk, ok := cl.State.Inflight.GetInbound(7); !ok || pk.FixedHeader.Type != packets.Pubrec {
 		t.Fatalf("publisher's PUBREC state not restored: %+v %v", pk, ok)
+	}
+}
+
+// TestBothDirectionsShareAPacketIDAcrossCrash: MQTT numbers each
+// direction's packets on its own, so a client may use for its
+// QoS 2 PUBLISH the identifier of the server's unacknowledged PUBLISH to it.
+// Both flows are stored, and both are there after a crash: the server's
+// message is resent and the client's PUBREC state completes its flow.
+func TestBothDirectionsShareAPacketIDAcrossCrash(t *testing.T) {
+	st := openStore(t, Config{Sync: SyncAlways})
+	b := startBroker(t, st, nil)
+	raw, _ := dialRaw(t, b.url, "both")
+	raw.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "out/#", Qos: 1}}})
+	if ack := raw.read(); ack.FixedHeader.Type != packets.Suback {
+		t.Fatalf("want SUBACK, got %+v", ack)
+	}
+	pub := connect(t, b.url, "pub", true, nil)
+	wait(t, "publish", pub.Publish("out/1", 1, false, "for both"))
+	out := raw.read()
+	if out.FixedHeader.Type != packets.Publish || out.PacketID == 0 {
+		t.Fatalf("want the server's PUBLISH, got %+v", out)
+	}
+	id := out.PacketID // left unacknowledged
+	raw.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2}, PacketID: id, TopicName: "in/1", Payload: []byte("x")})
+	if rec := raw.read(); rec.FixedHeader.Type != packets.Pubrec || rec.PacketID != id || rec.ReasonCode >= 0x80 {
+		t.Fatalf("want PUBREC %d success, got %+v", id, rec)
+	}
+	putRaw(t, st, "z/barrier", "") // the asynchronous state writes are committed
+	crashed := t.TempDir()
+	copyDir(t, st.Dir(), crashed)
+
+	st2 := openStore(t, Config{Dir: crashed})
+	b2 := startBroker(t, st2, nil)
+	cl, ok := b2.srv.Clients.Get("both")
+	if !ok {
+		t.Fatal("session not restored")
+	}
+	if pk, ok := cl.State.Inflight.Get(id); !ok || pk.FixedHeader.Type != packets.Publish || string(pk.Payload) != "for both" {
+		t.Fatalf("the server's PUBLISH %d was lost: %v %q", id, ok, pk.Payload)
+	}
+	if pk, ok := cl.State.Inflight.GetInbound(id); !ok || pk.FixedHeader.Type != packets.Pubrec {
+		t.Fatalf("the client's PUBREC state %d was lost: %v", id, ok)
 	}
 }

@@ -187,9 +187,9 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if ss := h.sessions[cl.ID]; ss != nil && pk.FixedHeader.Qos == 2 && !cl.Net.Inline {
 		// The PUBREC mochi is about to send: after a restart the publisher's
 		// PUBREL must find it, or a resent PUBLISH would be delivered twice.
-		h.removeEntryLocked(cl.ID, ss, pk.PacketID, b)
+		h.removeInboundLocked(cl.ID, ss, pk.PacketID, b)
 		e := &entry{seq: h.st.nextSeq(), state: refPubrec, created: pk.Created}
-		ss.entries[pk.PacketID] = e
+		ss.inbound[pk.PacketID] = e
 		rec := refRec{State: refPubrec, Qos: 2, PacketID: pk.PacketID}
 		b.set(b.queueKey(cl.ID, e.seq), rec.appendTo)
 	}
@@ -198,10 +198,10 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		h.st.putBatch(b)
 		return pk, nil
 	}
-	// A QoS 1 publisher need not wait here: the connection holds its PUBACK
+	// A QoS 1 publisher need not wait here: the engine holds its PUBACK
 	// until the commit (pending.go). A spilled message's bookkeeping must
 	// follow the commit: then it runs in the wait.
-	if pk.FixedHeader.Qos == 1 && h.deferAck != nil {
+	if pk.FixedHeader.Qos == 1 && !cl.Net.Inline {
 		var settle func(ok bool)
 		if spills {
 			settle = func(ok bool) {
@@ -338,8 +338,13 @@ func (h *Hook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *m
 // OnQosPublish maps mochi's packet id for a subscriber onto the ref stored
 // by OnPublish and records the id; a PUBLISH that OnPublish did not store
 // (a retained message sent on subscribe, a will) is stored now. Resends of
-// known packets write nothing.
-func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
+// known packets (mochi passes resends > 0) write nothing, but for the first
+// send of a QoS 2 message queued while the client was away.
+//
+// The packet id is stored only while the client is connected: a stored id
+// says the message may have been sent, so it goes out with DUP set after a
+// restart (load.go), and one queued for an absent client must not.
+func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, resends int) {
 	if pk.FixedHeader.Type != packets.Publish {
 		return // PUBACK is transient, PUBREC was stored by OnPublish, PUBREL is a resend
 	}
@@ -350,9 +355,17 @@ func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) 
 		return
 	}
 	b := h.st.newBatch()
-	if e := ss.entries[pk.PacketID]; e != nil && pk.FixedHeader.Dup {
+	if e := ss.entries[pk.PacketID]; e != nil && (pk.FixedHeader.Dup || resends > 0) {
+		if pk.FixedHeader.Qos < 2 || pk.FixedHeader.Dup || cl.Closed() || e.state != refPublish {
+			h.mu.Unlock()
+			h.st.putBatch(b)
+			return
+		}
+		rec := refRec{State: refPublish, Qos: 2, Retain: pk.FixedHeader.Retain, PacketID: pk.PacketID,
+			MsgID: e.msgID, SubIDs: pk.Properties.SubscriptionIdentifier}
+		b.set(b.queueKey(cl.ID, e.seq), rec.appendTo)
 		h.mu.Unlock()
-		h.st.putBatch(b)
+		h.write(b, true)
 		return
 	}
 	var seq, msgID uint64
@@ -386,12 +399,14 @@ func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) 
 	h.removeEntryLocked(cl.ID, ss, pk.PacketID, b)
 	ss.entries[pk.PacketID] = &entry{seq: seq, msgID: msgID, state: refPublish, created: pk.Created, size: size}
 	rec := refRec{
-		State:    refPublish,
-		Qos:      pk.FixedHeader.Qos,
-		Retain:   pk.FixedHeader.Retain,
-		PacketID: pk.PacketID,
-		MsgID:    msgID,
-		SubIDs:   pk.Properties.SubscriptionIdentifier,
+		State:  refPublish,
+		Qos:    pk.FixedHeader.Qos,
+		Retain: pk.FixedHeader.Retain,
+		MsgID:  msgID,
+		SubIDs: pk.Properties.SubscriptionIdentifier,
+	}
+	if !cl.Closed() {
+		rec.PacketID = pk.PacketID
 	}
 	// A QoS 1 ref that OnPublish stored is complete but for the packet id:
 	// not worth a write per delivery (a third of the store's work for a
@@ -507,7 +522,7 @@ func (h *Hook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 // from a subscriber; PUBREL from a publisher).
 // A drain waiting for room in the client's window is woken.
 func (h *Hook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
-	h.forget(cl, pk.PacketID)
+	h.forget(cl, pk)
 	h.mu.Lock()
 	if ss := h.sessions[cl.ID]; ss != nil && ss.drain != nil && ss.drain.cl == cl {
 		ss.drain.wake()
@@ -516,9 +531,13 @@ func (h *Hook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 }
 
 // OnQosDropped deletes the record of an expired or abandoned QoS flow.
-func (h *Hook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) { h.forget(cl, pk.PacketID) }
+func (h *Hook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) { h.forget(cl, pk) }
 
-func (h *Hook) forget(cl *mqtt.Client, pid uint16) {
+// forget deletes the record of the flow pk ends. A client's PUBREL ends
+// the client's own QoS 2 flow (OnPacketRead deleted its record already
+// when it was read); anything else ends one of the server's.
+func (h *Hook) forget(cl *mqtt.Client, pk packets.Packet) {
+	pid := pk.PacketID
 	h.mu.Lock()
 	none := h.sessions[cl.ID] == nil
 	h.mu.Unlock()
@@ -530,6 +549,14 @@ func (h *Hook) forget(cl *mqtt.Client, pid uint16) {
 	}
 	b := h.st.newBatch()
 	h.mu.Lock()
+	if pk.FixedHeader.Type == packets.Pubrel {
+		if ss := h.sessions[cl.ID]; ss != nil {
+			h.removeInboundLocked(cl.ID, ss, pid, b)
+		}
+		h.mu.Unlock()
+		h.write(b, false)
+		return
+	}
 	// mochi removes the packet from Inflight before it calls the hooks: if
 	// the id is in flight again, a new message took it meanwhile and its
 	// OnQosPublish (or the drain) already replaced this entry.
@@ -562,6 +589,9 @@ func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	h.mu.Lock()
 	if ss := h.sessions[cl.ID]; ss != nil {
 		e := ss.entries[pk.PacketID]
+		if pk.FixedHeader.Type == packets.Pubrel {
+			e = ss.inbound[pk.PacketID]
+		}
 		switch {
 		case e == nil:
 		case pk.FixedHeader.Type == packets.Pubrec && e.state == refPublish && pk.ReasonCode < packets.ErrUnspecifiedError.Code:
@@ -571,7 +601,7 @@ func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 			rec := refRec{State: refPubrel, Qos: 2, PacketID: pk.PacketID}
 			b.set(b.queueKey(cl.ID, e.seq), rec.appendTo)
 		case pk.FixedHeader.Type == packets.Pubrel && e.state == refPubrec:
-			h.removeEntryLocked(cl.ID, ss, pk.PacketID, b)
+			h.removeInboundLocked(cl.ID, ss, pk.PacketID, b)
 		}
 	}
 	h.mu.Unlock()

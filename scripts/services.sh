@@ -6,8 +6,12 @@
 # Debian packages the tests need, and the command each provides.
 # activemq depends on default-jre-headless, so --no-install-recommends
 # still brings a JRE.
+# chromium runs the dashboard's browser test (headless, driven by chromedp).
+# systemd-analyze checks deploy/systemd/ferry.service; prometheus ships
+# promtool, which checks and unit-tests deploy/prometheus/alerts.yml.
 SERVICE_PACKAGES=(mosquitto:mosquitto mosquitto-clients:mosquitto_pub redis-server:redis-server
-  rabbitmq-server:/usr/lib/rabbitmq/bin/rabbitmq-server activemq:/usr/share/activemq/bin/activemq.jar)
+  rabbitmq-server:/usr/lib/rabbitmq/bin/rabbitmq-server activemq:/usr/share/activemq/bin/activemq.jar
+  chromium:chromium systemd:systemd-analyze prometheus:promtool)
 
 # shellcheck source=scripts/rabbitmq.sh
 . "$(dirname "${BASH_SOURCE[0]}")/rabbitmq.sh"
@@ -38,6 +42,11 @@ services_install() {
   if [[ " ${missing[*]} " == *" rabbitmq-server "* ]]; then
     pkill -f 'beam.*rabbit' 2>/dev/null || true
     pkill -x epmd 2>/dev/null || true
+  fi
+  # Only promtool is wanted from prometheus: its postinst may start the
+  # server on :9090.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v invoke-rc.d >/dev/null 2>&1; then
+    invoke-rc.d prometheus stop >/dev/null 2>&1 || true
   fi
   # Debian's activemq may start its "main" instance (OpenWire on 61616).
   if [[ " ${missing[*]} " == *" activemq "* ]]; then
@@ -86,6 +95,9 @@ services_start() {
     else
       echo "services: activemq did not start:" >&2; tail -20 "$SERVICES_DIR/activemq-start.log" >&2; return 1
     fi
+  fi
+  if command -v chromium >/dev/null 2>&1; then
+    export FERRY_TEST_CHROMIUM=$(command -v chromium)
   fi
   if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then
     export FERRY_TEST_MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)

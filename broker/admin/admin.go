@@ -1,10 +1,11 @@
 // Package admin is Ferry's operator HTTP endpoint: liveness, readiness,
-// Prometheus metrics and, when enabled, pprof.
+// Prometheus metrics, the web dashboard (ui.go) and, when enabled, pprof.
 package admin
 
 import (
 	"context"
 	"crypto/subtle"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,9 +34,11 @@ type Server struct {
 	cfg   Config
 	ready func() error
 	mux   *http.ServeMux
-	hs    *http.Server
-	ln    net.Listener
-	log   *slog.Logger
+	// patterns are those mounted with Handle.
+	patterns []string
+	hs       *http.Server
+	ln       net.Listener
+	log      *slog.Logger
 }
 
 // New builds the endpoint; ready reports why the broker is not ready (nil
@@ -46,6 +49,9 @@ func New(cfg Config, ready func() error, g prometheus.Gatherer, log *slog.Logger
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	s.mux.HandleFunc("GET /readyz", s.readyz)
+	ui := uiHandler() // the dashboard; its API calls carry the token
+	s.mux.Handle("GET /{$}", ui)
+	s.mux.Handle("GET /ui/", ui)
 	s.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 	if cfg.Pprof {
 		s.Handle("/debug/pprof/", http.HandlerFunc(pprof.Index))
@@ -60,7 +66,31 @@ func New(cfg Config, ready func() error, g prometheus.Gatherer, log *slog.Logger
 // Handle mounts h at pattern behind the bearer token, if one is configured.
 // Call it before Start.
 func (s *Server) Handle(pattern string, h http.Handler) {
+	s.patterns = append(s.patterns, pattern)
 	s.mux.Handle(pattern, s.authorize(h))
+}
+
+// Patterns lists the patterns mounted with Handle, in order: what the
+// OpenAPI document is checked against.
+func (s *Server) Patterns() []string { return append([]string(nil), s.patterns...) }
+
+// Problem is an RFC 9457 problem object, the body of every API error.
+type Problem struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail,omitempty"`
+	// Param names the query parameter, path segment or body field at fault.
+	Param string `json:"param,omitempty"`
+}
+
+// WriteProblem answers with a problem object (application/problem+json).
+func WriteProblem(w http.ResponseWriter, status int, param, detail string) {
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(Problem{Type: "about:blank", Title: http.StatusText(status), Status: status,
+		Detail: detail, Param: param})
 }
 
 func (s *Server) authorize(h http.Handler) http.Handler {
@@ -71,7 +101,7 @@ func (s *Server) authorize(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="ferry"`)
-			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			WriteProblem(w, http.StatusUnauthorized, "Authorization", "a valid \"Authorization: Bearer TOKEN\" header (admin.token) is required")
 			return
 		}
 		h.ServeHTTP(w, r)

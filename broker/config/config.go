@@ -249,8 +249,16 @@ type Admin struct {
 	// Addr is host:port; empty string disables it. Default 127.0.0.1:8080.
 	Addr *string `yaml:"addr"`
 	// Token, when set, is required as "Authorization: Bearer TOKEN" on every
-	// path but /healthz and /readyz.
+	// path but /healthz, /readyz and the dashboard's static files. It is
+	// required when Addr is not a loopback address, unless
+	// AllowUnauthenticated.
 	Token string `yaml:"token"`
+	// AllowUnauthenticated lets the admin endpoint listen beyond loopback
+	// without a token, for a network where something else guards it (a
+	// reverse proxy that authenticates). Default false: Ferry refuses to
+	// start rather than expose the API (kick clients, publish, read the
+	// configuration) to anyone who can reach the port.
+	AllowUnauthenticated bool `yaml:"allow_unauthenticated"`
 	// Pprof mounts /debug/pprof/. Default false.
 	Pprof bool `yaml:"pprof"`
 }

@@ -128,6 +128,10 @@ func (c Config) Validate() error {
 	}
 	if a := *c.Admin.Addr; a != "" {
 		v.hostPort("admin.addr", a)
+		if c.Admin.Token == "" && !c.Admin.AllowUnauthenticated && !LoopbackAddr(a) {
+			v.add("admin.token", fmt.Errorf("required because admin.addr %q is reachable from other hosts: set admin.token "+
+				"(or FERRY_ADMIN_TOKEN), bind admin.addr to 127.0.0.1, or set admin.allow_unauthenticated: true if a proxy authenticates", a))
+		}
 	}
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(c.Log.Level)); err != nil {
@@ -216,6 +220,21 @@ func (v *validator) durationMin(path string, d, lo time.Duration) {
 	if d < lo {
 		v.add(path, fmt.Errorf("%s is less than the minimum %s", d, lo))
 	}
+}
+
+// LoopbackAddr says whether host:port addr listens on loopback only: an
+// empty or wildcard host listens on every interface, and a host name other
+// than localhost may resolve to anything.
+func LoopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (v *validator) hostPort(path, addr string) {

@@ -28,8 +28,8 @@ func writeConfig(t *testing.T, body string) string {
 	return p
 }
 
-// TestDLQCommand: `ferry dlq list` and `ferry dlq replay` against a running
-// broker whose webhook refuses a message.
+// TestDLQCommand: `ferry dlq list`, `replay` and `purge` against a running
+// broker whose webhook refuses messages.
 func TestDLQCommand(t *testing.T) {
 	var status atomic.Int32
 	status.Store(400)
@@ -63,8 +63,24 @@ func TestDLQCommand(t *testing.T) {
 		t.Fatalf("replay: %d %q %q", code, o, e)
 	}
 	testutil.Eventually(t, 10*time.Second, "the replayed message is delivered", func() bool { return got.Load() == 1 })
-	if code, _, e := runCmd(t, "", nil, "dlq", "list", "nope", "--admin-addr", admin); code == 0 || !strings.Contains(e, "404") {
+	if code, _, e := runCmd(t, "", nil, "dlq", "list", "nope", "--admin-addr", admin); code == 0 || !strings.Contains(e, "404") ||
+		!strings.Contains(e, `no bridge route "nope"`) {
 		t.Errorf("unknown route: %d %q", code, e)
+	}
+
+	// purge: refused again, dead-lettered, then deleted for good.
+	status.Store(400)
+	c.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 2, TopicName: "dev/y", Payload: []byte("p")})
+	c.Expect(packets.Puback)
+	testutil.Eventually(t, 10*time.Second, "dlq list shows the second refused message", func() bool {
+		code, o, _ := runCmd(t, "", nil, "dlq", "list", "hooks", "--admin-addr", admin)
+		return code == 0 && strings.Contains(o, "dev/y")
+	})
+	if code, o, e := runCmd(t, "", nil, "dlq", "purge", "hooks", "--all", "--admin-addr", admin); code != 0 || !strings.HasPrefix(o, "purged 1 dead letter of route hooks") {
+		t.Fatalf("purge: %d %q %q", code, o, e)
+	}
+	if code, o, _ := runCmd(t, "", nil, "dlq", "list", "hooks", "--admin-addr", admin); code != 0 || strings.Contains(o, "dev/y") {
+		t.Fatalf("after purge: %d %q", code, o)
 	}
 }
 

@@ -18,16 +18,20 @@ import (
 
 const dlqUsage = `usage: ferry dlq list ROUTE [--after SEQ] [--limit N]
        ferry dlq replay ROUTE [SEQ...]
+       ferry dlq purge ROUTE (--all | SEQ...)
   -c FILE           read admin.addr and admin.token from the broker's configuration
   --admin-addr ADDR the broker's admin endpoint (default: FILE's, FERRY_ADMIN_ADDR or 127.0.0.1:8080)
   --token TOKEN     its bearer token (default: FILE's admin.token or FERRY_ADMIN_TOKEN)`
 
-// dlq lists and replays a bridge route's dead letters through a running
-// broker's admin API (the outbox belongs to the broker while it runs):
+// dlq lists, replays and purges a bridge route's dead letters through a
+// running broker's admin API (the outbox belongs to the broker while it
+// runs):
 //
 //	ferry dlq [-c FILE] list ROUTE [--after SEQ] [--limit N]
 //	ferry dlq [-c FILE] replay ROUTE [SEQ...]
+//	ferry dlq [-c FILE] purge ROUTE (--all | SEQ...)
 //
+// purge deletes for good, so it wants the seqs or an explicit --all.
 // The admin endpoint and its token are the flags', else those of the
 // configuration the broker runs with (-c FILE, with its FERRY_ADMIN_*
 // variables), else FERRY_ADMIN_ADDR and FERRY_ADMIN_TOKEN, else
@@ -42,13 +46,18 @@ func dlq(args, env []string, stdout, stderr io.Writer) int {
 	tokenFlag := fs.String("token", "", "")
 	after := fs.Uint64("after", 0, "")
 	limit := fs.Int("limit", 100, "")
+	all := fs.Bool("all", false, "")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		fmt.Fprintf(stderr, "ferry dlq: %v\n%s\n", err, dlqUsage)
 		return exitUsage
 	}
-	if len(pos) < 2 || (pos[0] != "list" && pos[0] != "replay") || (pos[0] == "list" && len(pos) > 2) {
+	if len(pos) < 2 || (pos[0] != "list" && pos[0] != "replay" && pos[0] != "purge") || (pos[0] == "list" && len(pos) > 2) {
 		fmt.Fprintln(stderr, dlqUsage)
+		return exitUsage
+	}
+	if pos[0] == "purge" && (len(pos) > 2) == *all {
+		fmt.Fprintf(stderr, "ferry dlq purge: give the seqs to delete, or --all to delete every dead letter of the route\n%s\n", dlqUsage)
 		return exitUsage
 	}
 	verb, route := pos[0], pos[1]
@@ -82,6 +91,10 @@ func dlq(args, env []string, stdout, stderr io.Writer) int {
 		defer resp.Body.Close()
 		body, _ := io.ReadAll(resp.Body)
 		if resp.StatusCode != http.StatusOK {
+			var p struct{ Detail string }
+			if json.Unmarshal(body, &p) == nil && p.Detail != "" {
+				return nil, fmt.Errorf("%s: %s", resp.Status, p.Detail)
+			}
 			return nil, fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(body))
 		}
 		return body, nil
@@ -125,25 +138,32 @@ func dlq(args, env []string, stdout, stderr io.Writer) int {
 			req.Seqs = append(req.Seqs, n)
 		}
 		payload, _ := json.Marshal(req)
-		hreq, _ := http.NewRequest(http.MethodPost, base+"/replay", bytes.NewReader(payload))
+		method, url, key := http.MethodPost, base+"/replay", "replayed"
+		if verb == "purge" {
+			method, url, key = http.MethodDelete, base, "purged"
+		}
+		hreq, _ := http.NewRequest(method, url, bytes.NewReader(payload))
 		hreq.Header.Set("Content-Type", "application/json")
 		body, err := do(hreq)
 		if err != nil {
-			fmt.Fprintf(stderr, "ferry dlq replay %s: %v\n", route, err)
+			fmt.Fprintf(stderr, "ferry dlq %s %s: %v\n", verb, route, err)
 			return 1
 		}
-		var res struct {
-			Replayed *int `json:"replayed"`
-		}
-		if err := json.Unmarshal(body, &res); err != nil || res.Replayed == nil {
-			fmt.Fprintf(stderr, "ferry dlq replay %s: unexpected answer %q\n", route, bytes.TrimSpace(body))
+		var res map[string]*int
+		if err := json.Unmarshal(body, &res); err != nil || res[key] == nil {
+			fmt.Fprintf(stderr, "ferry dlq %s %s: unexpected answer %q\n", verb, route, bytes.TrimSpace(body))
 			return 1
 		}
+		n := *res[key]
 		noun := "dead letters"
-		if *res.Replayed == 1 {
+		if n == 1 {
 			noun = "dead letter"
 		}
-		fmt.Fprintf(stdout, "replayed %d %s of route %s: back in its outbox, after the messages already there\n", *res.Replayed, noun, route)
+		if verb == "purge" {
+			fmt.Fprintf(stdout, "purged %d %s of route %s: deleted for good\n", n, noun, route)
+			return 0
+		}
+		fmt.Fprintf(stdout, "replayed %d %s of route %s: back in its outbox, after the messages already there\n", n, noun, route)
 		return 0
 	}
 }

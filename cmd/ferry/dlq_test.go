@@ -30,7 +30,11 @@ func fakeAdmin(t *testing.T) (addr string, last func() string) {
 			if n == 0 {
 				n = 3
 			}
-			_, _ = fmt.Fprintf(w, `{"replayed":%d}`, n)
+			key := "replayed"
+			if r.Method == http.MethodDelete {
+				key = "purged"
+			}
+			_, _ = fmt.Fprintf(w, `{%q:%d}`, key, n)
 		}
 	}))
 	t.Cleanup(hs.Close)
@@ -60,6 +64,10 @@ func TestDLQReadsTheConfigFile(t *testing.T) {
 			"replayed 3 dead letters of route hooks", "POST /api/v1/bridges/hooks/deadletters/replay Bearer s3cret"},
 		{"replay one", []string{"dlq", "replay", "-c", cfg, "hooks", "7"}, nil,
 			"replayed 1 dead letter of route hooks", "POST /api/v1/bridges/hooks/deadletters/replay Bearer s3cret"},
+		{"purge all", []string{"dlq", "-c", cfg, "purge", "hooks", "--all"}, nil,
+			"purged 3 dead letters of route hooks", "DELETE /api/v1/bridges/hooks/deadletters Bearer s3cret"},
+		{"purge one", []string{"dlq", "-c", cfg, "purge", "hooks", "7"}, nil,
+			"purged 1 dead letter of route hooks", "DELETE /api/v1/bridges/hooks/deadletters Bearer s3cret"},
 		{"the variable over the file", []string{"dlq", "-c", cfg, "list", "hooks"}, []string{"FERRY_ADMIN_TOKEN=other"},
 			"dev/x", "GET /api/v1/bridges/hooks/deadletters Bearer other"},
 		{"the flag over the file", []string{"dlq", "-c", cfg, "--token", "flag", "list", "hooks"}, nil,
@@ -89,6 +97,8 @@ func TestDLQUsageErrors(t *testing.T) {
 		{"bad file", []string{"dlq", "-c", bad, "list", "r"}, "admin.addr"},
 		{"no route", []string{"dlq", "list"}, "usage: ferry dlq"},
 		{"bad sequence", []string{"dlq", "replay", "r", "x1", "--admin-addr", "127.0.0.1:1"}, `"x1" is not a sequence number`},
+		{"purge without seqs or --all", []string{"dlq", "purge", "r", "--admin-addr", "127.0.0.1:1"}, "give the seqs to delete, or --all"},
+		{"purge with seqs and --all", []string{"dlq", "purge", "r", "7", "--all", "--admin-addr", "127.0.0.1:1"}, "give the seqs to delete, or --all"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, errs := runCmd(t, "", nil, tc.args...)

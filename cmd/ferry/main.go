@@ -5,6 +5,7 @@
 //	ferry passwd [-c] [-b] [-D] [--stdin] FILE USER [PASSWORD]
 //	ferry dlq [-c ferry.yaml] list|replay ROUTE [SEQ...]
 //	ferry store verify DIR | ferry store salvage DIR OUT
+//	ferry health [-c ferry.yaml] [URL]
 //	ferry version
 //
 // Exit codes: 0 clean stop, 1 runtime failure, 2 bad configuration or usage.
@@ -46,6 +47,8 @@ func run(args, env []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return dlq(args[1:], env, stdout, stderr)
 		case "store":
 			return store(args[1:], stdout, stderr)
+		case "health":
+			return health(args[1:], env, stdout, stderr)
 		case "help", "-h", "--help":
 			usage(stdout)
 			return 0
@@ -84,13 +87,16 @@ Usage:
   ferry dlq replay ROUTE [SEQ...]   via -c FILE, or --admin-addr and --token)
   ferry store verify DIR   report damage in a data dir (broker stopped)
   ferry store salvage DIR OUT   copy what is readable into the new dir OUT
+  ferry health [URL]       exit 0 if the broker's /readyz answers ready, else 1
+                           (for container health checks; -c FILE reads admin.addr)
   ferry version            print the version
 
 Flags (a flag wins over FERRY_* environment variables, which win over the file):
   -c, --config FILE        YAML configuration file (see ferry.example.yaml)
   --mqtt-addr ADDR         MQTT TCP listener (default :1883; "" disables)
   --ws-addr ADDR           MQTT over WebSocket listener (default :8083; "" disables)
-  --admin-addr ADDR        health, readiness and metrics HTTP (default 127.0.0.1:8080; "" disables)
+  --admin-addr ADDR        dashboard, REST API, health, readiness and metrics HTTP
+                           (default 127.0.0.1:8080; "" disables)
   --data-dir DIR           storage directory (default ./data)
   --log-level LEVEL        debug, info, warn or error (default info)
 `)

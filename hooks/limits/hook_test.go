@@ -80,8 +80,9 @@ func TestTopicLimits(t *testing.T) {
 }
 
 // TestInvalidUTF8Topic asserts what mochi itself does with a topic that is
-// not UTF-8 (it fails to decode the packet and closes the connection), so
-// the hook need not check it, and that nothing is delivered.
+// not UTF-8 (it fails to decode the packet, tells an MQTT 5 client
+// DISCONNECT 0x81 and closes the connection), so the hook need not check it,
+// and that nothing is delivered.
 func TestInvalidUTF8Topic(t *testing.T) {
 	h, addr := startServer(t, Config{})
 	for _, v := range versions {
@@ -100,7 +101,7 @@ func TestInvalidUTF8Topic(t *testing.T) {
 				c := dial(t, addr, v.version)
 				c.mustConnect("utf8-" + v.name + tt.name)
 				tt.send(c)
-				c.expectClosed()
+				c.expectRefused(packets.ErrMalformedPacket)
 				s.ping() // the PUBACK comes after any message mochi had delivered
 				if pk, err := s.read(100 * time.Millisecond); err == nil {
 					t.Fatalf("subscriber got %s %q", packets.PacketNames[pk.FixedHeader.Type], pk.TopicName)

@@ -1,7 +1,6 @@
 // Package mochitest serves a bare mochi server on loopback for tests, with a
-// listener whose Close cannot deadlock and a close that fails the test with
-// every goroutine's stack instead of hanging. It imports only mochi, so any
-// Ferry package's tests can use it.
+// close that fails the test with every goroutine's stack instead of
+// hanging. It imports only mochi, so any Ferry package's tests can use it.
 package mochitest
 
 import (
@@ -9,14 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
-	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // CloseTimeout bounds how long Close may take before the test fails with a
@@ -24,27 +21,21 @@ import (
 const CloseTimeout = 15 * time.Second
 
 // Listener is a mochi TCP listener on 127.0.0.1:0 that reports the port it
-// got (mochi's own reports the configured address) and disconnects its
-// clients itself on Close. mochi's closeFn goes through
-// Clients.GetByListener, which takes the clients' read lock twice and
-// deadlocks for good against a client connecting or leaving at that moment
-// (mochi #488); GetAll takes it once.
+// got (mochi's own reports the configured address).
 type Listener struct {
 	// TLS, when set before Init, makes it a TLS listener.
 	TLS *tls.Config
 
 	id  string
-	srv *mqtt.Server
 	ln  net.Listener
 	end atomic.Bool
-	mu  sync.Mutex
 }
 
 var _ listeners.Listener = (*Listener)(nil)
 
-// NewListener returns a listener for srv with the given id.
-func NewListener(srv *mqtt.Server, id string) *Listener {
-	return &Listener{id: id, srv: srv}
+// NewListener returns a listener with the given id for srv.
+func NewListener(_ *mqtt.Server, id string) *Listener {
+	return &Listener{id: id}
 }
 
 // ID returns the listener's id.
@@ -79,21 +70,15 @@ func (l *Listener) Serve(establish listeners.EstablishFn) {
 	}
 }
 
-// Close stops accepting and disconnects this listener's clients.
-func (l *Listener) Close(listeners.CloseFn) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.ln != nil {
-		_ = l.ln.Close()
-	}
+// Close stops accepting and has mochi disconnect this listener's clients.
+func (l *Listener) Close(closeClients listeners.CloseFn) {
 	if !l.end.CompareAndSwap(false, true) {
 		return
 	}
-	for _, cl := range l.srv.Clients.GetAll() {
-		if cl.Net.Listener == l.id && !cl.Closed() {
-			_ = l.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
-		}
+	if l.ln != nil {
+		_ = l.ln.Close()
 	}
+	closeClients(l.id)
 }
 
 // Serve adds a Listener to srv, starts it and closes it when the test ends
@@ -114,13 +99,7 @@ func ServeTLS(t testing.TB, srv *mqtt.Server, cfg *tls.Config) *Listener {
 	if err := srv.Serve(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		// mochi's Close panics the second time: a test that closed srv
-		// itself (to restart on the same store) has closed l with it.
-		if !l.end.Load() {
-			Close(t, srv)
-		}
-	})
+	t.Cleanup(func() { Close(t, srv) })
 	return l
 }
 

@@ -88,17 +88,148 @@ func (cl *Clients) Delete(id string) {
 	delete(cl.internal, id)
 }
 
+// deleteIf removes the client under id only if it is c: a connection that
+// ends must not remove the newer connection that took its client id over.
+func (cl *Clients) deleteIf(id string, c *Client) bool {
+	cl.Lock()
+	defer cl.Unlock()
+	if cl.internal[id] != c {
+		return false
+	}
+	delete(cl.internal, id)
+	return true
+}
+
+// idLocks serializes what changes the session of one client id: a new
+// connection taking the session over, the end of the connection that held
+// it, and its expiry. Without it a quick reconnect lost subscriptions: the
+// old connection's clean-up unsubscribed by client id after the new one had
+// inherited them, or deleted the new client from Clients.
+type idLocks struct {
+	mu sync.Mutex
+	m  map[string]*idLock
+}
+
+type idLock struct {
+	sync.Mutex
+	refs int // goroutines holding or waiting for it
+}
+
+// lock locks client id and returns its unlock.
+func (l *idLocks) lock(id string) (unlock func()) {
+	l.mu.Lock()
+	if l.m == nil {
+		l.m = make(map[string]*idLock)
+	}
+	k := l.m[id]
+	if k == nil {
+		k = new(idLock)
+		l.m[id] = k
+	}
+	k.refs++
+	l.mu.Unlock()
+	k.Lock()
+	return func() {
+		k.Unlock()
+		l.mu.Lock()
+		if k.refs--; k.refs == 0 {
+			delete(l.m, id)
+		}
+		l.mu.Unlock()
+	}
+}
+
 // GetByListener returns clients matching a listener id.
 func (cl *Clients) GetByListener(id string) []*Client {
 	cl.RLock()
 	defer cl.RUnlock()
-	clients := make([]*Client, 0, cl.Len())
+	// len, not cl.Len(): a second RLock by the same goroutine deadlocks
+	// once a writer waits between the two (upstream #488).
+	clients := make([]*Client, 0, len(cl.internal))
 	for _, client := range cl.internal {
 		if client.Net.Listener == id && !client.Closed() {
 			clients = append(clients, client)
 		}
 	}
 	return clients
+}
+
+// connSet tracks the connection handlers that are running (attachClient),
+// so that Close can stop even a client that is not in Clients yet, and
+// admits none once Close has begun. The WaitGroup is added to under the same
+// lock that sets closing, so every Add happens before Close's Wait: an Add
+// from zero concurrent with Wait is a race (upstream #424).
+type connSet struct {
+	mu      sync.Mutex
+	closing bool
+	live    map[*Client]connState
+}
+
+type connState struct {
+	listener    string
+	established bool // the client is in Clients: Close disconnects it from there
+}
+
+// enter registers cl's handler on listener in wg, or returns false if the
+// server is closing.
+func (s *connSet) enter(cl *Client, listener string, wg *sync.WaitGroup) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	if s.live == nil {
+		s.live = make(map[*Client]connState)
+	}
+	s.live[cl] = connState{listener: listener}
+	wg.Add(1)
+	return true
+}
+
+// leave ends what enter began.
+func (s *connSet) leave(cl *Client, wg *sync.WaitGroup) {
+	s.mu.Lock()
+	delete(s.live, cl)
+	s.mu.Unlock()
+	wg.Done()
+}
+
+// close admits no more handlers.
+func (s *connSet) close() {
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
+}
+
+// establish notes that cl has been added to Clients.
+func (s *connSet) establish(cl *Client) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st, ok := s.live[cl]; ok {
+		st.established = true
+		s.live[cl] = st
+	}
+}
+
+// connecting returns the clients on listener id whose connection is not
+// established yet.
+func (s *connSet) connecting(id string) []*Client {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*Client
+	for cl, st := range s.live {
+		if st.listener == id && !st.established {
+			out = append(out, cl)
+		}
+	}
+	return out
+}
+
+// len returns the number of handlers running.
+func (s *connSet) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.live)
 }
 
 // Client contains information about a client known by the broker.
@@ -115,7 +246,6 @@ type Client struct {
 type ClientConnection struct {
 	Conn     net.Conn      // the net.Conn used to establish the connection
 	bconn    *bufio.Reader // a buffered net.Conn for reading packets
-	outbuf   *bytes.Buffer // a buffer for writing packets
 	Remote   string        // the remote address of the client
 	Listener string        // listener id of the client
 	Inline   bool          // if true, the client is the built-in 'inline' embedded client
@@ -143,20 +273,23 @@ type Will struct {
 
 // ClientState tracks the state of the client.
 type ClientState struct {
-	TopicAliases    TopicAliases         // a map of topic aliases
-	stopCause       atomic.Value         // reason for stopping
-	Inflight        *Inflight            // a map of in-flight qos messages
-	Subscriptions   *Subscriptions       // a map of the subscription filters a client maintains
-	disconnected    int64                // the time the client disconnected in unix time, for calculating expiry
-	outbound        chan *packets.Packet // queue for pending outbound packets
-	endOnce         sync.Once            // only end once
-	isTakenOver     atomic.Bool          // used to identify orphaned clients
-	packetID        uint32               // the current highest packetID
-	open            context.Context      // indicate that the client is open for packet exchange
-	cancelOpen      context.CancelFunc   // cancel function for open context
-	outboundQty     int32                // number of messages currently in the outbound queue
-	Keepalive       uint16               // the number of seconds the connection can wait
-	ServerKeepalive bool                 // keepalive was set by the server
+	TopicAliases    TopicAliases       // a map of topic aliases
+	stopCause       atomic.Value       // reason for stopping
+	Inflight        *Inflight          // a map of in-flight qos messages
+	Subscriptions   *Subscriptions     // a map of the subscription filters a client maintains
+	disconnected    int64              // the time the client disconnected in unix time, for calculating expiry
+	outbound        outQueue           // packets to write (outqueue.go)
+	endOnce         sync.Once          // only end once
+	isTakenOver     atomic.Bool        // used to identify orphaned clients
+	handled         chan struct{}      // closed when the connection's handler has returned; nil without one
+	handed          map[uint16]bool    // ids of the PUBLISHes in flight when the connection ended (so sent, or maybe sent)
+	packetID        uint32             // the current highest packetID
+	open            context.Context    // indicate that the client is open for packet exchange
+	cancelOpen      context.CancelFunc // cancel function for open context
+	outboundQty     int32              // number of messages currently in the outbound queue
+	acks            ackHolds           // acknowledgements held for hooks' writes (ackhold.go)
+	Keepalive       uint16             // the number of seconds the connection can wait
+	ServerKeepalive bool               // keepalive was set by the server
 }
 
 // newClient returns a new instance of Client. This is almost exclusively used by Server
@@ -171,7 +304,6 @@ func newClient(c net.Conn, o *ops) *Client {
 			open:          ctx,
 			cancelOpen:    cancel,
 			Keepalive:     defaultKeepalive,
-			outbound:      make(chan *packets.Packet, o.options.Capabilities.MaximumClientWritesPending),
 		},
 		Properties: ClientProperties{
 			ProtocolVersion: defaultClientProtocolVersion, // default protocol version
@@ -190,20 +322,11 @@ func newClient(c net.Conn, o *ops) *Client {
 	return cl
 }
 
-// WriteLoop ranges over pending outbound messages and writes them to the client connection.
+// WriteLoop returns once the client is closed. Upstream it ran for the
+// client's whole life, writing its outbound queue; the queue now starts a
+// writer only while it holds something (outqueue.go). Kept for the API.
 func (cl *Client) WriteLoop() {
-	for {
-		select {
-		case pk := <-cl.State.outbound:
-			if err := cl.WritePacket(*pk); err != nil {
-				// TODO : Figure out what to do with error
-				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
-			}
-			atomic.AddInt32(&cl.State.outboundQty, -1)
-		case <-cl.State.open.Done():
-			return
-		}
-	}
+	<-cl.State.open.Done()
 }
 
 // ParseConnect parses the connect parameters and properties for a client.
@@ -307,25 +430,78 @@ func (cl *Client) ResendInflightMessages(force bool) error {
 	}
 
 	for _, tk := range cl.State.Inflight.GetAll(false) {
-		if tk.FixedHeader.Type == packets.Publish {
-			tk.FixedHeader.Dup = true // [MQTT-3.3.1-1] [MQTT-3.3.1-3]
+		// Only the server's own flows are resent: its PUBLISH and its
+		// PUBREL [MQTT-4.4.0-1]. A PUBREC belongs to the client's flow and
+		// waits for the client to resend PUBREL (upstream resent it).
+		// A PUBLISH keeps the DUP flag it has in Inflight: set if it was
+		// sent (or handed to a connection) before, clear for a message
+		// queued while the client was away [MQTT-3.3.1-1] [MQTT-3.3.1-3]
+		// (upstream set it on all, so first deliveries after a reconnect
+		// or restart looked like duplicates).
+		switch tk.FixedHeader.Type {
+		case packets.Publish, packets.Pubrel:
+		default:
+			continue
 		}
 
-		cl.ops.hooks.OnQosPublish(cl, tk, tk.Created, 0)
+		// resends 1: this is no new message for storage hooks, whatever
+		// its DUP flag.
+		cl.ops.hooks.OnQosPublish(cl, tk, tk.Created, 1)
 		err := cl.WritePacket(tk)
 		if err != nil {
 			return err
 		}
-
-		if tk.FixedHeader.Type == packets.Puback || tk.FixedHeader.Type == packets.Pubcomp {
-			if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
-				cl.ops.hooks.OnQosComplete(cl, tk)
-				atomic.AddInt64(&cl.ops.info.Inflight, -1)
-			}
-		}
 	}
 
 	return nil
+}
+
+// noteHanded records which PUBLISHes the ending connection held in flight:
+// they were written to it, or queued to be, so they go out again with DUP
+// set. One waiting for send quota (Expiry -1) was not.
+func (cl *Client) noteHanded() {
+	handed := make(map[uint16]bool)
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		if pk.FixedHeader.Type == packets.Publish && pk.Expiry >= 0 {
+			handed[pk.PacketID] = true
+		}
+	}
+	cl.State.handed = handed
+}
+
+// adoptInflight readies the PUBLISHes cl inherited from prev, whose
+// session it takes over, for cl's connection. Those in flight when prev's
+// connection ended get DUP set. Topic aliases are scoped to a network
+// connection [MQTT-3.3.2-7]: prev's outbound aliases are replaced by their
+// topics (upstream resent a message queued while the client was away with
+// only an alias the new connection never saw). Inflight must be cl's own
+// copy still.
+func (cl *Client) adoptInflight(prev *Client) {
+	var aliases map[uint16]string
+	if prev.State.TopicAliases.Outbound != nil {
+		aliases = prev.State.TopicAliases.Outbound.topics()
+	}
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		if pk.FixedHeader.Type != packets.Publish {
+			continue
+		}
+		changed := false
+		// Without a connection (restored from storage) the flag is as stored.
+		if !pk.FixedHeader.Dup && prev.State.handed[pk.PacketID] {
+			pk.FixedHeader.Dup, changed = true, true
+		}
+		if pk.Properties.TopicAliasFlag {
+			if pk.TopicName == "" {
+				pk.TopicName = aliases[pk.Properties.TopicAlias]
+			}
+			if pk.TopicName != "" {
+				pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag, changed = 0, false, true
+			}
+		}
+		if changed {
+			cl.State.Inflight.Set(pk)
+		}
+	}
 }
 
 // ClearInflights deletes all inflight messages for the client, e.g. for a disconnected user with a clean session.
@@ -532,6 +708,37 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 		return nil
 	}
 
+	buf := new(bytes.Buffer)
+	pk, err := cl.encodePacket(pk, buf)
+	if err != nil {
+		return err
+	}
+
+	cl.Lock()
+	n, err := buf.WriteTo(cl.Net.Conn)
+	cl.Unlock()
+	if err != nil {
+		return err
+	}
+
+	cl.countSent(&pk, n)
+	cl.ops.hooks.OnPacketSent(cl, pk, buf.Bytes())
+	return nil
+}
+
+// countSent adds a written packet to the server's counters.
+func (cl *Client) countSent(pk *packets.Packet, n int64) {
+	atomic.AddInt64(&cl.ops.info.BytesSent, n)
+	atomic.AddInt64(&cl.ops.info.PacketsSent, 1)
+	if pk.FixedHeader.Type == packets.Publish {
+		atomic.AddInt64(&cl.ops.info.MessagesSent, 1)
+	}
+}
+
+// encodePacket appends pk, as this client is to receive it, to buf and
+// returns it as encoded. On an error buf is left as it was.
+func (cl *Client) encodePacket(pk packets.Packet, buf *bytes.Buffer) (packets.Packet, error) {
+	start := buf.Len()
 	if pk.Expiry > 0 {
 		expiry := pk.Expiry - time.Now().Unix()
 		if expiry < 1 {
@@ -556,7 +763,6 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 	pk = cl.ops.hooks.OnPacketEncode(cl, pk)
 
 	var err error
-	buf := new(bytes.Buffer)
 	switch pk.FixedHeader.Type {
 	case packets.Connect:
 		err = pk.ConnectEncode(buf)
@@ -592,66 +798,14 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 		err = fmt.Errorf("%w: %v", packets.ErrNoValidPacketAvailable, pk.FixedHeader.Type)
 	}
 	if err != nil {
-		return err
+		buf.Truncate(start)
+		return pk, err
 	}
 
-	if pk.Mods.MaxSize > 0 && uint32(buf.Len()) > pk.Mods.MaxSize {
-		return packets.ErrPacketTooLarge // [MQTT-3.1.2-24] [MQTT-3.1.2-25]
+	if pk.Mods.MaxSize > 0 && uint32(buf.Len()-start) > pk.Mods.MaxSize {
+		buf.Truncate(start)
+		return pk, packets.ErrPacketTooLarge // [MQTT-3.1.2-24] [MQTT-3.1.2-25]
 	}
+	return pk, nil
 
-	n, err := func() (int64, error) {
-		cl.Lock()
-		defer cl.Unlock()
-		if len(cl.State.outbound) == 0 {
-			if cl.Net.outbuf == nil {
-				return buf.WriteTo(cl.Net.Conn)
-			}
-
-			// first write to buffer, then flush buffer
-			n, _ := cl.Net.outbuf.Write(buf.Bytes()) // will always be successful
-			err = cl.flushOutbuf()
-			return int64(n), err
-		}
-
-		// there are more writes in the queue
-		if cl.Net.outbuf == nil {
-			if buf.Len() >= cl.ops.options.ClientNetWriteBufferSize {
-				return buf.WriteTo(cl.Net.Conn)
-			}
-			cl.Net.outbuf = new(bytes.Buffer)
-		}
-
-		n, _ := cl.Net.outbuf.Write(buf.Bytes()) // will always be successful
-		if cl.Net.outbuf.Len() < cl.ops.options.ClientNetWriteBufferSize {
-			return int64(n), nil
-		}
-
-		err = cl.flushOutbuf()
-		return int64(n), err
-	}()
-	if err != nil {
-		return err
-	}
-
-	atomic.AddInt64(&cl.ops.info.BytesSent, n)
-	atomic.AddInt64(&cl.ops.info.PacketsSent, 1)
-	if pk.FixedHeader.Type == packets.Publish {
-		atomic.AddInt64(&cl.ops.info.MessagesSent, 1)
-	}
-
-	cl.ops.hooks.OnPacketSent(cl, pk, buf.Bytes())
-
-	return err
-}
-
-func (cl *Client) flushOutbuf() (err error) {
-	if cl.Net.outbuf == nil {
-		return
-	}
-
-	_, err = cl.Net.outbuf.WriteTo(cl.Net.Conn)
-	if err == nil {
-		cl.Net.outbuf = nil
-	}
-	return
 }

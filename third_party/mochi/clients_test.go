@@ -394,24 +394,47 @@ func TestClientClearExpiredInflights(t *testing.T) {
 	require.Equal(t, 4, cl.State.Inflight.Len())
 }
 
+// TestClientResendInflightMessages: on session resume only the server's own
+// flows go out again, a PUBLISH and a PUBREL [MQTT-4.4.0-1]; a PUBLISH has
+// DUP set only if it was sent before (upstream set it on all). A PUBREC
+// waits for the client's PUBREL (upstream resent it).
 func TestClientResendInflightMessages(t *testing.T) {
-	pk1 := packets.TPacketData[packets.Puback].Get(packets.TPuback)
-	cl, r, w := newTestClient()
+	publish := packets.TPacketData[packets.Publish].Get(packets.TPublishQos1)
+	dup := packets.TPacketData[packets.Publish].Get(packets.TPublishQos1Dup)
+	tt := []struct {
+		name  string
+		pk    packets.Packet
+		want  []byte
+		keeps bool // still held afterwards
+	}{
+		{"publish sent before", *dup.Packet, dup.RawBytes, true},
+		{"publish never sent", *publish.Packet, publish.RawBytes, true},
+		{"pubrel resent", *packets.TPacketData[packets.Pubrel].Get(packets.TPubrel).Packet,
+			packets.TPacketData[packets.Pubrel].Get(packets.TPubrel).RawBytes, true},
+		{"pubrec not resent", *packets.TPacketData[packets.Pubrec].Get(packets.TPubrec).Packet, []byte{}, true},
+	}
+	for _, tc := range tt {
+		t.Run(tc.name, func(t *testing.T) {
+			cl, r, w := newTestClient()
+			cl.State.Inflight.Set(tc.pk)
 
-	cl.State.Inflight.Set(*pk1.Packet)
-	require.Equal(t, 1, cl.State.Inflight.Len())
+			done := make(chan error, 1)
+			go func() {
+				done <- cl.ResendInflightMessages(true)
+				_ = w.Close()
+			}()
 
-	go func() {
-		err := cl.ResendInflightMessages(true)
-		require.NoError(t, err)
-		time.Sleep(time.Millisecond)
-		_ = w.Close()
-	}()
-
-	buf, err := io.ReadAll(r)
-	require.NoError(t, err)
-	require.Equal(t, 0, cl.State.Inflight.Len())
-	require.Equal(t, pk1.RawBytes, buf)
+			buf, err := io.ReadAll(r)
+			require.NoError(t, err)
+			require.NoError(t, <-done)
+			require.Equal(t, tc.want, buf)
+			_, kept := cl.State.Inflight.Get(tc.pk.PacketID)
+			if tc.pk.FixedHeader.Type == packets.Pubrec {
+				_, kept = cl.State.Inflight.GetInbound(tc.pk.PacketID)
+			}
+			require.Equal(t, tc.keeps, kept)
+		})
+	}
 }
 
 func TestClientResendInflightMessagesWriteFailure(t *testing.T) {
@@ -758,84 +781,47 @@ func TestClientWritePacket(t *testing.T) {
 	}
 }
 
-func TestClientWritePacketBuffer(t *testing.T) {
-	r, w := net.Pipe()
-
-	cl := newClient(w, &ops{
-		info:  new(system.Info),
-		hooks: new(Hooks),
-		log:   logger,
-		options: &Options{
-			Capabilities: &Capabilities{
-				ReceiveMaximum:             10,
-				TopicAliasMaximum:          10000,
-				MaximumClientWritesPending: 3,
-				maximumPacketID:            10,
-			},
-		},
-	})
-
-	cl.ID = "mochi"
-	cl.State.Inflight.maximumSendQuota = 5
-	cl.State.Inflight.sendQuota = 5
-	cl.State.Inflight.maximumReceiveQuota = 10
-	cl.State.Inflight.receiveQuota = 10
-	cl.Properties.Props.TopicAliasMaximum = 0
-	cl.Properties.Props.RequestResponseInfo = 0x1
-
-	cl.ops.options.ClientNetWriteBufferSize = 10
+// TestClientOutboundQueueBatches: what is queued for a client while its
+// writer is busy goes out in one write, a packet too large for the client
+// is skipped without holding the others, and a full queue refuses more.
+// Upstream gave every client a channel of MaximumClientWritesPending slots
+// and a writer goroutine for its whole life, and wrote each packet with its
+// own system call unless the channel held more.
+func TestClientOutboundQueueBatches(t *testing.T) {
+	cl, r, _ := newTestClient()
 	defer cl.Stop(errClientStop)
+	cl.Properties.ProtocolVersion = 4
+	small := *packets.TPacketData[packets.Publish].Get(packets.TPublishNoPayload).Packet
+	small.ProtocolVersion = 4
+	cl.Properties.Props.MaximumPacketSize = 14
 
-	small := packets.TPacketData[packets.Publish].Get(packets.TPublishNoPayload).Packet
-	large := packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
+	// Hold the writer on the client's lock so the queue fills behind it.
+	cl.Lock()
+	require.True(t, cl.enqueue(&small))
+	require.Eventually(t, func() bool { return cl.State.outbound.Len() == 0 }, 5*time.Second, time.Millisecond) // taken by the writer
+	big := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
+	big.ProtocolVersion = 4
+	require.True(t, cl.enqueue(&small))
+	require.True(t, cl.enqueue(&big)) // over MaximumPacketSize: skipped
+	require.True(t, cl.enqueue(&small))
+	require.False(t, cl.enqueue(&small), "MaximumClientWritesPending is 3")
+	require.Equal(t, 4, cl.OutboundLen())
+	cl.Unlock()
 
-	cl.State.outbound <- small
-
-	tt := []struct {
-		pks  []*packets.Packet
-		size int
-	}{
-		{
-			pks:  []*packets.Packet{small, small},
-			size: 18,
-		},
-		{
-			pks:  []*packets.Packet{large},
-			size: 20,
-		},
-		{
-			pks:  []*packets.Packet{small},
-			size: 0,
-		},
-	}
-
-	go func() {
-		for i, tx := range tt {
-			for _, pk := range tx.pks {
-				cl.Properties.ProtocolVersion = pk.ProtocolVersion
-				err := cl.WritePacket(*pk)
-				require.NoError(t, err, "index: %d", i)
-				if i == len(tt)-1 {
-					cl.Net.Conn.Close()
-				}
-				time.Sleep(100 * time.Millisecond)
-			}
-		}
-	}()
-
-	var n int
-	var err error
-	for i, tx := range tt {
-		buf := make([]byte, 100)
-		if i == len(tt)-1 {
-			buf, err = io.ReadAll(r)
-			n = len(buf)
-		} else {
-			n, err = io.ReadAtLeast(r, buf, 1)
-		}
-		require.NoError(t, err, "index: %d", i)
-		require.Equal(t, tx.size, n, "index: %d", i)
-	}
+	one := make([]byte, 100)
+	n, err := io.ReadAtLeast(r, one, 1)
+	require.NoError(t, err)
+	require.Equal(t, 9, n, "the first packet alone")
+	batch := make([]byte, 100)
+	n, err = io.ReadAtLeast(r, batch, 1)
+	require.NoError(t, err)
+	require.Equal(t, 18, n, "the two small packets queued behind it in one write, the big one skipped")
+	require.Eventually(t, func() bool {
+		q := &cl.State.outbound
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return cl.OutboundLen() == 0 && !q.writing
+	}, 5*time.Second, time.Millisecond, "no writer left running on an idle client")
 }
 
 func TestWriteClientOversizePacket(t *testing.T) {

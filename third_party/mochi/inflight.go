@@ -12,10 +12,18 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// Inflight is a map of InflightMessage keyed on packet id.
+// Inflight holds a client's unfinished QoS 1/2 flows, keyed by packet id.
+//
+// MQTT numbers each direction's packets on its own (MQTT 5 2.2.1, 3.1.1
+// 2.3.1): the client may use an identifier the server is using for its own
+// unacknowledged PUBLISH. So the server's flows (its PUBLISH and PUBREL,
+// what Get, Delete, Len and GetAll see) and the client's (the PUBREC the
+// server answered a QoS 2 PUBLISH with, awaiting PUBREL: GetInbound and
+// DeleteInbound) are kept apart. Set files a packet by its type.
 type Inflight struct {
 	sync.RWMutex
-	internal            map[uint16]packets.Packet // internal contains the inflight packets
+	internal            map[uint16]packets.Packet // the server's flows: PUBLISH, PUBREL
+	inbound             map[uint16]packets.Packet // the client's flows: PUBREC, PUBACK, PUBCOMP
 	receiveQuota        int32                     // remaining inbound qos quota for flow control
 	sendQuota           int32                     // remaining outbound qos quota for flow control
 	maximumReceiveQuota int32                     // maximum allowed receive quota
@@ -26,20 +34,67 @@ type Inflight struct {
 func NewInflights() *Inflight {
 	return &Inflight{
 		internal: map[uint16]packets.Packet{},
+		inbound:  map[uint16]packets.Packet{},
 	}
 }
 
-// Set adds or updates an inflight packet by packet id.
+// isInbound reports whether a packet the server holds belongs to a flow the
+// client started: the server's answers to a client's PUBLISH.
+func isInbound(pk *packets.Packet) bool {
+	switch pk.FixedHeader.Type {
+	case packets.Puback, packets.Pubrec, packets.Pubcomp:
+		return true
+	}
+	return false
+}
+
+// Set adds or updates an inflight packet by packet id, among the server's
+// flows or the client's according to its type. It reports whether the id
+// was free in that direction.
 func (i *Inflight) Set(m packets.Packet) bool {
 	i.Lock()
 	defer i.Unlock()
 
-	_, ok := i.internal[m.PacketID]
-	i.internal[m.PacketID] = m
+	set := i.internal
+	if isInbound(&m) {
+		set = i.inbound
+	}
+	_, ok := set[m.PacketID]
+	set[m.PacketID] = m
 	return !ok
 }
 
-// Get returns an inflight packet by packet id.
+// GetInbound returns the state of the client's flow with packet id id.
+func (i *Inflight) GetInbound(id uint16) (packets.Packet, bool) {
+	i.RLock()
+	defer i.RUnlock()
+	m, ok := i.inbound[id]
+	return m, ok
+}
+
+// DeleteInbound ends the client's flow with packet id id and reports
+// whether it existed.
+func (i *Inflight) DeleteInbound(id uint16) bool {
+	i.Lock()
+	defer i.Unlock()
+	_, ok := i.inbound[id]
+	delete(i.inbound, id)
+	return ok
+}
+
+// GetAllInbound returns the client's unfinished flows.
+func (i *Inflight) GetAllInbound() []packets.Packet {
+	i.RLock()
+	defer i.RUnlock()
+	m := make([]packets.Packet, 0, len(i.inbound))
+	for _, v := range i.inbound {
+		m = append(m, v)
+	}
+	sort.Slice(m, func(a, b int) bool { return m[a].PacketID < m[b].PacketID })
+	return m
+}
+
+// Get returns the server's inflight packet with packet id id.
 func (i *Inflight) Get(id uint16) (packets.Packet, bool) {
 	i.RLock()
 	defer i.RUnlock()
@@ -51,7 +106,7 @@ func (i *Inflight) Get(id uint16) (packets.Packet, bool) {
 	return packets.Packet{}, false
 }
 
-// Len returns the size of the inflight messages map.
+// Len returns the number of the server's unfinished flows.
 func (i *Inflight) Len() int {
 	i.RLock()
 	defer i.RUnlock()
@@ -67,10 +122,13 @@ func (i *Inflight) Clone() *Inflight {
 	for k, v := range i.internal {
 		c.internal[k] = v
 	}
+	for k, v := range i.inbound {
+		c.inbound[k] = v
+	}
 	return c
 }
 
-// GetAll returns all the inflight messages.
+// GetAll returns the server's unfinished flows.
 func (i *Inflight) GetAll(immediate bool) []packets.Packet {
 	i.RLock()
 	defer i.RUnlock()
@@ -104,7 +162,7 @@ func (i *Inflight) NextImmediate() (packets.Packet, bool) {
 	return packets.Packet{}, false
 }
 
-// Delete removes an in-flight message from the map. Returns true if the message existed.
+// Delete ends the server's flow with packet id id. Returns true if it existed.
 func (i *Inflight) Delete(id uint16) bool {
 	i.Lock()
 	defer i.Unlock()

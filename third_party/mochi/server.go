@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -144,6 +145,11 @@ type Server struct {
 	Log          *slog.Logger         // minimal no-alloc logger
 	hooks        *Hooks               // hooks contains hooks for extra functionality such as auth and persistent storage
 	inlineClient *Client              // inlineClient is a special client used for inline subscriptions and inline Publish
+	sessions     idLocks              // serializes takeover, end and expiry of each client id's session
+	conns        connSet              // the connection handlers running
+	closeOnce    sync.Once            // Close runs once
+	refusals     refusalLog           // rate-limits the log lines of refused bad packets
+	writers      sync.Pool            // batch buffers of the clients' writers (outqueue.go)
 }
 
 // loop contains interval tickers for the system events loop.
@@ -162,6 +168,7 @@ type ops struct {
 	info    *system.Info // pointers to server system info
 	hooks   *Hooks       // pointer to the server hooks
 	log     *slog.Logger // a structured logger for the client
+	scratch *sync.Pool   // the server's writers' batch buffers (outqueue.go); nil: none pooled
 }
 
 // New returns a new instance of mochi mqtt broker. Optional parameters
@@ -245,6 +252,7 @@ func (s *Server) NewClient(c net.Conn, listener string, id string, inline bool) 
 		info:    s.Info,
 		hooks:   s.hooks,
 		log:     s.Log,
+		scratch: &s.writers,
 	})
 
 	cl.ID = id
@@ -404,14 +412,19 @@ func (s *Server) EstablishConnection(listener string, c net.Conn) error {
 // attachClient validates an incoming client connection and if viable, attaches the client
 // to the server, performs session housekeeping, and reads incoming packets.
 func (s *Server) attachClient(cl *Client, listener string) error {
-	defer s.Listeners.ClientsWg.Done()
-	s.Listeners.ClientsWg.Add(1)
+	if !s.conns.enter(cl, listener, &s.Listeners.ClientsWg) {
+		cl.Stop(packets.ErrServerShuttingDown)
+		return packets.ErrServerShuttingDown
+	}
+	defer s.conns.leave(cl, &s.Listeners.ClientsWg)
+	cl.State.handled = make(chan struct{})
+	defer close(cl.State.handled)
 
-	go cl.WriteLoop()
 	defer cl.Stop(nil)
 
 	pk, err := s.readConnectionPacket(cl)
 	if err != nil {
+		s.refuseConnect(cl, pk, err)
 		return fmt.Errorf("read connection: %w", err)
 	}
 
@@ -428,6 +441,9 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 
 	code := s.validateConnect(cl, pk) // [MQTT-3.1.4-1] [MQTT-3.1.4-2]
 	if code != packets.CodeSuccess {
+		if BadPacket(code) {
+			s.logRefusal(cl, code, packets.Connect)
+		}
 		if err := s.SendConnack(cl, code, false, nil); err != nil {
 			return fmt.Errorf("invalid connection send ack: %w", err)
 		}
@@ -452,10 +468,10 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	atomic.AddInt64(&s.Info.ClientsConnected, 1)
 	defer atomic.AddInt64(&s.Info.ClientsConnected, -1)
 
-	s.hooks.OnSessionEstablish(cl, pk)
-
-	sessionPresent := s.inheritClientSession(pk, cl)
-	s.Clients.Add(cl) // [MQTT-4.1.0-1]
+	sessionPresent, err := s.establishSession(cl, pk)
+	if err != nil {
+		return err
+	}
 
 	err = s.SendConnack(cl, code, sessionPresent, nil) // [MQTT-3.1.4-5] [MQTT-3.2.0-1] [MQTT-3.2.0-2] &[MQTT-3.14.0-1]
 	if err != nil {
@@ -475,6 +491,7 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 
 	err = cl.Read(s.receivePacket)
 	if err != nil {
+		s.refuseRead(cl, err)
 		s.sendLWT(cl)
 		cl.Stop(err)
 	} else {
@@ -483,16 +500,81 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	s.Log.Debug("client disconnected", "error", err, "client", cl.ID, "remote", cl.Net.Remote, "listener", listener)
 
 	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
+	unlock := s.sessions.lock(cl.ID)
+	defer unlock()
+	cl.noteHanded()
 	s.hooks.OnDisconnect(cl, err, expire)
 
 	if expire && !cl.IsTakenOver() {
 		cl.ClearInflights()
 		s.UnsubscribeClient(cl)
-		s.Clients.Delete(cl.ID) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
+		s.Clients.deleteIf(cl.ID, cl) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
 	}
 
 	return err
 }
+
+// establishSession sets up cl's session under its client id's lock: it
+// takes the id over from a previous connection, inherits the session and
+// adds cl to Clients.
+func (s *Server) establishSession(cl *Client, pk packets.Packet) (sessionPresent bool, err error) {
+	unlock, err := s.takeOver(cl)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	s.hooks.OnSessionEstablish(cl, pk)
+	sessionPresent = s.inheritClientSession(pk, cl)
+	s.Clients.Add(cl) // [MQTT-4.1.0-1]
+	s.conns.establish(cl)
+	return sessionPresent, nil
+}
+
+// takeOver locks cl's client id for the session to be set up, once no other
+// connection's handler for the id is running. A running one is
+// disconnected (session taken over) and its handler, clean-up included, is
+// waited for first: a session that ends with its connection is then gone,
+// and a persistent one is complete (no SUBSCRIBE or acknowledgement of the
+// old connection still in progress) when cl inherits it. A handler that is
+// stuck past takeoverWait is given up on: cl goes ahead under the lock,
+// which still orders it against that handler's clean-up. It fails if cl is
+// closed while it waits (the server is closing).
+func (s *Server) takeOver(cl *Client) (unlock func(), err error) {
+	timer := time.NewTimer(takeoverWait)
+	defer timer.Stop()
+	expired := false
+	for {
+		unlock := s.sessions.lock(cl.ID)
+		old, ok := s.Clients.Get(cl.ID)
+		if !ok || old == cl || old.State.handled == nil {
+			return unlock, nil
+		}
+		select {
+		case <-old.State.handled:
+			return unlock, nil
+		default:
+		}
+		if expired {
+			s.Log.Warn("previous connection of the client still not finished; taking it over anyway",
+				"client", cl.ID, "waited", takeoverWait)
+			return unlock, nil
+		}
+		unlock()
+		_ = s.DisconnectClient(old, packets.ErrSessionTakenOver) // [MQTT-3.1.4-3]
+		select {
+		case <-old.State.handled:
+		case <-timer.C:
+			expired = true
+		case <-cl.State.open.Done():
+			return nil, fmt.Errorf("take over session %q: %w", cl.ID, net.ErrClosed)
+		}
+	}
+}
+
+// takeoverWait bounds how long a new connection waits for the previous
+// connection of its client id to finish; it takes microseconds unless that
+// connection's handler is stuck (in a hook, say).
+const takeoverWait = 5 * time.Second
 
 // readConnectionPacket reads the first incoming header for a connection, and if
 // acceptable, returns the valid connection packet.
@@ -520,13 +602,20 @@ func (s *Server) readConnectionPacket(cl *Client) (pk packets.Packet, err error)
 func (s *Server) receivePacket(cl *Client, pk packets.Packet) error {
 	err := s.processPacket(cl, pk)
 	if err != nil {
-		if code, ok := err.(packets.Code); ok &&
-			cl.Properties.ProtocolVersion == 5 &&
-			code.Code >= packets.ErrUnspecifiedError.Code {
-			_ = s.DisconnectClient(cl, code)
+		// A hook that disconnected the client has answered and logged it.
+		code, ok := packets.ReasonCode(err)
+		if ok && code.Code >= packets.ErrUnspecifiedError.Code && !cl.Closed() {
+			if BadPacket(code) {
+				s.logRefusal(cl, err, pk.FixedHeader.Type) // one bounded line, never the packet
+			}
+			if cl.Properties.ProtocolVersion == 5 {
+				_ = s.DisconnectClient(cl, code)
+			}
+			cl.Stop(code)
 		}
 
-		s.Log.Warn("error processing packet", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "pk", pk)
+		s.Log.Debug("error processing packet", "error", err, "client", cl.ID, "listener", cl.Net.Listener,
+			"packet", packets.PacketNames[pk.FixedHeader.Type])
 
 		return err
 	}
@@ -537,12 +626,15 @@ func (s *Server) receivePacket(cl *Client, pk packets.Packet) error {
 // validateConnect validates that a connect packet is compliant.
 func (s *Server) validateConnect(cl *Client, pk packets.Packet) packets.Code {
 	code := pk.ConnectValidate() // [MQTT-3.1.4-1] [MQTT-3.1.4-2]
+	if code == packets.ErrProtocolViolationProtocolVersion {
+		return packets.ErrUnsupportedProtocolVersion // [MQTT-3.1.2-2]: CONNACK 0x84, or 0x01 below MQTT 5
+	}
 	if code != packets.CodeSuccess {
 		return code
 	}
 
 	if cl.Properties.ProtocolVersion < 5 && !pk.Connect.Clean && pk.Connect.ClientIdentifier == "" {
-		return packets.ErrUnspecifiedError
+		return packets.ErrClientIdentifierNotValid // [MQTT-3.1.3-8]: 0x02 identifier rejected
 	}
 
 	if cl.Properties.ProtocolVersion < s.Options.Capabilities.MinimumProtocolVersion {
@@ -570,12 +662,15 @@ func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
 		}
 
 		existing.State.isTakenOver.Store(true)
-		if existing.State.Inflight.Len() > 0 {
+		// Len counts the server's flows only: the client's (PUBREC waiting
+		// for PUBREL) are inherited too.
+		if existing.State.Inflight.Len() > 0 || len(existing.State.Inflight.GetAllInbound()) > 0 {
 			cl.State.Inflight = existing.State.Inflight.Clone() // [MQTT-3.1.2-5]
 			if cl.State.Inflight.maximumReceiveQuota == 0 && cl.ops.options.Capabilities.ReceiveMaximum != 0 {
 				cl.State.Inflight.ResetReceiveQuota(int32(cl.ops.options.Capabilities.ReceiveMaximum)) // server receive max per client
 				cl.State.Inflight.ResetSendQuota(int32(cl.Properties.Props.ReceiveMaximum))            // client receive max
 			}
+			cl.adoptInflight(existing)
 		}
 
 		for _, sub := range existing.State.Subscriptions.GetAll() {
@@ -618,10 +713,12 @@ func (s *Server) SendConnack(cl *Client, reason packets.Code, present bool, prop
 	}
 
 	if reason.Code >= packets.ErrUnspecifiedError.Code {
-		if cl.Properties.ProtocolVersion < 5 {
-			if v3reason, ok := packets.V5CodesToV3[reason]; ok { // NB v3 3.2.2.3 Connack return codes
-				reason = v3reason
+		if cl.Properties.ProtocolVersion != 5 { // 3.1, 3.1.1, or a version this server does not speak
+			v3reason, ok := v3ConnackCode(reason) // NB v3 3.2.2.3 Connack return codes
+			if !ok {
+				return nil // [MQTT-3.2.2-6] [MQTT-3.1.4-1]: closed without a CONNACK
 			}
+			reason = v3reason
 		}
 
 		properties.ReasonString = reason.Reason
@@ -679,6 +776,14 @@ func (s *Server) processPacket(cl *Client, pk packets.Packet) error {
 		code := pk.PublishValidate(s.Options.Capabilities.TopicAliasMaximum)
 		if code != packets.CodeSuccess {
 			return code
+		}
+		// Before anything looks at the topic (its validity, the ACL).
+		if pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 && !cl.Net.Inline {
+			topic, ok := cl.State.TopicAliases.Inbound.Resolve(pk.Properties.TopicAlias, pk.TopicName)
+			if !ok {
+				return packets.ErrTopicAliasInvalid // [MQTT-3.3.2-8]
+			}
+			pk.TopicName = topic
 		}
 		err = s.processPublish(cl, pk)
 	case packets.Puback:
@@ -890,15 +995,10 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		pk.Expiry = pk.Created + expiry
 	}
 
-	if !cl.Net.Inline {
-		if pki, ok := cl.State.Inflight.Get(pk.PacketID); ok {
-			if pki.FixedHeader.Type == packets.Pubrec { // [MQTT-4.3.3-10]
-				ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.ErrPacketIdentifierInUse)
-				return cl.WritePacket(ack)
-			}
-			if ok := cl.State.Inflight.Delete(pk.PacketID); ok { // [MQTT-4.3.2-5]
-				atomic.AddInt64(&s.Info.Inflight, -1)
-			}
+	if !cl.Net.Inline && pk.FixedHeader.Qos == 2 {
+		if _, ok := cl.State.Inflight.GetInbound(pk.PacketID); ok { // [MQTT-4.3.3-10]
+			ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.ErrPacketIdentifierInUse)
+			return s.writeAck(cl, ack, nil, nil)
 		}
 	}
 
@@ -910,19 +1010,20 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		pk.FixedHeader.Qos = s.Options.Capabilities.MaximumQos // [MQTT-3.2.2-9] Reduce qos based on server max qos capability
 	}
 
+	cl.startCollecting(&pk)
 	pkx, err := s.hooks.OnPublish(cl, pk)
+	waits := cl.stopCollecting()
 	if err == nil {
 		pk = pkx
 	} else if errors.Is(err, packets.ErrRejectPacket) {
+		s.settleDropped(waits)
 		return nil
 	} else if errors.Is(err, packets.CodeSuccessIgnore) {
 		pk.Ignore = true
 	} else if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 && errors.As(err, new(packets.Code)) {
-		err = cl.WritePacket(s.buildAck(pk.PacketID, packets.Puback, 0, pk.Properties, err.(packets.Code)))
-		if err != nil {
-			return err
-		}
-		return nil
+		return s.writeAck(cl, s.buildAck(pk.PacketID, packets.Puback, 0, pk.Properties, err.(packets.Code)), waits, nil)
+	} else {
+		s.settleDropped(waits)
 	}
 
 	if pk.FixedHeader.Retain { // [MQTT-3.3.1-5] ![MQTT-3.3.1-8]
@@ -938,34 +1039,50 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		return nil
 	}
 
+	// The receive quota counts publishes not yet acknowledged [MQTT-3.3.4-9]:
+	// a QoS 1 one is back when its PUBACK is written, a QoS 2 one at PUBCOMP.
 	cl.State.Inflight.DecreaseReceiveQuota()
-	ack := s.buildAck(pk.PacketID, packets.Puback, 0, pk.Properties, packets.QosCodes[pk.FixedHeader.Qos]) // [MQTT-4.3.2-4]
-	if pk.FixedHeader.Qos == 2 {
-		ack = s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.CodeSuccess) // [MQTT-3.3.4-1] [MQTT-4.3.3-8]
+	if pk.FixedHeader.Qos == 1 {
+		ack := s.buildAck(pk.PacketID, packets.Puback, 0, pk.Properties, packets.QosCodes[1]) // [MQTT-4.3.2-4]
+		err = s.writeAck(cl, ack, waits, cl.State.Inflight.IncreaseReceiveQuota)
+	} else {
+		ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.CodeSuccess) // [MQTT-3.3.4-1] [MQTT-4.3.3-8]
+		if ok := cl.State.Inflight.Set(ack); ok {                                             // the client's flow, until PUBREL
+			atomic.AddInt64(&s.Info.Inflight, 1)
+			s.hooks.OnQosPublish(cl, ack, ack.Created, 0)
+		}
+		if len(waits) > 0 {
+			// Exactly once: nobody may see the message before it is
+			// durable, or a publisher resending it after a crash would
+			// have it delivered twice.
+			return s.writeAckAfter(cl, ack, waits, func() {
+				s.publishToSubscribers(pk)
+				s.hooks.OnPublished(cl, pk)
+			}, nil)
+		}
+		err = s.writeAck(cl, ack, nil, nil)
 	}
-
-	if ok := cl.State.Inflight.Set(ack); ok {
-		atomic.AddInt64(&s.Info.Inflight, 1)
-		s.hooks.OnQosPublish(cl, ack, ack.Created, 0)
-	}
-
-	err = cl.WritePacket(ack)
 	if err != nil {
 		return err
-	}
-
-	if pk.FixedHeader.Qos == 1 {
-		if ok := cl.State.Inflight.Delete(ack.PacketID); ok {
-			atomic.AddInt64(&s.Info.Inflight, -1)
-		}
-		cl.State.Inflight.IncreaseReceiveQuota()
-		s.hooks.OnQosComplete(cl, ack)
 	}
 
 	s.publishToSubscribers(pk)
 	s.hooks.OnPublished(cl, pk)
 
 	return nil
+}
+
+// settleDropped waits, off the reader, for writes hooks registered for a
+// publish that is not acknowledged after all: their Wait must run once.
+func (s *Server) settleDropped(waits []AckWaiter) {
+	if len(waits) == 0 {
+		return
+	}
+	go func() {
+		for _, w := range waits {
+			_ = w.Wait()
+		}
+	}()
 }
 
 // retainMessage adds a message to a topic, and if a persistent store is provided,
@@ -998,8 +1115,9 @@ func (s *Server) publishToSubscribers(pk packets.Packet) {
 		}
 	}
 
-	subscribers := s.Topics.Subscribers(pk.TopicName)
+	subscribers := s.Topics.SubscribersReadOnly(pk.TopicName)
 	if len(subscribers.Shared) > 0 {
+		subscribers = subscribers.clone() // selecting changes it
 		subscribers = s.hooks.OnSelectSubscribers(subscribers, pk)
 		if len(subscribers.SharedSelected) == 0 {
 			subscribers.SelectShared()
@@ -1097,10 +1215,7 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		return out, packets.CodeDisconnect
 	}
 
-	select {
-	case cl.State.outbound <- &out:
-		atomic.AddInt32(&cl.State.outboundQty, 1)
-	default:
+	if !cl.enqueue(&out) {
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
 		cl.ops.hooks.OnPublishDropped(cl, pk)
 		if out.FixedHeader.Qos > 0 {
@@ -1194,12 +1309,12 @@ func (s *Server) processPubrec(cl *Client, pk packets.Packet) error {
 
 // processPubrel processes a Pubrel packet, denoting completion of a QOS 2 packet sent from the client.
 func (s *Server) processPubrel(cl *Client, pk packets.Packet) error {
-	if _, ok := cl.State.Inflight.Get(pk.PacketID); !ok { // [MQTT-4.3.3-7] [MQTT-4.3.3-13]
+	if _, ok := cl.State.Inflight.GetInbound(pk.PacketID); !ok { // [MQTT-4.3.3-7] [MQTT-4.3.3-13]
 		return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubcomp, 0, pk.Properties, packets.ErrPacketIdentifierNotFound))
 	}
 
 	if pk.ReasonCode >= packets.ErrUnspecifiedError.Code || !pk.ReasonCodeValid() { // [MQTT-4.3.3-9]
-		if ok := cl.State.Inflight.Delete(pk.PacketID); ok {
+		if ok := cl.State.Inflight.DeleteInbound(pk.PacketID); ok {
 			atomic.AddInt64(&s.Info.Inflight, -1)
 		}
 		cl.ops.hooks.OnQosDropped(cl, pk)
@@ -1207,16 +1322,13 @@ func (s *Server) processPubrel(cl *Client, pk packets.Packet) error {
 	}
 
 	ack := s.buildAck(pk.PacketID, packets.Pubcomp, 0, pk.Properties, packets.CodeSuccess) // [MQTT-4.3.3-11]
-	cl.State.Inflight.Set(ack)
-
 	err := cl.WritePacket(ack)
 	if err != nil {
 		return err
 	}
 
-	cl.State.Inflight.IncreaseReceiveQuota()             // +1 RECV QUOTA
-	cl.State.Inflight.IncreaseSendQuota()                // +1 SENT QUOTA
-	if ok := cl.State.Inflight.Delete(pk.PacketID); ok { // [MQTT-4.3.3-12]
+	cl.State.Inflight.IncreaseReceiveQuota()                    // +1 RECV QUOTA
+	if ok := cl.State.Inflight.DeleteInbound(pk.PacketID); ok { // [MQTT-4.3.3-12]
 		atomic.AddInt64(&s.Info.Inflight, -1)
 		s.hooks.OnQosComplete(cl, pk)
 	}
@@ -1241,7 +1353,7 @@ func (s *Server) processPubcomp(cl *Client, pk packets.Packet) error {
 func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 	pk = s.hooks.OnSubscribe(cl, pk)
 	code := packets.CodeSuccess
-	if _, ok := cl.State.Inflight.Get(pk.PacketID); ok {
+	if _, ok := cl.State.Inflight.GetInbound(pk.PacketID); ok {
 		code = packets.ErrPacketIdentifierInUse
 	}
 
@@ -1315,7 +1427,7 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 // processUnsubscribe processes an unsubscribe packet.
 func (s *Server) processUnsubscribe(cl *Client, pk packets.Packet) error {
 	code := packets.CodeSuccess
-	if _, ok := cl.State.Inflight.Get(pk.PacketID); ok {
+	if _, ok := cl.State.Inflight.GetInbound(pk.PacketID); ok {
 		code = packets.ErrPacketIdentifierInUse
 	}
 
@@ -1411,7 +1523,17 @@ func (s *Server) processDisconnect(cl *Client, pk packets.Packet) error {
 }
 
 // DisconnectClient sends a Disconnect packet to a client and then closes the client connection.
+// MQTT 3.1 and 3.1.1 have no DISCONNECT from a server: such a client's
+// connection is just closed.
 func (s *Server) DisconnectClient(cl *Client, code packets.Code) error {
+	if cl.Properties.ProtocolVersion < 5 {
+		cl.Stop(code)
+		if code.Code >= packets.ErrUnspecifiedError.Code {
+			return code
+		}
+		return nil
+	}
+
 	out := packets.Packet{
 		FixedHeader: packets.FixedHeader{
 			Type: packets.Disconnect,
@@ -1493,22 +1615,35 @@ func (s *Server) publishSysTopics() {
 }
 
 // Close attempts to gracefully shut down the server, all listeners, clients, and stores.
+// Closing it again does nothing.
 func (s *Server) Close() error {
+	closing := false
+	s.closeOnce.Do(func() { closing = true })
+	if !closing {
+		return nil
+	}
 	close(s.done)
 	s.Log.Info("gracefully stopping server")
+	s.conns.close() // before CloseAll's Wait: no connection handler starts after it
 	s.Listeners.CloseAll(s.closeListenerClients)
 	s.hooks.OnStopped()
 	s.hooks.Stop()
+	s.refusals.stop()
 
 	s.Log.Info("mochi mqtt server stopped")
 	return nil
 }
 
-// closeListenerClients closes all clients on the specified listener.
+// closeListenerClients closes all clients on the specified listener: those
+// with a session get DISCONNECT (server shutting down), those whose
+// connection is still being set up are closed.
 func (s *Server) closeListenerClients(listener string) {
 	clients := s.Clients.GetByListener(listener)
 	for _, cl := range clients {
 		_ = s.DisconnectClient(cl, packets.ErrServerShuttingDown)
+	}
+	for _, cl := range s.conns.connecting(listener) {
+		cl.Stop(packets.ErrServerShuttingDown)
 	}
 }
 
@@ -1677,10 +1812,17 @@ func (s *Server) loadClients(v []storage.Client) {
 }
 
 // loadInflight restores inflight messages from the datastore.
+// A storage.Message does not say whether the message was sent before, so a
+// restored PUBLISH goes out with DUP set, as upstream did; a storage hook
+// that knows restores into Inflight itself with the right flag.
 func (s *Server) loadInflight(v []storage.Message) {
 	for _, msg := range v {
 		if client, ok := s.Clients.Get(msg.Client); ok {
-			client.State.Inflight.Set(msg.ToPacket())
+			pk := msg.ToPacket()
+			if pk.FixedHeader.Type == packets.Publish {
+				pk.FixedHeader.Dup = true // [MQTT-3.3.1-1]
+			}
+			client.State.Inflight.Set(pk)
 		}
 	}
 }
@@ -1707,10 +1849,22 @@ func (s *Server) clearExpiredClients(dt int64) {
 		}
 
 		if disconnected+int64(expire) < dt {
-			s.hooks.OnClientExpired(client)
-			s.Clients.Delete(id) // [MQTT-4.1.0-2]
+			s.expireClient(id, client)
 		}
 	}
+}
+
+// expireClient ends the session of client, unless a new connection has
+// taken its client id over since (the hooks would remove that one's
+// subscriptions, which are keyed by client id).
+func (s *Server) expireClient(id string, client *Client) {
+	unlock := s.sessions.lock(id)
+	defer unlock()
+	if c, ok := s.Clients.Get(id); !ok || c != client {
+		return
+	}
+	s.hooks.OnClientExpired(client)
+	s.Clients.deleteIf(id, client) // [MQTT-4.1.0-2]
 }
 
 // clearExpiredRetainedMessage deletes retained messages from topics if they have expired.

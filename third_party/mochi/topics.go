@@ -63,6 +63,22 @@ func (a *InboundTopicAliases) Set(id uint16, topic string) string {
 	return topic
 }
 
+// Resolve applies topic alias id to a PUBLISH's topic: a topic sets the
+// alias [MQTT-3.3.2-12], an empty topic takes the alias's. ok is false for
+// an empty topic with an alias this connection never set, a protocol error
+// [MQTT-3.3.2-8]. Aliases belong to the network connection [MQTT-3.3.2-7]:
+// each connection starts with none, a resumed session included.
+func (a *InboundTopicAliases) Resolve(id uint16, topic string) (resolved string, ok bool) {
+	a.Lock()
+	defer a.Unlock()
+	if topic != "" {
+		a.internal[id] = topic
+		return topic, true
+	}
+	resolved = a.internal[id]
+	return resolved, resolved != ""
+}
+
 // OutboundTopicAliases contains a map of topic aliases sent from the broker to the client.
 type OutboundTopicAliases struct {
 	internal map[string]uint16
@@ -102,6 +118,17 @@ func (a *OutboundTopicAliases) Set(topic string) (uint16, bool) {
 	a.internal[topic] = uint16(i) + 1
 	atomic.StoreUint32(&a.cursor, i+1)
 	return uint16(i) + 1, false
+}
+
+// topics returns the topic behind each alias.
+func (a *OutboundTopicAliases) topics() map[uint16]string {
+	a.RLock()
+	defer a.RUnlock()
+	m := make(map[uint16]string, len(a.internal))
+	for topic, alias := range a.internal {
+		m[alias] = topic
+	}
+	return m
 }
 
 // SharedSubscriptions contains a map of subscriptions to a shared filter,
@@ -350,6 +377,29 @@ func (s *Subscribers) MergeSharedSelected() {
 type TopicsIndex struct {
 	Retained *packets.Packets
 	root     *particle // a leaf containing a message and more leaves.
+	cache    subscriberCache
+}
+
+// subscriberCacheSize bounds the topics whose subscribers are cached; when
+// it is reached the cache starts again empty.
+const subscriberCacheSize = 4096
+
+// subscriberCache holds the subscribers of recently published topics, so a
+// topic published again costs one map lookup instead of a walk of the trie
+// that copies every matching node's subscriptions. Any change of a
+// subscription empties it.
+type subscriberCache struct {
+	mu  sync.RWMutex
+	gen uint64 // changes counted: a walk that saw an older trie is not kept
+	m   map[string]*Subscribers
+}
+
+// invalidate forgets every cached result: a subscription changed.
+func (c *subscriberCache) invalidate() {
+	c.mu.Lock()
+	c.gen++
+	c.m = nil
+	c.mu.Unlock()
 }
 
 // NewTopicsIndex returns a pointer to a new instance of Index.
@@ -368,6 +418,7 @@ func NewTopicsIndex() *TopicsIndex {
 func (x *TopicsIndex) InlineSubscribe(subscription InlineSubscription) bool {
 	x.root.Lock()
 	defer x.root.Unlock()
+	defer x.cache.invalidate() // after the change: a walk racing it is not kept
 
 	var existed bool
 	n := x.set(subscription.Filter, 0)
@@ -382,6 +433,7 @@ func (x *TopicsIndex) InlineSubscribe(subscription InlineSubscription) bool {
 func (x *TopicsIndex) InlineUnsubscribe(id int, filter string) bool {
 	x.root.Lock()
 	defer x.root.Unlock()
+	defer x.cache.invalidate() // after the change: a walk racing it is not kept
 
 	particle := x.seek(filter, 0)
 	if particle == nil {
@@ -401,6 +453,7 @@ func (x *TopicsIndex) InlineUnsubscribe(id int, filter string) bool {
 func (x *TopicsIndex) Subscribe(client string, subscription packets.Subscription) bool {
 	x.root.Lock()
 	defer x.root.Unlock()
+	defer x.cache.invalidate() // after the change: a walk racing it is not kept
 
 	var existed bool
 	prefix, _ := isolateParticle(subscription.Filter, 0)
@@ -423,6 +476,7 @@ func (x *TopicsIndex) Subscribe(client string, subscription packets.Subscription
 func (x *TopicsIndex) Unsubscribe(filter, client string) bool {
 	x.root.Lock()
 	defer x.root.Unlock()
+	defer x.cache.invalidate() // after the change: a walk racing it is not kept
 
 	var d int
 	prefix, _ := isolateParticle(filter, 0)
@@ -579,14 +633,65 @@ func (x *TopicsIndex) scanMessages(filter string, d int, n *particle, pks []pack
 }
 
 // Subscribers returns a map of clients who are subscribed to matching filters,
-// their subscription ids and highest qos.
+// their subscription ids and highest qos. The result is the caller's to
+// change.
 func (x *TopicsIndex) Subscribers(topic string) *Subscribers {
-	return x.scanSubscribers(topic, 0, nil, &Subscribers{
+	return x.SubscribersReadOnly(topic).clone()
+}
+
+// SubscribersReadOnly is Subscribers from the cache: the result is shared
+// and must not be changed.
+func (x *TopicsIndex) SubscribersReadOnly(topic string) *Subscribers {
+	c := &x.cache
+	c.mu.RLock()
+	subs, ok := c.m[topic]
+	gen := c.gen
+	c.mu.RUnlock()
+	if ok {
+		return subs
+	}
+	subs = x.scanSubscribers(topic, 0, nil, &Subscribers{
 		Shared:              map[string]map[string]packets.Subscription{},
 		SharedSelected:      map[string]packets.Subscription{},
 		Subscriptions:       map[string]packets.Subscription{},
 		InlineSubscriptions: map[int]InlineSubscription{},
 	})
+	c.mu.Lock()
+	if c.gen == gen {
+		if c.m == nil || len(c.m) >= subscriberCacheSize {
+			c.m = make(map[string]*Subscribers)
+		}
+		c.m[topic] = subs
+	}
+	c.mu.Unlock()
+	return subs
+}
+
+// clone returns a copy of s that can be changed without touching s.
+func (s *Subscribers) clone() *Subscribers {
+	c := &Subscribers{
+		Shared:              make(map[string]map[string]packets.Subscription, len(s.Shared)),
+		SharedSelected:      make(map[string]packets.Subscription, len(s.SharedSelected)),
+		Subscriptions:       make(map[string]packets.Subscription, len(s.Subscriptions)),
+		InlineSubscriptions: make(map[int]InlineSubscription, len(s.InlineSubscriptions)),
+	}
+	for filter, group := range s.Shared {
+		g := make(map[string]packets.Subscription, len(group))
+		for id, sub := range group {
+			g[id] = sub
+		}
+		c.Shared[filter] = g
+	}
+	for id, sub := range s.SharedSelected {
+		c.SharedSelected[id] = sub
+	}
+	for id, sub := range s.Subscriptions {
+		c.Subscriptions[id] = sub
+	}
+	for id, sub := range s.InlineSubscriptions {
+		c.InlineSubscriptions[id] = sub
+	}
+	return c
 }
 
 // scanSubscribers returns a list of client subscriptions matching an indexed topic address.
@@ -703,7 +808,15 @@ func IsSharedFilter(filter string) bool {
 	return strings.EqualFold(prefix, SharePrefix)
 }
 
-// IsValidFilter returns true if the filter is valid.
+// IsValidFilter returns true if the filter is valid: for a subscription
+// (forPublish false) a topic filter, for a PUBLISH a topic name.
+//
+// In a filter '+' must be a whole level [MQTT-4.7.1-2] and '#' the whole
+// last level [MQTT-4.7.1-1], so "a+", "+a", "a#" and "#/a" are invalid. A
+// shared subscription "$share/{ShareName}/{filter}" needs a ShareName of
+// at least one character without '/', '+' or '#', and a valid filter after
+// it [MQTT-4.8.2-1] [MQTT-4.8.2-2]: "$share//a", "$share/g", "$share/g/" and
+// "$share/+/a" are invalid.
 func IsValidFilter(filter string, forPublish bool) bool {
 	if !forPublish && len(filter) == 0 { // publishing can accept zero-length topic filter if topic alias exists, so we don't enforce for publish.
 		return false // [MQTT-4.7.3-1]
@@ -720,24 +833,21 @@ func IsValidFilter(filter string, forPublish bool) bool {
 		}
 	}
 
-	wildhash := strings.IndexRune(filter, '#')
-	if wildhash >= 0 && wildhash != len(filter)-1 { // [MQTT-4.7.1-2]
-		return false
-	}
-
-	prefix, hasNext := isolateParticle(filter, 0)
-	if !hasNext && strings.EqualFold(prefix, SharePrefix) {
-		return false // [MQTT-4.8.2-1]
-	}
-
-	if hasNext && strings.EqualFold(prefix, SharePrefix) {
-		group, hasNext := isolateParticle(filter, 1)
-		if !hasNext {
-			return false // [MQTT-4.8.2-1]
+	if prefix, rest, shared := strings.Cut(filter, "/"); strings.EqualFold(prefix, SharePrefix) {
+		group, f, ok := strings.Cut(rest, "/")
+		if !shared || !ok || group == "" || strings.ContainsAny(group, "+#") || f == "" {
+			return false // [MQTT-4.8.2-1] [MQTT-4.8.2-2]
 		}
+		filter = f
+	}
 
-		if strings.ContainsRune(group, '+') || strings.ContainsRune(group, '#') {
-			return false // [MQTT-4.8.2-2]
+	for level, rest, more := "", filter, true; more; {
+		level, rest, more = strings.Cut(rest, "/")
+		if strings.ContainsAny(level, "+#") && level != "+" && level != "#" {
+			return false // [MQTT-4.7.1-2] [MQTT-4.7.1-1]
+		}
+		if level == "#" && more {
+			return false // [MQTT-4.7.1-1]
 		}
 	}
 

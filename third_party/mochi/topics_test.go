@@ -6,6 +6,7 @@ package mqtt
 
 import (
 	"fmt"
+	"strconv"
 	"testing"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -1065,4 +1066,44 @@ func TestInlineUnsubscribe(t *testing.T) {
 
 	ok = index.InlineUnsubscribe(1, "not/exist")
 	require.False(t, ok)
+}
+
+// TestSubscribersCache: a topic's subscribers are cached, and every change
+// of a subscription is seen by the next lookup; a caller that changes what
+// Subscribers returned does not change the cache.
+func TestSubscribersCache(t *testing.T) {
+	index := NewTopicsIndex()
+	index.Subscribe("cl1", packets.Subscription{Filter: "a/+/c", Qos: 1})
+	require.Len(t, index.Subscribers("a/b/c").Subscriptions, 1)
+	require.Same(t, index.SubscribersReadOnly("a/b/c"), index.SubscribersReadOnly("a/b/c"), "cached")
+
+	index.Subscribe("cl2", packets.Subscription{Filter: "a/#"})
+	require.Len(t, index.SubscribersReadOnly("a/b/c").Subscriptions, 2, "a subscribe empties the cache")
+	index.Subscribe("cl3", packets.Subscription{Filter: SharePrefix + "/g/a/b/c"})
+	require.Len(t, index.SubscribersReadOnly("a/b/c").Shared, 1)
+	index.Unsubscribe("a/#", "cl2")
+	require.Len(t, index.SubscribersReadOnly("a/b/c").Subscriptions, 1, "an unsubscribe empties the cache")
+	index.InlineSubscribe(InlineSubscription{Subscription: packets.Subscription{Filter: "a/b/c", Identifier: 7}})
+	require.Len(t, index.SubscribersReadOnly("a/b/c").InlineSubscriptions, 1)
+	index.InlineUnsubscribe(7, "a/b/c")
+	require.Empty(t, index.SubscribersReadOnly("a/b/c").InlineSubscriptions)
+
+	mine := index.Subscribers("a/b/c")
+	delete(mine.Subscriptions, "cl1")
+	delete(mine.Shared, SharePrefix+"/g/a/b/c")
+	require.Len(t, index.SubscribersReadOnly("a/b/c").Subscriptions, 1, "a caller's copy is its own")
+	require.Len(t, index.SubscribersReadOnly("a/b/c").Shared, 1)
+}
+
+// TestSubscribersCacheBounded: the cache holds at most
+// subscriberCacheSize topics.
+func TestSubscribersCacheBounded(t *testing.T) {
+	index := NewTopicsIndex()
+	index.Subscribe("cl1", packets.Subscription{Filter: "#"})
+	for i := range subscriberCacheSize + 10 {
+		require.Len(t, index.SubscribersReadOnly("t/"+strconv.Itoa(i)).Subscriptions, 1)
+	}
+	index.cache.mu.RLock()
+	defer index.cache.mu.RUnlock()
+	require.LessOrEqual(t, len(index.cache.m), subscriberCacheSize)
 }

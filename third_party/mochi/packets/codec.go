@@ -143,6 +143,10 @@ func encodeLength(b *bytes.Buffer, length int64) {
 	}
 }
 
+// DecodeLength reads a Variable Byte Integer (a remaining length or a
+// property length) and returns its value and the number of bytes it took.
+// More than four bytes is a Malformed Packet [MQTT-1.5.5-1]: a fifth byte,
+// or a stream of continuation bytes, is refused at once rather than read on.
 func DecodeLength(b io.ByteReader) (n, bu int, err error) {
 	// see 1.5.5 Variable Byte Integer decode non-normative
 	// https://docs.oasis-open.org/mqtt/mqtt/v5.0/os/mqtt-v5.0-os.html#_Toc3901027
@@ -156,12 +160,12 @@ func DecodeLength(b io.ByteReader) (n, bu int, err error) {
 		}
 
 		value |= uint32(eb&127) << multiplier
-		if value > 268435455 {
-			return 0, bu, ErrMalformedVariableByteInteger
-		}
-
 		if (eb & 128) == 0 {
 			break
+		}
+
+		if bu == 4 {
+			return 0, bu, ErrMalformedVariableByteInteger
 		}
 
 		multiplier += 7
@@ -169,4 +173,24 @@ func DecodeLength(b io.ByteReader) (n, bu int, err error) {
 	}
 
 	return int(value), bu, nil
+}
+
+// decodeVarint is DecodeLength over buf from offset, for the decoders that
+// work on a slice: it returns the value and the offset after it.
+func decodeVarint(buf []byte, offset int) (int, int, error) {
+	if offset > len(buf) {
+		return 0, 0, ErrMalformedOffsetByteOutOfRange
+	}
+	value, mult := 0, 1
+	for i := offset; i < len(buf) && i < offset+4; i++ {
+		value += int(buf[i]&127) * mult
+		if buf[i]&128 == 0 {
+			return value, i + 1, nil
+		}
+		mult *= 128
+	}
+	if len(buf)-offset >= 4 {
+		return 0, 0, ErrMalformedVariableByteInteger
+	}
+	return 0, 0, ErrMalformedOffsetByteOutOfRange
 }

@@ -354,6 +354,10 @@ func (pk *Packet) ConnectEncode(buf *bytes.Buffer) error {
 
 // ConnectDecode decodes a connect packet.
 func (pk *Packet) ConnectDecode(buf []byte) error {
+	return decodeError(Connect, buf, pk.connectDecode(buf))
+}
+
+func (pk *Packet) connectDecode(buf []byte) error {
 	var offset int
 	var err error
 
@@ -388,7 +392,7 @@ func (pk *Packet) ConnectDecode(buf []byte) error {
 	if pk.ProtocolVersion == 5 {
 		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 		if err != nil {
-			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+			return propertiesError(err, ErrMalformedProperties)
 		}
 		offset += n
 	}
@@ -402,7 +406,7 @@ func (pk *Packet) ConnectDecode(buf []byte) error {
 		if pk.ProtocolVersion == 5 {
 			n, err := pk.Connect.WillProperties.Decode(WillProperties, bytes.NewBuffer(buf[offset:]))
 			if err != nil {
-				return ErrMalformedWillProperties
+				return propertiesError(err, ErrMalformedWillProperties)
 			}
 			offset += n
 		}
@@ -451,7 +455,7 @@ func (pk *Packet) ConnectValidate() Code {
 	}
 
 	if pk.ReservedBit != 0 {
-		return ErrProtocolViolationReservedBit // [MQTT-3.1.2-3]
+		return ErrMalformedReservedBit // [MQTT-3.1.2-3]: a Malformed Packet
 	}
 
 	if len(pk.Connect.Password) > math.MaxUint16 {
@@ -484,7 +488,7 @@ func (pk *Packet) ConnectValidate() Code {
 		}
 
 		if pk.Connect.WillQos > 2 {
-			return ErrProtocolViolationQosOutOfRange // [MQTT-3.1.2-12]
+			return ErrMalformedWillQos // [MQTT-3.1.2-12]: 3 is a Malformed Packet (3.1.2.6)
 		}
 	}
 
@@ -518,6 +522,10 @@ func (pk *Packet) ConnackEncode(buf *bytes.Buffer) error {
 
 // ConnackDecode decodes a Connack packet.
 func (pk *Packet) ConnackDecode(buf []byte) error {
+	return decodeError(Connack, buf, pk.connackDecode(buf))
+}
+
+func (pk *Packet) connackDecode(buf []byte) error {
 	var offset int
 	var err error
 
@@ -534,7 +542,7 @@ func (pk *Packet) ConnackDecode(buf []byte) error {
 	if pk.ProtocolVersion == 5 {
 		_, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 		if err != nil {
-			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+			return propertiesError(err, ErrMalformedProperties)
 		}
 	}
 
@@ -564,7 +572,11 @@ func (pk *Packet) DisconnectEncode(buf *bytes.Buffer) error {
 
 // DisconnectDecode decodes a Disconnect packet.
 func (pk *Packet) DisconnectDecode(buf []byte) error {
-	if pk.ProtocolVersion == 5 && pk.FixedHeader.Remaining > 1 {
+	return decodeError(Disconnect, buf, pk.disconnectDecode(buf))
+}
+
+func (pk *Packet) disconnectDecode(buf []byte) error {
+	if pk.ProtocolVersion == 5 && pk.FixedHeader.Remaining > 0 {
 		var err error
 		var offset int
 		pk.ReasonCode, offset, err = decodeByte(buf, offset)
@@ -572,10 +584,10 @@ func (pk *Packet) DisconnectDecode(buf []byte) error {
 			return fmt.Errorf("%s: %w", err, ErrMalformedReasonCode)
 		}
 
-		if pk.FixedHeader.Remaining > 2 {
+		if pk.FixedHeader.Remaining > 1 { // 3.14.2.2: a reason code alone means no properties
 			_, err = pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 			if err != nil {
-				return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+				return propertiesError(err, ErrMalformedProperties)
 			}
 		}
 	}
@@ -636,6 +648,10 @@ func (pk *Packet) PublishEncode(buf *bytes.Buffer) error {
 
 // PublishDecode extracts the data values from the packet.
 func (pk *Packet) PublishDecode(buf []byte) error {
+	return decodeError(Publish, buf, pk.publishDecode(buf))
+}
+
+func (pk *Packet) publishDecode(buf []byte) error {
 	var offset int
 	var err error
 
@@ -654,7 +670,7 @@ func (pk *Packet) PublishDecode(buf []byte) error {
 	if pk.ProtocolVersion == 5 {
 		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 		if err != nil {
-			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+			return propertiesError(err, ErrMalformedProperties)
 		}
 
 		offset += n
@@ -738,10 +754,10 @@ func (pk *Packet) decodePubAckRelRecComp(buf []byte) error {
 			return fmt.Errorf("%s: %w", err, ErrMalformedReasonCode)
 		}
 
-		if pk.FixedHeader.Remaining > 3 {
+		if pk.FixedHeader.Remaining > 3 { // 3.4.2.2: a reason code alone means no properties
 			_, err = pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 			if err != nil {
-				return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+				return propertiesError(err, ErrMalformedProperties)
 			}
 		}
 	}
@@ -756,7 +772,7 @@ func (pk *Packet) PubackEncode(buf *bytes.Buffer) error {
 
 // PubackDecode decodes a Puback packet.
 func (pk *Packet) PubackDecode(buf []byte) error {
-	return pk.decodePubAckRelRecComp(buf)
+	return decodeError(Puback, buf, pk.decodePubAckRelRecComp(buf))
 }
 
 // PubcompEncode encodes a Pubcomp packet.
@@ -766,7 +782,7 @@ func (pk *Packet) PubcompEncode(buf *bytes.Buffer) error {
 
 // PubcompDecode decodes a Pubcomp packet.
 func (pk *Packet) PubcompDecode(buf []byte) error {
-	return pk.decodePubAckRelRecComp(buf)
+	return decodeError(Pubcomp, buf, pk.decodePubAckRelRecComp(buf))
 }
 
 // PubrecEncode encodes a Pubrec packet.
@@ -776,7 +792,7 @@ func (pk *Packet) PubrecEncode(buf *bytes.Buffer) error {
 
 // PubrecDecode decodes a Pubrec packet.
 func (pk *Packet) PubrecDecode(buf []byte) error {
-	return pk.decodePubAckRelRecComp(buf)
+	return decodeError(Pubrec, buf, pk.decodePubAckRelRecComp(buf))
 }
 
 // PubrelEncode encodes a Pubrel packet.
@@ -786,7 +802,7 @@ func (pk *Packet) PubrelEncode(buf *bytes.Buffer) error {
 
 // PubrelDecode decodes a Pubrel packet.
 func (pk *Packet) PubrelDecode(buf []byte) error {
-	return pk.decodePubAckRelRecComp(buf)
+	return decodeError(Pubrel, buf, pk.decodePubAckRelRecComp(buf))
 }
 
 // ReasonCodeValid returns true if the provided reason code is valid for the packet type.
@@ -865,6 +881,10 @@ func (pk *Packet) SubackEncode(buf *bytes.Buffer) error {
 
 // SubackDecode decodes a Suback packet.
 func (pk *Packet) SubackDecode(buf []byte) error {
+	return decodeError(Suback, buf, pk.subackDecode(buf))
+}
+
+func (pk *Packet) subackDecode(buf []byte) error {
 	var offset int
 	var err error
 
@@ -876,7 +896,7 @@ func (pk *Packet) SubackDecode(buf []byte) error {
 	if pk.ProtocolVersion == 5 {
 		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 		if err != nil {
-			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+			return propertiesError(err, ErrMalformedProperties)
 		}
 		offset += n
 	}
@@ -925,6 +945,10 @@ func (pk *Packet) SubscribeEncode(buf *bytes.Buffer) error {
 
 // SubscribeDecode decodes a Subscribe packet.
 func (pk *Packet) SubscribeDecode(buf []byte) error {
+	return decodeError(Subscribe, buf, pk.subscribeDecode(buf))
+}
+
+func (pk *Packet) subscribeDecode(buf []byte) error {
 	var offset int
 	var err error
 
@@ -936,7 +960,7 @@ func (pk *Packet) SubscribeDecode(buf []byte) error {
 	if pk.ProtocolVersion == 5 {
 		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 		if err != nil {
-			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+			return propertiesError(err, ErrMalformedProperties)
 		}
 		offset += n
 	}
@@ -949,20 +973,26 @@ func (pk *Packet) SubscribeDecode(buf []byte) error {
 			return ErrMalformedTopic
 		}
 
-		var option byte
 		sub := &Subscription{
 			Filter: filter,
 		}
 
+		option, next, err := decodeByte(buf, offset)
+		if err != nil {
+			return ErrMalformedQos // upstream #501: v5 read past the end here
+		}
+		offset = next
+
 		if pk.ProtocolVersion == 5 {
-			sub.decode(buf[offset])
-			offset += 1
-		} else {
-			option, offset, err = decodeByte(buf, offset)
-			if err != nil {
-				return ErrMalformedQos
+			if option&0xc0 != 0 {
+				return ErrMalformedSubscriptionOptions // reserved bits [MQTT-3.8.3-5]
 			}
-			sub.Qos = option
+			sub.decode(option)
+			if sub.RetainHandling == 3 {
+				return ErrProtocolViolationRetainHandling // 3.8.3.1
+			}
+		} else {
+			sub.Qos = option // reserved bits set make it > 2, refused below [MQTT-3-8.3-4] (3.1.1)
 		}
 
 		if len(pk.Properties.SubscriptionIdentifier) > 0 {
@@ -993,6 +1023,10 @@ func (pk *Packet) SubscribeValidate() Code {
 		if v.Identifier > 268435455 { // 3.3.2.3.8 The Subscription Identifier can have the value of 1 to 268,435,455.
 			return ErrProtocolViolationOversizeSubID //
 		}
+
+		if v.NoLocal && isSharedFilter(v.Filter) {
+			return ErrProtocolViolationInvalidSharedNoLocal // [MQTT-3.8.3-4]
+		}
 	}
 
 	return CodeSuccess
@@ -1021,6 +1055,10 @@ func (pk *Packet) UnsubackEncode(buf *bytes.Buffer) error {
 
 // UnsubackDecode decodes an Unsuback packet.
 func (pk *Packet) UnsubackDecode(buf []byte) error {
+	return decodeError(Unsuback, buf, pk.unsubackDecode(buf))
+}
+
+func (pk *Packet) unsubackDecode(buf []byte) error {
 	var offset int
 	var err error
 
@@ -1032,7 +1070,7 @@ func (pk *Packet) UnsubackDecode(buf []byte) error {
 	if pk.ProtocolVersion == 5 {
 		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 		if err != nil {
-			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+			return propertiesError(err, ErrMalformedProperties)
 		}
 
 		offset += n
@@ -1077,6 +1115,10 @@ func (pk *Packet) UnsubscribeEncode(buf *bytes.Buffer) error {
 
 // UnsubscribeDecode decodes an Unsubscribe packet.
 func (pk *Packet) UnsubscribeDecode(buf []byte) error {
+	return decodeError(Unsubscribe, buf, pk.unsubscribeDecode(buf))
+}
+
+func (pk *Packet) unsubscribeDecode(buf []byte) error {
 	var offset int
 	var err error
 
@@ -1088,7 +1130,7 @@ func (pk *Packet) UnsubscribeDecode(buf []byte) error {
 	if pk.ProtocolVersion == 5 {
 		n, err := pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 		if err != nil {
-			return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+			return propertiesError(err, ErrMalformedProperties)
 		}
 		offset += n
 	}
@@ -1138,6 +1180,19 @@ func (pk *Packet) AuthEncode(buf *bytes.Buffer) error {
 
 // AuthDecode decodes an Auth packet.
 func (pk *Packet) AuthDecode(buf []byte) error {
+	return decodeError(Auth, buf, pk.authDecode(buf))
+}
+
+func (pk *Packet) authDecode(buf []byte) error {
+	if pk.ProtocolVersion != 0 && pk.ProtocolVersion < 5 {
+		return ErrMalformedPacketType // AUTH is a reserved packet type before MQTT 5 [MQTT-2.2-1] (3.1.1)
+	}
+
+	if pk.FixedHeader.Remaining == 0 {
+		pk.ReasonCode = CodeSuccess.Code // 3.15.2.1: no reason code and no properties means success
+		return nil
+	}
+
 	var offset int
 	var err error
 
@@ -1148,7 +1203,7 @@ func (pk *Packet) AuthDecode(buf []byte) error {
 
 	_, err = pk.Properties.Decode(pk.FixedHeader.Type, bytes.NewBuffer(buf[offset:]))
 	if err != nil {
-		return fmt.Errorf("%s: %w", err, ErrMalformedProperties)
+		return propertiesError(err, ErrMalformedProperties)
 	}
 
 	return nil

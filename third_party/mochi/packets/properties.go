@@ -6,6 +6,7 @@ package packets
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -362,7 +363,13 @@ func (p *Properties) Encode(pkt byte, mods Mods, b *bytes.Buffer, n int) {
 	b.Write(buf.Bytes()) // [MQTT-3.1.3-10]
 }
 
-// Decode decodes property bytes into a properties struct.
+// Decode decodes property bytes into a properties struct. It returns the
+// number of bytes the properties took, length included. Every read stays
+// inside the declared property length, which must fit in b. A property not
+// valid for the packet type or a value outside its type is a Malformed
+// Packet; a property given twice where the spec allows it once, or a value
+// the spec forbids (a Subscription Identifier of 0, a Receive Maximum of 0,
+// ...) is a Protocol Error [MQTT-2.2.2-2].
 func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 	if p == nil {
 		return 0, nil
@@ -379,6 +386,12 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 	}
 
 	bt := b.Bytes()
+	if n > len(bt) {
+		return n + bu, fmt.Errorf("property length %d exceeds the %d bytes left: %w", n, len(bt), ErrMalformedOffsetByteOutOfRange)
+	}
+	bt = bt[:n]
+
+	var seen uint64 // bit k set once property k was read; property ids are below 64
 	var k byte
 	for offset := 0; offset < n; {
 		k, offset, err = decodeByte(bt, offset)
@@ -387,13 +400,21 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 		}
 
 		if _, ok := validPacketProperties[k][pkt]; !ok {
-			return n + bu, fmt.Errorf("property type %v not valid for packet type %v: %w", k, pkt, ErrProtocolViolationUnsupportedProperty)
+			return n + bu, fmt.Errorf("property type %v not valid for packet type %v: %w", k, pkt, ErrMalformedBadProperty)
 		}
+
+		if seen&(1<<k) != 0 && !repeatable(pkt, k) {
+			return n + bu, fmt.Errorf("property type %v given twice: %w", k, ErrProtocolViolationDuplicateProperty)
+		}
+		seen |= 1 << k
 
 		switch k {
 		case PropPayloadFormat:
 			p.PayloadFormat, offset, err = decodeByte(bt, offset)
 			p.PayloadFormatFlag = true
+			if err == nil && p.PayloadFormat > 1 {
+				err = fmt.Errorf("payload format indicator %d: %w", p.PayloadFormat, ErrProtocolViolationPropertyValue)
+			}
 		case PropMessageExpiryInterval:
 			p.MessageExpiryInterval, offset, err = decodeUint32(bt, offset)
 		case PropContentType:
@@ -403,16 +424,12 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 		case PropCorrelationData:
 			p.CorrelationData, offset, err = decodeBytes(bt, offset)
 		case PropSubscriptionIdentifier:
-			if p.SubscriptionIdentifier == nil {
-				p.SubscriptionIdentifier = []int{}
+			var id int
+			id, offset, err = decodeVarint(bt, offset)
+			if err == nil && id == 0 {
+				err = fmt.Errorf("subscription identifier 0: %w", ErrProtocolViolationPropertyValue) // 3.8.2.1.2
 			}
-
-			n, bu, err := DecodeLength(bytes.NewBuffer(bt[offset:]))
-			if err != nil {
-				return n + bu, err
-			}
-			p.SubscriptionIdentifier = append(p.SubscriptionIdentifier, n)
-			offset += bu
+			p.SubscriptionIdentifier = append(p.SubscriptionIdentifier, id)
 		case PropSessionExpiryInterval:
 			p.SessionExpiryInterval, offset, err = decodeUint32(bt, offset)
 			p.SessionExpiryIntervalFlag = true
@@ -428,10 +445,16 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 		case PropRequestProblemInfo:
 			p.RequestProblemInfo, offset, err = decodeByte(bt, offset)
 			p.RequestProblemInfoFlag = true
+			if err == nil && p.RequestProblemInfo > 1 {
+				err = fmt.Errorf("request problem information %d: %w", p.RequestProblemInfo, ErrProtocolViolationPropertyValue) // 3.1.2.11.7
+			}
 		case PropWillDelayInterval:
 			p.WillDelayInterval, offset, err = decodeUint32(bt, offset)
 		case PropRequestResponseInfo:
 			p.RequestResponseInfo, offset, err = decodeByte(bt, offset)
+			if err == nil && p.RequestResponseInfo > 1 {
+				err = fmt.Errorf("request response information %d: %w", p.RequestResponseInfo, ErrProtocolViolationPropertyValue) // 3.1.2.11.6
+			}
 		case PropResponseInfo:
 			p.ResponseInfo, offset, err = decodeString(bt, offset)
 		case PropServerReference:
@@ -440,6 +463,9 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 			p.ReasonString, offset, err = decodeString(bt, offset)
 		case PropReceiveMaximum:
 			p.ReceiveMaximum, offset, err = decodeUint16(bt, offset)
+			if err == nil && p.ReceiveMaximum == 0 {
+				err = fmt.Errorf("receive maximum 0: %w", ErrProtocolViolationPropertyValue) // 3.1.2.11.3
+			}
 		case PropTopicAliasMaximum:
 			p.TopicAliasMaximum, offset, err = decodeUint16(bt, offset)
 		case PropTopicAlias:
@@ -461,6 +487,9 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 			p.User = append(p.User, UserProperty{Key: k, Val: v})
 		case PropMaximumPacketSize:
 			p.MaximumPacketSize, offset, err = decodeUint32(bt, offset)
+			if err == nil && p.MaximumPacketSize == 0 {
+				err = fmt.Errorf("maximum packet size 0: %w", ErrProtocolViolationPropertyValue) // 3.1.2.11.4
+			}
 		case PropWildcardSubAvailable:
 			p.WildcardSubAvailable, offset, err = decodeByte(bt, offset)
 			p.WildcardSubAvailableFlag = true
@@ -478,4 +507,23 @@ func (p *Properties) Decode(pkt byte, b *bytes.Buffer) (n int, err error) {
 	}
 
 	return n + bu, nil
+}
+
+// repeatable reports whether property k may appear more than once in a
+// packet of type pkt: User Properties anywhere, and Subscription
+// Identifiers in a PUBLISH (one per matching subscription). Every other
+// property may appear once (see each in section 2.2.2.2 and chapter 3).
+func repeatable(pkt, k byte) bool {
+	return k == PropUser || (k == PropSubscriptionIdentifier && pkt == Publish)
+}
+
+// propertiesError is the error a packet decoder returns for err from
+// Properties.Decode: a Protocol Error keeps its own reason code, anything
+// else is a Malformed Packet in the packet's properties (what).
+func propertiesError(err error, what Code) error {
+	var code Code
+	if errors.As(err, &code) && code.Code == ErrProtocolViolation.Code {
+		return err
+	}
+	return fmt.Errorf("%s: %w", err, what)
 }

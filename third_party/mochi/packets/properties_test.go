@@ -296,7 +296,7 @@ func TestDecodePropertiesInvalidForPacket(t *testing.T) {
 	props := new(Properties)
 	_, err := props.Decode(Reserved, b)
 	require.Error(t, err)
-	require.ErrorIs(t, err, ErrProtocolViolationUnsupportedProperty)
+	require.ErrorIs(t, err, ErrMalformedBadProperty) // 2.2.2.2: a Malformed Packet
 }
 
 func TestDecodePropertiesGeneralFailure(t *testing.T) {

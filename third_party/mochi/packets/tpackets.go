@@ -815,7 +815,7 @@ var TPacketData = map[byte]TPacketCases{
 			Case:   TConnectInvalidReservedBit,
 			Desc:   "reserved bit not 0",
 			Group:  "validate",
-			Expect: ErrProtocolViolationReservedBit,
+			Expect: ErrMalformedReservedBit,
 			Packet: &Packet{
 				FixedHeader:     FixedHeader{Type: Connect},
 				ProtocolVersion: 4,
@@ -937,7 +937,7 @@ var TPacketData = map[byte]TPacketCases{
 			Case:   TConnectInvalidWillFlagQosOutOfRange,
 			Desc:   "will flag no payload",
 			Group:  "validate",
-			Expect: ErrProtocolViolationQosOutOfRange,
+			Expect: ErrMalformedWillQos,
 			Packet: &Packet{
 				FixedHeader:     FixedHeader{Type: Connect},
 				ProtocolVersion: 4,

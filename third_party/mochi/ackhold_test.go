@@ -1,0 +1,179 @@
+// SPDX-License-Identifier: MIT
+// SPDX-FileCopyrightText: 2026 Ferry contributors
+
+package mqtt
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/stretchr/testify/require"
+)
+
+// gate is an AckWaiter that is done when its channel closes.
+type gate struct {
+	ch  chan struct{}
+	err error
+}
+
+func newGate() *gate { return &gate{ch: make(chan struct{})} }
+
+func (g *gate) Wait() error { <-g.ch; return g.err }
+
+func (g *gate) Ready() bool {
+	select {
+	case <-g.ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// holdingHook holds the acknowledgement of each publish on the gate its
+// payload names.
+type holdingHook struct {
+	HookBase
+	gates     map[string]*gate
+	held      atomic.Int32
+	published atomic.Int32
+}
+
+func (h *holdingHook) ID() string { return "holding" }
+
+func (h *holdingHook) Provides(b byte) bool { return b == OnPublish || b == OnPublished }
+
+func (h *holdingHook) OnPublished(*Client, packets.Packet) { h.published.Add(1) }
+
+func (h *holdingHook) OnPublish(cl *Client, pk packets.Packet) (packets.Packet, error) {
+	if g := h.gates[string(pk.Payload)]; g != nil && cl.HoldAck(g) {
+		h.held.Add(1)
+	}
+	return pk, nil
+}
+
+// readPacketType reads one packet from r and returns its type and id.
+func readPacketType(t *testing.T, r *bufio.Reader) (byte, uint16) {
+	t.Helper()
+	fh, err := r.ReadByte()
+	require.NoError(t, err)
+	n, _, err := packets.DecodeLength(r)
+	require.NoError(t, err)
+	body := make([]byte, n)
+	_, err = io.ReadFull(r, body)
+	require.NoError(t, err)
+	var id uint16
+	if n >= 2 {
+		id = uint16(body[0])<<8 | uint16(body[1])
+	}
+	return fh >> 4, id
+}
+
+func publishQos(id uint16, qos byte, payload string) packets.Packet {
+	return packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos},
+		PacketID:    id,
+		TopicName:   "a/b",
+		Payload:     []byte(payload),
+	}
+}
+
+// TestHoldAckOrder: an acknowledgement a hook holds goes out once its write
+// is done, and the acknowledgements after it wait behind it, in the order
+// the publishes came; the reader is not blocked meanwhile.
+func TestHoldAckOrder(t *testing.T) {
+	s := newServer()
+	h := &holdingHook{gates: map[string]*gate{"slow": newGate()}}
+	require.NoError(t, s.AddHook(h, nil))
+	cl, r, _ := newTestClient()
+	br := bufio.NewReader(r)
+
+	require.NoError(t, s.processPacket(cl, publishQos(1, 1, "slow")))
+	require.NoError(t, s.processPacket(cl, publishQos(2, 1, "fast")))
+	require.NoError(t, s.processPacket(cl, publishQos(3, 2, "fast")))
+	require.Equal(t, int32(1), h.held.Load())
+	// Written straight away: not behind the held acknowledgements.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		require.NoError(t, s.processPacket(cl, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}))
+	}()
+	typ, _ := readPacketType(t, br)
+	require.Equal(t, packets.Pingresp, typ, "PINGRESP first: PUBACK 1 is held, and 2 and 3 wait behind it")
+	<-done
+
+	close(h.gates["slow"].ch)
+	for _, want := range []struct {
+		typ byte
+		id  uint16
+	}{{packets.Puback, 1}, {packets.Puback, 2}, {packets.Pubrec, 3}} {
+		typ, id := readPacketType(t, br)
+		require.Equal(t, want.typ, typ)
+		require.Equal(t, want.id, id)
+	}
+}
+
+// TestHoldAckFailure: a held write that fails withholds the acknowledgement
+// and closes the connection, and a held QoS 2 message reaches nobody.
+func TestHoldAckFailure(t *testing.T) {
+	s := newServer()
+	g := newGate()
+	g.err = errors.New("disk full")
+	h := &holdingHook{gates: map[string]*gate{"doomed": g}}
+	require.NoError(t, s.AddHook(h, nil))
+	cl, r, _ := newTestClient()
+
+	require.NoError(t, s.processPacket(cl, publishQos(5, 2, "doomed")))
+	_, held := cl.State.Inflight.GetInbound(5)
+	require.True(t, held)
+	require.Equal(t, int32(0), h.published.Load(), "delivered before it was durable")
+
+	read := make(chan []byte, 1)
+	go func() { b, _ := io.ReadAll(r); read <- b }()
+	close(g.ch)
+	select {
+	case b := <-read:
+		require.Empty(t, b, "no PUBREC for a message that was not stored")
+	case <-time.After(10 * time.Second):
+		t.Fatal("connection not closed after the held write failed")
+	}
+	require.True(t, cl.Closed())
+	_, held = cl.State.Inflight.GetInbound(5)
+	require.False(t, held, "the resent PUBLISH must be taken as new, not refused as in use")
+	require.Equal(t, int32(0), h.published.Load(), "delivered although it was not stored")
+}
+
+// TestHoldAckOnlyFromOnPublish: outside OnPublish, or for QoS 0, HoldAck
+// says no, so the caller knows to wait itself.
+func TestHoldAckOnlyFromOnPublish(t *testing.T) {
+	cl, _, _ := newTestClient()
+	require.False(t, cl.HoldAck(newGate()))
+	pk := publishQos(0, 0, "x")
+	cl.startCollecting(&pk)
+	require.False(t, cl.HoldAck(newGate()))
+	cl.stopCollecting()
+}
+
+// TestPacketIDsPerDirection: the client's QoS 2 PUBLISH may use the
+// identifier of the server's unacknowledged PUBLISH. Upstream took it for a
+// resend of its own PUBREC flow or deleted the server's message.
+func TestPacketIDsPerDirection(t *testing.T) {
+	s := newServer()
+	cl, r, w := newTestClient()
+	cl.State.Inflight.Set(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 7, TopicName: "x"})
+	go func() {
+		require.NoError(t, s.processPacket(cl, publishQos(7, 2, "p")))
+		_ = w.Close()
+	}()
+	b, err := io.ReadAll(r)
+	require.NoError(t, err)
+	require.Equal(t, []byte{packets.Pubrec << 4, 2, 0, 7}, b, "PUBREC success for the client's id 7")
+	_, ok := cl.State.Inflight.Get(7)
+	require.True(t, ok, "the server's PUBLISH 7 is still in flight")
+	_, ok = cl.State.Inflight.GetInbound(7)
+	require.True(t, ok, "the client's flow 7 awaits PUBREL")
+}

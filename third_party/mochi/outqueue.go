@@ -1,0 +1,177 @@
+// SPDX-License-Identifier: MIT
+// SPDX-FileCopyrightText: 2026 Ferry contributors
+
+package mqtt
+
+import (
+	"bytes"
+	"errors"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// outQueue is a client's queue of packets to write. It holds nothing while
+// the client is idle: a slice that grows with the backlog instead of a
+// channel whose whole capacity (Capabilities.MaximumClientWritesPending)
+// every client reserved, and a writer goroutine that runs only while there
+// is something to write. The writer takes the whole backlog at once and
+// writes it with one system call.
+type outQueue struct {
+	mu      sync.Mutex
+	pks     []*packets.Packet
+	spare   []*packets.Packet // the previous batch's slice, reused
+	writing bool              // a writer goroutine is running
+}
+
+// Len returns the number of packets waiting to be written.
+func (q *outQueue) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.pks)
+}
+
+// OutboundLen returns how many packets wait in the client's outbound
+// queue, and OutboundCap how many it may hold
+// (Capabilities.MaximumClientWritesPending); publishes beyond that are
+// dropped. Hooks use them for flow control.
+func (cl *Client) OutboundLen() int { return int(atomic.LoadInt32(&cl.State.outboundQty)) }
+
+// OutboundCap returns the most packets the client's outbound queue holds.
+func (cl *Client) OutboundCap() int {
+	return int(cl.ops.options.Capabilities.MaximumClientWritesPending)
+}
+
+// enqueue queues pk for writing, starting the writer if it is not running.
+// It reports false, queuing nothing, when the queue is full.
+func (cl *Client) enqueue(pk *packets.Packet) bool {
+	q := &cl.State.outbound
+	q.mu.Lock()
+	if int32(len(q.pks)) >= cl.ops.options.Capabilities.MaximumClientWritesPending {
+		q.mu.Unlock()
+		return false
+	}
+	if q.pks == nil && q.spare != nil {
+		q.pks, q.spare = q.spare[:0], nil
+	}
+	q.pks = append(q.pks, pk)
+	atomic.AddInt32(&cl.State.outboundQty, 1)
+	start := !q.writing
+	q.writing = true
+	q.mu.Unlock()
+	if start {
+		go cl.writeQueued()
+	}
+	return true
+}
+
+// writeQueued writes the queue until it is empty, each round the whole
+// backlog in one write.
+func (cl *Client) writeQueued() {
+	q := &cl.State.outbound
+	w := cl.borrowScratch()
+	defer cl.returnScratch(w)
+	for {
+		// Let the goroutines that are handing this client packets (the
+		// publishers' readers, each working through a read buffer) go on
+		// first: what they add meanwhile joins this write. Without other
+		// work this returns at once.
+		runtime.Gosched()
+		q.mu.Lock()
+		batch := q.pks
+		q.pks = nil
+		if len(batch) == 0 {
+			q.writing = false
+			q.mu.Unlock()
+			return
+		}
+		q.mu.Unlock()
+
+		if err := cl.writeBatch(w, len(batch), func(i int) *packets.Packet { return batch[i] }); err != nil && !errors.Is(err, ErrConnectionClosed) {
+			cl.ops.log.Debug("failed publishing packets", "error", err, "client", cl.ID, "packets", len(batch))
+		}
+		atomic.AddInt32(&cl.State.outboundQty, -int32(len(batch)))
+		clear(batch)
+		q.mu.Lock()
+		if q.spare == nil && cap(batch) <= 1024 {
+			q.spare = batch[:0]
+		}
+		q.mu.Unlock()
+	}
+}
+
+// writePackets writes pks, encoded for this client, with one system call;
+// a packet that cannot be encoded for it is left out.
+func (cl *Client) writePackets(pks []packets.Packet) error {
+	w := cl.borrowScratch()
+	defer cl.returnScratch(w)
+	return cl.writeBatch(w, len(pks), func(i int) *packets.Packet { return &pks[i] })
+}
+
+// borrowScratch takes batch buffers from the server's pool.
+func (cl *Client) borrowScratch() *scratch {
+	if pool := cl.ops.scratch; pool != nil {
+		if w, ok := pool.Get().(*scratch); ok {
+			return w
+		}
+	}
+	return new(scratch)
+}
+
+// returnScratch gives w back, unless a burst made it too big to keep.
+func (cl *Client) returnScratch(w *scratch) {
+	if pool := cl.ops.scratch; pool != nil && w.buf.Cap() <= 1<<20 {
+		pool.Put(w)
+	}
+}
+
+// writeBatch encodes n packets, the i-th given by at, into w's buffer and
+// writes them with one system call, then counts them and tells the hooks.
+func (cl *Client) writeBatch(w *scratch, n int, at func(i int) *packets.Packet) error {
+	if cl.Closed() || cl.Net.Conn == nil {
+		return ErrConnectionClosed
+	}
+	buf := &w.buf
+	buf.Reset()
+	ends, sent := w.ends[:0], w.sent[:0]
+	defer func() {
+		clear(sent) // they hold payloads
+		w.ends, w.sent = ends[:0], sent[:0]
+	}()
+	for i := range n {
+		out, err := cl.encodePacket(*at(i), buf)
+		if err != nil {
+			cl.ops.log.Debug("failed writing packet", "error", err, "client", cl.ID)
+			continue
+		}
+		ends = append(ends, buf.Len())
+		sent = append(sent, out)
+	}
+	if buf.Len() == 0 {
+		return nil
+	}
+	cl.Lock()
+	_, err := cl.Net.Conn.Write(buf.Bytes())
+	cl.Unlock()
+	if err != nil {
+		return err
+	}
+	start := 0
+	for i := range sent {
+		cl.countSent(&sent[i], int64(ends[i]-start))
+		cl.ops.hooks.OnPacketSent(cl, sent[i], buf.Bytes()[start:ends[i]])
+		start = ends[i]
+	}
+	return nil
+}
+
+// scratch is what a writer needs for one batch. Writers run only while
+// their client has something to write, so they borrow it from the server's
+// pool instead of each client keeping its own.
+type scratch struct {
+	buf  bytes.Buffer
+	ends []int
+	sent []packets.Packet
+}
