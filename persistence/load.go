@@ -343,11 +343,10 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 					}
 					continue
 				}
-				// Not stored: a stored id says the message may have
-				// been sent (DUP on the next restart); OnQosPublish
-				// stores it once the message goes out.
 				usedIDs[free] = true
 				l.pk.PacketID = free
+				l.rec.PacketID = free
+				b.set(queueKey(id, l.seq), l.rec.appendTo)
 			}
 			ss.entries[l.pk.PacketID] = &entry{seq: l.seq, msgID: l.rec.MsgID, state: l.rec.State, created: l.pk.Created, size: l.size}
 			cl.State.Inflight.Set(*l.pk)

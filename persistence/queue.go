@@ -338,12 +338,8 @@ func (h *Hook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *m
 // OnQosPublish maps mochi's packet id for a subscriber onto the ref stored
 // by OnPublish and records the id; a PUBLISH that OnPublish did not store
 // (a retained message sent on subscribe, a will) is stored now. Resends of
-// known packets (mochi passes resends > 0) write nothing, but for the first
-// send of a QoS 2 message queued while the client was away.
-//
-// The packet id is stored only while the client is connected: a stored id
-// says the message may have been sent, so it goes out with DUP set after a
-// restart (load.go), and one queued for an absent client must not.
+// known packets (DUP set, or resends > 0: the engine resends a message
+// never sent before without DUP) write nothing.
 func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, resends int) {
 	if pk.FixedHeader.Type != packets.Publish {
 		return // PUBACK is transient, PUBREC was stored by OnPublish, PUBREL is a resend
@@ -356,16 +352,8 @@ func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, resends
 	}
 	b := h.st.newBatch()
 	if e := ss.entries[pk.PacketID]; e != nil && (pk.FixedHeader.Dup || resends > 0) {
-		if pk.FixedHeader.Qos < 2 || pk.FixedHeader.Dup || cl.Closed() || e.state != refPublish {
-			h.mu.Unlock()
-			h.st.putBatch(b)
-			return
-		}
-		rec := refRec{State: refPublish, Qos: 2, Retain: pk.FixedHeader.Retain, PacketID: pk.PacketID,
-			MsgID: e.msgID, SubIDs: pk.Properties.SubscriptionIdentifier}
-		b.set(b.queueKey(cl.ID, e.seq), rec.appendTo)
 		h.mu.Unlock()
-		h.write(b, true)
+		h.st.putBatch(b)
 		return
 	}
 	var seq, msgID uint64
@@ -399,14 +387,12 @@ func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, resends
 	h.removeEntryLocked(cl.ID, ss, pk.PacketID, b)
 	ss.entries[pk.PacketID] = &entry{seq: seq, msgID: msgID, state: refPublish, created: pk.Created, size: size}
 	rec := refRec{
-		State:  refPublish,
-		Qos:    pk.FixedHeader.Qos,
-		Retain: pk.FixedHeader.Retain,
-		MsgID:  msgID,
-		SubIDs: pk.Properties.SubscriptionIdentifier,
-	}
-	if !cl.Closed() {
-		rec.PacketID = pk.PacketID
+		State:    refPublish,
+		Qos:      pk.FixedHeader.Qos,
+		Retain:   pk.FixedHeader.Retain,
+		PacketID: pk.PacketID,
+		MsgID:    msgID,
+		SubIDs:   pk.Properties.SubscriptionIdentifier,
 	}
 	// A QoS 1 ref that OnPublish stored is complete but for the packet id:
 	// not worth a write per delivery (a third of the store's work for a

@@ -56,14 +56,21 @@ func (cl *Client) HoldAck(w AckWaiter) bool {
 	return true
 }
 
-// startCollecting opens HoldAck for the PUBLISH pk, on the reader.
+// startCollecting opens HoldAck for the PUBLISH pk, on the reader. The
+// inline client is left alone: it publishes from any goroutine, and is
+// never acknowledged.
 func (cl *Client) startCollecting(pk *packets.Packet) {
-	cl.State.acks.collecting = pk.FixedHeader.Qos > 0 && !cl.Net.Inline
+	if pk.FixedHeader.Qos > 0 && !cl.Net.Inline {
+		cl.State.acks.collecting = true
+	}
 }
 
 // stopCollecting closes HoldAck and returns what the hooks registered.
 func (cl *Client) stopCollecting() []AckWaiter {
 	h := &cl.State.acks
+	if !h.collecting {
+		return nil
+	}
 	h.collecting = false
 	w := h.waits
 	h.waits = nil

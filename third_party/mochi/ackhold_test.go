@@ -141,7 +141,7 @@ func TestHoldAckFailure(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("connection not closed after the held write failed")
 	}
-	require.True(t, cl.Closed())
+	require.Eventually(t, cl.Closed, 5*time.Second, time.Millisecond) // Stop closes the socket first
 	_, held = cl.State.Inflight.GetInbound(5)
 	require.False(t, held, "the resent PUBLISH must be taken as new, not refused as in use")
 	require.Equal(t, int32(0), h.published.Load(), "delivered although it was not stored")

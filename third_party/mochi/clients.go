@@ -708,6 +708,12 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 		return nil
 	}
 
+	if pk.FixedHeader.Type == packets.Publish {
+		if queued, err := cl.writeInOrder(pk); queued {
+			return err
+		}
+	}
+
 	buf := new(bytes.Buffer)
 	pk, err := cl.encodePacket(pk, buf)
 	if err != nil {

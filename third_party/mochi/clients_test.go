@@ -921,3 +921,37 @@ var (
 		packets.TPacketData[packets.Auth].Get(packets.TAuth),
 	}
 )
+
+// TestWritePacketKeepsQueueOrder: a PUBLISH written directly (a resend, a
+// message a storage hook feeds from disk) goes out after the deliveries
+// queued before it, not ahead of them.
+func TestWritePacketKeepsQueueOrder(t *testing.T) {
+	cl, r, _ := newTestClient()
+	defer cl.Stop(errClientStop)
+	cl.Properties.ProtocolVersion = 4
+	pub := func(payload string) packets.Packet {
+		return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "t", Payload: []byte(payload), ProtocolVersion: 4}
+	}
+	a, b := pub("a"), pub("b")
+	cl.Lock() // the writer waits
+	require.True(t, cl.enqueue(&a))
+	require.True(t, cl.enqueue(&b))
+	written := make(chan error, 1)
+	go func() { written <- cl.WritePacket(pub("c")) }()
+	require.Eventually(t, func() bool { return cl.OutboundLen() == 3 }, 5*time.Second, time.Millisecond, "c queued behind a and b")
+	cl.Unlock()
+
+	br := bufio.NewReader(r)
+	for _, want := range []string{"a", "b", "c"} {
+		fh, err := br.ReadByte()
+		require.NoError(t, err)
+		require.Equal(t, packets.Publish, fh>>4)
+		n, _, err := packets.DecodeLength(br)
+		require.NoError(t, err)
+		body := make([]byte, n)
+		_, err = io.ReadFull(br, body)
+		require.NoError(t, err)
+		require.Equal(t, want, string(body[3:]), "topic t, then the payload")
+	}
+	require.NoError(t, <-written)
+}

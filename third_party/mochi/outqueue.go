@@ -21,9 +21,9 @@ import (
 // writes it with one system call.
 type outQueue struct {
 	mu      sync.Mutex
-	pks     []*packets.Packet
-	spare   []*packets.Packet // the previous batch's slice, reused
-	writing bool              // a writer goroutine is running
+	pks     []queued
+	spare   []queued // the previous batch's slice, reused
+	writing bool     // a writer goroutine is running
 }
 
 // Len returns the number of packets waiting to be written.
@@ -44,6 +44,13 @@ func (cl *Client) OutboundCap() int {
 	return int(cl.ops.options.Capabilities.MaximumClientWritesPending)
 }
 
+// queued is a packet in the queue; done, if not nil, gets the outcome of
+// its write.
+type queued struct {
+	pk   *packets.Packet
+	done chan<- error
+}
+
 // enqueue queues pk for writing, starting the writer if it is not running.
 // It reports false, queuing nothing, when the queue is full.
 func (cl *Client) enqueue(pk *packets.Packet) bool {
@@ -53,10 +60,34 @@ func (cl *Client) enqueue(pk *packets.Packet) bool {
 		q.mu.Unlock()
 		return false
 	}
+	cl.pushLocked(queued{pk: pk})
+	return true
+}
+
+// writeInOrder writes the PUBLISH pk behind what the queue holds, and
+// waits for that write; inQueue is false, with nothing done, when the queue
+// is idle and the caller may write pk itself. A PUBLISH written directly (a
+// resend, a message a storage hook feeds from disk) must not overtake
+// deliveries queued before it.
+func (cl *Client) writeInOrder(pk packets.Packet) (inQueue bool, err error) {
+	q := &cl.State.outbound
+	q.mu.Lock()
+	if len(q.pks) == 0 && !q.writing {
+		q.mu.Unlock()
+		return false, nil
+	}
+	done := make(chan error, 1)
+	cl.pushLocked(queued{pk: &pk, done: done})
+	return true, <-done
+}
+
+// pushLocked appends e and starts the writer if needed; it unlocks q.mu.
+func (cl *Client) pushLocked(e queued) {
+	q := &cl.State.outbound
 	if q.pks == nil && q.spare != nil {
 		q.pks, q.spare = q.spare[:0], nil
 	}
-	q.pks = append(q.pks, pk)
+	q.pks = append(q.pks, e)
 	atomic.AddInt32(&cl.State.outboundQty, 1)
 	start := !q.writing
 	q.writing = true
@@ -64,7 +95,6 @@ func (cl *Client) enqueue(pk *packets.Packet) bool {
 	if start {
 		go cl.writeQueued()
 	}
-	return true
 }
 
 // writeQueued writes the queue until it is empty, each round the whole
@@ -89,8 +119,14 @@ func (cl *Client) writeQueued() {
 		}
 		q.mu.Unlock()
 
-		if err := cl.writeBatch(w, len(batch), func(i int) *packets.Packet { return batch[i] }); err != nil && !errors.Is(err, ErrConnectionClosed) {
+		err := cl.writeBatch(w, len(batch), func(i int) *packets.Packet { return batch[i].pk })
+		if err != nil && !errors.Is(err, ErrConnectionClosed) {
 			cl.ops.log.Debug("failed publishing packets", "error", err, "client", cl.ID, "packets", len(batch))
+		}
+		for _, e := range batch {
+			if e.done != nil {
+				e.done <- err
+			}
 		}
 		atomic.AddInt32(&cl.State.outboundQty, -int32(len(batch)))
 		clear(batch)

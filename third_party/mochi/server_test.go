@@ -1877,7 +1877,7 @@ func TestPublishToSubscribersSelfNoLocal(t *testing.T) {
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 		pkx.Origin = cl.ID
 		s.publishToSubscribers(pkx)
-		time.Sleep(time.Millisecond)
+		waitWrites(t, cl)
 		_ = w.Close()
 	}()
 
@@ -1929,7 +1929,7 @@ func TestPublishToSubscribers(t *testing.T) {
 
 	go func() {
 		s.publishToSubscribers(*packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
-		time.Sleep(time.Millisecond)
+		waitWrites(t, cl, cl2, cl3)
 		_ = w1.Close()
 		_ = w2.Close()
 		_ = w3.Close()
@@ -1972,7 +1972,7 @@ func TestPublishToSubscribersMessageExpiryDelta(t *testing.T) {
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 		pkx.Created = time.Now().Unix() - 30
 		s.publishToSubscribers(pkx)
-		time.Sleep(time.Millisecond)
+		waitWrites(t, cl)
 		_ = w1.Close()
 	}()
 
@@ -1996,7 +1996,7 @@ func TestPublishToSubscribersIdentifiers(t *testing.T) {
 
 	go func() {
 		s.publishToSubscribers(*packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
-		time.Sleep(time.Millisecond)
+		waitWrites(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2021,7 +2021,7 @@ func TestPublishToSubscribersPkIgnore(t *testing.T) {
 		pk := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 		pk.Ignore = true
 		s.publishToSubscribers(pk)
-		time.Sleep(time.Millisecond)
+		waitWrites(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2146,7 +2146,7 @@ func TestPublishToClientServerTopicAlias(t *testing.T) {
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasicMqtt5).Packet
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: pkx.TopicName}, pkx)
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: pkx.TopicName}, pkx)
-		time.Sleep(time.Millisecond)
+		waitWrites(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2257,7 +2257,7 @@ func TestProcessPublishWithTopicAlias(t *testing.T) {
 		pkx.TopicName = ""
 		pkx.Properties.TopicAlias = 1
 		_ = s.processPacket(cl2, pkx)
-		time.Sleep(time.Millisecond)
+		waitWrites(t, cl, cl2)
 		_ = w2.Close()
 		_ = w.Close()
 	}()
@@ -2282,7 +2282,7 @@ func TestPublishToSubscribersExhaustedSendQuota(t *testing.T) {
 	pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet
 	pkx.PacketID = 0
 	s.publishToSubscribers(pkx)
-	time.Sleep(time.Millisecond)
+	waitWrites(t, cl)
 	_ = w.Close()
 }
 
@@ -2303,7 +2303,7 @@ func TestPublishToSubscribersExhaustedPacketIDs(t *testing.T) {
 	pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet
 	pkx.PacketID = 0
 	s.publishToSubscribers(pkx)
-	time.Sleep(time.Millisecond)
+	waitWrites(t, cl)
 	_ = w.Close()
 }
 
@@ -2318,7 +2318,7 @@ func TestPublishToSubscribersNoConnection(t *testing.T) {
 	// can we hook into log/slog ?
 	_ = r.Close()
 	s.publishToSubscribers(*packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
-	time.Sleep(time.Millisecond)
+	waitWrites(t, cl)
 	_ = w.Close()
 }
 
@@ -2335,7 +2335,7 @@ func TestPublishRetainedToClient(t *testing.T) {
 
 	go func() {
 		s.publishRetainedToClient(cl, packets.Subscription{Filter: "a/b/c"}, false)
-		time.Sleep(time.Millisecond)
+		waitWrites(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2767,7 +2767,7 @@ func TestServerProcessOutboundQos2Flow(t *testing.T) {
 	for i, tx := range tt {
 		t.Run("qos step"+strconv.Itoa(i), func(t *testing.T) {
 			r, w := net.Pipe()
-			time.Sleep(time.Millisecond)
+			waitWrites(t, cl)
 			cl.Net.Conn = w
 
 			recv := make(chan []byte)
@@ -2784,7 +2784,7 @@ func TestServerProcessOutboundQos2Flow(t *testing.T) {
 				require.NoError(t, err)
 			}
 
-			time.Sleep(time.Millisecond)
+			waitWrites(t, cl)
 			_ = w.Close()
 
 			if i != 2 {
@@ -2884,7 +2884,7 @@ func TestServerProcessSubscribeWithRetain(t *testing.T) {
 		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribe).Packet)
 		require.NoError(t, err)
 
-		time.Sleep(time.Millisecond)
+		waitWrites(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2905,7 +2905,7 @@ func TestServerProcessSubscribeDowngradeQos(t *testing.T) {
 		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeMany).Packet)
 		require.NoError(t, err)
 
-		time.Sleep(time.Millisecond)
+		waitWrites(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2927,7 +2927,7 @@ func TestServerProcessSubscribeWithRetainHandling1(t *testing.T) {
 		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeRetainHandling1).Packet)
 		require.NoError(t, err)
 
-		time.Sleep(time.Millisecond)
+		waitWrites(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2948,7 +2948,7 @@ func TestServerProcessSubscribeWithRetainHandling2(t *testing.T) {
 		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeRetainHandling2).Packet)
 		require.NoError(t, err)
 
-		time.Sleep(time.Millisecond)
+		waitWrites(t, cl)
 		_ = w.Close()
 	}()
 
@@ -2969,7 +2969,7 @@ func TestServerProcessSubscribeWithNotRetainAsPublished(t *testing.T) {
 		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeRetainAsPublished).Packet)
 		require.NoError(t, err)
 
-		time.Sleep(time.Millisecond)
+		waitWrites(t, cl)
 		_ = w.Close()
 	}()
 
@@ -3956,4 +3956,19 @@ func TestMinimum(t *testing.T) {
 	require.EqualValues(t, -1, minimum(-1, 0)) // negative values are not used, but included here for completeness
 	require.EqualValues(t, -1, minimum(-1, 20))
 	require.EqualValues(t, -2, minimum(-1, -2))
+}
+
+// waitWrites waits until each client has written what it was handed: the
+// engine writes on a goroutine of its own, started while a client's queue
+// holds something (outqueue.go).
+func waitWrites(t *testing.T, cls ...*Client) {
+	t.Helper()
+	for _, cl := range cls {
+		require.Eventually(t, func() bool {
+			q := &cl.State.outbound
+			q.mu.Lock()
+			defer q.mu.Unlock()
+			return len(q.pks) == 0 && !q.writing
+		}, 5*time.Second, time.Millisecond, "client %s still writing", cl.ID)
+	}
 }
