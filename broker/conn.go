@@ -65,69 +65,19 @@ type conn struct {
 	closed    atomic.Bool
 	closeOnce sync.Once
 
-	// Until the session is established (CONNACK written and mochi's resend
-	// of the session's in-flight messages done), new PUBLISH packets are
-	// held back: mochi adds the client to its index before that, so a
-	// message published meanwhile would overtake the resend of older ones
-	// (or even the CONNACK).
-	wmu      sync.Mutex
-	released bool
-	held     []byte
-
 	// Writes to a client that stopped reading (stall.go).
 	stall stallState
 }
 
-// Write writes p as mochi handed it.
-func (c *conn) Write(p []byte) (int, error) {
-	c.wmu.Lock()
-	if c.released {
-		c.wmu.Unlock()
-		return c.write(p)
-	}
-	defer c.wmu.Unlock()
-	// Writes are whole packets (mochi encodes a packet, or a buffer of
-	// them, before writing). Hold new PUBLISHes; pass the rest, resends
-	// (DUP set) included.
-	rest := p
-	for len(rest) > 0 {
-		n := packetLen(rest)
-		if n <= 0 || n > len(rest) {
-			// Not whole packets after all: keep the order, hold it all.
-			c.held = append(c.held, rest...)
-			return len(p), nil
-		}
-		pk := rest[:n]
-		rest = rest[n:]
-		if pk[0]>>4 == packets.Publish && pk[0]&0x08 == 0 {
-			c.held = append(c.held, pk...)
-			continue
-		}
-		if _, err := c.write(pk); err != nil {
-			return 0, err
-		}
-	}
-	return len(p), nil
-}
+// Write writes p as the engine handed it. Until a session is established
+// (CONNACK and the resend of its in-flight messages written) the engine
+// itself holds new deliveries back (outqueue.go's pause).
+func (c *conn) Write(p []byte) (int, error) { return c.write(p) }
 
 // write writes p now, counted.
 func (c *conn) write(p []byte) (int, error) {
 	c.bytesOut.Add(uint64(len(p)))
 	return c.writeNow(p)
-}
-
-// release ends the hold and writes what was held, in order.
-func (c *conn) release() {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if c.released {
-		return
-	}
-	c.released = true
-	if len(c.held) > 0 {
-		_, _ = c.write(c.held)
-		c.held = nil
-	}
 }
 
 // packetLen is the length of the MQTT packet at the start of b, 0 if b does

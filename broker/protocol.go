@@ -64,7 +64,7 @@ func (h *protocolHook) ID() string { return "ferry-protocol" }
 
 func (h *protocolHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnSessionEstablished,
+	case mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPacketEncode,
 		mqtt.OnClientExpired, mqtt.OnDisconnect, mqtt.OnSelectSubscribers:
 		return true
 	case mqtt.OnPacketSent:
@@ -139,14 +139,6 @@ func endsWithConnection(cl *mqtt.Client) bool {
 		return cl.Properties.Props.SessionExpiryInterval == 0
 	}
 	return cl.Properties.Clean
-}
-
-// OnSessionEstablished runs after CONNACK and the resend of the session's
-// in-flight messages: new messages may now go out.
-func (h *protocolHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
-	if c, ok := cl.Net.Conn.(*conn); ok {
-		c.release()
-	}
 }
 
 // OnClientExpired removes an expired session's subscriptions: mochi only

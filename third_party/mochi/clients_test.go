@@ -955,3 +955,45 @@ func TestWritePacketKeepsQueueOrder(t *testing.T) {
 	}
 	require.NoError(t, <-written)
 }
+
+// TestOutboundPausedWhileEstablishing: a delivery queued while the
+// connection is being established (the client is already in the index)
+// waits for the resend of the session, which is written directly, whatever
+// their DUP flags. Ferry's connection wrapper held back PUBLISHes without
+// DUP instead, which put a resend never sent before (DUP 0) behind newer
+// ones: first deliveries out of order after a crash (TestCrashRecovery).
+func TestOutboundPausedWhileEstablishing(t *testing.T) {
+	cl, r, _ := newTestClient()
+	defer cl.Stop(errClientStop)
+	cl.Properties.ProtocolVersion = 4
+	pub := func(payload string) packets.Packet {
+		return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "t", Payload: []byte(payload), ProtocolVersion: 4}
+	}
+	cl.pauseOutbound()
+	live := pub("live")
+	require.True(t, cl.enqueue(&live))
+	written := make(chan error, 1)
+	go func() {
+		for _, p := range []string{"resend-1", "resend-2"} {
+			if err := cl.WritePacket(pub(p)); err != nil {
+				written <- err
+				return
+			}
+		}
+		cl.resumeOutbound()
+		written <- nil
+	}()
+
+	br := bufio.NewReader(r)
+	for _, want := range []string{"resend-1", "resend-2", "live"} {
+		_, err := br.ReadByte()
+		require.NoError(t, err)
+		n, _, err := packets.DecodeLength(br)
+		require.NoError(t, err)
+		body := make([]byte, n)
+		_, err = io.ReadFull(br, body)
+		require.NoError(t, err)
+		require.Equal(t, want, string(body[3:]))
+	}
+	require.NoError(t, <-written)
+}

@@ -24,6 +24,35 @@ type outQueue struct {
 	pks     []queued
 	spare   []queued // the previous batch's slice, reused
 	writing bool     // a writer goroutine is running
+	// paused: the connection is being established; what is queued waits
+	// until its CONNACK and the resend of the session's in-flight
+	// messages are written, which go out directly.
+	paused bool
+}
+
+// pauseOutbound holds queued packets back until resumeOutbound: the client
+// is in the index (a publisher can reach it) before its CONNACK and the
+// resend of its session are written.
+func (cl *Client) pauseOutbound() {
+	q := &cl.State.outbound
+	q.mu.Lock()
+	q.paused = true
+	q.mu.Unlock()
+}
+
+// resumeOutbound ends pauseOutbound and writes what was queued meanwhile.
+func (cl *Client) resumeOutbound() {
+	q := &cl.State.outbound
+	q.mu.Lock()
+	q.paused = false
+	start := len(q.pks) > 0 && !q.writing
+	if start {
+		q.writing = true
+	}
+	q.mu.Unlock()
+	if start {
+		go cl.writeQueued()
+	}
 }
 
 // Len returns the number of packets waiting to be written.
@@ -72,8 +101,8 @@ func (cl *Client) enqueue(pk *packets.Packet) bool {
 func (cl *Client) writeInOrder(pk packets.Packet) (inQueue bool, err error) {
 	q := &cl.State.outbound
 	q.mu.Lock()
-	if len(q.pks) == 0 && !q.writing {
-		q.mu.Unlock()
+	if q.paused || len(q.pks) == 0 && !q.writing {
+		q.mu.Unlock() // paused: the resend itself, which goes first
 		return false, nil
 	}
 	done := make(chan error, 1)
@@ -89,8 +118,10 @@ func (cl *Client) pushLocked(e queued) {
 	}
 	q.pks = append(q.pks, e)
 	atomic.AddInt32(&cl.State.outboundQty, 1)
-	start := !q.writing
-	q.writing = true
+	start := !q.writing && !q.paused
+	if start {
+		q.writing = true
+	}
 	q.mu.Unlock()
 	if start {
 		go cl.writeQueued()

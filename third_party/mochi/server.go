@@ -468,6 +468,7 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	atomic.AddInt64(&s.Info.ClientsConnected, 1)
 	defer atomic.AddInt64(&s.Info.ClientsConnected, -1)
 
+	cl.pauseOutbound() // until the CONNACK and the session's resend are written
 	sessionPresent, err := s.establishSession(cl, pk)
 	if err != nil {
 		return err
@@ -486,6 +487,7 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 			return fmt.Errorf("resend inflight: %w", err)
 		}
 	}
+	cl.resumeOutbound()
 
 	s.hooks.OnSessionEstablished(cl, pk)
 
