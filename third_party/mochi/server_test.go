@@ -266,8 +266,13 @@ func TestServerAddListenersFromConfig(t *testing.T) {
 	require.NotNil(t, s)
 	s.Log = logger
 
+	// The TCP listener binds when added: a free port, never 1883.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	tcpAddr := l.Addr().String()
+	require.NoError(t, l.Close())
 	lc := []listeners.Config{
-		{Type: listeners.TypeTCP, ID: "tcp", Address: ":1883"},
+		{Type: listeners.TypeTCP, ID: "tcp", Address: tcpAddr},
 		{Type: listeners.TypeWS, ID: "ws", Address: ":1882"},
 		{Type: listeners.TypeHealthCheck, ID: "health", Address: ":1881"},
 		{Type: listeners.TypeSysInfo, ID: "info", Address: ":1880"},
@@ -276,12 +281,12 @@ func TestServerAddListenersFromConfig(t *testing.T) {
 		{Type: "unknown", ID: "unknown"},
 	}
 
-	err := s.AddListenersFromConfig(lc)
+	err = s.AddListenersFromConfig(lc)
 	require.NoError(t, err)
 	require.Equal(t, 6, s.Listeners.Len())
 
 	tcp, _ := s.Listeners.Get("tcp")
-	require.Equal(t, "[::]:1883", tcp.Address())
+	require.Equal(t, tcpAddr, tcp.Address())
 
 	ws, _ := s.Listeners.Get("ws")
 	require.Equal(t, ":1882", ws.Address())

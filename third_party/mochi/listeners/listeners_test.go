@@ -6,7 +6,10 @@ package listeners
 
 import (
 	"crypto/tls"
+	"fmt"
 	"log"
+	"math/rand/v2"
+	"net"
 	"os"
 	"testing"
 	"time"
@@ -16,7 +19,20 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-const testAddr = ":22222"
+// testAddr is a port free when the tests start, from below the ephemeral
+// range: upstream used a fixed :22222, which two runs at once fought over.
+var testAddr = freeTestAddr()
+
+func freeTestAddr() string {
+	for {
+		port := 10000 + rand.IntN(20000)
+		l, err := net.Listen("tcp", fmt.Sprintf(":%d", port))
+		if err == nil {
+			_ = l.Close()
+			return fmt.Sprintf(":%d", port)
+		}
+	}
+}
 
 var (
 	basicConfig = Config{ID: "t1", Address: testAddr}
