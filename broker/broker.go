@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"math"
 	"net"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,7 +26,6 @@ import (
 	"github.com/ferrymq/ferry/hooks/metrics"
 	"github.com/ferrymq/ferry/persistence"
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -103,6 +101,7 @@ func New(cfg config.Config, opts ...Option) (*Broker, error) {
 		Capabilities:             capabilities(cfg),
 		ClientNetWriteBufferSize: cfg.Limits.WriteBufferSize,
 		ClientNetReadBufferSize:  cfg.Limits.ReadBufferSize,
+		IdleParkAfter:            max(cfg.Limits.IdleParkAfter, 0),
 		Logger:                   mochiLogger(o.logger),
 		SysTopicResendInterval:   int64(cfg.MQTT.SysInterval / time.Second),
 		InlineClient:             true,
@@ -437,12 +436,13 @@ func (b *Broker) untrack(c *conn) {
 	}
 }
 
-// serveConn runs one connection through mochi. A panic anywhere in mochi's
-// handling of it ends this connection only.
-func (b *Broker) serveConn(l *listener, nc net.Conn, state func() *tls.ConnectionState, establish listeners.EstablishFn) {
+// serveConn runs one connection through the engine, and calls ended once
+// it is over. It may return before that: the engine parks an idle
+// connection without a goroutine and serves it again on a new one (its
+// park.go). A panic in the engine's handling ends this connection only.
+func (b *Broker) serveConn(l *listener, nc net.Conn, state func() *tls.ConnectionState, ended func()) {
 	l.accepted.Add(1)
 	c := &conn{Conn: nc, b: b, listener: l.cfg.Name, tlsState: state, handled: make(chan struct{})}
-	defer close(c.handled) // last: after the clean-up of a panicked handler below
 	if b.perIP != nil {
 		c.ip = remoteIP(nc.RemoteAddr())
 		if why := b.perIP.admit(c.ip, time.Now()); why != "" {
@@ -453,45 +453,41 @@ func (b *Broker) serveConn(l *listener, nc net.Conn, state func() *tls.Connectio
 			}
 			b.log.Debug("connection refused", "remote", nc.RemoteAddr().String(), "listener", l.cfg.Name, "reason", why)
 			_ = nc.Close()
+			close(c.handled)
+			ended()
 			return
 		}
 	}
 	b.track(c)
-	defer func() {
-		if r := recover(); r != nil {
+	done := func(err error) {
+		defer ended()
+		defer close(c.handled)
+		var pe *mqtt.PanicError
+		if errors.As(err, &pe) {
 			id := ""
 			if cl := c.client.Load(); cl != nil {
 				id = cl.ID
-				b.forget(cl)
 			}
 			b.log.Error("connection handler panicked; connection closed", "client_id", id,
-				"remote", nc.RemoteAddr().String(), "listener", l.cfg.Name, "panic", r, "stack", string(debug.Stack()))
+				"remote", nc.RemoteAddr().String(), "listener", l.cfg.Name, "panic", pe.Value, "stack", string(pe.Stack))
 			b.metrics.CountMalformed()
 			_ = c.Close()
+			return
 		}
-	}()
+		b.logConnectEnd(c, l.cfg.Name, err)
+	}
 	// mochi sets no deadline before CONNECT: a socket that never sends one
 	// would be held for ever. mochi replaces this deadline with the
 	// keepalive once CONNECT is read. It bounds the TLS handshake too.
 	_ = nc.SetDeadline(time.Now().Add(b.cfg.Limits.ConnectTimeout))
 	if tc, ok := nc.(*tls.Conn); ok && !b.handshake(tc, l) {
 		_ = c.Close()
+		close(c.handled)
+		ended()
 		return
 	}
-	// Once mochi's Close has begun, establish refuses the connection.
-	b.logConnectEnd(c, l.cfg.Name, establish(l.cfg.Name, c))
-}
-
-// forget removes what mochi would have removed had its handler returned: a
-// clean session of a client whose handler panicked.
-func (b *Broker) forget(cl *mqtt.Client) {
-	if endsWithConnection(cl) {
-		b.mochi.UnsubscribeClient(cl)
-		cl.ClearInflights()
-		if cur, ok := b.mochi.Clients.Get(cl.ID); ok && cur == cl {
-			b.mochi.Clients.Delete(cl.ID)
-		}
-	}
+	// Once mochi's Close has begun, Attach refuses the connection.
+	b.mochi.Attach(l.cfg.Name, c, done)
 }
 
 // Ready is nil when every listener accepts, storage is open and the disk

@@ -3,39 +3,24 @@ package broker
 import (
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// ProtocolError is a packet that conn refused by its fixed header, before
-// mochi read any of it.
-type ProtocolError struct {
-	Code   packets.Code
-	Reason string
-}
-
-func (e *ProtocolError) Error() string {
-	return fmt.Sprintf("%s (reason code 0x%02x): %s", e.Code.Reason, e.Code.Code, e.Reason)
-}
-
-// conn wraps every accepted connection. It does two things mochi does not
-// (packets are decoded once, by mochi, whose decoder turns every malformed
-// packet into an error, never a panic):
+// conn wraps every accepted connection. It counts the bytes that cross it,
+// holds the client's writes back while it does not read (stall.go), and
+// closes lingering: FIN after the last write, then the client's remaining
+// bytes are read and dropped for a short while, so the kernel does not
+// answer the client's next write with RST and destroy the DISCONNECT the
+// client has not read yet. Packets are framed, checked against the size
+// limit and decoded once, by the engine.
 //
-//   - Packets over the size limit are answered with DISCONNECT 0x95 (MQTT 5)
-//     before the connection closes, instead of a bare close.
-//   - Close is a lingering close: FIN after the last write, then the
-//     client's remaining bytes are read and dropped for a short while, so the
-//     kernel does not answer the client's next write with RST and destroy
-//     the DISCONNECT the client has not read yet.
-//
-// Reads happen on mochi's single reader goroutine; Close may come from any.
+// Reads happen on the engine's reader goroutine; Close may come from any.
 type conn struct {
 	net.Conn
 	b        *Broker
@@ -49,12 +34,6 @@ type conn struct {
 	// handled is closed once mochi's handler for the connection has
 	// returned: the client's clean-up is done.
 	handled chan struct{}
-
-	// reader state, only touched by the reading goroutine
-	sc   scanner
-	rerr error
-	// reported is set once a refused packet has been logged and answered.
-	reported bool
 
 	// bytesIn and bytesOut count what crossed the socket, since when the
 	// session was established, in Unix nanoseconds (admin API).
@@ -102,50 +81,26 @@ func packetHeader(b []byte) (total, header int) {
 }
 
 func (c *conn) Read(p []byte) (int, error) {
-	for {
-		if c.rerr != nil {
-			// Raised only once mochi has taken every byte before the bad
-			// packet: by then it has processed a CONNECT that came in the
-			// same segment, so the client can be named and told.
-			c.violation(c.rerr)
-			return 0, c.rerr
-		}
-		n, err := c.Conn.Read(p)
-		c.bytesIn.Add(uint64(n))
-		if c.closed.Load() {
-			return 0, net.ErrClosed
-		}
-		out, perr := c.scan(p[:n])
-		if perr != nil {
-			c.rerr = perr
-		} else if err != nil {
-			c.rerr = err
-		}
-		if out > 0 {
-			return out, nil
-		}
+	n, err := c.Conn.Read(p)
+	c.bytesIn.Add(uint64(n))
+	if c.closed.Load() {
+		return 0, net.ErrClosed
 	}
+	return n, err
 }
 
-// violation logs a refused packet and, for an MQTT 5 client, sends the
-// DISCONNECT with its reason code before the read error ends the session.
-func (c *conn) violation(err error) {
-	var pe *ProtocolError
-	if !errors.As(err, &pe) || c.reported {
-		return
+// SyscallConn lets the engine park the connection while it is idle (the
+// engine's park.go): only a plain socket, whose bytes all pass through Read
+// unbuffered. A TLS or WebSocket connection keeps state of its own above
+// the socket and is never parked.
+func (c *conn) SyscallConn() (syscall.RawConn, error) {
+	switch nc := c.Conn.(type) {
+	case *net.TCPConn:
+		return nc.SyscallConn()
+	case *net.UnixConn:
+		return nc.SyscallConn()
 	}
-	c.reported = true
-	cl := c.client.Load()
-	id := ""
-	if cl != nil {
-		id = cl.ID
-	}
-	c.b.log.Warn("closing connection: bad packet", "client_id", id, "remote", c.RemoteAddr().String(),
-		"listener", c.listener, "reason", pe.Error())
-	c.b.metrics.CountMalformed()
-	if cl != nil && cl.Properties.ProtocolVersion == 5 {
-		_ = c.b.mochi.DisconnectClient(cl, pe.Code)
-	}
+	return nil, errors.ErrUnsupported
 }
 
 // TLSConnectionState returns the TLS state of a tls or wss connection, nil
@@ -233,77 +188,4 @@ func (c *conn) Close() error {
 func (c *conn) kill() {
 	c.closed.Store(true)
 	_ = c.Conn.Close()
-}
-
-// scanner follows MQTT framing across reads, to refuse a packet over the
-// size limit by its fixed header alone.
-type scanner struct {
-	state     int
-	length    int
-	mult      int
-	hdrLen    int
-	remaining int
-}
-
-const (
-	stFirst = iota
-	stLength
-	stBody
-	// stPass: the framing was lost (a remaining length longer than four
-	// bytes); mochi's decoder refuses that packet, so the rest just passes.
-	stPass
-)
-
-// scan follows the packets in buf, the bytes just read, and returns how many
-// of them mochi may read: all of them, or those before a packet over the
-// size limit, with the error that refuses it.
-func (c *conn) scan(buf []byte) (int, error) {
-	s := &c.sc
-	start := 0 // where the packet being scanned starts in buf (0: in an earlier read)
-	for i := 0; i < len(buf); {
-		switch s.state {
-		case stFirst:
-			start = i
-			i++
-			s.length, s.mult, s.hdrLen = 0, 1, 1
-			s.state = stLength
-		case stLength:
-			b := buf[i]
-			i++
-			s.hdrLen++
-			s.length += int(b&0x7f) * s.mult
-			s.mult *= 128
-			if b&0x80 != 0 {
-				if s.hdrLen == 5 {
-					s.state = stPass
-				}
-				continue
-			}
-			if max := c.maxPacket(); max > 0 && s.hdrLen+s.length > max {
-				// Nothing of this packet reaches mochi, unless an earlier
-				// read already handed it the start of the header.
-				return start, &ProtocolError{Code: packets.ErrPacketTooLarge,
-					Reason: fmt.Sprintf("packet of %d bytes exceeds the maximum %d", s.hdrLen+s.length, max)}
-			}
-			s.remaining = s.length
-			s.state = stBody
-			if s.remaining == 0 {
-				s.state = stFirst
-			}
-		case stBody:
-			k := min(s.remaining, len(buf)-i)
-			i += k
-			s.remaining -= k
-			if s.remaining == 0 {
-				s.state = stFirst
-			}
-		case stPass:
-			return len(buf), nil
-		}
-	}
-	return len(buf), nil
-}
-
-func (c *conn) maxPacket() int {
-	return *c.b.cfg.Limits.MaxPacketSize
 }

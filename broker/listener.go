@@ -101,10 +101,7 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			state = func() *tls.ConnectionState { s := tc.ConnectionState(); return &s }
 		}
 		l.b.wg.Add(1)
-		go func() {
-			defer l.b.wg.Done()
-			l.b.serveConn(l, c, state, establish)
-		}()
+		go l.b.serveConn(l, c, state, l.b.wg.Done)
 	}
 }
 
@@ -145,9 +142,13 @@ func (l *listener) newHTTPServer() *http.Server {
 			st := *r.TLS
 			state = func() *tls.ConnectionState { return &st }
 		}
+		// A WebSocket connection is never parked, but the handler must not
+		// return before it ends whatever the engine does.
+		ended := make(chan struct{})
 		l.b.wg.Add(1)
 		defer l.b.wg.Done()
-		l.b.serveConn(l, &wsConn{Conn: ws}, state, *establish)
+		l.b.serveConn(l, &wsConn{Conn: ws}, state, func() { close(ended) })
+		<-ended
 	})
 	return &http.Server{Handler: mux, TLSConfig: l.tlsCfg, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: l.httpErrorLog()}

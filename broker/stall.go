@@ -223,7 +223,7 @@ func (c *conn) flushStalled() {
 				// they are resent, in order, when the session resumes.
 				c.b.log.Info("closing connection: it stopped reading and messages were held back; they follow when it reconnects",
 					"client_id", c.clientID(), "remote", c.RemoteAddr().String(), "listener", c.listener)
-				_ = c.Close()
+				c.end(errHeldBack)
 			}
 			return
 		}
@@ -262,6 +262,22 @@ func (c *conn) notReading() {
 	c.b.log.Warn("closing connection: client not reading", "client_id", c.clientID(), "remote", c.RemoteAddr().String(),
 		"listener", c.listener, "write_timeout", c.b.cfg.Limits.WriteTimeout.String())
 	c.b.writeTimeouts.Add(1)
+	c.end(errNotReading)
+}
+
+var (
+	errNotReading = errors.New("client not reading (limits.write_timeout)")
+	errHeldBack   = errors.New("client stopped reading while messages were held back")
+)
+
+// end closes the connection through the engine once a client is attached:
+// the engine then ends its session, also while the connection is parked,
+// which a socket closed under it would not tell it.
+func (c *conn) end(cause error) {
+	if cl := c.client.Load(); cl != nil {
+		cl.Stop(cause)
+		return
+	}
 	_ = c.Close()
 }
 

@@ -68,6 +68,9 @@ const (
 	// DefaultCloseLinger is how long a connection the broker closes is
 	// drained, so the client can read the DISCONNECT it was sent.
 	DefaultCloseLinger = 2 * time.Second
+	// DefaultIdleParkAfter is how long a connection stays silent before
+	// it is parked (no goroutine, no read buffer) until it is readable.
+	DefaultIdleParkAfter = time.Second
 	// DefaultOverflowWait bounds how long a publisher waits for a full
 	// subscriber under the block-publisher overflow policy.
 	DefaultOverflowWait = 5 * time.Second
@@ -231,6 +234,11 @@ type Limits struct {
 	// CloseLinger is how long a closed connection is drained so the client
 	// can read the broker's DISCONNECT. Default 2s.
 	CloseLinger time.Duration `yaml:"close_linger"`
+	// IdleParkAfter parks a plain TCP or Unix-socket connection whose
+	// client has sent nothing for this long: it keeps no goroutine or read
+	// buffer until the socket is readable again, so an idle device costs a
+	// few KB. Linux only. Default 1s; negative: never.
+	IdleParkAfter time.Duration `yaml:"idle_park_after"`
 	// ResendAfter resends the unacknowledged QoS 1/2 messages of a
 	// connected MQTT 3.1.1 client whose connection has been quiet this long
 	// (MQTT 5 forbids it). Default 30s; negative: never.
@@ -347,6 +355,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if l.CloseLinger == 0 {
 		l.CloseLinger = DefaultCloseLinger
+	}
+	if l.IdleParkAfter == 0 {
+		l.IdleParkAfter = DefaultIdleParkAfter
 	}
 	if l.ResendAfter == 0 {
 		l.ResendAfter = DefaultResendAfter

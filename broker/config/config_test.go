@@ -48,7 +48,7 @@ func TestExampleFileIsValidAndDocumentsEveryField(t *testing.T) {
 		"mqtt", "max_qos", "retain_available", "wildcard_subscriptions", "shared_subscriptions",
 		"subscription_identifiers", "topic_alias_maximum", "receive_maximum", "max_session_expiry",
 		"max_message_expiry", "sys_interval", "limits", "max_packet_size", "max_connections", "max_connections_per_ip", "connection_rate_per_ip", "max_inflight", "max_queued_messages", "max_queued_bytes",
-		"client_writes_pending", "overflow_policy", "overflow_wait", "read_buffer_size", "write_buffer_size", "close_linger", "connect_timeout", "write_timeout", "resend_after", "max_topic_length", "max_topic_levels", "max_subscriptions", "publish_rate", "publish_burst", "publish_byte_rate", "rate_action", "client_id_max_length", "client_id_pattern", "max_goroutines", "max_heap_bytes", "storage", "dir",
+		"client_writes_pending", "overflow_policy", "overflow_wait", "read_buffer_size", "write_buffer_size", "close_linger", "idle_park_after", "connect_timeout", "write_timeout", "resend_after", "max_topic_length", "max_topic_levels", "max_subscriptions", "publish_rate", "publish_burst", "publish_byte_rate", "rate_action", "client_id_max_length", "client_id_pattern", "max_goroutines", "max_heap_bytes", "storage", "dir",
 		"sync", "sync_interval", "gc_interval", "gc_discard_ratio", "memtable_size", "auth", "password_file", "acl_file", "acl", "allow_anonymous", "jwt",
 		"hs256_secret_file", "public_key_files", "jwks_file", "username_claim", "audience", "issuer", "http",
 		"url", "timeout", "cache_ttl", "cache_size", "tls_username", "allow_session_takeover", "admin", "token", "allow_unauthenticated", "pprof", "log",

@@ -106,6 +106,9 @@ func (c Config) Validate() error {
 	v.intRange("limits.read_buffer_size", l.ReadBufferSize, 256, 16<<20)
 	v.intRange("limits.write_buffer_size", l.WriteBufferSize, 256, 16<<20)
 	v.durationMin("limits.close_linger", l.CloseLinger, 0)
+	if l.IdleParkAfter > 0 && l.IdleParkAfter < 10*time.Millisecond {
+		v.add("limits.idle_park_after", fmt.Errorf("%s is less than the minimum 10ms (negative: never)", l.IdleParkAfter))
+	}
 	v.durationMin("limits.connect_timeout", l.ConnectTimeout, 100*time.Millisecond)
 	v.durationMin("limits.write_timeout", l.WriteTimeout, 100*time.Millisecond)
 	if l.ResendAfter > 0 && l.ResendAfter < 100*time.Millisecond {

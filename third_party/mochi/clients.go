@@ -249,6 +249,14 @@ type ClientConnection struct {
 	Remote   string        // the remote address of the client
 	Listener string        // listener id of the client
 	Inline   bool          // if true, the client is the built-in 'inline' embedded client
+	done     func(error)   // called once the connection has ended (Attach)
+}
+
+// end calls done with the error that ended the connection.
+func (c *ClientConnection) end(err error) {
+	if c.done != nil {
+		c.done(err)
+	}
 }
 
 // ClientProperties contains the properties which define the client behaviour.
@@ -288,6 +296,9 @@ type ClientState struct {
 	cancelOpen      context.CancelFunc // cancel function for open context
 	outboundQty     int32              // number of messages currently in the outbound queue
 	acks            ackHolds           // acknowledgements held for hooks' writes (ackhold.go)
+	park            parkState          // the poller's registration while idle (park.go)
+	counted         atomic.Bool        // counted in Info.ClientsConnected
+	finish          sync.Once          // the connection's handling ends once
 	Keepalive       uint16             // the number of seconds the connection can wait
 	ServerKeepalive bool               // keepalive was set by the server
 }
@@ -539,14 +550,18 @@ func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 // Read reads incoming packets from the connected client and transforms them into
 // packets to be handled by the packetHandler.
 func (cl *Client) Read(packetHandler ReadFn) error {
-	var err error
-
 	for {
 		if cl.Closed() {
 			return nil
 		}
 
-		cl.refreshDeadline(cl.State.Keepalive)
+		parked, err := cl.waitIdle()
+		if parked {
+			return errParked
+		}
+		if err != nil {
+			return err
+		}
 		fh := new(packets.FixedHeader)
 		err = cl.ReadFixedHeader(fh)
 		if err != nil {
@@ -568,20 +583,23 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 // Stop instructs the client to shut down all processing goroutines and disconnect.
 func (cl *Client) Stop(err error) {
 	cl.State.endOnce.Do(func() {
-
-		if cl.Net.Conn != nil {
-			_ = cl.Net.Conn.Close() // omit close error
-		}
-
 		if err != nil {
 			cl.State.stopCause.Store(err)
 		}
 
+		atomic.StoreInt64(&cl.State.disconnected, time.Now().Unix())
 		if cl.State.cancelOpen != nil {
 			cl.State.cancelOpen()
 		}
 
-		atomic.StoreInt64(&cl.State.disconnected, time.Now().Unix())
+		// Closed is set before a parked connection is woken, and woken
+		// before its socket is closed (park.go).
+		if cl.State.park.rc != nil && cl.ops.parker != nil {
+			cl.ops.parker.wake(cl)
+		}
+		if cl.Net.Conn != nil {
+			_ = cl.Net.Conn.Close() // omit close error
+		}
 	})
 }
 

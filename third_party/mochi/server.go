@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -127,6 +128,12 @@ type Options struct {
 	// SysTopicResendInterval specifies the interval between $SYS topic updates in seconds.
 	SysTopicResendInterval int64 `yaml:"sys_topic_resend_interval" json:"sys_topic_resend_interval"`
 
+	// IdleParkAfter parks a connection whose client has sent nothing for
+	// this long: its goroutine and read buffer are released until the
+	// socket is readable again (park.go). Only connections served through
+	// Attach, on plain TCP or Unix sockets, on Linux. 0: never (upstream).
+	IdleParkAfter time.Duration `yaml:"idle_park_after" json:"idle_park_after"`
+
 	// Enable Inline client to allow direct subscribing and publishing from the parent codebase,
 	// with negligible performance difference (disabled by default to prevent confusion in statistics).
 	InlineClient bool `yaml:"inline_client" json:"inline_client"`
@@ -150,6 +157,8 @@ type Server struct {
 	closeOnce    sync.Once            // Close runs once
 	refusals     refusalLog           // rate-limits the log lines of refused bad packets
 	writers      sync.Pool            // batch buffers of the clients' writers (outqueue.go)
+	readers      readers              // read buffers (park.go)
+	poller       *poller              // parked connections; nil: parking is off (park.go)
 }
 
 // loop contains interval tickers for the system events loop.
@@ -169,6 +178,7 @@ type ops struct {
 	hooks   *Hooks       // pointer to the server hooks
 	log     *slog.Logger // a structured logger for the client
 	scratch *sync.Pool   // the server's writers' batch buffers (outqueue.go); nil: none pooled
+	parker  *poller      // the server's poller of parked connections (park.go)
 }
 
 // New returns a new instance of mochi mqtt broker. Optional parameters
@@ -202,6 +212,15 @@ func New(opts *Options) *Server {
 		hooks: &Hooks{
 			Log: opts.Logger,
 		},
+	}
+
+	s.readers.size = opts.ClientNetReadBufferSize
+	if opts.IdleParkAfter > 0 {
+		p, err := newPoller(s)
+		if err != nil {
+			s.Log.Warn("idle connections will not be parked", "error", err)
+		}
+		s.poller = p
 	}
 
 	if s.Options.InlineClient {
@@ -253,6 +272,7 @@ func (s *Server) NewClient(c net.Conn, listener string, id string, inline bool) 
 		hooks:   s.hooks,
 		log:     s.Log,
 		scratch: &s.writers,
+		parker:  s.poller,
 	})
 
 	cl.ID = id
@@ -371,9 +391,13 @@ func (s *Server) Serve() error {
 		}
 	}
 
-	go s.eventLoop()                            // spin up event loop for issuing $SYS values and closing server.
-	s.Listeners.ServeAll(s.EstablishConnection) // start listening on all listeners.
-	s.publishSysTopics()                        // begin publishing $SYS system values.
+	go s.eventLoop() // spin up event loop for issuing $SYS values and closing server.
+	establish := s.EstablishConnection
+	if s.poller != nil {
+		establish = s.establishAttached
+	}
+	s.Listeners.ServeAll(establish) // start listening on all listeners.
+	s.publishSysTopics()            // begin publishing $SYS system values.
 	s.hooks.OnStarted()
 
 	return nil
@@ -403,25 +427,74 @@ func (s *Server) eventLoop() {
 	}
 }
 
-// EstablishConnection establishes a new client when a listener accepts a new connection.
+// EstablishConnection establishes a new client when a listener accepts a new
+// connection, and returns once the connection has ended. Its connection is
+// never parked: it keeps this goroutine (see Attach).
 func (s *Server) EstablishConnection(listener string, c net.Conn) error {
 	cl := s.NewClient(c, listener, "", false)
 	return s.attachClient(cl, listener)
 }
 
+// Attach serves a connection a listener accepted, like EstablishConnection,
+// but may return before the connection ends: once it has been idle for
+// Options.IdleParkAfter it is parked, and read again on a new goroutine when
+// the client sends something (park.go). done, if not nil, is called once,
+// with the error that ended the connection, on whichever goroutine ended
+// it. A panic while serving the connection ends it, with a *PanicError, and
+// not the process.
+func (s *Server) Attach(listener string, c net.Conn, done func(error)) {
+	cl := s.NewClient(c, listener, "", false)
+	cl.Net.done = done
+	s.parkable(cl)
+	defer s.recoverClient(cl)
+	s.serveClient(cl, listener)
+}
+
+// establishAttached is the listeners' EstablishFn when idle connections
+// are parked: it may return before the connection ends, so the end is
+// logged here.
+func (s *Server) establishAttached(listener string, c net.Conn) error {
+	s.Attach(listener, c, func(err error) {
+		if err != nil {
+			s.Log.Debug("client connection ended", "error", err, "listener", listener)
+		}
+	})
+	return nil
+}
+
 // attachClient validates an incoming client connection and if viable, attaches the client
 // to the server, performs session housekeeping, and reads incoming packets.
-func (s *Server) attachClient(cl *Client, listener string) error {
+// It returns once the connection has ended (cl is never parked).
+func (s *Server) attachClient(cl *Client, listener string) (err error) {
+	done := cl.Net.done
+	cl.Net.done = func(e error) {
+		err = e
+		if done != nil {
+			done(e)
+		}
+	}
+	cl.State.park.rc = nil
+	s.serveClient(cl, listener)
+	return err
+}
+
+// serveClient runs cl's connection: CONNECT, session, then its packets.
+func (s *Server) serveClient(cl *Client, listener string) {
 	if !s.conns.enter(cl, listener, &s.Listeners.ClientsWg) {
 		cl.Stop(packets.ErrServerShuttingDown)
-		return packets.ErrServerShuttingDown
+		cl.Net.end(packets.ErrServerShuttingDown)
+		return
 	}
-	defer s.conns.leave(cl, &s.Listeners.ClientsWg)
 	cl.State.handled = make(chan struct{})
-	defer close(cl.State.handled)
+	if err := s.openClient(cl, listener); err != nil {
+		s.finishClient(cl, err)
+		return
+	}
+	s.readClient(cl)
+}
 
-	defer cl.Stop(nil)
-
+// openClient reads cl's CONNECT and establishes its session.
+func (s *Server) openClient(cl *Client, listener string) error {
 	pk, err := s.readConnectionPacket(cl)
 	if err != nil {
 		s.refuseConnect(cl, pk, err)
@@ -466,7 +539,7 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	}
 
 	atomic.AddInt64(&s.Info.ClientsConnected, 1)
-	defer atomic.AddInt64(&s.Info.ClientsConnected, -1)
+	cl.State.counted.Store(true)
 
 	cl.pauseOutbound() // until the CONNACK and the session's resend are written
 	sessionPresent, err := s.establishSession(cl, pk)
@@ -490,8 +563,21 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	cl.resumeOutbound()
 
 	s.hooks.OnSessionEstablished(cl, pk)
+	return nil
+}
 
-	err = cl.Read(s.receivePacket)
+// readClient reads cl's packets until its connection ends, then ends its
+// session; or until it is parked, when the poller takes over.
+func (s *Server) readClient(cl *Client) {
+	err := cl.Read(s.receivePacket)
+	if errors.Is(err, errParked) {
+		return
+	}
+	s.endClient(cl, err)
+}
+
+// endClient ends an established connection that Read left with err.
+func (s *Server) endClient(cl *Client, err error) {
 	if err != nil {
 		s.refuseRead(cl, err)
 		s.sendLWT(cl)
@@ -499,21 +585,72 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	} else {
 		cl.Properties.Will = Will{} // [MQTT-3.14.4-3] [MQTT-3.1.2-10]
 	}
-	s.Log.Debug("client disconnected", "error", err, "client", cl.ID, "remote", cl.Net.Remote, "listener", listener)
+	s.Log.Debug("client disconnected", "error", err, "client", cl.ID, "remote", cl.Net.Remote, "listener", cl.Net.Listener)
 
-	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
-	unlock := s.sessions.lock(cl.ID)
-	defer unlock()
-	cl.noteHanded()
-	s.hooks.OnDisconnect(cl, err, expire)
+	func() {
+		expire := endsWithConnection(cl)
+		unlock := s.sessions.lock(cl.ID)
+		defer unlock()
+		cl.noteHanded()
+		s.hooks.OnDisconnect(cl, err, expire)
 
-	if expire && !cl.IsTakenOver() {
+		if expire && !cl.IsTakenOver() {
+			cl.ClearInflights()
+			s.UnsubscribeClient(cl)
+			s.Clients.deleteIf(cl.ID, cl) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
+		}
+	}()
+	s.finishClient(cl, err)
+}
+
+// endsWithConnection reports whether cl's session ends with its connection.
+func endsWithConnection(cl *Client) bool {
+	return (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
+}
+
+// finishClient is the last of a connection's handling, whatever ended it.
+func (s *Server) finishClient(cl *Client, err error) {
+	cl.State.finish.Do(func() {
+		if cl.State.counted.CompareAndSwap(true, false) {
+			atomic.AddInt64(&s.Info.ClientsConnected, -1)
+		}
+		cl.Stop(nil)
+		close(cl.State.handled)
+		s.conns.leave(cl, &s.Listeners.ClientsWg)
+		cl.Net.end(err)
+	})
+}
+
+// PanicError ends a connection whose handling panicked.
+type PanicError struct {
+	Value any    // what panic was called with
+	Stack []byte // the goroutine's stack when it panicked
+}
+
+func (e *PanicError) Error() string { return fmt.Sprintf("connection handler panicked: %v", e.Value) }
+
+// recoverClient, deferred by a goroutine serving cl, ends cl's connection
+// if that goroutine panics. Hooks are not called again: one of them may be
+// what panicked. A session that ends with its connection is removed.
+func (s *Server) recoverClient(cl *Client) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	err := &PanicError{Value: r, Stack: debug.Stack()}
+	cl.Stop(err)
+	if cl.State.handled == nil { // before serveClient registered it
+		cl.Net.end(err)
+		return
+	}
+	if endsWithConnection(cl) && cl.ID != "" && !cl.IsTakenOver() {
+		unlock := s.sessions.lock(cl.ID)
 		cl.ClearInflights()
 		s.UnsubscribeClient(cl)
-		s.Clients.deleteIf(cl.ID, cl) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
+		s.Clients.deleteIf(cl.ID, cl)
+		unlock()
 	}
-
-	return err
+	s.finishClient(cl, err)
 }
 
 // establishSession sets up cl's session under its client id's lock: it
@@ -1628,6 +1765,9 @@ func (s *Server) Close() error {
 	s.Log.Info("gracefully stopping server")
 	s.conns.close() // before CloseAll's Wait: no connection handler starts after it
 	s.Listeners.CloseAll(s.closeListenerClients)
+	if s.poller != nil {
+		s.poller.close()
+	}
 	s.hooks.OnStopped()
 	s.hooks.Stop()
 	s.refusals.stop()
