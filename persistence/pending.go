@@ -73,7 +73,7 @@ func (s *Store) writeAsync(b *batch) (*Pending, error) {
 // commit with its outcome. A failure to queue is returned (settle has not
 // run); a failed commit later closes the connection instead of
 // acknowledging.
-func (h *Hook) commitDeferred(cl *mqtt.Client, pk packets.Packet, b *batch, settle func(ok bool)) error {
+func (h *Hook) commitDeferred(cl *mqtt.Client, pk packets.Packet, pm *pendingMsg, b *batch, settle func(ok bool)) error {
 	p, err := h.st.writeAsync(b)
 	if err != nil {
 		return err
@@ -85,6 +85,9 @@ func (h *Hook) commitDeferred(cl *mqtt.Client, pk packets.Packet, b *batch, sett
 		return nil
 	}
 	w := &publishWait{p: p, settle: settle, h: h, client: cl.ID, topic: pk.TopicName}
+	if pm.held {
+		w.held = pm
+	}
 	if cl.HoldAck(w) {
 		return nil
 	}
@@ -97,6 +100,7 @@ type publishWait struct {
 	settle        func(ok bool)
 	h             *Hook
 	client, topic string
+	held          *pendingMsg // a QoS 2 message not delivered yet: dropped if its records fail
 }
 
 func (w *publishWait) Ready() bool { return w.p.Ready() }
@@ -107,7 +111,10 @@ func (w *publishWait) Wait() error {
 		w.settle(err == nil)
 	}
 	if err != nil {
-		w.h.log.Error("message not stored, PUBACK withheld", "client_id", w.client, "topic", w.topic, "err", err)
+		w.h.log.Error("message not stored, acknowledgement withheld", "client_id", w.client, "topic", w.topic, "err", err)
+		if w.held != nil {
+			w.h.dropPendingMsg(w.client, w.held)
+		}
 	}
 	return err
 }

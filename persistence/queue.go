@@ -22,6 +22,10 @@ type pendingMsg struct {
 	shared  map[string]packets.Subscription // shared-subscription members chosen
 	exclude map[string]bool                 // subscribers mochi must not deliver to (spilled, dropped)
 	tag     uint16                          // in the packet's (unused) Connect.Keepalive; see tagLocked
+	// held: a QoS 2 message the engine delivers only once its records are
+	// committed, after the publisher's reader has moved on (dropPending
+	// must leave it).
+	held bool
 }
 
 type pendingRef struct {
@@ -198,10 +202,12 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		h.st.putBatch(b)
 		return pk, nil
 	}
-	// A QoS 1 publisher need not wait here: the engine holds its PUBACK
-	// until the commit (pending.go). A spilled message's bookkeeping must
-	// follow the commit: then it runs in the wait.
-	if pk.FixedHeader.Qos == 1 && !cl.Net.Inline {
+	// A publisher need not wait here: the engine holds its PUBACK or PUBREC
+	// until the commit (pending.go), and a QoS 2 message's delivery too
+	// (exactly once: nobody sees it before it is stored). A spilled
+	// message's bookkeeping must follow the commit: then it runs in the
+	// wait.
+	if !cl.Net.Inline {
 		var settle func(ok bool)
 		if spills {
 			settle = func(ok bool) {
@@ -217,7 +223,12 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 				}
 			}
 		}
-		if err := h.commitDeferred(cl, pk, b, settle); err != nil {
+		if pk.FixedHeader.Qos == 2 && (pm.refs != nil || pm.exclude != nil) {
+			h.mu.Lock()
+			pm.held = true
+			h.mu.Unlock()
+		}
+		if err := h.commitDeferred(cl, pk, pm, b, settle); err != nil {
 			return pk, h.refuse(cl, pk, pm, err)
 		}
 		return pk, nil
@@ -456,12 +467,26 @@ func (h *Hook) dropPending(origin string) {
 		h.mu.Unlock()
 		return
 	}
-	delete(h.pending, origin)
-	h.notifyLocked()
+	var keep []*pendingMsg
 	b := h.st.newBatch()
 	for _, p := range list {
+		if p.held {
+			keep = append(keep, p)
+			continue
+		}
 		h.releaseUnclaimedLocked(p, b)
 	}
+	if len(keep) == len(list) {
+		h.mu.Unlock()
+		h.st.putBatch(b)
+		return
+	}
+	if len(keep) == 0 {
+		delete(h.pending, origin)
+	} else {
+		h.pending[origin] = keep
+	}
+	h.notifyLocked()
 	h.mu.Unlock()
 	h.write(b, false)
 }
@@ -591,8 +616,43 @@ func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		}
 	}
 	h.mu.Unlock()
-	h.write(b, true)
+	if len(b.ops) == 0 {
+		h.st.putBatch(b)
+		return pk, nil
+	}
+	// The engine holds the answer (PUBREL, PUBCOMP) until the commit, and
+	// goes on reading meanwhile: a window of flows shares one fsync.
+	p, err := h.st.writeAsync(b)
+	if err != nil {
+		h.logWriteError(err)
+		return pk, err
+	}
+	if p == nil {
+		return pk, nil
+	}
+	if w := (&flowWait{p: p, h: h, client: cl.ID}); !cl.HoldAck(w) {
+		if err := w.Wait(); err != nil {
+			return pk, err
+		}
+	}
 	return pk, nil
+}
+
+// flowWait is the Waiter of a QoS 2 flow's new state.
+type flowWait struct {
+	p      *Pending
+	h      *Hook
+	client string
+}
+
+func (w *flowWait) Ready() bool { return w.p.Ready() }
+
+func (w *flowWait) Wait() error {
+	err := w.p.Wait()
+	if err != nil {
+		w.h.log.Error("QoS 2 state not stored, answer withheld", "client_id", w.client, "err", err)
+	}
+	return err
 }
 
 // orderForResendLocked works around mochi resending a session's in-flight

@@ -29,6 +29,7 @@ type AckWaiter interface {
 type ackHolds struct {
 	collecting bool         // the reader is inside OnPublish of a QoS 1/2 PUBLISH
 	waits      []AckWaiter  // what the hooks registered for that PUBLISH
+	readWaits  []AckWaiter  // what OnPacketRead registered for the PUBREC/PUBREL being processed
 	mu         sync.Mutex   // guards queue, running
 	queue      []heldAck    // acknowledgements not written yet, oldest first
 	running    bool         // a goroutine is writing the queue
@@ -44,10 +45,11 @@ type heldAck struct {
 }
 
 // HoldAck holds the acknowledgement of the QoS 1 or 2 PUBLISH being
-// processed until w is done. It may only be called from an OnPublish hook.
-// It reports false when the engine cannot hold this acknowledgement (QoS 0,
-// the inline client, or not called from OnPublish): the hook must then wait
-// for w itself before it returns.
+// processed until w is done; called from OnPacketRead for a PUBREC or a
+// PUBREL, it holds the PUBREL or PUBCOMP that answers it. It may only be
+// called from those hooks. It reports false when the engine cannot hold
+// this acknowledgement (QoS 0, the inline client, another hook or packet):
+// the hook must then wait for w itself before it returns.
 func (cl *Client) HoldAck(w AckWaiter) bool {
 	if !cl.State.acks.collecting {
 		return false
@@ -63,6 +65,24 @@ func (cl *Client) startCollecting(pk *packets.Packet) {
 	if pk.FixedHeader.Qos > 0 && !cl.Net.Inline {
 		cl.State.acks.collecting = true
 	}
+}
+
+// startCollectingRead opens HoldAck for the PUBREC or PUBREL pk while
+// OnPacketRead runs: a storage hook stores the flow's next state there, and
+// its answer (PUBREL, PUBCOMP) must not leave before that state is durable.
+func (cl *Client) startCollectingRead(pk *packets.Packet) {
+	t := pk.FixedHeader.Type
+	if (t == packets.Pubrec || t == packets.Pubrel) && !cl.Net.Inline {
+		cl.State.acks.collecting = true
+	}
+}
+
+// takeReadWaits returns what hooks registered in OnPacketRead for the
+// packet being processed.
+func (cl *Client) takeReadWaits() []AckWaiter {
+	w := cl.State.acks.readWaits
+	cl.State.acks.readWaits = nil
+	return w
 }
 
 // stopCollecting closes HoldAck and returns what the hooks registered.
@@ -217,7 +237,11 @@ func (s *Server) dropHeldAcks(cl *Client, first func()) {
 	h.running = false
 	h.mu.Unlock()
 	for _, a := range rest {
-		_ = waitAll(a.waits)
+		// A write that is done is durable: its QoS 2 message is delivered,
+		// as its PUBREC, not sent now, is when the client resends it.
+		if waitAll(a.waits) == nil && a.before != nil {
+			a.before()
+		}
 		if a.after != nil {
 			a.after()
 		}

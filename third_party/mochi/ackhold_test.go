@@ -5,6 +5,7 @@ package mqtt
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"io"
 	"sync/atomic"
@@ -176,4 +177,87 @@ func TestPacketIDsPerDirection(t *testing.T) {
 	require.True(t, ok, "the server's PUBLISH 7 is still in flight")
 	_, ok = cl.State.Inflight.GetInbound(7)
 	require.True(t, ok, "the client's flow 7 awaits PUBREL")
+}
+
+// flowHook holds the answer to each PUBREC and PUBREL on its current gate,
+// as a storage hook does while the flow's new state is written.
+type flowHook struct {
+	HookBase
+	g    atomic.Pointer[gate]
+	held atomic.Int32
+}
+
+func (h *flowHook) ID() string           { return "flow" }
+func (h *flowHook) Provides(b byte) bool { return b == OnPacketRead }
+func (h *flowHook) OnPacketRead(cl *Client, pk packets.Packet) (packets.Packet, error) {
+	t := pk.FixedHeader.Type
+	if (t == packets.Pubrec || t == packets.Pubrel) && cl.HoldAck(h.g.Load()) {
+		h.held.Add(1)
+	}
+	return pk, nil
+}
+
+// TestHoldAckQos2Flow: a hook that stores a QoS 2 flow's new state from
+// OnPacketRead holds the PUBREL answering a PUBREC, and the PUBCOMP
+// answering a PUBREL, until its write is done; the reader goes on (a
+// PINGREQ behind it is answered first).
+func TestHoldAckQos2Flow(t *testing.T) {
+	s := newServer()
+	h := new(flowHook)
+	require.NoError(t, s.AddHook(h, nil))
+	cl, r, _ := newTestClient()
+	cl.ops.hooks = s.hooks // ReadPacket calls OnPacketRead through the client's
+	cl.Properties.ProtocolVersion = 4
+	br := bufio.NewReader(r)
+	// feed has the server read pk from the client and process it.
+	feed := func(pk packets.Packet) {
+		t.Helper()
+		pk.ProtocolVersion = 4
+		var buf bytes.Buffer
+		_, err := cl.encodePacket(pk, &buf)
+		require.NoError(t, err)
+		go func() { _, _ = r.Write(buf.Bytes()) }()
+		fh := new(packets.FixedHeader)
+		require.NoError(t, cl.ReadFixedHeader(fh))
+		in, err := cl.ReadPacket(fh)
+		require.NoError(t, err)
+		require.NoError(t, s.processPacket(cl, in))
+	}
+	ping := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
+	held := func(answer byte, id uint16) {
+		t.Helper()
+		g := h.g.Load()
+		done := make(chan struct{})
+		go func() { defer close(done); feed(ping) }()
+		typ, _ := readPacketType(t, br)
+		require.Equal(t, packets.Pingresp, typ, "the %s is held, the reader is not", packets.PacketNames[answer])
+		<-done
+		close(g.ch)
+		typ, got := readPacketType(t, br)
+		require.Equal(t, answer, typ)
+		require.Equal(t, id, got)
+	}
+
+	// The client's flow: PUBLISH, PUBREC, PUBREL, PUBCOMP held.
+	go feed(publishQos(1, 2, "in"))
+	typ, _ := readPacketType(t, br)
+	require.Equal(t, packets.Pubrec, typ)
+	h.g.Store(newGate())
+	go feed(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: 1})
+	require.Eventually(t, func() bool { return h.held.Load() == 1 }, 5*time.Second, time.Millisecond)
+	held(packets.Pubcomp, 1)
+
+	// The server's flow: PUBLISH, PUBREC, PUBREL held.
+	sent := make(chan uint16, 1)
+	go func() {
+		out, _ := s.publishToClient(cl, packets.Subscription{Filter: "a/b", Qos: 2}, publishQos(0, 2, "out"))
+		sent <- out.PacketID
+	}()
+	typ, _ = readPacketType(t, br) // (its "id" is the topic's length)
+	require.Equal(t, packets.Publish, typ)
+	id := <-sent
+	h.g.Store(newGate())
+	go feed(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: id})
+	require.Eventually(t, func() bool { return h.held.Load() == 2 }, 5*time.Second, time.Millisecond)
+	held(packets.Pubrel, id)
 }

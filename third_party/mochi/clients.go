@@ -712,7 +712,12 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 		return pk, err
 	}
 
+	cl.startCollectingRead(&pk)
 	pk, err = cl.ops.hooks.OnPacketRead(cl, pk)
+	cl.State.acks.readWaits = cl.stopCollecting()
+	if err != nil {
+		settleWaits(cl.takeReadWaits())
+	}
 	return
 }
 

@@ -1213,7 +1213,9 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 
 // settleDropped waits, off the reader, for writes hooks registered for a
 // publish that is not acknowledged after all: their Wait must run once.
-func (s *Server) settleDropped(waits []AckWaiter) {
+func (s *Server) settleDropped(waits []AckWaiter) { settleWaits(waits) }
+
+func settleWaits(waits []AckWaiter) {
 	if len(waits) == 0 {
 		return
 	}
@@ -1428,11 +1430,14 @@ func (s *Server) processPuback(cl *Client, pk packets.Packet) error {
 
 // processPubrec processes a Pubrec packet, denoting receipt of a QOS 2 packet sent from the server.
 func (s *Server) processPubrec(cl *Client, pk packets.Packet) error {
+	waits := cl.takeReadWaits()                           // the PUBREL waits for the flow's new state (HoldAck)
 	if _, ok := cl.State.Inflight.Get(pk.PacketID); !ok { // [MQTT-4.3.3-7] [MQTT-4.3.3-13]
+		settleWaits(waits)
 		return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubrel, 1, pk.Properties, packets.ErrPacketIdentifierNotFound))
 	}
 
 	if pk.ReasonCode >= packets.ErrUnspecifiedError.Code || !pk.ReasonCodeValid() { // [MQTT-4.3.3-4]
+		settleWaits(waits)
 		if ok := cl.State.Inflight.Delete(pk.PacketID); ok {
 			atomic.AddInt64(&s.Info.Inflight, -1)
 		}
@@ -1443,16 +1448,19 @@ func (s *Server) processPubrec(cl *Client, pk packets.Packet) error {
 	ack := s.buildAck(pk.PacketID, packets.Pubrel, 1, pk.Properties, packets.CodeSuccess) // [MQTT-4.3.3-4] ![MQTT-4.3.3-6]
 	cl.State.Inflight.DecreaseReceiveQuota()                                              // -1 RECV QUOTA
 	cl.State.Inflight.Set(ack)                                                            // [MQTT-4.3.3-5]
-	return cl.WritePacket(ack)
+	return s.writeAck(cl, ack, waits, nil)
 }
 
 // processPubrel processes a Pubrel packet, denoting completion of a QOS 2 packet sent from the client.
 func (s *Server) processPubrel(cl *Client, pk packets.Packet) error {
+	waits := cl.takeReadWaits()                                  // the PUBCOMP waits for the flow's end to be stored (HoldAck)
 	if _, ok := cl.State.Inflight.GetInbound(pk.PacketID); !ok { // [MQTT-4.3.3-7] [MQTT-4.3.3-13]
+		settleWaits(waits)
 		return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubcomp, 0, pk.Properties, packets.ErrPacketIdentifierNotFound))
 	}
 
 	if pk.ReasonCode >= packets.ErrUnspecifiedError.Code || !pk.ReasonCodeValid() { // [MQTT-4.3.3-9]
+		settleWaits(waits)
 		if ok := cl.State.Inflight.DeleteInbound(pk.PacketID); ok {
 			atomic.AddInt64(&s.Info.Inflight, -1)
 		}
@@ -1461,12 +1469,18 @@ func (s *Server) processPubrel(cl *Client, pk packets.Packet) error {
 	}
 
 	ack := s.buildAck(pk.PacketID, packets.Pubcomp, 0, pk.Properties, packets.CodeSuccess) // [MQTT-4.3.3-11]
-	err := cl.WritePacket(ack)
+	var err error
+	if len(waits) > 0 {
+		// The receive quota comes back once the PUBCOMP is out.
+		err = s.writeAck(cl, ack, waits, cl.State.Inflight.IncreaseReceiveQuota)
+	} else {
+		err = s.writeAck(cl, ack, nil, nil)
+		cl.State.Inflight.IncreaseReceiveQuota() // +1 RECV QUOTA
+	}
 	if err != nil {
 		return err
 	}
 
-	cl.State.Inflight.IncreaseReceiveQuota()                    // +1 RECV QUOTA
 	if ok := cl.State.Inflight.DeleteInbound(pk.PacketID); ok { // [MQTT-4.3.3-12]
 		atomic.AddInt64(&s.Info.Inflight, -1)
 		s.hooks.OnQosComplete(cl, pk)
