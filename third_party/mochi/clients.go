@@ -661,17 +661,24 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 
 	pk.ProtocolVersion = cl.Properties.ProtocolVersion // inherit client protocol version for decoding
 	pk.FixedHeader = *fh
-	p := make([]byte, pk.FixedHeader.Remaining)
-	n, err := io.ReadFull(cl.Net.bconn, p)
-	if err != nil {
-		return pk, err
+	// The decoded packet keeps slices of px (topic, payload): px is its
+	// own. Upstream read into one buffer and decoded a copy of it: two
+	// allocations and two copies of every payload.
+	n := pk.FixedHeader.Remaining
+	var px []byte
+	if cl.Net.bconn.Buffered() >= n {
+		b, _ := cl.Net.bconn.Peek(n)
+		px = make([]byte, len(b)) // with the copy: allocated, not zeroed
+		copy(px, b)
+		_, _ = cl.Net.bconn.Discard(n)
+	} else {
+		px = make([]byte, n)
+		if _, err := io.ReadFull(cl.Net.bconn, px); err != nil {
+			return pk, err
+		}
 	}
 
 	atomic.AddInt64(&cl.ops.info.BytesReceived, int64(n))
-
-	// Decode the remaining packet values using a fresh copy of the bytes,
-	// otherwise the next packet will change the data of this one.
-	px := append([]byte{}, p[:]...)
 	switch pk.FixedHeader.Type {
 	case packets.Connect:
 		err = pk.ConnectDecode(px)

@@ -207,6 +207,28 @@ func (cl *Client) writeBatch(w *scratch, n int, at func(i int) *packets.Packet) 
 		clear(sent) // they hold payloads
 		w.ends, w.sent = ends[:0], sent[:0]
 	}()
+	// flush writes what is encoded so far, with one system call.
+	flush := func() error {
+		if buf.Len() == 0 {
+			return nil
+		}
+		cl.Lock()
+		_, err := cl.Net.Conn.Write(buf.Bytes())
+		cl.Unlock()
+		if err != nil {
+			return err
+		}
+		start := 0
+		for i := range sent {
+			cl.countSent(&sent[i], int64(ends[i]-start))
+			cl.ops.hooks.OnPacketSent(cl, sent[i], buf.Bytes()[start:ends[i]])
+			start = ends[i]
+		}
+		clear(sent)
+		buf.Reset()
+		ends, sent = ends[:0], sent[:0]
+		return nil
+	}
 	for i := range n {
 		out, err := cl.encodePacket(*at(i), buf)
 		if err != nil {
@@ -215,24 +237,20 @@ func (cl *Client) writeBatch(w *scratch, n int, at func(i int) *packets.Packet) 
 		}
 		ends = append(ends, buf.Len())
 		sent = append(sent, out)
+		// A backlog of large messages is written in chunks: the buffer
+		// stays small enough to be reused instead of growing (and being
+		// cleared) for every batch.
+		if buf.Len() >= maxWriteChunk {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
 	}
-	if buf.Len() == 0 {
-		return nil
-	}
-	cl.Lock()
-	_, err := cl.Net.Conn.Write(buf.Bytes())
-	cl.Unlock()
-	if err != nil {
-		return err
-	}
-	start := 0
-	for i := range sent {
-		cl.countSent(&sent[i], int64(ends[i]-start))
-		cl.ops.hooks.OnPacketSent(cl, sent[i], buf.Bytes()[start:ends[i]])
-		start = ends[i]
-	}
-	return nil
+	return flush()
 }
+
+// maxWriteChunk is the most a writer encodes before it writes.
+const maxWriteChunk = 256 << 10
 
 // scratch is what a writer needs for one batch. Writers run only while
 // their client has something to write, so they borrow it from the server's
