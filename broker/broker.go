@@ -52,12 +52,10 @@ type Broker struct {
 	certs     []*certWatcher
 
 	certCheckEach time.Duration
-	// sysPublishDenied counts client publishes to $SYS refused.
-	sysPublishDenied atomic.Uint64
-	perIP            *ipLimiter // nil when there is no per-IP limit
-	writeTimeouts    atomic.Uint64
-	refusedPerIP     [2]atomic.Uint64
-	quit             chan struct{} // closed by Shutdown; ends background loops
+	perIP         *ipLimiter // nil when there is no per-IP limit
+	writeTimeouts atomic.Uint64
+	refusedPerIP  [2]atomic.Uint64
+	quit          chan struct{} // closed by Shutdown; ends background loops
 
 	wg       sync.WaitGroup // connection goroutines and lingering closes
 	connsMu  sync.Mutex
@@ -174,6 +172,13 @@ func capabilities(cfg config.Config) *mqtt.Capabilities {
 	// MQTT 5 acks must not echo the PUBLISH's user properties.
 	c.Compatibilities.NoInheritedPropertiesOnAck = true
 	return c
+}
+
+func flag(b bool) byte {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // Start opens storage (loading the sessions it holds), every listener and
@@ -608,8 +613,9 @@ func (c securityCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descACL, s.ACLDenied.Subscribe, "subscribe")
 		counter(descACL, s.ACLDenied.Read, "read")
 		counter(descACL, s.TakeoverRefused, "session_takeover")
+		// mochi counts the shared messages no member of a group may read.
+		counter(descACL, uint64(atomic.LoadInt64(&c.b.mochi.Info.SharedNoReader)), "shared_no_reader")
 		if p := c.b.protocol; p != nil {
-			counter(descACL, p.sharedUnread.Load(), "shared_no_reader")
 			var spilled uint64
 			if ph := c.b.storage; ph != nil {
 				spilled = ph.ACLDropped()
@@ -628,7 +634,7 @@ func (c securityCollector) Collect(ch chan<- prometheus.Metric) {
 			counter(descRefused, r.v, r.name)
 		}
 	}
-	counter(descRefused, c.b.sysPublishDenied.Load(), "publish_to_sys")
+	counter(descRefused, uint64(atomic.LoadInt64(&c.b.mochi.Info.SysPublishRefused)), "publish_to_sys")
 	if f := c.b.flow; f != nil {
 		counter(descRefused, f.waited.Load(), "publisher_waited_for_subscriber")
 		counter(descRefused, f.timedOut.Load(), "publisher_wait_timed_out")

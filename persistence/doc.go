@@ -167,12 +167,11 @@
 // protocol version, which mochi's storage.Message would drop, and return
 // nothing. Wills of restored sessions (a will delay running at the stop, or
 // a client connected at a crash) are published when due through a
-// throwaway inline client. mochi resends a session's in-flight messages
-// sorted by the low 16 bits of their creation second; once the CONNACK of
-// a resumed session is written (OnPacketSent), the hook temporarily
-// rewrites those times in the new client so that sort is the queue order,
-// and forgets entries mochi no longer holds (see orderForResendLocked and
-// reconcileLocked).
+// throwaway inline client. The engine resends a session's in-flight
+// messages in the order their flows began, which is the queue order the
+// hook restores them in; once the CONNACK of a resumed session is written
+// (OnPacketSent), the hook forgets entries the engine no longer holds
+// (reconcileLocked).
 //
 // # Concurrency and lifetime
 //

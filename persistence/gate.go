@@ -22,7 +22,6 @@ const maxEstablishWait = 5 * time.Second
 //   - lands in the old client after mochi copied its in-flight messages:
 //     mochi forgets it, and when its packet id is reused the ref is
 //     overwritten: an acknowledged message lost;
-//   - lands in cl before orderForResendLocked: resent out of queue order;
 //   - goes to cl before the resend: sent twice in one connection, so a QoS 2
 //     subscriber that completed the first (PUBREC, PUBREL, PUBCOMP) takes
 //     the second for a new message, and a QoS 1 one gets it before the

@@ -74,7 +74,6 @@ type session struct {
 	// the client's packet id: MQTT numbers each direction on its own, so
 	// the same id may also be in entries.
 	inbound map[uint16]*entry
-	tweaked []uint16 // packet ids whose Created was changed for resend order
 
 	backlog      spillQueue  // spilled messages, in queue order
 	pendingSpill int         // spilled refs whose write has not returned yet
@@ -463,8 +462,9 @@ func (h *Hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	h.write(b, true)
 }
 
-// OnPacketSent puts a resumed session's in-flight messages in queue order
-// for mochi's resend, which follows its CONNACK (orderForResendLocked).
+// OnPacketSent forgets, once the CONNACK of a resumed session is written
+// and before the engine resends its in-flight messages (in the order they
+// were queued), the entries the engine no longer holds (reconcileLocked).
 func (h *Hook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {
 	if pk.FixedHeader.Type != packets.Connack || !pk.SessionPresent {
 		return
@@ -474,15 +474,14 @@ func (h *Hook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {
 	if ss := h.sessions[cl.ID]; ss != nil {
 		if g := h.establishing[cl.ID]; g != nil && g.cl == cl {
 			h.reconcileLocked(cl.ID, ss, cl, b)
-			h.orderForResendLocked(cl, ss)
 		}
 	}
 	h.mu.Unlock()
 	h.write(b, false)
 }
 
-// OnSessionEstablished undoes orderForResendLocked once mochi has resent,
-// and lets publishes to the session through again.
+// OnSessionEstablished lets publishes to the session through again, once
+// the engine has resent its in-flight messages.
 func (h *Hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -492,14 +491,6 @@ func (h *Hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 		return
 	}
 	h.maybeDrainLocked(cl.ID, ss)
-	for _, pid := range ss.tweaked {
-		e := ss.entries[pid]
-		if pk, ok := cl.State.Inflight.Get(pid); ok && e != nil {
-			pk.Created = e.created
-			cl.State.Inflight.Set(pk)
-		}
-	}
-	ss.tweaked = nil
 }
 
 // OnDisconnect stores the disconnect time (session expiry counts from it)

@@ -5,7 +5,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/ferrymq/ferry/internal/topic"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -284,7 +283,6 @@ func (h *Hook) targets(name string) (targets, shared map[string]packets.Subscrip
 	subs := h.srv.Topics.Subscribers(name)
 	targets = subs.Subscriptions
 	delete(subs.Shared, exclusionFilterFor(name))
-	topic.DropDollarWildcardShares(name, subs.Shared) // and the '#' exclusion group with them
 	h.dropUnreadableShares(name, subs.Shared)
 	if len(subs.Shared) > 0 {
 		shared = selectShared(subs.Shared)
@@ -653,52 +651,6 @@ func (w *flowWait) Wait() error {
 		w.h.log.Error("QoS 2 state not stored, answer withheld", "client_id", w.client, "err", err)
 	}
 	return err
-}
-
-// orderForResendLocked works around mochi resending a session's in-flight
-// messages sorted by uint16(Created) (seconds: messages of one second come
-// in any order): it rewrites Created of cl's packets so that this sort
-// follows the queue order. It runs when the CONNACK of a resumed session
-// has been written (OnPacketSent), on the new client's copy of the
-// in-flight messages, which nothing else changes until the resend: its
-// reads have not started and publishes to it are held (gate.go). The
-// values only grow (a message is never expired early by them) and
-// OnSessionEstablished restores the real ones.
-func (h *Hook) orderForResendLocked(cl *mqtt.Client, ss *session) {
-	ss.tweaked = ss.tweaked[:0]
-	if len(ss.entries) < 2 {
-		return
-	}
-	type item struct {
-		pk  packets.Packet
-		seq uint64
-	}
-	var items []item
-	for _, pk := range cl.State.Inflight.GetAll(false) {
-		if e := ss.entries[pk.PacketID]; e != nil {
-			items = append(items, item{pk, e.seq})
-		}
-	}
-	if len(items) < 2 || len(items) > 1<<15 {
-		return
-	}
-	slices.SortFunc(items, func(a, b item) int { return cmpU64(a.seq, b.seq) })
-	// Consecutive values from the newest real Created up: never earlier
-	// than a message's own time, and in the order of the queue.
-	var base int64
-	for _, it := range items {
-		base = max(base, it.pk.Created)
-	}
-	if base>>16 != (base+int64(len(items))-1)>>16 {
-		base = (base>>16 + 1) << 16 // keep the run clear of the uint16 wrap
-	}
-	for i, it := range items {
-		if created := base + int64(i); it.pk.Created != created {
-			it.pk.Created = created
-			cl.State.Inflight.Set(it.pk)
-		}
-		ss.tweaked = append(ss.tweaked, it.pk.PacketID)
-	}
 }
 
 func cmpU64(a, b uint64) int {

@@ -1,3 +1,5 @@
+// Package topic holds MQTT topic rules that more than one of Ferry's hooks
+// must apply the same way.
 package topic
 
 import "github.com/mochi-mqtt/server/v2/packets"

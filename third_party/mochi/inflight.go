@@ -28,6 +28,11 @@ type Inflight struct {
 	sendQuota           int32                     // remaining outbound qos quota for flow control
 	maximumReceiveQuota int32                     // maximum allowed receive quota
 	maximumSendQuota    int32                     // maximum allowed send quota
+	// order numbers the server's flows as they were added (a flow keeps
+	// its number when its packet is replaced, PUBLISH by PUBREL): GetAll
+	// and so a session's resend follow it.
+	order   map[uint16]uint64
+	ordered uint64
 }
 
 // NewInflights returns a new instance of an Inflight packets map.
@@ -55,12 +60,20 @@ func (i *Inflight) Set(m packets.Packet) bool {
 	i.Lock()
 	defer i.Unlock()
 
-	set := i.internal
 	if isInbound(&m) {
-		set = i.inbound
+		_, ok := i.inbound[m.PacketID]
+		i.inbound[m.PacketID] = m
+		return !ok
 	}
-	_, ok := set[m.PacketID]
-	set[m.PacketID] = m
+	_, ok := i.internal[m.PacketID]
+	i.internal[m.PacketID] = m
+	if !ok {
+		if i.order == nil {
+			i.order = make(map[uint16]uint64)
+		}
+		i.ordered++
+		i.order[m.PacketID] = i.ordered
+	}
 	return !ok
 }
 
@@ -125,6 +138,13 @@ func (i *Inflight) Clone() *Inflight {
 	for k, v := range i.inbound {
 		c.inbound[k] = v
 	}
+	if len(i.order) > 0 {
+		c.order = make(map[uint16]uint64, len(i.order))
+		for k, v := range i.order {
+			c.order[k] = v
+		}
+	}
+	c.ordered = i.ordered
 	return c
 }
 
@@ -140,8 +160,11 @@ func (i *Inflight) GetAll(immediate bool) []packets.Packet {
 		}
 	}
 
-	sort.Slice(m, func(i, j int) bool {
-		return uint16(m[i].Created) < uint16(m[j].Created)
+	// In the order the flows began (upstream sorted by uint16(Created):
+	// whole seconds, wrapping every 18 hours, so the messages of one second
+	// were resent in any order).
+	sort.Slice(m, func(a, b int) bool {
+		return i.order[m[a].PacketID] < i.order[m[b].PacketID]
 	})
 
 	return m
@@ -169,6 +192,7 @@ func (i *Inflight) Delete(id uint16) bool {
 
 	_, ok := i.internal[id]
 	delete(i.internal, id)
+	delete(i.order, id)
 
 	return ok
 }

@@ -5,6 +5,7 @@
 package mqtt
 
 import (
+	"slices"
 	"sync/atomic"
 	"testing"
 
@@ -196,4 +197,40 @@ func TestNextImmediate(t *testing.T) {
 
 	_, ok = cl.State.Inflight.NextImmediate()
 	require.False(t, ok)
+}
+
+// TestInflightGetAllInFlowOrder: the server's flows come back (and are
+// resent on resume) in the order they began, whatever their Created and
+// packet ids: upstream sorted by uint16(Created), whole seconds that wrap,
+// so messages of one second were resent in any order and a message after
+// the wrap before older ones. A flow keeps its place when its PUBLISH is
+// replaced by its PUBREL; a clone keeps the order.
+func TestInflightGetAllInFlowOrder(t *testing.T) {
+	i := NewInflights()
+	var want []uint16
+	for n := range 40 {
+		id := uint16(100 - n) // ids descending
+		created := int64(1 << 16)
+		if n%3 == 0 {
+			created = 1<<16 - 1 // the second before the uint16 wrap
+		}
+		i.Set(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: id, Created: created})
+		want = append(want, id)
+	}
+	// A QoS 2 flow moves on to PUBREL: same place.
+	i.Set(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel}, PacketID: 97})
+	// An id freed and reused is a new flow: last.
+	require.True(t, i.Delete(99))
+	i.Set(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 99, Created: 1})
+	want = append(slices.DeleteFunc(want, func(id uint16) bool { return id == 99 }), 99)
+
+	ids := func(pks []packets.Packet) []uint16 {
+		out := make([]uint16, len(pks))
+		for n, pk := range pks {
+			out[n] = pk.PacketID
+		}
+		return out
+	}
+	require.Equal(t, want, ids(i.GetAll(false)))
+	require.Equal(t, want, ids(i.Clone().GetAll(false)))
 }

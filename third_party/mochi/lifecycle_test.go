@@ -58,6 +58,13 @@ func (l *tcpListener) Close(closeClients listeners.CloseFn) {
 func startTCPServer(t *testing.T, s *Server) string {
 	t.Helper()
 	require.NoError(t, s.AddHook(new(AllowHook), nil))
+	return serveTCP(t, s)
+}
+
+// serveTCP serves s, with the hooks it has, on a tcpListener and closes it
+// when the test ends, as startTCPServer.
+func serveTCP(t *testing.T, s *Server) string {
+	t.Helper()
 	l := &tcpListener{id: "tcp"}
 	require.NoError(t, s.AddListener(l))
 	require.NoError(t, s.Serve())

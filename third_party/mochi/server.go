@@ -877,6 +877,10 @@ func (s *Server) SendConnack(cl *Client, reason packets.Code, present bool, prop
 		properties.MaximumQosFlag = true
 	}
 
+	if cl.Properties.ProtocolVersion == 5 {
+		s.advertiseCapabilities(properties)
+	}
+
 	if cl.Properties.Props.AssignedClientID != "" {
 		properties.AssignedClientID = cl.Properties.Props.AssignedClientID // [MQTT-3.1.3-7] [MQTT-3.2.2-16]
 	}
@@ -897,6 +901,21 @@ func (s *Server) SendConnack(cl *Client, reason packets.Code, present bool, prop
 		Properties:     *properties,
 	}
 	return cl.WritePacket(ack)
+}
+
+// advertiseCapabilities adds to a successful MQTT 5 CONNACK the limits and
+// features of the server's Capabilities (3.2.2.3): a client must not exceed
+// them, and may use a feature only when it is available. The feature flags
+// are sent even when the feature is available, which is what their absence
+// would mean, so a client need not know the defaults.
+func (s *Server) advertiseCapabilities(p *packets.Properties) {
+	c := s.Options.Capabilities
+	p.TopicAliasMaximum = c.TopicAliasMaximum // 0: none accepted [MQTT-3.2.2-18]
+	p.MaximumPacketSize = c.MaximumPacketSize // 0: no limit, not sent
+	p.RetainAvailable, p.RetainAvailableFlag = min(c.RetainAvailable, 1), true
+	p.WildcardSubAvailable, p.WildcardSubAvailableFlag = min(c.WildcardSubAvailable, 1), true
+	p.SharedSubAvailable, p.SharedSubAvailableFlag = min(c.SharedSubAvailable, 1), true
+	p.SubIDAvailable, p.SubIDAvailableFlag = min(c.SubIDAvailable, 1), true
 }
 
 // processPacket processes an inbound packet for a client. Since the method is
@@ -1100,8 +1119,25 @@ func (s *Server) InjectPacket(cl *Client, pk packets.Packet) error {
 
 // processPublish processes a Publish packet.
 func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
+	if pk.Ignore && !cl.Net.Inline {
+		return nil // an OnPacketRead hook answered it itself
+	}
+
+	if !cl.Net.Inline && isSysTopic(pk.TopicName) {
+		return s.refuseSysPublish(cl, pk)
+	}
+
 	if !cl.Net.Inline && !IsValidFilter(pk.TopicName, true) {
 		return nil
+	}
+
+	if !cl.Net.Inline {
+		switch {
+		case pk.FixedHeader.Retain && s.Options.Capabilities.RetainAvailable == 0:
+			return s.closeRefused(cl, packets.ErrRetainNotSupported, packets.Publish) // 3.2.2.3.5
+		case pk.FixedHeader.Qos > s.Options.Capabilities.MaximumQos:
+			return s.closeRefused(cl, packets.ErrQosNotSupported, packets.Publish) // 3.2.2.3.4
+		}
 	}
 
 	if atomic.LoadInt32(&cl.State.Inflight.receiveQuota) == 0 {
@@ -1211,6 +1247,48 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	return nil
 }
 
+// isSysTopic reports whether topic is one of the server's $SYS topics.
+func isSysTopic(topic string) bool {
+	return len(topic) >= len(SysPrefix) && strings.EqualFold(topic[:len(SysPrefix)], SysPrefix)
+}
+
+// refuseSysPublish answers a client's PUBLISH to $SYS, whose topics are the
+// server's (4.7.2): MQTT 5 at QoS 1/2 gets PUBACK/PUBREC 0x87, MQTT 3 at QoS
+// 1/2 a closed connection (3.1.1 has no negative acknowledgement), QoS 0 is
+// dropped. Upstream dropped each without a word, so a QoS 1/2 publisher
+// waited for ever and its packet identifier stayed in use. Counted in
+// Info.SysPublishRefused.
+func (s *Server) refuseSysPublish(cl *Client, pk packets.Packet) error {
+	atomic.AddInt64(&s.Info.SysPublishRefused, 1)
+	if pk.FixedHeader.Qos == 0 {
+		return nil
+	}
+	if cl.Properties.ProtocolVersion < 5 {
+		return s.closeRefused(cl, packets.ErrNotAuthorized, packets.Publish)
+	}
+	ackType := packets.Puback
+	if pk.FixedHeader.Qos == 2 {
+		ackType = packets.Pubrec
+	}
+	ack := s.buildAck(pk.PacketID, ackType, 0, pk.Properties, packets.ErrNotAuthorized)
+	ack.Properties.ReasonString = "clients may not publish to " + SysPrefix
+	return cl.WritePacket(ack)
+}
+
+// closeRefused ends cl's connection for a packet of type pkType the server
+// refuses with code, such as one using a feature the CONNACK said is
+// unavailable: MQTT 5 gets DISCONNECT with code, MQTT 3 a closed connection
+// (3.1.1 has no DISCONNECT from the server). It logs one bounded,
+// rate-limited line, as for a bad packet.
+func (s *Server) closeRefused(cl *Client, code packets.Code, pkType byte) error {
+	s.logRefusal(cl, code, pkType)
+	if cl.Properties.ProtocolVersion == 5 {
+		_ = s.DisconnectClient(cl, code)
+	}
+	cl.Stop(code)
+	return code
+}
+
 // settleDropped waits, off the reader, for writes hooks registered for a
 // publish that is not acknowledged after all: their Wait must run once.
 func (s *Server) settleDropped(waits []AckWaiter) { settleWaits(waits) }
@@ -1259,6 +1337,7 @@ func (s *Server) publishToSubscribers(pk packets.Packet) {
 	subscribers := s.Topics.SubscribersReadOnly(pk.TopicName)
 	if len(subscribers.Shared) > 0 {
 		subscribers = subscribers.clone() // selecting changes it
+		s.keepReadableShares(subscribers, pk.TopicName)
 		subscribers = s.hooks.OnSelectSubscribers(subscribers, pk)
 		if len(subscribers.SharedSelected) == 0 {
 			subscribers.SelectShared()
@@ -1276,6 +1355,26 @@ func (s *Server) publishToSubscribers(pk packets.Packet) {
 			if err != nil {
 				s.Log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
 			}
+		}
+	}
+}
+
+// keepReadableShares leaves in each shared group of subs only the members
+// allowed to read a message on topic (OnACLCheck), before one is chosen:
+// publishToClient checks the ACL only for the member chosen, and one that
+// may not read would swallow its group's share (upstream). A group left
+// without a member is dropped for this message and counted in
+// Info.SharedNoReader.
+func (s *Server) keepReadableShares(subs *Subscribers, topic string) {
+	for filter, members := range subs.Shared {
+		for id := range members {
+			if cl, ok := s.Clients.Get(id); ok && !s.hooks.OnACLCheck(cl, topic, false) {
+				delete(members, id)
+			}
+		}
+		if len(members) == 0 {
+			delete(subs.Shared, filter)
+			atomic.AddInt64(&s.Info.SharedNoReader, 1)
 		}
 	}
 }
@@ -1504,6 +1603,9 @@ func (s *Server) processPubcomp(cl *Client, pk packets.Packet) error {
 
 // processSubscribe processes a Subscribe packet.
 func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
+	if code, ok := s.subscribeUnavailable(pk); !ok {
+		return s.closeRefused(cl, code, packets.Subscribe)
+	}
 	pk = s.hooks.OnSubscribe(cl, pk)
 	code := packets.CodeSuccess
 	if _, ok := cl.State.Inflight.GetInbound(pk.PacketID); ok {
@@ -1575,6 +1677,26 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 	}
 
 	return nil
+}
+
+// subscribeUnavailable checks a SUBSCRIBE against the features the CONNACK
+// offered (3.2.2.3): a subscription identifier needs SubIDAvailable (else
+// 0xA1), a shared filter SharedSubAvailable (0x9E), a wildcard
+// WildcardSubAvailable (0xA2). Upstream ignored their being off.
+func (s *Server) subscribeUnavailable(pk packets.Packet) (packets.Code, bool) {
+	c := s.Options.Capabilities
+	if c.SubIDAvailable == 0 && len(pk.Properties.SubscriptionIdentifier) > 0 {
+		return packets.ErrSubscriptionIdentifiersNotSupported, false
+	}
+	for _, f := range pk.Filters {
+		if c.SharedSubAvailable == 0 && IsSharedFilter(f.Filter) {
+			return packets.ErrSharedSubscriptionsNotSupported, false
+		}
+		if c.WildcardSubAvailable == 0 && strings.ContainsAny(f.Filter, "+#") {
+			return packets.ErrWildcardSubscriptionsNotSupported, false
+		}
+	}
+	return packets.CodeSuccess, true
 }
 
 // processUnsubscribe processes an unsubscribe packet.
@@ -2019,6 +2141,11 @@ func (s *Server) expireClient(id string, client *Client) {
 	if c, ok := s.Clients.Get(id); !ok || c != client {
 		return
 	}
+	// As when a session ends with its connection (endClient): upstream only
+	// forgot the client, and its subscriptions went on matching, so a new
+	// client with the same id received messages it never subscribed to.
+	client.ClearInflights()
+	s.UnsubscribeClient(client)
 	s.hooks.OnClientExpired(client)
 	s.Clients.deleteIf(id, client) // [MQTT-4.1.0-2]
 }

@@ -600,7 +600,7 @@ func TestEstablishConnectionReadError(t *testing.T) {
 
 	ret := <-recv
 	require.Equal(t, append(
-		packets.TPacketData[packets.Connack].Get(packets.TConnackMinCleanMqtt5).RawBytes,
+		connackAdvertising(t, s, packets.TConnackMinCleanMqtt5),
 		packets.TPacketData[packets.Disconnect].Get(packets.TDisconnectSecondConnect).RawBytes...),
 		ret,
 	)
@@ -1107,7 +1107,18 @@ func TestServerSendConnack(t *testing.T) {
 
 	buf, err := io.ReadAll(r)
 	require.NoError(t, err)
-	require.Equal(t, packets.TPacketData[packets.Connack].Get(packets.TConnackMinMqtt5).RawBytes, buf)
+	require.Equal(t, connackAdvertising(t, s, packets.TConnackMinMqtt5), buf)
+}
+
+// connackAdvertising is the fixture CONNACK tc with the capabilities of s
+// that the fork advertises in a successful MQTT 5 CONNACK.
+func connackAdvertising(t *testing.T, s *Server, tc byte) []byte {
+	t.Helper()
+	pk := *packets.TPacketData[packets.Connack].Get(tc).Packet
+	s.advertiseCapabilities(&pk.Properties)
+	var buf bytes.Buffer
+	require.NoError(t, pk.ConnackEncode(&buf))
+	return buf.Bytes()
 }
 
 func TestServerSendConnackFailureReason(t *testing.T) {
@@ -1139,7 +1150,7 @@ func TestServerSendConnackWithServerKeepalive(t *testing.T) {
 
 	buf, err := io.ReadAll(r)
 	require.NoError(t, err)
-	require.Equal(t, packets.TPacketData[packets.Connack].Get(packets.TConnackServerKeepalive).RawBytes, buf)
+	require.Equal(t, connackAdvertising(t, s, packets.TConnackServerKeepalive), buf)
 }
 
 func TestServerValidateConnect(t *testing.T) {
@@ -1218,7 +1229,7 @@ func TestServerSendConnackAdjustedExpiryInterval(t *testing.T) {
 
 	buf, err := io.ReadAll(r)
 	require.NoError(t, err)
-	require.Equal(t, packets.TPacketData[packets.Connack].Get(packets.TConnackAcceptedAdjustedExpiryInterval).RawBytes, buf)
+	require.Equal(t, connackAdvertising(t, s, packets.TConnackAcceptedAdjustedExpiryInterval), buf)
 }
 
 func TestInheritClientSession(t *testing.T) {
@@ -1855,20 +1866,24 @@ func TestServerProcessPacketPublishQos2(t *testing.T) {
 	require.Equal(t, packets.TPacketData[packets.Pubrec].Get(packets.TPubrec).RawBytes, buf)
 }
 
-func TestServerProcessPacketPublishDowngradeQos(t *testing.T) {
+// TestServerProcessPacketPublishQosNotSupported: a PUBLISH above the
+// server's maximum QoS ends the connection [MQTT-3.2.2-11]; upstream
+// lowered its QoS and acknowledged it (TestServerProcessPacketPublishDowngradeQos).
+func TestServerProcessPacketPublishQosNotSupported(t *testing.T) {
 	s := newServer()
 	s.Options.Capabilities.MaximumQos = 1
 	cl, r, w := newTestClient()
 
 	go func() {
 		err := s.processPacket(cl, *packets.TPacketData[packets.Publish].Get(packets.TPublishQos2).Packet)
-		require.NoError(t, err)
+		require.ErrorIs(t, err, packets.ErrQosNotSupported)
+		require.True(t, cl.Closed())
 		_ = w.Close()
 	}()
 
 	buf, err := io.ReadAll(r)
 	require.NoError(t, err)
-	require.Equal(t, packets.TPacketData[packets.Puback].Get(packets.TPuback).RawBytes, buf)
+	require.Empty(t, buf)
 }
 
 func TestPublishToSubscribersSelfNoLocal(t *testing.T) {

@@ -711,12 +711,12 @@ func (x *TopicsIndex) scanSubscribers(topic string, d int, n *particle, subs *Su
 				x.scanSubscribers(topic, d+1, particle, subs)
 			} else {
 				x.gatherSubscriptions(topic, particle, subs)
-				x.gatherSharedSubscriptions(particle, subs)
+				x.gatherSharedSubscriptions(topic, particle, subs)
 				x.gatherInlineSubscriptions(particle, subs)
 
 				if wild := particle.particles.get("#"); wild != nil && partKey != "+" {
 					x.gatherSubscriptions(topic, wild, subs) // also match any subs where filter/# is filter as per 4.7.1.2
-					x.gatherSharedSubscriptions(wild, subs)
+					x.gatherSharedSubscriptions(topic, wild, subs)
 					x.gatherInlineSubscriptions(particle, subs)
 				}
 			}
@@ -725,7 +725,7 @@ func (x *TopicsIndex) scanSubscribers(topic string, d int, n *particle, subs *Su
 
 	if particle := n.particles.get("#"); particle != nil {
 		x.gatherSubscriptions(topic, particle, subs)
-		x.gatherSharedSubscriptions(particle, subs)
+		x.gatherSharedSubscriptions(topic, particle, subs)
 		x.gatherInlineSubscriptions(particle, subs)
 	}
 
@@ -752,14 +752,18 @@ func (x *TopicsIndex) gatherSubscriptions(topic string, particle *particle, subs
 	}
 }
 
-// gatherSharedSubscriptions gathers all shared subscriptions for a particle.
-func (x *TopicsIndex) gatherSharedSubscriptions(particle *particle, subs *Subscribers) {
+// gatherSharedSubscriptions gathers the shared subscriptions of a particle
+// that match topic.
+func (x *TopicsIndex) gatherSharedSubscriptions(topic string, particle *particle, subs *Subscribers) {
 	if subs.Shared == nil {
 		subs.Shared = map[string]map[string]packets.Subscription{}
 	}
 
 	for _, shares := range particle.shared.GetAll() {
 		for client, sub := range shares {
+			if topic[0] == '$' && sharedWildcardFirst(sub.Filter) {
+				continue // [MQTT-4.7.2-1], as gatherSubscriptions does
+			}
 			if _, ok := subs.Shared[sub.Filter]; !ok {
 				subs.Shared[sub.Filter] = map[string]packets.Subscription{}
 			}
@@ -767,6 +771,14 @@ func (x *TopicsIndex) gatherSharedSubscriptions(particle *particle, subs *Subscr
 			subs.Shared[sub.Filter][client] = sub
 		}
 	}
+}
+
+// sharedWildcardFirst reports whether the topic filter of the shared
+// subscription filter full ("$share/group/filter") starts with a wildcard.
+func sharedWildcardFirst(full string) bool {
+	_, rest, _ := strings.Cut(full, "/")
+	_, f, _ := strings.Cut(rest, "/")
+	return f != "" && (f[0] == '+' || f[0] == '#')
 }
 
 // gatherSharedSubscriptions gathers all inline subscriptions for a particle.

@@ -31,6 +31,10 @@ type Info struct {
 	PacketsSent         int64  `json:"packets_sent"`         // total number of messages of any type sent since the broker started
 	MemoryAlloc         int64  `json:"memory_alloc"`         // memory currently allocated
 	Threads             int64  `json:"threads"`              // number of active goroutines, named as threads for platform ambiguity
+
+	// Refusals the fork counts (omitted while 0, as in upstream's stored form).
+	SharedNoReader    int64 `json:"shared_no_reader,omitempty"`    // shared-subscription messages dropped for a group because no member may read them
+	SysPublishRefused int64 `json:"sys_publish_refused,omitempty"` // client publishes to $SYS refused
 }
 
 // Clone makes a copy of Info using atomic operation
@@ -57,5 +61,7 @@ func (i *Info) Clone() *Info {
 		PacketsSent:         atomic.LoadInt64(&i.PacketsSent),
 		MemoryAlloc:         atomic.LoadInt64(&i.MemoryAlloc),
 		Threads:             atomic.LoadInt64(&i.Threads),
+		SharedNoReader:      atomic.LoadInt64(&i.SharedNoReader),
+		SysPublishRefused:   atomic.LoadInt64(&i.SysPublishRefused),
 	}
 }

@@ -29,6 +29,8 @@ func TestClone(t *testing.T) {
 		PacketsSent:         17,
 		MemoryAlloc:         18,
 		Threads:             19,
+		SharedNoReader:      21,
+		SysPublishRefused:   22,
 	}
 
 	n := o.Clone()
