@@ -652,13 +652,3 @@ func (w *flowWait) Wait() error {
 	}
 	return err
 }
-
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
