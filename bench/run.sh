@@ -35,17 +35,39 @@ CASES=${CASES:-}
 UNPINNED=${UNPINNED:-1}
 OUT=${OUT:-${TMPDIR:-/tmp}/ferry-bench-$(date -u +%Y%m%dT%H%M%SZ)}
 
-# case table: tag | ferry-bench arguments
+# case table: tag | ferry-bench arguments [| brokers it applies to (default
+# all) | environment of the broker]. The storage cases are Ferry's alone:
+# neither bare mochi nor Mosquitto as its users run it stores messages
+# before it acknowledges them.
 cases=(
 	"fan-in QoS0 64B 10→1|-scenario fan-in -qos 0 -size 64 -pubs 10"
 	"fan-in QoS0 1KiB 10→1|-scenario fan-in -qos 0 -size 1024 -pubs 10"
 	"fan-in QoS1 64B 10→1|-scenario fan-in -qos 1 -size 64 -pubs 10"
+	"fan-in QoS1 1KiB 10→1|-scenario fan-in -qos 1 -size 1024 -pubs 10"
 	"pairs QoS0 64B ×100|-scenario pairs -qos 0 -size 64 -pubs 100"
 	"pairs QoS1 64B ×100|-scenario pairs -qos 1 -size 64 -pubs 100"
 	"fan-out QoS0 64B 1→100 (deliveries/s)|-scenario fan-out -qos 0 -size 64 -pubs 1 -subs 100"
 	"latency QoS1 64B 2k msg/s|-scenario latency -qos 1 -size 64 -rate 2000"
 	"idle ${IDLE_CLIENTS} connections|-scenario idle -clients ${IDLE_CLIENTS}"
+	"fan-in QoS1 64B clean sessions, sync always|-scenario fan-in -qos 1 -size 64 -pubs 10|ferry|FERRY_STORAGE_SYNC=always"
+	"fan-in QoS1 64B persistent sessions, sync always|-scenario fan-in -qos 1 -size 64 -pubs 10 -clean=false|ferry|FERRY_STORAGE_SYNC=always"
+	"fan-in QoS2 64B persistent sessions, sync always|-scenario fan-in -qos 2 -size 64 -pubs 10 -clean=false|ferry|FERRY_STORAGE_SYNC=always"
 )
+
+# case_field CASE_INDEX N prints field N (1-based) of a case.
+case_field() {
+	local IFS='|'
+	# shellcheck disable=SC2206 # splitting on | is the point
+	local f=(${cases[$1]})
+	echo "${f[$(($2 - 1))]:-}"
+}
+
+# case_for CASE_INDEX BROKER says whether the case applies to BROKER.
+case_for() {
+	local only
+	only=$(case_field "$1" 3)
+	[[ -z $only || " $only " == *" $2 "* ]]
+}
 
 log() { printf '%s\n' "$*" >&2; }
 
@@ -123,11 +145,13 @@ free_port() {
 	exit 1
 }
 
-# start_broker NAME PORT PINNED starts a fresh broker and waits until it
-# accepts connections; sets broker_pid.
+# start_broker NAME PORT PINNED [ENV...] starts a fresh broker and waits
+# until it accepts connections; sets broker_pid.
 start_broker() {
 	local name=$1 port=$2 pinned=$3 pin=() logf="$OUT/logs/$1-$2.log"
+	local envs=("${@:4}")
 	if [[ $pinned == 1 ]]; then pin=("${pin_broker[@]}"); fi
+	pin=(env "${envs[@]}" "${pin[@]}")
 	case $name in
 	ferry)
 		local data="$work/ferry-data-$port"
@@ -185,13 +209,16 @@ stop_broker() {
 # one_run CASE_INDEX BROKER PINNED RUN appends one result line.
 one_run() {
 	local idx=$1 name=$2 pinned=$3 run=$4
-	local tag=${cases[$idx]%%|*} args=${cases[$idx]#*|}
+	local tag args envs
+	tag=$(case_field "$idx" 1)
+	args=$(case_field "$idx" 2)
+	read -r -a envs <<<"$(case_field "$idx" 4)"
 	local port label=$name pin=() extra=() started=0
 	if [[ $pinned == 1 ]]; then pin=("${pin_gen[@]}"); else label="$name (unpinned)"; fi
 	# A port can be taken between the check and the bind: try a few.
 	for _ in 1 2 3; do
 		port=$(free_port)
-		if start_broker "$name" "$port" "$pinned"; then
+		if start_broker "$name" "$port" "$pinned" "${envs[@]}"; then
 			started=1
 			break
 		fi
@@ -227,12 +254,16 @@ started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 for i in "${selected[@]}"; do
 	for run in $(seq "$RUNS"); do
 		for b in "${available[@]}"; do
-			one_run "$i" "$b" 1 "$run"
+			if case_for "$i" "$b"; then
+				one_run "$i" "$b" 1 "$run"
+			fi
 		done
 	done
 	if [[ $UNPINNED == 1 ]]; then
 		for b in "${available[@]}"; do
-			one_run "$i" "$b" 0 1
+			if case_for "$i" "$b"; then
+				one_run "$i" "$b" 0 1
+			fi
 		done
 	fi
 done
