@@ -250,6 +250,8 @@ func (b *Broker) Start(ctx context.Context) error {
 		b.wg.Add(1)
 		go b.watchCerts()
 	}
+	b.wg.Add(1)
+	go b.returnMemory()
 	if b.resend != nil {
 		b.wg.Add(1)
 		go b.resend.run(b.quit, b.wg.Done)
