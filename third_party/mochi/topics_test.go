@@ -1107,3 +1107,16 @@ func TestSubscribersCacheBounded(t *testing.T) {
 	defer index.cache.mu.RUnlock()
 	require.LessOrEqual(t, len(index.cache.m), subscriberCacheSize)
 }
+
+// TestInlineSubscriptionMatchesParentLevel: an inline subscription to
+// "a/#" matches the topic "a", as an ordinary one does [MQTT-4.7.1-2].
+// Upstream gathered the parent's inline subscriptions again instead of
+// the "#" child's.
+func TestInlineSubscriptionMatchesParentLevel(t *testing.T) {
+	x := NewTopicsIndex()
+	x.InlineSubscribe(InlineSubscription{Subscription: packets.Subscription{Filter: "a/#", Identifier: 7}})
+	x.Subscribe("client", packets.Subscription{Filter: "a/#"})
+	subs := x.Subscribers("a")
+	require.Contains(t, subs.Subscriptions, "client")
+	require.Contains(t, subs.InlineSubscriptions, 7)
+}
