@@ -217,9 +217,9 @@ func TestHoldAckQos2Flow(t *testing.T) {
 	cl.ops.hooks = s.hooks // ReadPacket calls OnPacketRead through the client's
 	cl.Properties.ProtocolVersion = 4
 	br := bufio.NewReader(r)
-	// feed has the server read pk from the client and process it.
+	// feed has the server read pk from the client and process it, as the
+	// connection's one reader does: feeds never overlap.
 	feed := func(pk packets.Packet) {
-		t.Helper()
 		pk.ProtocolVersion = 4
 		var buf bytes.Buffer
 		_, err := cl.encodePacket(pk, &buf)
@@ -231,12 +231,18 @@ func TestHoldAckQos2Flow(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, s.processPacket(cl, in))
 	}
+	// feedAsync is feed for a packet whose answer is written at once (the
+	// pipe blocks the write until the test reads it).
+	feedAsync := func(pk packets.Packet) (done chan struct{}) {
+		done = make(chan struct{})
+		go func() { defer close(done); feed(pk) }()
+		return done
+	}
 	ping := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
 	held := func(answer byte, id uint16) {
 		t.Helper()
 		g := h.g.Load()
-		done := make(chan struct{})
-		go func() { defer close(done); feed(ping) }()
+		done := feedAsync(ping)
 		typ, _ := readPacketType(t, br)
 		require.Equal(t, packets.Pingresp, typ, "the %s is held, the reader is not", packets.PacketNames[answer])
 		<-done
@@ -247,12 +253,13 @@ func TestHoldAckQos2Flow(t *testing.T) {
 	}
 
 	// The client's flow: PUBLISH, PUBREC, PUBREL, PUBCOMP held.
-	go feed(publishQos(1, 2, "in"))
+	done := feedAsync(publishQos(1, 2, "in"))
 	typ, _ := readPacketType(t, br)
 	require.Equal(t, packets.Pubrec, typ)
+	<-done
 	h.g.Store(newGate())
-	go feed(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: 1})
-	require.Eventually(t, func() bool { return h.held.Load() == 1 }, 5*time.Second, time.Millisecond)
+	feed(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: 1})
+	require.Equal(t, int32(1), h.held.Load())
 	held(packets.Pubcomp, 1)
 
 	// The server's flow: PUBLISH, PUBREC, PUBREL held.
@@ -265,7 +272,7 @@ func TestHoldAckQos2Flow(t *testing.T) {
 	require.Equal(t, packets.Publish, typ)
 	id := <-sent
 	h.g.Store(newGate())
-	go feed(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: id})
-	require.Eventually(t, func() bool { return h.held.Load() == 2 }, 5*time.Second, time.Millisecond)
+	feed(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: id})
+	require.Equal(t, int32(2), h.held.Load())
 	held(packets.Pubrel, id)
 }

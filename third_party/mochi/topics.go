@@ -714,7 +714,7 @@ func (x *TopicsIndex) scanSubscribers(topic string, d int, n *particle, subs *Su
 				x.gatherSharedSubscriptions(topic, particle, subs)
 				x.gatherInlineSubscriptions(particle, subs)
 
-				if wild := particle.particles.get("#"); wild != nil && partKey != "+" {
+				if wild := particle.particles.get("#"); wild != nil { // "a/#" and "+/#" match "a" [MQTT-4.7.1-2]
 					x.gatherSubscriptions(topic, wild, subs) // also match any subs where filter/# is filter as per 4.7.1.2
 					x.gatherSharedSubscriptions(topic, wild, subs)
 					x.gatherInlineSubscriptions(wild, subs)

@@ -1108,15 +1108,36 @@ func TestSubscribersCacheBounded(t *testing.T) {
 	require.LessOrEqual(t, len(index.cache.m), subscriberCacheSize)
 }
 
-// TestInlineSubscriptionMatchesParentLevel: an inline subscription to
-// "a/#" matches the topic "a", as an ordinary one does [MQTT-4.7.1-2].
-// Upstream gathered the parent's inline subscriptions again instead of
+// TestWildcardMatchesParentLevel: "#" also matches the level above it
+// [MQTT-4.7.1-2], after a literal level or a "+": "a/#" and "+/#" match
+// "a", "+/+/#" matches "a/b"; for ordinary and inline subscriptions alike
+// (Mosquitto delivers "a" to "+/#"). Upstream skipped the "#" under a "+",
+// and gathered the parent's inline subscriptions a second time instead of
 // the "#" child's.
-func TestInlineSubscriptionMatchesParentLevel(t *testing.T) {
-	x := NewTopicsIndex()
-	x.InlineSubscribe(InlineSubscription{Subscription: packets.Subscription{Filter: "a/#", Identifier: 7}})
-	x.Subscribe("client", packets.Subscription{Filter: "a/#"})
-	subs := x.Subscribers("a")
-	require.Contains(t, subs.Subscriptions, "client")
-	require.Contains(t, subs.InlineSubscriptions, 7)
+func TestWildcardMatchesParentLevel(t *testing.T) {
+	for _, tc := range []struct {
+		filter, topic string
+		match         bool
+	}{
+		{"a/#", "a", true},
+		{"+/#", "a", true},
+		{"+/+/#", "a/b", true},
+		{"+/+/#", "a", false},
+		{"a/+/#", "a", false},
+		{"b/#", "a", false},
+		{"+/#", "$SYS", false},
+	} {
+		t.Run(tc.filter+" "+tc.topic, func(t *testing.T) {
+			x := NewTopicsIndex()
+			x.InlineSubscribe(InlineSubscription{Subscription: packets.Subscription{Filter: tc.filter, Identifier: 7}})
+			x.Subscribe("client", packets.Subscription{Filter: tc.filter})
+			subs := x.Subscribers(tc.topic)
+			_, ordinary := subs.Subscriptions["client"]
+			_, inline := subs.InlineSubscriptions[7]
+			require.Equal(t, tc.match, ordinary, "ordinary subscription")
+			if tc.topic[0] != '$' { // the server's own inline subscriptions see '$' topics, as upstream's "#" does
+				require.Equal(t, tc.match, inline, "inline subscription")
+			}
+		})
+	}
 }
