@@ -68,11 +68,13 @@ func (s *Store) writeAsync(b *batch) (*Pending, error) {
 	return &Pending{s: s, b: b}, nil
 }
 
-// commitDeferred queues b and has the engine hold the PUBACK of pk until
-// it is committed (mqtt.Client.HoldAck); settle, if not nil, runs after the
-// commit with its outcome. A failure to queue is returned (settle has not
-// run); a failed commit later closes the connection instead of
-// acknowledging.
+// commitDeferred queues b and has the engine hold the answer to pk (the
+// PUBACK or PUBREC of a PUBLISH, the PUBREL or PUBCOMP of a QoS 2 flow's
+// PUBREC or PUBREL) until it is committed (mqtt.Client.HoldAck); settle, if
+// not nil, runs after the commit with its outcome, and pm, if held, is
+// dropped if the commit fails. A failure to queue is returned (settle has
+// not run); a failed commit later closes the connection instead of
+// answering.
 func (h *Hook) commitDeferred(cl *mqtt.Client, pk packets.Packet, pm *pendingMsg, b *batch, settle func(ok bool)) error {
 	p, err := h.st.writeAsync(b)
 	if err != nil {
@@ -84,8 +86,9 @@ func (h *Hook) commitDeferred(cl *mqtt.Client, pk packets.Packet, pm *pendingMsg
 		}
 		return nil
 	}
-	w := &publishWait{p: p, settle: settle, h: h, client: cl.ID, topic: pk.TopicName}
-	if pm.held {
+	w := &publishWait{p: p, settle: settle, h: h, client: cl.ID, topic: pk.TopicName,
+		packet: packets.PacketNames[pk.FixedHeader.Type]}
+	if pm != nil && pm.held {
 		w.held = pm
 	}
 	if cl.HoldAck(w) {
@@ -94,13 +97,14 @@ func (h *Hook) commitDeferred(cl *mqtt.Client, pk packets.Packet, pm *pendingMsg
 	return w.Wait()
 }
 
-// publishWait is the Waiter of a deferred publish's records.
+// publishWait is the Waiter of a deferred publish's records, or of a QoS 2
+// flow's new state.
 type publishWait struct {
-	p             *Pending
-	settle        func(ok bool)
-	h             *Hook
-	client, topic string
-	held          *pendingMsg // a QoS 2 message not delivered yet: dropped if its records fail
+	p                     *Pending
+	settle                func(ok bool)
+	h                     *Hook
+	client, topic, packet string
+	held                  *pendingMsg // a QoS 2 message not delivered yet: dropped if its records fail
 }
 
 func (w *publishWait) Ready() bool { return w.p.Ready() }
@@ -111,7 +115,7 @@ func (w *publishWait) Wait() error {
 		w.settle(err == nil)
 	}
 	if err != nil {
-		w.h.log.Error("message not stored, acknowledgement withheld", "client_id", w.client, "topic", w.topic, "err", err)
+		w.h.log.Error("records not stored, acknowledgement withheld", "client_id", w.client, "packet", w.packet, "topic", w.topic, "err", err)
 		if w.held != nil {
 			w.h.dropPendingMsg(w.client, w.held)
 		}

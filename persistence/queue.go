@@ -614,41 +614,11 @@ func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		}
 	}
 	h.mu.Unlock()
-	if len(b.ops) == 0 {
-		h.st.putBatch(b)
-		return pk, nil
-	}
 	// The engine holds the answer (PUBREL, PUBCOMP) until the commit, and
 	// goes on reading meanwhile: a window of flows shares one fsync.
-	p, err := h.st.writeAsync(b)
-	if err != nil {
+	if err := h.commitDeferred(cl, pk, nil, b, nil); err != nil {
 		h.logWriteError(err)
 		return pk, err
 	}
-	if p == nil {
-		return pk, nil
-	}
-	if w := (&flowWait{p: p, h: h, client: cl.ID}); !cl.HoldAck(w) {
-		if err := w.Wait(); err != nil {
-			return pk, err
-		}
-	}
 	return pk, nil
-}
-
-// flowWait is the Waiter of a QoS 2 flow's new state.
-type flowWait struct {
-	p      *Pending
-	h      *Hook
-	client string
-}
-
-func (w *flowWait) Ready() bool { return w.p.Ready() }
-
-func (w *flowWait) Wait() error {
-	err := w.p.Wait()
-	if err != nil {
-		w.h.log.Error("QoS 2 state not stored, answer withheld", "client_id", w.client, "err", err)
-	}
-	return err
 }
