@@ -248,10 +248,10 @@ func (b *Broker) Start(ctx context.Context) error {
 	}
 	if len(b.certs) > 0 {
 		b.wg.Add(1)
-		go b.watchCerts()
+		go b.every(b.certCheckEach, b.checkCerts)
 	}
 	b.wg.Add(1)
-	go b.returnMemory()
+	go b.every(memoryCheckEvery, b.returnMemory)
 	if b.resend != nil {
 		b.wg.Add(1)
 		go b.resend.run(b.quit, b.wg.Done)
@@ -393,19 +393,24 @@ func (b *Broker) shutdown(ctx context.Context) error {
 	return err
 }
 
-func (b *Broker) watchCerts() {
+// every runs f every d until the broker stops, as one of b.wg's goroutines.
+func (b *Broker) every(d time.Duration, f func()) {
 	defer b.wg.Done()
-	t := time.NewTicker(b.certCheckEach)
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-b.quit:
 			return
 		case <-t.C:
-			for _, w := range b.certs {
-				w.check()
-			}
+			f()
 		}
+	}
+}
+
+func (b *Broker) checkCerts() {
+	for _, w := range b.certs {
+		w.check()
 	}
 }
 

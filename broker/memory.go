@@ -6,7 +6,8 @@ import (
 	"time"
 )
 
-// memoryCheckEvery is how often the broker looks for memory to give back.
+// memoryCheckEvery is how often the broker looks for memory to give back
+// (returnMemory).
 const memoryCheckEvery = 15 * time.Second
 
 // returnMemory gives the operating system back the memory a burst left
@@ -20,18 +21,8 @@ const memoryCheckEvery = 15 * time.Second
 // most one forced collection per check, a small cost next to what a busy
 // broker collects anyway.
 func (b *Broker) returnMemory() {
-	defer b.wg.Done()
-	t := time.NewTicker(memoryCheckEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-b.quit:
-			return
-		case <-t.C:
-			if returnFreeMemory() {
-				b.log.Debug("returned free memory to the system")
-			}
-		}
+	if returnFreeMemory() {
+		b.log.Debug("returned free memory to the system")
 	}
 }
 
