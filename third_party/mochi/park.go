@@ -71,7 +71,7 @@ func (cl *Client) waitIdle() (parked bool, err error) {
 	ka := cl.State.park.deadline
 	if !cl.State.park.resumed {
 		// A packet was just read: the keepalive starts again.
-		ka = cl.keepaliveDeadline(now)
+		ka = keepaliveDeadline(now, cl.State.Keepalive)
 		cl.State.park.deadline = ka
 	}
 	cl.State.park.resumed = false
@@ -104,10 +104,9 @@ func (cl *Client) waitIdle() (parked bool, err error) {
 	return false, nil
 }
 
-// keepaliveDeadline is when cl's connection ends if nothing arrives from
-// now on; zero without a keepalive.
-func (cl *Client) keepaliveDeadline(now time.Time) time.Time {
-	ka := cl.State.Keepalive
+// keepaliveDeadline is when a connection with keepalive ka (seconds) ends
+// if nothing arrives from now on; zero (no deadline) without a keepalive.
+func keepaliveDeadline(now time.Time, ka uint16) time.Time {
 	if ka == 0 {
 		return time.Time{}
 	}
