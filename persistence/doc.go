@@ -32,7 +32,7 @@
 //
 // Sequences (q/ seq, p/ id) come from one counter that Open sets above every
 // id on disk, so the queue order of a session is the order in which
-// OnPublish saw the messages: per publisher, the publish order.
+// OnRoute saw the messages: per publisher, the publish order.
 //
 // # Writes and durability
 //
@@ -54,14 +54,14 @@
 //     or is not persistent.
 //   - OnSubscribed / OnUnsubscribed (before SUBACK/UNSUBACK), W.
 //   - OnRetainMessage (before the PUBACK), W.
-//   - OnPublish (before the PUBACK/PUBREC), W: see below; for QoS 1 the
+//   - OnRoute (before the PUBACK/PUBREC), W: see below; for QoS 1 the
 //     wait is the PUBACK's, not the reader's (mqtt.Client.HoldAck,
 //     pending.go): the engine holds that PUBACK until the write is done,
 //     and reads the publisher's next packet meanwhile. From the end of
 //     the load (StoredRetainedMessages), not from OnStarted: mochi's
 //     listeners serve before it calls OnStarted.
 //   - OnQosPublish, A (W for QoS 2 to a connected client): the packet id
-//     mochi chose, on the ref written by OnPublish.
+//     mochi chose, on the ref written by OnRoute.
 //   - OnPacketRead, W, for QoS 2 only: a subscriber's PUBREC (the flow now
 //     waits for PUBCOMP) before mochi sends PUBREL, and the deletion of a
 //     publisher's PUBREC state on its PUBREL before mochi sends PUBCOMP.
@@ -78,21 +78,23 @@
 //
 // # Acknowledged means durable
 //
-// mochi calls OnPublish before it writes the PUBACK (or PUBREC) but creates
-// the subscribers' in-flight entries (OnQosPublish) only after it. So
-// OnPublish itself finds the subscribers (srv.Topics.Subscribers, with one
-// member chosen per shared group, which OnSelectSubscribers then makes mochi
-// use), writes the message body once plus a q/ ref for every persistent
-// session that gets it at QoS > 0, and waits for the group commit. A QoS 2
-// message from a persistent publisher gets its PUBREC state in the same
-// batch. OnQosPublish then only maps mochi's packet id onto the stored ref.
-// Refs that mochi did not deliver after all (ACL, full in-flight window,
-// packet ids exhausted, a hook ignoring the message) are deleted in
-// OnPublished, and a message dropped on a full outbound queue in
-// OnPublishDropped, so a restart never delivers what mochi dropped. If the
-// write fails the publish is refused (MQTT 5: reason 0x83; MQTT 3: no ack).
-// Messages mochi publishes itself (wills, retained messages sent on
-// subscribe) are stored by OnQosPublish, without that guarantee.
+// The engine walks the topic index once per publish, before it writes the
+// PUBACK (or PUBREC), and hands the result, shared-group members chosen, to
+// OnRoute; it creates the subscribers' in-flight entries (OnQosPublish)
+// only after the acknowledgement. So OnRoute writes the message body once
+// plus a q/ ref for every persistent session on the route that gets it at
+// QoS > 0, and has the engine hold the acknowledgement until the group
+// commit. A QoS 2 message from a persistent publisher gets its PUBREC state
+// in the same batch. OnQosPublish then only maps mochi's packet id onto the
+// stored ref; the engine's Packet.PublishID, which every subscriber's copy
+// keeps, says which pending message a copy belongs to. Refs that mochi did
+// not deliver after all (ACL, full in-flight window, packet ids exhausted,
+// a hook ignoring the message) are deleted in OnPublished, and a message
+// dropped on a full outbound queue in OnPublishDropped, so a restart never
+// delivers what mochi dropped. If the write fails the publish is refused
+// (MQTT 5: reason 0x83; MQTT 3: no ack). Messages mochi publishes itself
+// (wills, retained messages sent on subscribe) are stored by OnQosPublish,
+// without that guarantee.
 //
 // # Resuming a session
 //
@@ -105,8 +107,8 @@
 // resend is put in order (resent out of order), or go to the new client before the resend (sent
 // twice in one connection: a QoS 2 subscriber that completed the first
 // flow takes the second for a new message). So OnSessionEstablish waits
-// for publishes already past OnPublish with a ref for the session to reach
-// it, and OnPublish holds new ones that would store a ref for it until
+// for publishes already past OnRoute with a ref for the session to reach
+// it, and OnRoute holds new ones that would store a ref for it until
 // OnSessionEstablished, or until the new connection closes (gate.go). Both
 // waits are bounded by 5 s; a publisher waits at most for the resend, and
 // only while a session it publishes to resumes. Hooks before this one must
@@ -116,18 +118,14 @@
 //
 // A session keeps at most its memory window (QueueLimits.MemoryWindow,
 // capped at half of mochi's MaximumInflight) of queued messages in mochi.
-// OnPublish decides, per persistent target and under h.mu, whether the
+// OnRoute decides, per persistent target and under h.mu, whether the
 // message is (a) dropped because the session's queue is at its bound
 // (count or bytes, with the policy: drop-newest, drop-oldest, or
 // block-publisher, which first waits for a connected session), (b)
 // spilled: its ref is written without packet id and mochi never sees it,
 // because the window is full, older messages are still spilled or the
-// client stopped reading (SetStalled), or (c) left to mochi as before. mochi has no per-subscriber veto, so for (a)
-// and (b) the hook subscribes a member that is never a client to a shared
-// group matching '#' (exclusionFilter): mochi then calls
-// OnSelectSubscribers for every publish, which removes those subscribers
-// from the fan-out. '#' does not match topics starting with '$', so each
-// first level of those gets an exclusion group of its own ("$foo/#").
+// client stopped reading (SetStalled), or (c) left to mochi as before. For
+// (a) and (b) it skips the subscriber on the engine's route (Route.Skip).
 //
 // Spilled refs enter the session's backlog (in seq order) once their write
 // returns. A drain goroutine per connected session (runDrain) moves the
@@ -147,9 +145,10 @@
 // With SetSessionOwners, each session record carries the identity owning
 // the session (record version 2; version 1 records load without one), and
 // StoredClients reports each restored session's owner, so that ownership
-// survives a restart. With SetReadCheck, OnPublish offers a shared-group
-// message only to members allowed to read it, and the drain drops (and
-// counts, ACLDropped) a spilled message its session may no longer read.
+// survives a restart. The engine offers a shared-group message only to
+// members allowed to read it (its OnACLCheck). With SetReadCheck, the drain
+// drops (and counts, ACLDropped) a spilled message its session may no
+// longer read.
 //
 // # Loading
 //
@@ -202,7 +201,7 @@
 // Salvage copies what is readable into a new directory.
 //
 // A goroutine reads the filesystem's free space every 250 ms. Below
-// MinFreeSpace, Admit fails with ErrDiskFull: OnPublish refuses messages it
+// MinFreeSpace, Admit fails with ErrDiskFull: OnRoute refuses messages it
 // would store (MQTT 5: 0x97, MQTT 3: no ack) and the bridge outbox refuses
 // appends; below criticalSpace every write is refused, because Badger
 // writes through memory maps and a full disk kills it with SIGBUS. Open

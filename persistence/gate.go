@@ -28,7 +28,7 @@ const maxEstablishWait = 5 * time.Second
 //     older messages being resent.
 //
 // So OnSessionEstablish closes the gate for the client id and waits for the
-// publishes that already have a ref for it to reach it; OnPublish holds
+// publishes that already have a ref for it to reach it; OnRoute holds
 // publishes that would store a ref for it until OnSessionEstablished opens
 // the gate, or cl closes (mochi gave up on the connection before resending).
 type establishing struct {

@@ -31,7 +31,7 @@ type Hook struct {
 
 	mu       sync.Mutex
 	sessions map[string]*session      // persistent sessions, by client id
-	pending  map[string][]*pendingMsg // publishes between OnPublish and OnPublished, by origin
+	pending  map[string][]*pendingMsg // publishes between OnRoute and OnPublished, by origin
 	expiring map[string]*session      // sessions whose backlog holds messages that expire
 	refs     map[uint64]int32         // queue refs per message body shared by more than one (see releaseBodyLocked)
 	restored map[string]*restoredSession
@@ -49,7 +49,6 @@ type Hook struct {
 	aclDropped atomic.Uint64
 
 	limits          QueueLimits
-	exclusions      map[string]bool // exclusion filters in mochi's index (spill.go); under mu
 	droppedNewest   atomic.Uint64
 	droppedOldest   atomic.Uint64
 	expired         atomic.Uint64
@@ -144,8 +143,7 @@ var provided = []byte{
 	mqtt.OnDisconnect,
 	mqtt.OnSubscribed,
 	mqtt.OnUnsubscribed,
-	mqtt.OnPublish,
-	mqtt.OnSelectSubscribers,
+	mqtt.OnRoute,
 	mqtt.OnPublished,
 	mqtt.OnPublishDropped,
 	mqtt.OnRetainMessage,

@@ -1,7 +1,6 @@
 package persistence
 
 import (
-	"github.com/ferrymq/ferry/internal/topic"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -30,18 +29,6 @@ func (h *Hook) SetSessionOwners(o SessionOwners) { h.owners = o }
 // when a session resumes). may is called with the hook's mutex held: it
 // must not block or call into the hook. Default: everything is readable.
 func (h *Hook) SetReadCheck(may func(cl *mqtt.Client, topic string) bool) { h.mayRead = may }
-
-// dropUnreadableShares removes from shared the members that may not read a
-// message on name (see topic.DropUnreadableShares).
-func (h *Hook) dropUnreadableShares(name string, shared map[string]map[string]packets.Subscription) {
-	if h.mayRead == nil || len(shared) == 0 {
-		return
-	}
-	topic.DropUnreadableShares(shared, func(id string) bool {
-		cl, ok := h.srv.Clients.Get(id)
-		return !ok || h.mayRead(cl, name)
-	})
-}
 
 // unreadableLocked says whether cl may no longer receive pk, counting it
 // in ACLDropped if so: the caller drops it.

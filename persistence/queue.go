@@ -1,7 +1,6 @@
 package persistence
 
 import (
-	"bytes"
 	"slices"
 	"time"
 
@@ -9,18 +8,13 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// pendingMsg is a QoS 1/2 PUBLISH between OnPublish, which stored it for the
+// pendingMsg is a QoS 1/2 PUBLISH between OnRoute, which stored it for the
 // persistent sessions it will reach, and OnPublished, after mochi's fan-out.
 type pendingMsg struct {
-	created int64
+	id      uint64 // the engine's Packet.PublishID
 	expires uint32 // as spillItem.expires
-	topic   string
-	payload []byte
 	msgID   uint64
-	refs    map[string]*pendingRef          // by subscriber client id
-	shared  map[string]packets.Subscription // shared-subscription members chosen
-	exclude map[string]bool                 // subscribers mochi must not deliver to (spilled, dropped)
-	tag     uint16                          // in the packet's (unused) Connect.Keepalive; see tagLocked
+	refs    map[string]*pendingRef // by subscriber client id
 	// held: a QoS 2 message the engine delivers only once its records are
 	// committed, after the publisher's reader has moved on (dropPending
 	// must leave it).
@@ -38,12 +32,8 @@ type pendingRef struct {
 }
 
 // matches says whether pk (an OnQosPublish copy or the publisher's packet)
-// is this message. A topic alias may have blanked the copy's topic.
-func (p *pendingMsg) matches(pk *packets.Packet) bool {
-	return pk.Created == p.created && pk.Connect.Keepalive == p.tag &&
-		(pk.TopicName == "" || pk.TopicName == p.topic) &&
-		bytes.Equal(pk.Payload, p.payload)
-}
+// is this message.
+func (p *pendingMsg) matches(pk *packets.Packet) bool { return pk.PublishID == p.id }
 
 // findPendingLocked returns the pending message of origin that pk is.
 func (h *Hook) findPendingLocked(origin string, pk *packets.Packet) (*pendingMsg, int) {
@@ -55,39 +45,40 @@ func (h *Hook) findPendingLocked(origin string, pk *packets.Packet) (*pendingMsg
 	return nil, -1
 }
 
-// OnPublish stores a QoS 1/2 message, once, with one queue ref for each
-// persistent session it will be delivered to, and waits for the store
-// (fsync in "always" mode) before mochi acknowledges the publisher. mochi
-// creates the subscribers' in-flight entries only after the PUBACK, so
-// OnQosPublish later maps them onto these refs. A QoS 2 message from a
-// persistent publisher also gets its PUBREC state stored in the same batch.
-// A message for a session that is being resumed waits until mochi has
-// resent that session's messages (see establishing).
+// OnRoute stores a QoS 1/2 message, once, with one queue ref for each
+// persistent session on its route, and has the engine hold the PUBACK or
+// PUBREC until the store has it (fsync in "always" mode). The engine
+// creates the subscribers' in-flight entries only after the
+// acknowledgement, so OnQosPublish later maps them onto these refs. A QoS 2
+// message from a persistent publisher also gets its PUBREC state stored in
+// the same batch. A message for a session that is being resumed waits until
+// mochi has resent that session's messages (see establishing). Subscribers
+// the message is spilled for, or dropped for (a full queue), are skipped on
+// the route: the drain delivers the first, nobody the second.
 //
 // If the store fails the message is refused: MQTT 5 publishers get reason
 // 0x83 (implementation specific error), MQTT 3 publishers no acknowledgement.
-func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+func (h *Hook) OnRoute(cl *mqtt.Client, pk packets.Packet, r *mqtt.Route) error {
 	// Not h.started: mochi's listeners serve before OnStarted, and a
 	// message acknowledged then must be stored too.
 	if pk.FixedHeader.Qos == 0 || !h.loaded.Load() {
-		return pk, nil
+		return nil
 	}
 	if !cl.Net.Inline {
 		h.dropPending(cl.ID) // left by a publish mochi abandoned before OnPublished
 	}
 	// Nothing to store while no session is persistent (the publisher's own
-	// QoS 2 state included): skip the second walk of the topic index.
+	// QoS 2 state included).
 	h.mu.Lock()
 	none := len(h.sessions) == 0
 	h.mu.Unlock()
 	if none {
-		return pk, nil
+		return nil
 	}
+	targets := r.Subscriptions()
 	maxQos := h.srv.Options.Capabilities.MaximumQos
-	var targets, shared map[string]packets.Subscription
 	var blocked blockWait
 	for start := time.Now(); ; {
-		targets, shared = h.targets(pk.TopicName)
 		h.mu.Lock()
 		var gate *establishing
 		for id, sub := range targets {
@@ -114,11 +105,11 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	}
 	if err := h.admitLocked(cl, &pk, targets, maxQos); err != nil {
 		h.mu.Unlock()
-		return pk, err
+		return err
 	}
 
 	b := h.st.newBatch()
-	pm := &pendingMsg{created: pk.Created, topic: pk.TopicName, payload: pk.Payload, shared: shared,
+	pm := &pendingMsg{id: pk.PublishID,
 		expires: expiresAt(pk.Created, pk.Expiry, h.srv.Options.Capabilities.MaximumMessageExpiryInterval)}
 	size := messageSize(&pk)
 	window, liveWindow := h.window(), h.liveWindow()
@@ -134,10 +125,8 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		}
 		var spill bool
 		subCl, _ := h.srv.Clients.Get(id)
-		// Bounds and spilling need mochi kept from delivering the message
-		// to this subscriber (see exclusionFilter).
 		if !h.overflowLocked(id, ss, subCl, size, b) {
-			pm.excludeLocked(id)
+			r.Skip(id)
 			continue
 		}
 		w := window
@@ -164,21 +153,10 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		_, rec.Retain, rec.SubIDs = outFields(&pk, sub, version, maxQos)
 		if spill {
 			ss.pendingSpill++
-			pm.excludeLocked(id)
+			r.Skip(id)
 			spills = true
 		}
 		b.set(b.queueKey(id, ref.seq), rec.appendTo)
-	}
-	if pm.exclude != nil || pm.refs != nil {
-		h.tagLocked(cl.ID, pm, &pk)
-	}
-	if pm.exclude != nil {
-		h.ensureExclusionLocked(pk.TopicName)
-		if pm.refs == nil {
-			// Dropped for every persistent target: still pending, so that
-			// OnSelectSubscribers keeps mochi from delivering it.
-			h.pending[cl.ID] = append(h.pending[cl.ID], pm)
-		}
 	}
 	if pm.refs != nil {
 		h.setRefsLocked(pm.msgID, len(pm.refs))
@@ -199,7 +177,7 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	h.mu.Unlock()
 	if len(b.ops) == 0 {
 		h.st.putBatch(b)
-		return pk, nil
+		return nil
 	}
 	// A publisher need not wait here: the engine holds its PUBACK or PUBREC
 	// until the commit (pending.go), and a QoS 2 message's delivery too
@@ -222,18 +200,18 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 				}
 			}
 		}
-		if pk.FixedHeader.Qos == 2 && (pm.refs != nil || pm.exclude != nil) {
+		if pk.FixedHeader.Qos == 2 && pm.refs != nil {
 			h.mu.Lock()
 			pm.held = true
 			h.mu.Unlock()
 		}
 		if err := h.commitDeferred(cl, pk, pm, b, settle); err != nil {
-			return pk, h.refuse(cl, pk, pm, err)
+			return h.refuse(cl, pk, pm, err)
 		}
-		return pk, nil
+		return nil
 	}
 	if err := h.st.apply(b); err != nil {
-		return pk, h.refuse(cl, pk, pm, err)
+		return h.refuse(cl, pk, pm, err)
 	}
 	if spills {
 		b := h.st.newBatch()
@@ -242,116 +220,17 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		h.mu.Unlock()
 		h.write(b, false)
 	}
-	return pk, nil
-}
-
-// tagLocked gives pm a tag that no other pending message of origin with
-// the same time, topic and payload has, and puts it in pk, which mochi
-// hands on (copied) to OnSelectSubscribers, OnQosPublish and OnPublished:
-// concurrent identical publishes of the inline client (bridge ingress)
-// would otherwise be told apart by nothing, and their spill and drop
-// decisions differ. A PUBLISH does not use Connect.Keepalive; it is
-// neither encoded nor stored.
-func (h *Hook) tagLocked(origin string, pm *pendingMsg, pk *packets.Packet) {
-	pm.tag = pk.Connect.Keepalive
-	for {
-		clash := false
-		for _, p := range h.pending[origin] {
-			if p != pm && p.created == pm.created && p.tag == pm.tag && p.topic == pm.topic && bytes.Equal(p.payload, pm.payload) {
-				clash = true
-				break
-			}
-		}
-		if !clash {
-			break
-		}
-		pm.tag++
-	}
-	pk.Connect.Keepalive = pm.tag
-}
-
-func (p *pendingMsg) excludeLocked(id string) {
-	if p.exclude == nil {
-		p.exclude = map[string]bool{}
-	}
-	p.exclude[id] = true
-}
-
-// targets returns the subscriptions a message on topic goes to, with one
-// member chosen per shared group (shared: those members).
-func (h *Hook) targets(name string) (targets, shared map[string]packets.Subscription) {
-	subs := h.srv.Topics.Subscribers(name)
-	targets = subs.Subscriptions
-	delete(subs.Shared, exclusionFilterFor(name))
-	h.dropUnreadableShares(name, subs.Shared)
-	if len(subs.Shared) > 0 {
-		shared = selectShared(subs.Shared)
-		for id, sub := range shared {
-			if cur, ok := targets[id]; ok {
-				targets[id] = cur.Merge(sub)
-			} else {
-				targets[id] = sub
-			}
-		}
-	}
-	return targets, shared
-}
-
-// selectShared picks one member of each shared group, merged per client as
-// mochi's Subscribers.SelectShared does.
-func selectShared(groups map[string]map[string]packets.Subscription) map[string]packets.Subscription {
-	out := make(map[string]packets.Subscription, len(groups))
-	for _, members := range groups {
-		for id, sub := range members {
-			cur, ok := out[id]
-			if !ok {
-				cur = sub
-			}
-			out[id] = cur.Merge(sub)
-			break
-		}
-	}
-	return out
-}
-
-// OnSelectSubscribers makes mochi deliver a shared-subscription message to
-// the members OnPublish stored it for, and not to the subscribers it
-// spilled the message for or dropped it for (their queue was full).
-func (h *Hook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *mqtt.Subscribers {
-	if pk.FixedHeader.Qos == 0 {
-		return subs // OnPublish kept nothing pending for it
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	p, _ := h.findPendingLocked(pk.Origin, &pk)
-	if p == nil || (p.shared == nil && p.exclude == nil) {
-		return subs
-	}
-	subs.SharedSelected = make(map[string]packets.Subscription, len(p.shared)+1)
-	for id, sub := range p.shared {
-		if !p.exclude[id] {
-			subs.SharedSelected[id] = sub
-		}
-	}
-	if len(h.exclusions) > 0 {
-		// Never empty, or mochi would pick members itself; the exclusion
-		// member is no client, so mochi skips it.
-		subs.SharedSelected[exclusionClient] = packets.Subscription{Filter: exclusionFilter}
-	}
-	for id := range p.exclude {
-		delete(subs.Subscriptions, id)
-	}
-	return subs
+	return nil
 }
 
 // OnQosPublish maps mochi's packet id for a subscriber onto the ref stored
-// by OnPublish and records the id; a PUBLISH that OnPublish did not store
+// by OnRoute and records the id; a PUBLISH that OnRoute did not store
 // (a retained message sent on subscribe, a will) is stored now. Resends of
 // known packets (DUP set, or resends > 0: the engine resends a message
 // never sent before without DUP) write nothing.
 func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, resends int) {
 	if pk.FixedHeader.Type != packets.Publish {
-		return // PUBACK is transient, PUBREC was stored by OnPublish, PUBREL is a resend
+		return // PUBACK is transient, PUBREC was stored by OnRoute, PUBREL is a resend
 	}
 	h.mu.Lock()
 	ss := h.sessions[cl.ID]
@@ -403,7 +282,7 @@ func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, resends
 		MsgID:    msgID,
 		SubIDs:   pk.Properties.SubscriptionIdentifier,
 	}
-	// A QoS 1 ref that OnPublish stored is complete but for the packet id:
+	// A QoS 1 ref that OnRoute stored is complete but for the packet id:
 	// not worth a write per delivery (a third of the store's work for a
 	// persistent subscriber). After a crash the message is resent under a
 	// new id; for QoS 1 that is at most a duplicate.

@@ -136,7 +136,7 @@ func (s *Store) refreshSpace() {
 
 // Admit returns nil when the store takes new data, or an error wrapping
 // ErrDiskFull (ErrClosed after Close) that says how much space is left.
-// Callers about to store a new message (the hook's OnPublish, the bridge
+// Callers about to store a new message (the hook's OnRoute, the bridge
 // outbox's append) refuse it on error, so that the publisher keeps it
 // (backpressure); each such error counts in Stats().DiskFullRefusals.
 func (s *Store) Admit() error {

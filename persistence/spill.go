@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"sort"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -270,43 +269,6 @@ func messageSize(pk *packets.Packet) uint32 {
 
 // offline says whether cl has no network connection mochi could write to.
 func offline(cl *mqtt.Client) bool { return cl.Net.Conn == nil || cl.Closed() }
-
-// The exclusion subscription: mochi delivers a message to every matching
-// subscriber; the only hook that can take a subscriber out of one message's
-// fan-out is OnSelectSubscribers, which mochi calls only when the topic has
-// shared subscribers. The hook subscribes a member that is never a client
-// to a shared group matching every topic the first time it needs to keep a
-// message from mochi: one that was spilled, or dropped for a full queue.
-// '#' does not match topics starting with '$' [MQTT-4.7.2-1], so each first
-// level of those ("$foo") gets a group of its own ("$foo/#") when a message
-// on it first needs one.
-const (
-	exclusionClient = "\x00ferry-exclusion"
-	exclusionGroup  = "$share/\x00ferry/"
-	exclusionFilter = exclusionGroup + "#"
-)
-
-// exclusionFilterFor returns the exclusion filter that matches topic.
-func exclusionFilterFor(topic string) string {
-	if !strings.HasPrefix(topic, "$") {
-		return exclusionFilter
-	}
-	root, _, _ := strings.Cut(topic, "/")
-	return exclusionGroup + root + "/#"
-}
-
-// ensureExclusionLocked makes sure an exclusion group matches topic.
-func (h *Hook) ensureExclusionLocked(topic string) {
-	f := exclusionFilterFor(topic)
-	if h.exclusions[f] {
-		return
-	}
-	h.srv.Topics.Subscribe(exclusionClient, packets.Subscription{Filter: f, Qos: 2})
-	if h.exclusions == nil {
-		h.exclusions = map[string]bool{}
-	}
-	h.exclusions[f] = true
-}
 
 // outFields returns what mochi's publishToClient would give the copy of pk
 // it queues for sub: its QoS, retain flag and subscription identifiers.

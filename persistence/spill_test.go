@@ -62,7 +62,7 @@ func TestOfflineQueueBounds(t *testing.T) {
 		{"bytes drop-oldest", QueueLimits{MaxBytes: 4 * 7, Policy: PolicyDropOldest}, 9, payloads(5, 9), 0, 5, ""},
 		{"block-publisher offline acts as drop-newest", QueueLimits{MaxMessages: 6, Policy: PolicyBlockPublisher}, 9, payloads(0, 6), 3, 0, ""},
 		{"under the bound nothing dropped", QueueLimits{MaxMessages: 20, Policy: PolicyDropOldest}, 12, payloads(0, 12), 0, 0, ""},
-		// '#' does not match '$' topics: their exclusion group is their own.
+		// '$' topics, which '#' does not match, are kept out of deliveries too.
 		{"'$' topic drop-newest", QueueLimits{MaxMessages: 5, Policy: PolicyDropNewest}, 8, payloads(0, 5), 3, 0, "$b/x"},
 		{"'$' topic drop-oldest", QueueLimits{MaxMessages: 5, Policy: PolicyDropOldest}, 9, payloads(4, 9), 0, 4, "$b/x"},
 	} {

@@ -55,6 +55,7 @@ const (
 	StoredInflightMessages
 	StoredRetainedMessages
 	StoredSysInfo
+	OnRoute
 )
 
 var (
@@ -97,6 +98,7 @@ type Hook interface {
 	OnUnsubscribe(cl *Client, pk packets.Packet) packets.Packet
 	OnUnsubscribed(cl *Client, pk packets.Packet)
 	OnPublish(cl *Client, pk packets.Packet) (packets.Packet, error)
+	OnRoute(cl *Client, pk packets.Packet, r *Route) error
 	OnPublished(cl *Client, pk packets.Packet)
 	OnPublishDropped(cl *Client, pk packets.Packet)
 	OnRetainMessage(cl *Client, pk packets.Packet, r int64)
@@ -419,6 +421,23 @@ func (h *Hooks) OnPublish(cl *Client, pk packets.Packet) (pkx packets.Packet, er
 	}
 
 	return
+}
+
+// OnRoute is called for a client's PUBLISH after OnPublish, before it is
+// acknowledged, with the route the engine will deliver it along (one walk
+// of the topic index per publish). A hook may Skip subscribers it takes the
+// delivery to over, and may hold the acknowledgement (Client.HoldAck) as
+// from OnPublish. An error is handled as one from OnPublish; the first ends
+// the calls.
+func (h *Hooks) OnRoute(cl *Client, pk packets.Packet, r *Route) error {
+	for _, hook := range h.GetAll() {
+		if hook.Provides(OnRoute) {
+			if err := hook.OnRoute(cl, pk, r); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // OnPublished is called when a client has published a message to subscribers.
@@ -797,6 +816,12 @@ func (h *HookBase) OnUnsubscribed(cl *Client, pk packets.Packet) {}
 // OnPublish is called when a client publishes a message.
 func (h *HookBase) OnPublish(cl *Client, pk packets.Packet) (packets.Packet, error) {
 	return pk, nil
+}
+
+// OnRoute is called with the route of a client's PUBLISH before it is
+// acknowledged.
+func (h *HookBase) OnRoute(cl *Client, pk packets.Packet, r *Route) error {
+	return nil
 }
 
 // OnPublished is called when a client has published a message to subscribers.

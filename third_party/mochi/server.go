@@ -159,6 +159,7 @@ type Server struct {
 	writers      sync.Pool            // batch buffers of the clients' writers (outqueue.go)
 	readers      readers              // read buffers (park.go)
 	poller       *poller              // parked connections; nil: parking is off (park.go)
+	publishes    atomic.Uint64        // the last Packet.PublishID given (route.go)
 }
 
 // loop contains interval tickers for the system events loop.
@@ -1185,11 +1186,17 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		pk.FixedHeader.Qos = s.Options.Capabilities.MaximumQos // [MQTT-3.2.2-9] Reduce qos based on server max qos capability
 	}
 
+	pk.PublishID = s.publishes.Add(1)
 	cl.startCollecting(&pk)
 	pkx, err := s.hooks.OnPublish(cl, pk)
-	waits := cl.stopCollecting()
+	var route *Route
 	if err == nil {
 		pk = pkx
+		route = s.route(pk)
+		err = s.hooks.OnRoute(cl, pk, route)
+	}
+	waits := cl.stopCollecting()
+	if err == nil {
 	} else if errors.Is(err, packets.ErrRejectPacket) {
 		s.settleDropped(waits)
 		return nil
@@ -1209,7 +1216,7 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	// When it publishes a package with a qos > 0, the server treats
 	// the package as qos=0, and the client receives it as qos=1 or 2.
 	if pk.FixedHeader.Qos == 0 || cl.Net.Inline {
-		s.publishToSubscribers(pk)
+		s.deliver(pk, route)
 		s.hooks.OnPublished(cl, pk)
 		return nil
 	}
@@ -1231,7 +1238,7 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 			// durable, or a publisher resending it after a crash would
 			// have it delivered twice.
 			return s.writeAckAfter(cl, ack, waits, func() {
-				s.publishToSubscribers(pk)
+				s.deliver(pk, route)
 				s.hooks.OnPublished(cl, pk)
 			}, nil)
 		}
@@ -1241,7 +1248,7 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		return err
 	}
 
-	s.publishToSubscribers(pk)
+	s.deliver(pk, route)
 	s.hooks.OnPublished(cl, pk)
 
 	return nil
@@ -1312,12 +1319,15 @@ func (s *Server) retainMessage(cl *Client, pk packets.Packet) {
 	}
 
 	out := pk.Copy(false)
+	out.PublishID = 0 // sent on a later subscribe, it is a delivery of its own
 	r := s.Topics.RetainMessage(out)
 	s.hooks.OnRetainMessage(cl, pk, r)
 	atomic.StoreInt64(&s.Info.Retained, int64(s.Topics.Retained.Len()))
 }
 
-// publishToSubscribers publishes a publish packet to all subscribers with matching topic filters.
+// publishToSubscribers publishes a publish packet to all subscribers with
+// matching topic filters: a message the server publishes itself (a will, a
+// $SYS value), which no OnRoute hook sees.
 func (s *Server) publishToSubscribers(pk packets.Packet) {
 	if pk.Ignore {
 		return
@@ -1334,29 +1344,10 @@ func (s *Server) publishToSubscribers(pk packets.Packet) {
 		}
 	}
 
-	subscribers := s.Topics.SubscribersReadOnly(pk.TopicName)
-	if len(subscribers.Shared) > 0 {
-		subscribers = subscribers.clone() // selecting changes it
-		s.keepReadableShares(subscribers, pk.TopicName)
-		subscribers = s.hooks.OnSelectSubscribers(subscribers, pk)
-		if len(subscribers.SharedSelected) == 0 {
-			subscribers.SelectShared()
-		}
-		subscribers.MergeSharedSelected()
+	if pk.PublishID == 0 {
+		pk.PublishID = s.publishes.Add(1)
 	}
-
-	for _, inlineSubscription := range subscribers.InlineSubscriptions {
-		inlineSubscription.Handler(s.inlineClient, inlineSubscription.Subscription, pk)
-	}
-
-	for id, subs := range subscribers.Subscriptions {
-		if cl, ok := s.Clients.Get(id); ok {
-			_, err := s.publishToClient(cl, subs, pk)
-			if err != nil {
-				s.Log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
-			}
-		}
-	}
+	s.deliver(pk, s.route(pk))
 }
 
 // keepReadableShares leaves in each shared group of subs only the members

@@ -138,6 +138,11 @@ type Packet struct {
 	ReasonCode      byte          // reason code for a packet response (acks, etc)
 	ReservedBit     byte          // reserved, do not use (except in testing)
 	Ignore          bool          // if true, do not perform any message forwarding operations
+	// PublishID numbers each PUBLISH the server routes (1, 2, ...; 0 for
+	// other packets). The copies made for subscribers keep it, so a hook
+	// can tell which publish an OnQosPublish, OnPublishDropped or
+	// OnPublished is about, even between identical messages.
+	PublishID uint64
 }
 
 // Mods specifies certain values required for certain mqtt v5 compliance within packet encoding/decoding.
@@ -214,6 +219,7 @@ func (pk *Packet) Copy(allowTransfer bool) Packet {
 		Created:        pk.Created,
 		Expiry:         pk.Expiry,
 		Origin:         pk.Origin,
+		PublishID:      pk.PublishID,
 	}
 
 	if allowTransfer {
