@@ -60,8 +60,10 @@
 //     and reads the publisher's next packet meanwhile. From the end of
 //     the load (StoredRetainedMessages), not from OnStarted: mochi's
 //     listeners serve before it calls OnStarted.
-//   - OnQosPublish, A (W for QoS 2 to a connected client): the packet id
-//     mochi chose, on the ref written by OnRoute.
+//   - OnQosPublish, A: the packet id mochi chose, on the ref written by
+//     OnRoute. For QoS 2 to a connected client the engine holds that
+//     PUBLISH in the subscriber's queue until the write is done
+//     (mqtt.Client.HoldDelivery); the delivering goroutine goes on.
 //   - OnPacketRead, W, for QoS 2 only: a subscriber's PUBREC (the flow now
 //     waits for PUBCOMP) before mochi sends PUBREL, and the deletion of a
 //     publisher's PUBREC state on its PUBREL before mochi sends PUBCOMP.

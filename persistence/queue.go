@@ -291,8 +291,18 @@ func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, resends
 	}
 	h.mu.Unlock()
 	// The packet id only matters for a QoS 2 message the client may receive
-	// now: with it, a resend after a crash is recognised as one.
-	h.write(b, pk.FixedHeader.Qos == 2 && !cl.Closed())
+	// now: with it, a resend after a crash is recognised as one. The engine
+	// holds the PUBLISH until it is stored, without blocking the publisher
+	// that delivers it, so deliveries share commits.
+	if pk.FixedHeader.Qos != 2 || cl.Closed() {
+		h.write(b, false)
+		return
+	}
+	p, err := h.st.writeAsync(b)
+	if err == nil && p != nil && !cl.HoldDelivery(pk.PacketID, p) {
+		err = p.Wait()
+	}
+	h.logWriteError(err)
 }
 
 // OnPublished deletes the refs of subscribers mochi did not deliver to after

@@ -797,14 +797,14 @@ func TestClientOutboundQueueBatches(t *testing.T) {
 
 	// Hold the writer on the client's lock so the queue fills behind it.
 	cl.Lock()
-	require.True(t, cl.enqueue(&small))
+	require.True(t, cl.enqueue(&small, nil))
 	require.Eventually(t, func() bool { return cl.State.outbound.Len() == 0 }, 5*time.Second, time.Millisecond) // taken by the writer
 	big := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 	big.ProtocolVersion = 4
-	require.True(t, cl.enqueue(&small))
-	require.True(t, cl.enqueue(&big)) // over MaximumPacketSize: skipped
-	require.True(t, cl.enqueue(&small))
-	require.False(t, cl.enqueue(&small), "MaximumClientWritesPending is 3")
+	require.True(t, cl.enqueue(&small, nil))
+	require.True(t, cl.enqueue(&big, nil)) // over MaximumPacketSize: skipped
+	require.True(t, cl.enqueue(&small, nil))
+	require.False(t, cl.enqueue(&small, nil), "MaximumClientWritesPending is 3")
 	require.Equal(t, 4, cl.OutboundLen())
 	cl.Unlock()
 
@@ -934,8 +934,8 @@ func TestWritePacketKeepsQueueOrder(t *testing.T) {
 	}
 	a, b := pub("a"), pub("b")
 	cl.Lock() // the writer waits
-	require.True(t, cl.enqueue(&a))
-	require.True(t, cl.enqueue(&b))
+	require.True(t, cl.enqueue(&a, nil))
+	require.True(t, cl.enqueue(&b, nil))
 	written := make(chan error, 1)
 	go func() { written <- cl.WritePacket(pub("c")) }()
 	require.Eventually(t, func() bool { return cl.OutboundLen() == 3 }, 5*time.Second, time.Millisecond, "c queued behind a and b")
@@ -971,7 +971,7 @@ func TestOutboundPausedWhileEstablishing(t *testing.T) {
 	}
 	cl.pauseOutbound()
 	live := pub("live")
-	require.True(t, cl.enqueue(&live))
+	require.True(t, cl.enqueue(&live, nil))
 	written := make(chan error, 1)
 	go func() {
 		for _, p := range []string{"resend-1", "resend-2"} {

@@ -28,6 +28,11 @@ type outQueue struct {
 	// until its CONNACK and the resend of the session's in-flight
 	// messages are written, which go out directly.
 	paused bool
+	// holds: writes a hook must see done before the PUBLISH with that
+	// packet identifier leaves (HoldDelivery); taken by publishToClient.
+	holds  map[uint16]AckWaiter
+	nholds atomic.Int32 // len(holds), read without mu
+	open   atomic.Int32 // publishToClient calls inside OnQosPublish
 }
 
 // pauseOutbound holds queued packets back until resumeOutbound: the client
@@ -78,19 +83,65 @@ func (cl *Client) OutboundCap() int {
 type queued struct {
 	pk   *packets.Packet
 	done chan<- error
+	hold AckWaiter // not nil: written only once hold is done (HoldDelivery)
 }
 
-// enqueue queues pk for writing, starting the writer if it is not running.
-// It reports false, queuing nothing, when the queue is full.
-func (cl *Client) enqueue(pk *packets.Packet) bool {
+// enqueue queues pk for writing, starting the writer if it is not running;
+// hold, if not nil, must be done before pk is written. It reports false,
+// queuing nothing, when the queue is full.
+func (cl *Client) enqueue(pk *packets.Packet, hold AckWaiter) bool {
 	q := &cl.State.outbound
 	q.mu.Lock()
 	if int32(len(q.pks)) >= cl.ops.options.Capabilities.MaximumClientWritesPending {
 		q.mu.Unlock()
 		return false
 	}
-	cl.pushLocked(queued{pk: pk})
+	cl.pushLocked(queued{pk: pk, hold: hold})
 	return true
+}
+
+// HoldDelivery makes the engine write the PUBLISH with packet identifier
+// pid only once w is done, without blocking the goroutine delivering it:
+// a storage hook calls it from OnQosPublish with the write of the
+// delivery's new state (a QoS 2 message's packet identifier, which a
+// resend after a crash must carry). Deliveries queued after it wait behind
+// it, in order. If w fails the PUBLISH is not written and the connection
+// is closed; the message stays in flight and is resent when the session
+// resumes. It reports false outside OnQosPublish of a delivery; the hook
+// must then wait for w itself.
+func (cl *Client) HoldDelivery(pid uint16, w AckWaiter) bool {
+	q := &cl.State.outbound
+	if q.open.Load() == 0 {
+		return false
+	}
+	q.mu.Lock()
+	if q.holds == nil {
+		q.holds = make(map[uint16]AckWaiter)
+	}
+	if old := q.holds[pid]; old != nil {
+		settleWaits([]AckWaiter{old})
+	} else {
+		q.nholds.Add(1)
+	}
+	q.holds[pid] = w
+	q.mu.Unlock()
+	return true
+}
+
+// takeDeliveryHold returns and forgets the hold registered for pid.
+func (cl *Client) takeDeliveryHold(pid uint16) AckWaiter {
+	q := &cl.State.outbound
+	if q.nholds.Load() == 0 {
+		return nil
+	}
+	q.mu.Lock()
+	w := q.holds[pid]
+	if w != nil {
+		delete(q.holds, pid)
+		q.nholds.Add(-1)
+	}
+	q.mu.Unlock()
+	return w
 }
 
 // writeInOrder writes the PUBLISH pk behind what the queue holds, and
@@ -150,7 +201,7 @@ func (cl *Client) writeQueued() {
 		}
 		q.mu.Unlock()
 
-		err := cl.writeBatch(w, len(batch), func(i int) *packets.Packet { return batch[i].pk })
+		err := cl.writeHeld(w, batch)
 		if err != nil && !errors.Is(err, ErrConnectionClosed) {
 			cl.ops.log.Debug("failed publishing packets", "error", err, "client", cl.ID, "packets", len(batch))
 		}
@@ -167,6 +218,51 @@ func (cl *Client) writeQueued() {
 		}
 		q.mu.Unlock()
 	}
+}
+
+// writeHeld writes batch, each run of packets with one system call: a
+// packet with a hold that is not done yet ends a run, and is written
+// once its hold is. A packet whose hold failed is not written, and the
+// connection is closed: what follows it must not overtake it.
+func (cl *Client) writeHeld(w *scratch, batch []queued) error {
+	from := 0
+	for i := range batch {
+		h := batch[i].hold
+		if h == nil {
+			continue
+		}
+		if !h.Ready() && i > from {
+			if err := cl.writeBatch(w, i-from, func(k int) *packets.Packet { return batch[from+k].pk }); err != nil {
+				settleQueued(batch[i:])
+				return err
+			}
+			from = i
+		}
+		batch[i].hold = nil
+		if err := h.Wait(); err != nil {
+			settleQueued(batch[i+1:])
+			if from < i {
+				_ = cl.writeBatch(w, i-from, func(k int) *packets.Packet { return batch[from+k].pk })
+			}
+			cl.ops.log.Warn("delivery withheld: a hook's write for it failed; closing the connection", "client", cl.ID, "error", err)
+			cl.Stop(err)
+			return err
+		}
+	}
+	return cl.writeBatch(w, len(batch)-from, func(k int) *packets.Packet { return batch[from+k].pk })
+}
+
+// settleQueued waits, off the writer, for the holds of packets that will
+// not be written.
+func settleQueued(batch []queued) {
+	var waits []AckWaiter
+	for i := range batch {
+		if batch[i].hold != nil {
+			waits = append(waits, batch[i].hold)
+			batch[i].hold = nil
+		}
+	}
+	settleWaits(waits)
 }
 
 // writePackets writes pks, encoded for this client, with one system call;

@@ -4,9 +4,11 @@
 package mqtt
 
 import (
+	"errors"
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -119,4 +121,75 @@ func TestRouteBeforeAcknowledgement(t *testing.T) {
 	require.Equal(t, ids, h.queued["kept"])
 	require.Equal(t, ids, h.queued["member"])
 	require.Empty(t, h.queued["skipped"])
+}
+
+// deliveryHook holds each QoS 2 delivery to a client on the gate its
+// payload names, from OnQosPublish.
+type deliveryHook struct {
+	HookBase
+	gates map[string]*gate
+	held  atomic.Int32
+}
+
+func (h *deliveryHook) ID() string { return "delivery-hold" }
+func (h *deliveryHook) Provides(b byte) bool {
+	return b == OnConnectAuthenticate || b == OnACLCheck || b == OnQosPublish
+}
+func (h *deliveryHook) OnConnectAuthenticate(*Client, packets.Packet) bool { return true }
+func (h *deliveryHook) OnACLCheck(*Client, string, bool) bool              { return true }
+func (h *deliveryHook) OnQosPublish(cl *Client, pk packets.Packet, _ int64, _ int) {
+	if g := h.gates[string(pk.Payload)]; g != nil && pk.FixedHeader.Type == packets.Publish {
+		if cl.HoldDelivery(pk.PacketID, g) {
+			h.held.Add(1)
+		}
+	}
+}
+
+// TestHoldDelivery: a PUBLISH whose delivery a hook holds from
+// OnQosPublish leaves only once the hook's write is done, the deliveries
+// after it wait behind it, and the publisher is not blocked meanwhile (its
+// other messages reach other subscribers). A failed hold withholds the
+// PUBLISH and closes the subscriber's connection; the message stays in
+// flight for the session's resend. Upstream had no such hold: a storage
+// hook could only block the publisher's goroutine for the write.
+func TestHoldDelivery(t *testing.T) {
+	s := newLifecycleServer()
+	failed := newGate()
+	failed.err = errors.New("disk full")
+	close(failed.ch)
+	h := &deliveryHook{gates: map[string]*gate{"slow": newGate(), "failed": failed}}
+	require.NoError(t, s.AddHook(h, nil))
+	addr := serveTCP(t, s)
+
+	sub, _ := connect(t, addr, 5, "sub", false, 60)
+	sub.subscribe(1, "held/#")
+	other, _ := connect(t, addr, 5, "other", true, 0)
+	other.subscribe(1, "free/#")
+
+	require.NoError(t, s.Publish("held/1", []byte("slow"), false, 2))
+	require.NoError(t, s.Publish("held/2", []byte("after"), false, 2))
+	require.NoError(t, s.Publish("free/1", []byte("free"), false, 1))
+	require.Equal(t, "free", string(other.expect(packets.Publish).Payload), "the publisher was blocked by the hold")
+	select {
+	case pk := <-sub.in:
+		t.Fatalf("%s %q before the hook's write was done", packets.PacketNames[pk.FixedHeader.Type], pk.Payload)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(h.gates["slow"].ch)
+	require.Equal(t, "slow", string(sub.expect(packets.Publish).Payload))
+	require.Equal(t, "after", string(sub.expect(packets.Publish).Payload))
+
+	require.NoError(t, s.Publish("held/3", []byte("failed"), false, 2))
+	for _, pk := range sub.expectClosed() {
+		require.NotEqual(t, "failed", string(pk.Payload), "written although its hold failed")
+	}
+	cl, ok := s.Clients.Get("sub")
+	require.True(t, ok)
+	found := false
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		found = found || string(pk.Payload) == "failed"
+	}
+	require.True(t, found, "the withheld message is no longer in flight")
+	require.Equal(t, int32(2), h.held.Load(), "holds accepted")
+	require.False(t, cl.HoldDelivery(1, newGate()), "accepted outside OnQosPublish")
 }

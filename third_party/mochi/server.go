@@ -1254,6 +1254,14 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	return nil
 }
 
+// holdList returns w as a list for settleWaits.
+func holdList(w AckWaiter) []AckWaiter {
+	if w == nil {
+		return nil
+	}
+	return []AckWaiter{w}
+}
+
 // isSysTopic reports whether topic is one of the server's $SYS topics.
 func isSysTopic(topic string) bool {
 	return len(topic) >= len(SysPrefix) && strings.EqualFold(topic[:len(SysPrefix)], SysPrefix)
@@ -1371,6 +1379,7 @@ func (s *Server) keepReadableShares(subs *Subscribers, topic string) {
 }
 
 func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packets.Packet) (packets.Packet, error) {
+	var hold AckWaiter // a hook's write the delivery waits for (HoldDelivery)
 	if sub.NoLocal && pk.Origin == cl.ID {
 		return pk, nil // [MQTT-3.8.3-3]
 	}
@@ -1431,22 +1440,30 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 
 		if ok := cl.State.Inflight.Set(out); ok { // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
 			atomic.AddInt64(&s.Info.Inflight, 1)
+			cl.State.outbound.open.Add(1)
 			s.hooks.OnQosPublish(cl, out, out.Created, 0)
+			cl.State.outbound.open.Add(-1)
 			cl.State.Inflight.DecreaseSendQuota()
+			hold = cl.takeDeliveryHold(out.PacketID)
 		}
 
 		if sentQuota == 0 && atomic.LoadInt32(&cl.State.Inflight.maximumSendQuota) > 0 {
 			out.Expiry = -1
 			cl.State.Inflight.Set(out)
+			if hold != nil {
+				_ = hold.Wait() // sent later, by whoever frees the quota: rare
+			}
 			return out, nil
 		}
 	}
 
 	if cl.Net.Conn == nil || cl.Closed() {
+		settleWaits(holdList(hold))
 		return out, packets.CodeDisconnect
 	}
 
-	if !cl.enqueue(&out) {
+	if !cl.enqueue(&out, hold) {
+		settleWaits(holdList(hold))
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
 		cl.ops.hooks.OnPublishDropped(cl, pk)
 		if out.FixedHeader.Qos > 0 {

@@ -2136,7 +2136,7 @@ func TestPublishToClientExceedClientWritesPending(t *testing.T) {
 
 	cl.State.outbound.writing = true // as if a writer were busy: the queue stays full
 	for i := int32(0); i < cl.ops.options.Capabilities.MaximumClientWritesPending; i++ {
-		require.True(t, cl.enqueue(new(packets.Packet)))
+		require.True(t, cl.enqueue(new(packets.Packet), nil))
 	}
 
 	id, _ := cl.NextPacketID()
