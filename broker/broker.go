@@ -169,8 +169,6 @@ func capabilities(cfg config.Config) *mqtt.Capabilities {
 	c.SharedSubAvailable = flag(*cfg.MQTT.SharedSubscriptions)
 	c.SubIDAvailable = flag(*cfg.MQTT.SubscriptionIdentifiers)
 	c.MinimumProtocolVersion = 3
-	// MQTT 5 acks must not echo the PUBLISH's user properties.
-	c.Compatibilities.NoInheritedPropertiesOnAck = true
 	return c
 }
 

@@ -101,20 +101,15 @@
 // # Resuming a session
 //
 // From OnSessionEstablish to OnSessionEstablished of a persistent session
-// (clean start false), mochi copies the old client's in-flight messages to
-// the new one, sends CONNACK and resends them, while publishers go on
-// delivering to whichever of the two clients its index returns. A message
-// delivered meanwhile could land in the old client after the copy (mochi
-// forgets it, and reuses its packet id: lost), in the new one before the
-// resend is put in order (resent out of order), or go to the new client before the resend (sent
-// twice in one connection: a QoS 2 subscriber that completed the first
-// flow takes the second for a new message). So OnSessionEstablish waits
-// for publishes already past OnRoute with a ref for the session to reach
-// it, and OnRoute holds new ones that would store a ref for it until
-// OnSessionEstablished, or until the new connection closes (gate.go). Both
-// waits are bounded by 5 s; a publisher waits at most for the resend, and
-// only while a session it publishes to resumes. Hooks before this one must
-// not publish to the session being resumed from OnSessionEstablished.
+// (clean start false), the engine moves the old client's in-flight
+// messages to the new one, sends CONNACK and resends them, while
+// publishers go on delivering to whichever of the two clients its index
+// returns. The engine keeps that safe (third_party/mochi/FORK.md): a late
+// delivery to the old client goes to the new one, and the resend covers
+// only what was inherited, so a message delivered to the new client
+// meanwhile goes out once, after the resend, through its queue. The hook
+// only keeps the session's drain off meanwhile (gate.go) and, once the
+// CONNACK is written, forgets entries the engine no longer holds.
 //
 // # Queue bounds and spill (spill.go)
 //

@@ -36,9 +36,7 @@ type Hook struct {
 	refs     map[uint64]int32         // queue refs per message body shared by more than one (see releaseBodyLocked)
 	restored map[string]*restoredSession
 
-	establishing map[string]*establishing // closed gates, by client id (gate.go)
-	changed      chan struct{}            // closed when a pending ref is claimed or released
-	gateWaiting  atomic.Int64             // publishes held at a gate now
+	establishing map[string]*establishing // sessions being established, by client id (gate.go)
 
 	// stalled, when set, says that a client has stopped taking what is
 	// written to it (SetStalled).
@@ -431,10 +429,7 @@ func (h *Hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	b := h.st.newBatch()
 	h.mu.Lock()
 	if keep && !pk.Connect.Clean {
-		// mochi may resend the session's in-flight messages: hold new
-		// publishes to it until it has (see establishing).
-		h.closeGateLocked(cl)
-		h.awaitInboundLocked(cl.ID)
+		h.markEstablishingLocked(cl) // the engine resends first
 	}
 	ss := h.sessions[cl.ID]
 	if ss != nil && ss.drain != nil {
@@ -478,12 +473,12 @@ func (h *Hook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {
 	h.write(b, false)
 }
 
-// OnSessionEstablished lets publishes to the session through again, once
-// the engine has resent its in-flight messages.
+// OnSessionEstablished starts the session's drain, once the engine has
+// resent its in-flight messages.
 func (h *Hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.openGateLocked(cl)
+	h.endEstablishingLocked(cl)
 	ss := h.sessions[cl.ID]
 	if ss == nil {
 		return
@@ -502,7 +497,7 @@ func (h *Hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	h.dropPending(cl.ID)
 	b := h.st.newBatch()
 	h.mu.Lock()
-	h.openGateLocked(cl)
+	h.endEstablishingLocked(cl)
 	if ss := h.sessions[cl.ID]; ss != nil {
 		if expire || !persistent(cl) {
 			h.dropSessionLocked(cl.ID, ss, b)

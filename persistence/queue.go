@@ -2,7 +2,6 @@ package persistence
 
 import (
 	"slices"
-	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -51,10 +50,9 @@ func (h *Hook) findPendingLocked(origin string, pk *packets.Packet) (*pendingMsg
 // creates the subscribers' in-flight entries only after the
 // acknowledgement, so OnQosPublish later maps them onto these refs. A QoS 2
 // message from a persistent publisher also gets its PUBREC state stored in
-// the same batch. A message for a session that is being resumed waits until
-// mochi has resent that session's messages (see establishing). Subscribers
-// the message is spilled for, or dropped for (a full queue), are skipped on
-// the route: the drain delivers the first, nobody the second.
+// the same batch. Subscribers the message is spilled for, or dropped for
+// (a full queue), are skipped on the route: the drain delivers the first,
+// nobody the second.
 //
 // If the store fails the message is refused: MQTT 5 publishers get reason
 // 0x83 (implementation specific error), MQTT 3 publishers no acknowledgement.
@@ -78,30 +76,14 @@ func (h *Hook) OnRoute(cl *mqtt.Client, pk packets.Packet, r *mqtt.Route) error 
 	targets := r.Subscriptions()
 	maxQos := h.srv.Options.Capabilities.MaximumQos
 	var blocked blockWait
-	for start := time.Now(); ; {
+	for {
 		h.mu.Lock()
-		var gate *establishing
-		for id, sub := range targets {
-			if min(pk.FixedHeader.Qos, sub.Qos, maxQos) > 0 && h.sessions[id] != nil && !(sub.NoLocal && id == cl.ID) {
-				if gate = h.gateLocked(id); gate != nil {
-					break
-				}
-			}
+		if h.limits.Policy == PolicyBlockPublisher && h.fullLocked(cl.ID, &pk, targets, maxQos) && blocked.more(h) {
+			h.mu.Unlock()
+			blocked.sleep()
+			continue
 		}
-		if gate == nil {
-			if h.limits.Policy == PolicyBlockPublisher && h.fullLocked(cl.ID, &pk, targets, maxQos) && blocked.more(h) {
-				h.mu.Unlock()
-				blocked.sleep()
-				continue
-			}
-			break // with h.mu held
-		}
-		h.mu.Unlock()
-		if !h.waitGate(gate, start) {
-			h.log.Warn("publish held too long by a session being established; delivered anyway", "client_id", gate.cl.ID, "topic", pk.TopicName)
-			h.mu.Lock()
-			break
-		}
+		break // with h.mu held
 	}
 	if err := h.admitLocked(cl, &pk, targets, maxQos); err != nil {
 		h.mu.Unlock()
@@ -250,7 +232,6 @@ func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, resends
 	if p, _ := h.findPendingLocked(pk.Origin, &pk); p != nil && p.refs[cl.ID] != nil && !p.refs[cl.ID].claimed && !p.refs[cl.ID].spilled {
 		ref := p.refs[cl.ID]
 		ref.claimed, ref.pid = true, pk.PacketID
-		h.notifyLocked()
 		seq, msgID, size = ref.seq, p.msgID, ref.size
 		claimed = true
 		if ref.ss != ss { // the session was replaced meanwhile
@@ -326,7 +307,6 @@ func (h *Hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 }
 
 func (h *Hook) removePendingLocked(origin string, i int) {
-	h.notifyLocked()
 	list := slices.Delete(h.pending[origin], i, i+1)
 	if len(list) == 0 {
 		delete(h.pending, origin)
@@ -373,7 +353,6 @@ func (h *Hook) dropPending(origin string) {
 	} else {
 		h.pending[origin] = keep
 	}
-	h.notifyLocked()
 	h.mu.Unlock()
 	h.write(b, false)
 }

@@ -427,7 +427,6 @@ func (h *Hook) settleSpilledLocked(p *pendingMsg, ok bool, b *batch) {
 		h.spilled.Add(1)
 		h.maybeDrainLocked(id, ss)
 	}
-	h.notifyLocked()
 }
 
 // drain moves the spilled messages of a session into its connected client,
@@ -484,7 +483,6 @@ func (h *Hook) endDrainLocked(id string, ss *session, d *drain) {
 	ss.drain = nil
 	ss.backlog.pushFront(ss.transfer)
 	ss.transfer = nil
-	h.notifyLocked()
 	if h.sessions[id] == ss && !d.stop {
 		if cl, ok := h.srv.Clients.Get(id); ok && cl == d.cl {
 			return // same client: closed, or the backlog is empty

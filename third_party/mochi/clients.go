@@ -436,6 +436,9 @@ func (cl *Client) ResendInflightMessages(force bool) error {
 	}
 
 	for _, tk := range cl.State.Inflight.GetAll(false) {
+		if !cl.State.Inflight.resent(&tk) {
+			continue // delivered since the session was inherited: it is in the queue
+		}
 		// Only the server's own flows are resent: its PUBLISH and its
 		// PUBREL [MQTT-4.4.0-1]. A PUBREC belongs to the client's flow and
 		// waits for the client to resend PUBREL (upstream resent it).

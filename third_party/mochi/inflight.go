@@ -33,6 +33,14 @@ type Inflight struct {
 	// and so a session's resend follow it.
 	order   map[uint16]uint64
 	ordered uint64
+	// resendUpTo: the last flow a resumed session inherited (markResend);
+	// flows numbered after it were delivered to the new connection and go
+	// out through its queue, not with the resend.
+	resendUpTo uint64
+	marked     bool
+	// successor: the connection that inherited these flows (moveTo); a
+	// delivery that comes late to the old connection goes there.
+	successor atomic.Pointer[Client]
 }
 
 // NewInflights returns a new instance of an Inflight packets map.
@@ -65,6 +73,10 @@ func (i *Inflight) Set(m packets.Packet) bool {
 		i.inbound[m.PacketID] = m
 		return !ok
 	}
+	return i.setLocked(m)
+}
+
+func (i *Inflight) setLocked(m packets.Packet) bool {
 	_, ok := i.internal[m.PacketID]
 	i.internal[m.PacketID] = m
 	if !ok {
@@ -75,6 +87,61 @@ func (i *Inflight) Set(m packets.Packet) bool {
 		i.order[m.PacketID] = i.ordered
 	}
 	return !ok
+}
+
+// setDelivery files a new delivery (a server PUBLISH) like Set, unless the
+// session has moved to another connection (moveTo): then it files nothing
+// and returns that connection.
+func (i *Inflight) setDelivery(m packets.Packet) (fresh bool, moved *Client) {
+	i.Lock()
+	defer i.Unlock()
+	if next := i.successor.Load(); next != nil {
+		return false, next
+	}
+	return i.setLocked(m), nil
+}
+
+// moveTo hands i's flows, with their order, to the Inflight of next, the
+// connection inheriting the session, and seals i: from then on a delivery
+// to the old connection (a publisher that looked the client up before the
+// new one replaced it) goes to next instead of into flows nobody will send.
+func (i *Inflight) moveTo(next *Client) {
+	to := next.State.Inflight
+	i.Lock()
+	defer i.Unlock()
+	to.Lock()
+	defer to.Unlock()
+	for k, v := range i.internal {
+		to.internal[k] = v
+	}
+	for k, v := range i.inbound {
+		to.inbound[k] = v
+	}
+	if len(i.order) > 0 && to.order == nil {
+		to.order = make(map[uint16]uint64, len(i.order))
+	}
+	for k, v := range i.order {
+		to.order[k] = v
+	}
+	to.ordered = max(to.ordered, i.ordered)
+	i.successor.Store(next)
+}
+
+// markResend notes that the flows held now are the ones a resumed session
+// resends: anything filed later is new, and is written through the
+// connection's queue.
+func (i *Inflight) markResend() {
+	i.Lock()
+	defer i.Unlock()
+	i.resendUpTo, i.marked = i.ordered, true
+}
+
+// resent reports whether the flow pk, from GetAll, is one markResend
+// noted (all are, without a mark).
+func (i *Inflight) resent(pk *packets.Packet) bool {
+	i.RLock()
+	defer i.RUnlock()
+	return !i.marked || i.order[pk.PacketID] <= i.resendUpTo
 }
 
 // GetInbound returns the state of the client's flow with packet id id.

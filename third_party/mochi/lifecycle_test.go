@@ -671,3 +671,76 @@ func TestTakeoverOfStuckConnection(t *testing.T) {
 	p.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
 	p.expect(packets.Pingresp)
 }
+
+// TestLateDeliveryFollowsTheSession: a publisher that looked a client up
+// just before a new connection inherited its session delivers to the old
+// client object; that delivery goes to the new connection. Upstream copied
+// the in-flight messages to the new connection and the late one stayed
+// with the old, which nobody would send or resend: lost, and its packet id
+// reused.
+func TestLateDeliveryFollowsTheSession(t *testing.T) {
+	s := newLifecycleServer()
+	addr := startTCPServer(t, s)
+	p, _ := connect(t, addr, 5, "mv", false, 3600)
+	p.subscribe(1, "mv/#")
+	_ = p.conn.Close()
+	waitOffline(t, s, "mv")
+	require.NoError(t, s.Publish("mv/1", []byte("queued"), false, 1))
+	old, ok := s.Clients.Get("mv")
+	require.True(t, ok)
+
+	p, ack := connect(t, addr, 5, "mv", false, 3600)
+	require.True(t, ack.SessionPresent)
+	require.Equal(t, "queued", string(p.expect(packets.Publish).Payload))
+
+	late := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+		TopicName: "mv/2", Payload: []byte("late"), Created: time.Now().Unix(), PublishID: 1 << 40}
+	_, err := s.publishToClient(old, packets.Subscription{Filter: "mv/#", Qos: 1}, late)
+	require.NoError(t, err)
+	require.Equal(t, "late", string(p.expect(packets.Publish).Payload))
+}
+
+// publishOnConnack publishes on topic when a resumed session's CONNACK has
+// been written: the client is in the index, its resend not yet done.
+type publishOnConnack struct {
+	HookBase
+	s     *Server
+	topic string
+}
+
+func (h *publishOnConnack) ID() string           { return "publish-on-connack" }
+func (h *publishOnConnack) Provides(b byte) bool { return b == OnPacketSent }
+func (h *publishOnConnack) OnPacketSent(_ *Client, pk packets.Packet, _ []byte) {
+	if pk.FixedHeader.Type == packets.Connack && pk.SessionPresent {
+		_ = h.s.Publish(h.topic, []byte("new"), false, 1)
+	}
+}
+
+// TestResumeDoesNotResendNewDeliveries: a message delivered to a resuming
+// connection after it inherited its session, before the resend, is
+// written once, after the resent ones. Upstream resent everything in
+// flight at the time of the resend, the new message included, and wrote
+// its queued delivery as well: twice in one connection.
+func TestResumeDoesNotResendNewDeliveries(t *testing.T) {
+	s := newLifecycleServer()
+	require.NoError(t, s.AddHook(&publishOnConnack{s: s, topic: "rs/new"}, nil))
+	addr := startTCPServer(t, s)
+	p, _ := connect(t, addr, 5, "rs", false, 3600)
+	p.subscribe(1, "rs/#", "barrier")
+	_ = p.conn.Close()
+	waitOffline(t, s, "rs")
+	require.NoError(t, s.Publish("rs/old", []byte("old"), false, 1))
+
+	p, ack := connect(t, addr, 5, "rs", false, 3600)
+	require.True(t, ack.SessionPresent)
+	require.NoError(t, s.Publish("barrier", nil, false, 0))
+	var got []string
+	for {
+		pk := p.expect(packets.Publish)
+		if pk.TopicName == "barrier" {
+			break
+		}
+		got = append(got, string(pk.Payload))
+	}
+	require.Equal(t, []string{"old", "new"}, got)
+}

@@ -92,7 +92,7 @@ type Compatibilities struct {
 	PassiveClientDisconnect    bool `yaml:"passive_client_disconnect" json:"passive_client_disconnect"`           // don't disconnect the client forcefully after sending disconnect packet (paho - spec violation)
 	AlwaysReturnResponseInfo   bool `yaml:"always_return_response_info" json:"always_return_response_info"`       // always return response info (useful for testing)
 	RestoreSysInfoOnRestart    bool `yaml:"restore_sys_info_on_restart" json:"restore_sys_info_on_restart"`       // restore system info from store as if server never stopped
-	NoInheritedPropertiesOnAck bool `yaml:"no_inherited_properties_on_ack" json:"no_inherited_properties_on_ack"` // don't allow inherited user properties on ack (paho - spec violation)
+	NoInheritedPropertiesOnAck bool `yaml:"no_inherited_properties_on_ack" json:"no_inherited_properties_on_ack"` // kept for configuration compatibility: acks never inherit properties now
 }
 
 // Options contains configurable options for the server.
@@ -665,6 +665,7 @@ func (s *Server) establishSession(cl *Client, pk packets.Packet) (sessionPresent
 	defer unlock()
 	s.hooks.OnSessionEstablish(cl, pk)
 	sessionPresent = s.inheritClientSession(pk, cl)
+	cl.State.Inflight.markResend()
 	s.Clients.Add(cl) // [MQTT-4.1.0-1]
 	s.conns.establish(cl)
 	return sessionPresent, nil
@@ -802,14 +803,13 @@ func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
 		}
 
 		existing.State.isTakenOver.Store(true)
+		// Moved, not copied: a publisher that looked up existing before
+		// cl replaces it in the index delivers to cl (upstream cloned the
+		// flows, and such a delivery stayed with the old connection).
+		existing.State.Inflight.moveTo(cl) // [MQTT-3.1.2-5]
 		// Len counts the server's flows only: the client's (PUBREC waiting
 		// for PUBREL) are inherited too.
-		if existing.State.Inflight.Len() > 0 || len(existing.State.Inflight.GetAllInbound()) > 0 {
-			cl.State.Inflight = existing.State.Inflight.Clone() // [MQTT-3.1.2-5]
-			if cl.State.Inflight.maximumReceiveQuota == 0 && cl.ops.options.Capabilities.ReceiveMaximum != 0 {
-				cl.State.Inflight.ResetReceiveQuota(int32(cl.ops.options.Capabilities.ReceiveMaximum)) // server receive max per client
-				cl.State.Inflight.ResetSendQuota(int32(cl.Properties.Props.ReceiveMaximum))            // client receive max
-			}
+		if cl.State.Inflight.Len() > 0 || len(cl.State.Inflight.GetAllInbound()) > 0 {
 			cl.adoptInflight(existing)
 		}
 
@@ -1159,7 +1159,7 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 			ackType = packets.Pubrec
 		}
 
-		ack := s.buildAck(pk.PacketID, ackType, 0, pk.Properties, packets.ErrNotAuthorized)
+		ack := s.buildAck(pk.PacketID, ackType, 0, packets.ErrNotAuthorized)
 		return cl.WritePacket(ack)
 	}
 
@@ -1173,7 +1173,7 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 
 	if !cl.Net.Inline && pk.FixedHeader.Qos == 2 {
 		if _, ok := cl.State.Inflight.GetInbound(pk.PacketID); ok { // [MQTT-4.3.3-10]
-			ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.ErrPacketIdentifierInUse)
+			ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, packets.ErrPacketIdentifierInUse)
 			return s.writeAck(cl, ack, nil, nil)
 		}
 	}
@@ -1203,7 +1203,7 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	} else if errors.Is(err, packets.CodeSuccessIgnore) {
 		pk.Ignore = true
 	} else if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 && errors.As(err, new(packets.Code)) {
-		return s.writeAck(cl, s.buildAck(pk.PacketID, packets.Puback, 0, pk.Properties, err.(packets.Code)), waits, nil)
+		return s.writeAck(cl, s.buildAck(pk.PacketID, packets.Puback, 0, err.(packets.Code)), waits, nil)
 	} else {
 		s.settleDropped(waits)
 	}
@@ -1225,11 +1225,11 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	// a QoS 1 one is back when its PUBACK is written, a QoS 2 one at PUBCOMP.
 	cl.State.Inflight.DecreaseReceiveQuota()
 	if pk.FixedHeader.Qos == 1 {
-		ack := s.buildAck(pk.PacketID, packets.Puback, 0, pk.Properties, packets.QosCodes[1]) // [MQTT-4.3.2-4]
+		ack := s.buildAck(pk.PacketID, packets.Puback, 0, packets.QosCodes[1]) // [MQTT-4.3.2-4]
 		err = s.writeAck(cl, ack, waits, cl.State.Inflight.IncreaseReceiveQuota)
 	} else {
-		ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.CodeSuccess) // [MQTT-3.3.4-1] [MQTT-4.3.3-8]
-		if ok := cl.State.Inflight.Set(ack); ok {                                             // the client's flow, until PUBREL
+		ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, packets.CodeSuccess) // [MQTT-3.3.4-1] [MQTT-4.3.3-8]
+		if ok := cl.State.Inflight.Set(ack); ok {                              // the client's flow, until PUBREL
 			atomic.AddInt64(&s.Info.Inflight, 1)
 			s.hooks.OnQosPublish(cl, ack, ack.Created, 0)
 		}
@@ -1285,7 +1285,7 @@ func (s *Server) refuseSysPublish(cl *Client, pk packets.Packet) error {
 	if pk.FixedHeader.Qos == 2 {
 		ackType = packets.Pubrec
 	}
-	ack := s.buildAck(pk.PacketID, ackType, 0, pk.Properties, packets.ErrNotAuthorized)
+	ack := s.buildAck(pk.PacketID, ackType, 0, packets.ErrNotAuthorized)
 	ack.Properties.ReasonString = "clients may not publish to " + SysPrefix
 	return cl.WritePacket(ack)
 }
@@ -1379,6 +1379,9 @@ func (s *Server) keepReadableShares(subs *Subscribers, topic string) {
 }
 
 func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packets.Packet) (packets.Packet, error) {
+	if next := cl.State.Inflight.successor.Load(); next != nil {
+		return s.publishToClient(next, sub, pk) // the session moved on (moveTo)
+	}
 	var hold AckWaiter // a hook's write the delivery waits for (HoldDelivery)
 	if sub.NoLocal && pk.Origin == cl.ID {
 		return pk, nil // [MQTT-3.8.3-3]
@@ -1438,7 +1441,11 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		out.PacketID = uint16(i) // [MQTT-2.2.1-4]
 		sentQuota := atomic.LoadInt32(&cl.State.Inflight.sendQuota)
 
-		if ok := cl.State.Inflight.Set(out); ok { // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
+		ok, next := cl.State.Inflight.setDelivery(out)
+		if next != nil {
+			return s.publishToClient(next, sub, pk) // moved on while this was prepared
+		}
+		if ok { // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
 			atomic.AddInt64(&s.Info.Inflight, 1)
 			cl.State.outbound.open.Add(1)
 			s.hooks.OnQosPublish(cl, out, out.Created, 0)
@@ -1496,11 +1503,13 @@ func (s *Server) publishRetainedToClient(cl *Client, sub packets.Subscription, e
 	}
 }
 
-// buildAck builds a standardised ack message for Puback, Pubrec, Pubrel, Pubcomp packets.
-func (s *Server) buildAck(packetID uint16, pkt, qos byte, properties packets.Properties, reason packets.Code) packets.Packet {
-	if s.Options.Capabilities.Compatibilities.NoInheritedPropertiesOnAck {
-		properties = packets.Properties{}
-	}
+// buildAck builds a standardised ack message for Puback, Pubrec, Pubrel,
+// Pubcomp packets. It carries no properties of the packet it answers
+// (upstream copied them unless Compatibilities.NoInheritedPropertiesOnAck
+// was set, so a PUBACK echoed the publisher's user properties); only a
+// failure's reason string.
+func (s *Server) buildAck(packetID uint16, pkt, qos byte, reason packets.Code) packets.Packet {
+	var properties packets.Properties
 	if reason.Code >= packets.ErrUnspecifiedError.Code {
 		properties.ReasonString = reason.Reason
 	}
@@ -1540,7 +1549,7 @@ func (s *Server) processPubrec(cl *Client, pk packets.Packet) error {
 	waits := cl.takeReadWaits()                           // the PUBREL waits for the flow's new state (HoldAck)
 	if _, ok := cl.State.Inflight.Get(pk.PacketID); !ok { // [MQTT-4.3.3-7] [MQTT-4.3.3-13]
 		settleWaits(waits)
-		return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubrel, 1, pk.Properties, packets.ErrPacketIdentifierNotFound))
+		return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubrel, 1, packets.ErrPacketIdentifierNotFound))
 	}
 
 	if pk.ReasonCode >= packets.ErrUnspecifiedError.Code || !pk.ReasonCodeValid() { // [MQTT-4.3.3-4]
@@ -1552,9 +1561,9 @@ func (s *Server) processPubrec(cl *Client, pk packets.Packet) error {
 		return nil // as per MQTT5 Section 4.13.2 paragraph 2
 	}
 
-	ack := s.buildAck(pk.PacketID, packets.Pubrel, 1, pk.Properties, packets.CodeSuccess) // [MQTT-4.3.3-4] ![MQTT-4.3.3-6]
-	cl.State.Inflight.DecreaseReceiveQuota()                                              // -1 RECV QUOTA
-	cl.State.Inflight.Set(ack)                                                            // [MQTT-4.3.3-5]
+	ack := s.buildAck(pk.PacketID, packets.Pubrel, 1, packets.CodeSuccess) // [MQTT-4.3.3-4] ![MQTT-4.3.3-6]
+	cl.State.Inflight.DecreaseReceiveQuota()                               // -1 RECV QUOTA
+	cl.State.Inflight.Set(ack)                                             // [MQTT-4.3.3-5]
 	return s.writeAck(cl, ack, waits, nil)
 }
 
@@ -1563,7 +1572,7 @@ func (s *Server) processPubrel(cl *Client, pk packets.Packet) error {
 	waits := cl.takeReadWaits()                                  // the PUBCOMP waits for the flow's end to be stored (HoldAck)
 	if _, ok := cl.State.Inflight.GetInbound(pk.PacketID); !ok { // [MQTT-4.3.3-7] [MQTT-4.3.3-13]
 		settleWaits(waits)
-		return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubcomp, 0, pk.Properties, packets.ErrPacketIdentifierNotFound))
+		return cl.WritePacket(s.buildAck(pk.PacketID, packets.Pubcomp, 0, packets.ErrPacketIdentifierNotFound))
 	}
 
 	if pk.ReasonCode >= packets.ErrUnspecifiedError.Code || !pk.ReasonCodeValid() { // [MQTT-4.3.3-9]
@@ -1575,7 +1584,7 @@ func (s *Server) processPubrel(cl *Client, pk packets.Packet) error {
 		return nil
 	}
 
-	ack := s.buildAck(pk.PacketID, packets.Pubcomp, 0, pk.Properties, packets.CodeSuccess) // [MQTT-4.3.3-11]
+	ack := s.buildAck(pk.PacketID, packets.Pubcomp, 0, packets.CodeSuccess) // [MQTT-4.3.3-11]
 	var err error
 	if len(waits) > 0 {
 		// The receive quota comes back once the PUBCOMP is out.

@@ -5,12 +5,14 @@
 package mqtt
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"io"
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -1468,48 +1470,44 @@ func TestServerProcessPacketPublishAndReceive(t *testing.T) {
 	require.Equal(t, 1, len(s.Topics.Messages("a/b/c")))
 }
 
+// TestServerBuildAck: an acknowledgement carries none of the properties of
+// the packet it answers, whatever NoInheritedPropertiesOnAck says (upstream
+// copied them by default, so a PUBACK echoed a publisher's user
+// properties); a failure carries its reason string.
 func TestServerBuildAck(t *testing.T) {
-	s := newServer()
-	properties := packets.Properties{
-		User: []packets.UserProperty{
-			{Key: "hello", Val: "世界"},
-		},
+	for _, compat := range []bool{false, true} {
+		s := newServer()
+		s.Options.Capabilities.Compatibilities.NoInheritedPropertiesOnAck = compat
+		ack := s.buildAck(7, packets.Puback, 1, packets.CodeGrantedQos1)
+		require.Equal(t, packets.Puback, ack.FixedHeader.Type)
+		require.Equal(t, uint8(1), ack.FixedHeader.Qos)
+		require.Equal(t, packets.CodeGrantedQos1.Code, ack.ReasonCode)
+		require.Equal(t, packets.Properties{}, ack.Properties)
+
+		ack = s.buildAck(7, packets.Puback, 1, packets.ErrMalformedPacket)
+		require.Equal(t, packets.ErrMalformedPacket.Code, ack.ReasonCode)
+		require.Equal(t, packets.Properties{ReasonString: packets.ErrMalformedPacket.Reason}, ack.Properties)
 	}
-	ack := s.buildAck(7, packets.Puback, 1, properties, packets.CodeGrantedQos1)
-	require.Equal(t, packets.Puback, ack.FixedHeader.Type)
-	require.Equal(t, uint8(1), ack.FixedHeader.Qos)
-	require.Equal(t, packets.CodeGrantedQos1.Code, ack.ReasonCode)
-	require.Equal(t, properties, ack.Properties)
 }
 
-func TestServerBuildAckError(t *testing.T) {
+// TestAckDoesNotEchoUserProperties: over the wire, the PUBACK of a PUBLISH
+// with user properties has none.
+func TestAckDoesNotEchoUserProperties(t *testing.T) {
 	s := newServer()
-	properties := packets.Properties{
-		User: []packets.UserProperty{
-			{Key: "hello", Val: "世界"},
-		},
-	}
-	ack := s.buildAck(7, packets.Puback, 1, properties, packets.ErrMalformedPacket)
-	require.Equal(t, packets.Puback, ack.FixedHeader.Type)
-	require.Equal(t, uint8(1), ack.FixedHeader.Qos)
-	require.Equal(t, packets.ErrMalformedPacket.Code, ack.ReasonCode)
-	properties.ReasonString = packets.ErrMalformedPacket.Reason
-	require.Equal(t, properties, ack.Properties)
-}
-
-func TestServerBuildAckPahoCompatibility(t *testing.T) {
-	s := newServer()
-	s.Options.Capabilities.Compatibilities.NoInheritedPropertiesOnAck = true
-	properties := packets.Properties{
-		User: []packets.UserProperty{
-			{Key: "hello", Val: "世界"},
-		},
-	}
-	ack := s.buildAck(7, packets.Puback, 1, properties, packets.CodeGrantedQos1)
-	require.Equal(t, packets.Puback, ack.FixedHeader.Type)
-	require.Equal(t, uint8(1), ack.FixedHeader.Qos)
-	require.Equal(t, packets.CodeGrantedQos1.Code, ack.ReasonCode)
-	require.Equal(t, packets.Properties{}, ack.Properties)
+	cl, r, w := newTestClient()
+	defer w.Close()
+	cl.Properties.ProtocolVersion = 5
+	pk := *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet
+	pk.ProtocolVersion = 5
+	pk.Properties.User = []packets.UserProperty{{Key: "big", Val: strings.Repeat("x", 1000)}}
+	go func() { _ = s.processPacket(cl, pk) }()
+	br := bufio.NewReader(r)
+	fh, err := br.ReadByte()
+	require.NoError(t, err)
+	require.Equal(t, packets.Puback, fh>>4)
+	n, _, err := packets.DecodeLength(br)
+	require.NoError(t, err)
+	require.LessOrEqual(t, n, 4, "PUBACK of %d bytes: more than its id, reason code and empty properties", n)
 }
 
 func TestServerProcessPacketAndNextImmediate(t *testing.T) {
@@ -1712,7 +1710,7 @@ func TestServerProcessPublishACLCheckDeny(t *testing.T) {
 			protocolVersion:  5,
 			pk:               *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1Mqtt5).Packet,
 			expectErr:        nil,
-			expectReponse:    packets.TPacketData[packets.Puback].Get(packets.TPubrecMqtt5NotAuthorized).RawBytes,
+			expectReponse:    ackWithoutUserProperties(t, packets.Puback, packets.TPubrecMqtt5NotAuthorized),
 			expectDisconnect: false,
 		},
 		{
@@ -1720,7 +1718,7 @@ func TestServerProcessPublishACLCheckDeny(t *testing.T) {
 			protocolVersion:  5,
 			pk:               *packets.TPacketData[packets.Publish].Get(packets.TPublishQos2Mqtt5).Packet,
 			expectErr:        nil,
-			expectReponse:    packets.TPacketData[packets.Pubrec].Get(packets.TPubrecMqtt5NotAuthorized).RawBytes,
+			expectReponse:    ackWithoutUserProperties(t, packets.Pubrec, packets.TPubrecMqtt5NotAuthorized),
 			expectDisconnect: false,
 		},
 	}
@@ -1817,6 +1815,19 @@ func TestServerProcessPacketPublishQos1PacketIDInUse(t *testing.T) {
 	require.Equal(t, int64(1), atomic.LoadInt64(&s.Info.Inflight))
 }
 
+// ackWithoutUserProperties encodes the catalogue's acknowledgement c of
+// type typ without its user properties: the catalogue's PUBLISH has some,
+// and upstream copied them into its acknowledgements.
+func ackWithoutUserProperties(t *testing.T, typ byte, c byte) []byte {
+	t.Helper()
+	pk := packets.TPacketData[packets.Pubrec].Get(c).Packet.Copy(true)
+	pk.FixedHeader.Type = typ
+	pk.Properties.User = nil
+	var buf bytes.Buffer
+	require.NoError(t, pk.PubrecEncode(&buf))
+	return buf.Bytes()
+}
+
 func TestServerProcessPacketPublishQos2PacketIDInUse(t *testing.T) {
 	s := newServer()
 	cl, r, w := newTestClient()
@@ -1832,7 +1843,7 @@ func TestServerProcessPacketPublishQos2PacketIDInUse(t *testing.T) {
 
 	buf, err := io.ReadAll(r)
 	require.NoError(t, err)
-	require.Equal(t, packets.TPacketData[packets.Pubrec].Get(packets.TPubrecMqtt5IDInUse).RawBytes, buf)
+	require.Equal(t, ackWithoutUserProperties(t, packets.Pubrec, packets.TPubrecMqtt5IDInUse), buf)
 	require.Equal(t, int64(1), atomic.LoadInt64(&s.Info.Inflight))
 }
 
