@@ -665,3 +665,38 @@ func TestHookBaseStoreSysInfo(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "", v.Version)
 }
+
+// countingHook counts the calls of its Provides.
+type countingHook struct {
+	HookBase
+	asked     atomic.Int64
+	published atomic.Int64
+}
+
+func (h *countingHook) ID() string { return "counting" }
+func (h *countingHook) Provides(b byte) bool {
+	h.asked.Add(1)
+	return b == OnPublished
+}
+func (h *countingHook) OnPublished(*Client, packets.Packet) { h.published.Add(1) }
+
+// TestHooksAskedOnceWhatTheyProvide: dispatching an event calls only the
+// hooks that provide it, without asking every hook again (upstream called
+// Provides on each hook for each event dispatched, several interface calls
+// per hook for each packet).
+func TestHooksAskedOnceWhatTheyProvide(t *testing.T) {
+	h := new(Hooks)
+	h.Log = logger
+	c := new(countingHook)
+	require.NoError(t, h.Add(c, nil))
+	require.NoError(t, h.Add(new(HookBase), nil))
+	asked := c.asked.Load()
+	for range 100 {
+		h.OnPublished(nil, packets.Packet{})
+		h.OnPacketSent(nil, packets.Packet{}, nil)
+	}
+	require.Equal(t, int64(100), c.published.Load())
+	require.Equal(t, asked, c.asked.Load(), "Provides asked again while dispatching")
+	require.True(t, h.Provides(OnPublished))
+	require.False(t, h.Provides(OnPacketSent))
+}
