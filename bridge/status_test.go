@@ -32,7 +32,10 @@ func TestPauseHoldsAndResumeDelivers(t *testing.T) {
 			e := start(t, t.TempDir(), f, routes(t, fastRoute+tc.delivery))
 			// A first message makes sure the worker is idle, waiting.
 			offerN(t, e.b, 1, func(int) string { return "devices/d/telemetry" })
-			bridgetest.Eventually(t, wait, "first delivered", func() bool { return len(f.delivered()) == 1 })
+			// The counter moves once the backend has acknowledged: after the fake saw it.
+			bridgetest.Eventually(t, wait, "first delivered", func() bool {
+				return len(f.delivered()) == 1 && routeStatus(t, e.b, "r").Delivered == 1
+			})
 			if err := e.b.Pause("r"); err != nil {
 				t.Fatal(err)
 			}
@@ -54,7 +57,9 @@ func TestPauseHoldsAndResumeDelivers(t *testing.T) {
 			if err := e.b.Resume("r"); err != nil {
 				t.Fatal(err)
 			}
-			bridgetest.Eventually(t, wait, "6 delivered after resume", func() bool { return len(f.delivered()) == 6 })
+			bridgetest.Eventually(t, wait, "6 delivered after resume", func() bool {
+				return len(f.delivered()) == 6 && routeStatus(t, e.b, "r").Delivered == 6
+			})
 			for i, m := range f.delivered()[1:] {
 				if string(m.Payload) != string(rune('0'+i)) {
 					t.Fatalf("message %d = %q", i, m.Payload)
@@ -94,7 +99,10 @@ func TestPauseIngress(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.in <- bridge.Message{Payload: []byte("after")}
-	bridgetest.Eventually(t, wait, "published after resume", func() bool { return len(e.pub.Messages()) == 1 })
+	// Counted once Publish returned: after the broker saw the message.
+	bridgetest.Eventually(t, wait, "published after resume", func() bool {
+		return len(e.pub.Messages()) == 1 && routeStatus(t, e.b, "in").Delivered == 1
+	})
 	if s := routeStatus(t, e.b, "in"); s.State != bridge.StateConnected || s.Delivered != 1 {
 		t.Fatalf("resumed ingress route: %+v", s)
 	}
