@@ -704,8 +704,9 @@ func TestLateDeliveryFollowsTheSession(t *testing.T) {
 // been written: the client is in the index, its resend not yet done.
 type publishOnConnack struct {
 	HookBase
-	s     *Server
-	topic string
+	s         *Server
+	topic     string
+	published chan struct{} // closed once it has published
 }
 
 func (h *publishOnConnack) ID() string           { return "publish-on-connack" }
@@ -713,6 +714,7 @@ func (h *publishOnConnack) Provides(b byte) bool { return b == OnPacketSent }
 func (h *publishOnConnack) OnPacketSent(_ *Client, pk packets.Packet, _ []byte) {
 	if pk.FixedHeader.Type == packets.Connack && pk.SessionPresent {
 		_ = h.s.Publish(h.topic, []byte("new"), false, 1)
+		close(h.published)
 	}
 }
 
@@ -723,7 +725,8 @@ func (h *publishOnConnack) OnPacketSent(_ *Client, pk packets.Packet, _ []byte) 
 // its queued delivery as well: twice in one connection.
 func TestResumeDoesNotResendNewDeliveries(t *testing.T) {
 	s := newLifecycleServer()
-	require.NoError(t, s.AddHook(&publishOnConnack{s: s, topic: "rs/new"}, nil))
+	h := &publishOnConnack{s: s, topic: "rs/new", published: make(chan struct{})}
+	require.NoError(t, s.AddHook(h, nil))
 	addr := startTCPServer(t, s)
 	p, _ := connect(t, addr, 5, "rs", false, 3600)
 	p.subscribe(1, "rs/#", "barrier")
@@ -733,6 +736,12 @@ func TestResumeDoesNotResendNewDeliveries(t *testing.T) {
 
 	p, ack := connect(t, addr, 5, "rs", false, 3600)
 	require.True(t, ack.SessionPresent)
+	// The client may read its CONNACK before the hook has published.
+	select {
+	case <-h.published:
+	case <-time.After(lifecycleWait):
+		t.Fatal("the hook did not publish")
+	}
 	require.NoError(t, s.Publish("barrier", nil, false, 0))
 	var got []string
 	for {
