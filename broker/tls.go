@@ -89,6 +89,19 @@ func (w *certWatcher) files() []string {
 }
 
 func (w *certWatcher) load() error {
+	// The stamps are taken before the files are read: a file replaced
+	// while they are read (a certificate and its key renamed into place
+	// one after the other) is then seen as changed at the next check,
+	// instead of being marked seen with what was not loaded.
+	stamps := make(map[string]fileStamp, 3)
+	for _, f := range w.files() {
+		stamps[f] = stamp(f)
+	}
+	defer func() {
+		for f, st := range stamps {
+			w.seen[f] = st
+		}
+	}()
 	cert, err := tls.LoadX509KeyPair(w.lc.Cert, w.lc.Key)
 	if err != nil {
 		return fmt.Errorf("listener %s: load certificate %s: %w", w.lc.Name, w.lc.Cert, err)
@@ -117,9 +130,6 @@ func (w *certWatcher) load() error {
 	}
 	w.cur.Store(tc)
 	w.expiry.Store(exp)
-	for _, f := range w.files() {
-		w.seen[f] = stamp(f)
-	}
 	return nil
 }
 
@@ -149,11 +159,8 @@ func (w *certWatcher) check() {
 		return
 	}
 	if err := w.load(); err != nil {
-		// Mark the broken files as seen so the error is logged once per
-		// change, not every interval.
-		for _, f := range w.files() {
-			w.seen[f] = stamp(f)
-		}
+		// load marked the broken files as seen, so the error is logged
+		// once per change, not every interval.
 		w.log.Error("certificate reload refused; the previous certificate stays in use", "listener", w.lc.Name, "err", err)
 		return
 	}
