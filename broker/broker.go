@@ -155,6 +155,7 @@ func capabilities(cfg config.Config) *mqtt.Capabilities {
 	// only the expiry a publisher asks for (protocolHook.OnPublish).
 	c.MaximumMessageExpiryInterval = 0
 	c.MaximumClientWritesPending = int32(cfg.Limits.ClientWritesPending)
+	c.MaximumClientWritesPendingBytes = maxPendingBytes
 	c.MaximumSessionExpiryInterval = math.MaxUint32
 	if s := cfg.MQTT.MaxSessionExpiry; s > 0 {
 		c.MaximumSessionExpiryInterval = uint32(min(s/time.Second, math.MaxUint32))
@@ -284,7 +285,7 @@ func (b *Broker) addHooks(st *persistence.Store) error {
 		hooks = append(hooks, new(openHook))
 	}
 	if b.cfg.Limits.OverflowPolicy == OverflowBlockPublisher {
-		fh := newFlowHook(b.cfg.Limits.OverflowWait, b.cfg.Limits.MaxInflight)
+		fh := newFlowHook(b)
 		b.flow = fh
 		hooks = append(hooks, fh)
 	}
@@ -296,7 +297,7 @@ func (b *Broker) addHooks(st *persistence.Store) error {
 		hooks = append(hooks, b.resend)
 	}
 	ph := persistence.NewHook(st, b.mochi)
-	ph.SetStalled(stalled)
+	ph.SetStalled(b.stalled)
 	if b.auth != nil {
 		// Sessions belong to their identity across restarts; spilled
 		// messages and shared-group members are checked against the ACL.

@@ -13,7 +13,7 @@ import (
 )
 
 // conn wraps every accepted connection. It counts the bytes that cross it,
-// holds the client's writes back while it does not read (stall.go), and
+// closes the connection of a client that stopped reading (Write), and
 // closes lingering: FIN after the last write, then the client's remaining
 // bytes are read and dropped for a short while, so the kernel does not
 // answer the client's next write with RST and destroy the DISCONNECT the
@@ -43,41 +43,29 @@ type conn struct {
 	mu        sync.Mutex // orders deadline changes against Close
 	closed    atomic.Bool
 	closeOnce sync.Once
-
-	// Writes to a client that stopped reading (stall.go).
-	stall stallState
 }
 
-// Write writes p as the engine handed it. Until a session is established
-// (CONNACK and the resend of its in-flight messages written) the engine
-// itself holds new deliveries back (outqueue.go's pause).
-func (c *conn) Write(p []byte) (int, error) { return c.write(p) }
-
-// write writes p now, counted.
-func (c *conn) write(p []byte) (int, error) {
-	c.bytesOut.Add(uint64(len(p)))
-	return c.writeNow(p)
-}
-
-// packetLen is the length of the MQTT packet at the start of b, 0 if b does
-// not hold its whole header.
-func packetLen(b []byte) int {
-	n, _ := packetHeader(b)
-	return n
-}
-
-// packetHeader is packetLen and the length of the packet's fixed header
-// (0, 0 if b does not hold the whole header).
-func packetHeader(b []byte) (total, header int) {
-	n, mult := 0, 1
-	for i := 1; i < len(b) && i <= 4; i++ {
-		n += int(b[i]&0x7f) * mult
-		if b[i]&0x80 == 0 {
-			return 1 + i + n, 1 + i
-		}
-		mult *= 128
+// Write writes p as the engine handed it, one write at a time. A write
+// that takes limits.write_timeout closes the connection: its client stopped
+// reading. Only the client's own writer waits for it; publishers queue
+// behind it in the engine, which bounds what a client may have pending.
+func (c *conn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	if c.closed.Load() {
+		c.mu.Unlock()
+		return 0, net.ErrClosed
 	}
-	return 0, 0
+	wt := c.b.cfg.Limits.WriteTimeout
+	if wt > 0 {
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(wt))
+	}
+	c.mu.Unlock()
+	n, err := c.Conn.Write(p)
+	c.bytesOut.Add(uint64(n))
+	if err != nil && isTimeout(err) && !c.closed.Load() {
+		c.notReading()
+	}
+	return n, err
 }
 
 func (c *conn) Read(p []byte) (int, error) {
@@ -145,7 +133,9 @@ func (c *conn) Close() error {
 	c.closeOnce.Do(func() {
 		c.mu.Lock()
 		c.closed.Store(true)
-		c.cutStalled()
+		// A write blocked on a client that stopped reading ends now, not
+		// at its deadline (a shutdown waits for it).
+		_ = c.Conn.SetWriteDeadline(time.Now())
 		cw, ok := c.Conn.(interface{ CloseWrite() error })
 		linger := c.b.cfg.Limits.CloseLinger
 		if !ok || linger <= 0 || cw.CloseWrite() != nil {
@@ -182,6 +172,41 @@ func (c *conn) Close() error {
 		}()
 	})
 	return nil
+}
+
+// notReading closes a connection whose client took nothing for
+// write_timeout. A persistent session keeps its messages.
+func (c *conn) notReading() {
+	c.b.log.Warn("closing connection: client not reading", "client_id", c.clientID(), "remote", c.RemoteAddr().String(),
+		"listener", c.listener, "write_timeout", c.b.cfg.Limits.WriteTimeout.String())
+	c.b.writeTimeouts.Add(1)
+	c.end(errNotReading)
+}
+
+var errNotReading = errors.New("client not reading (limits.write_timeout)")
+
+// end closes the connection through the engine once a client is attached:
+// the engine then ends its session, also while the connection is parked,
+// which a socket closed under it would not tell it.
+func (c *conn) end(cause error) {
+	if cl := c.client.Load(); cl != nil {
+		cl.Stop(cause)
+		return
+	}
+	_ = c.Close()
+}
+
+// clientID is the connection's client id, "" before its CONNECT.
+func (c *conn) clientID() string {
+	if cl := c.client.Load(); cl != nil {
+		return cl.ID
+	}
+	return ""
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // kill closes the socket at once, for a shutdown whose time is up.

@@ -79,15 +79,6 @@ func (h *protocolHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
 	return nil
 }
 
-// endsWithConnection says whether cl's session ends when its network
-// connection does, the condition under which mochi's handler cleans it up.
-func endsWithConnection(cl *mqtt.Client) bool {
-	if cl.Properties.ProtocolVersion == 5 {
-		return cl.Properties.Props.SessionExpiryInterval == 0
-	}
-	return cl.Properties.Clean
-}
-
 // OnPacketRead applies Ferry's policy to an MQTT 3 QoS 1/2 PUBLISH the
 // ACL denies (dropDeniedV3). MQTT 3 has no topic aliases, so the topic is
 // the PUBLISH's own. A publish to $SYS is left to mochi, which refuses it.

@@ -67,7 +67,7 @@
 //   - OnPacketRead, W, for QoS 2 only: a subscriber's PUBREC (the flow now
 //     waits for PUBCOMP) before mochi sends PUBREL, and the deletion of a
 //     publisher's PUBREC state on its PUBREL before mochi sends PUBCOMP.
-//   - OnQosComplete, OnQosDropped, OnPublishDropped, OnPublished, OnWillSent,
+//   - OnQosComplete, OnQosDropped, OnPublished, OnWillSent,
 //     OnClientExpired, OnRetainedExpired, A: deletions. Losing one in a crash
 //     means a repeated QoS 1 delivery or a repeated PUBREL, never a loss and
 //     never a repeated QoS 2 delivery.
@@ -91,9 +91,9 @@
 // stored ref; the engine's Packet.PublishID, which every subscriber's copy
 // keeps, says which pending message a copy belongs to. Refs that mochi did
 // not deliver after all (ACL, full in-flight window, packet ids exhausted,
-// a hook ignoring the message) are deleted in OnPublished, and a message
-// dropped on a full outbound queue in OnPublishDropped, so a restart never
-// delivers what mochi dropped. If the write fails the publish is refused
+// a hook ignoring the message) are deleted in OnPublished, so a restart
+// never delivers what mochi dropped. A full outbound queue drops nothing of
+// a persistent session: the engine keeps the delivery in flight. If the write fails the publish is refused
 // (MQTT 5: reason 0x83; MQTT 3: no ack). Messages mochi publishes itself
 // (wills, retained messages sent on subscribe) are stored by OnQosPublish,
 // without that guarantee.

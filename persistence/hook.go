@@ -143,7 +143,6 @@ var provided = []byte{
 	mqtt.OnUnsubscribed,
 	mqtt.OnRoute,
 	mqtt.OnPublished,
-	mqtt.OnPublishDropped,
 	mqtt.OnRetainMessage,
 	mqtt.OnRetainedExpired,
 	mqtt.OnQosPublish,

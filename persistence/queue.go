@@ -375,26 +375,6 @@ func (h *Hook) dropPendingMsg(origin string, pm *pendingMsg) {
 	}
 }
 
-// OnPublishDropped deletes the record of a message mochi dropped because
-// the subscriber's outbound queue was full (mochi rolls back its in-flight
-// entry and never resends it).
-func (h *Hook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
-	if pk.FixedHeader.Qos == 0 {
-		return
-	}
-	b := h.st.newBatch()
-	h.mu.Lock()
-	if ss := h.sessions[cl.ID]; ss != nil {
-		if p, _ := h.findPendingLocked(pk.Origin, &pk); p != nil {
-			if ref := p.refs[cl.ID]; ref != nil && ref.claimed {
-				h.removeEntryLocked(cl.ID, ss, ref.pid, b)
-			}
-		}
-	}
-	h.mu.Unlock()
-	h.write(b, false)
-}
-
 // OnQosComplete deletes the record of a finished QoS flow (PUBACK, PUBCOMP
 // from a subscriber; PUBREL from a publisher).
 // A drain waiting for room in the client's window is woken.

@@ -591,9 +591,8 @@ func (h *Hook) feed(id string, ss *session, d *drain, pks []spilledPacket) {
 			h.write(b, false)
 			continue
 		}
-		h.mu.Unlock()
 		next, err := h.nextPacketID(d.cl, ss)
-		if err != nil || d.stop || h.sessions[id] != ss || d.cl.Closed() || len(ss.transfer) == 0 || ss.transfer[0].seq != sp.item.seq {
+		if err != nil {
 			h.mu.Unlock() // what is left in ss.transfer goes back to the backlog
 			h.st.putBatch(b)
 			return
@@ -670,20 +669,14 @@ func (h *Hook) reconcileLocked(id string, ss *session, cl *mqtt.Client, b *batch
 // nextPacketID is cl.NextPacketID, skipping ids that still have an
 // entry: mochi removes an acknowledged packet from Inflight before the
 // hooks hear of it, so for a moment its id is free in mochi but not here.
-// It returns with h.mu held. NextPacketID is called without h.mu: it waits
-// for the client's lock, which mochi holds while it writes to the client
-// (up to limits.write_timeout for one that stopped reading), and every
-// publisher to a persistent session needs h.mu.
+// Called with h.mu held: NextPacketID waits for no write to the client.
 func (h *Hook) nextPacketID(cl *mqtt.Client, ss *session) (uint32, error) {
 	for range 64 {
 		id, err := cl.NextPacketID()
-		h.mu.Lock()
 		if err != nil || ss.entries[uint16(id)] == nil {
 			return id, err
 		}
-		h.mu.Unlock()
 	}
-	h.mu.Lock()
 	return 0, packets.ErrQuotaExceeded
 }
 

@@ -748,14 +748,12 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 		return err
 	}
 
-	cl.Lock()
-	n, err := buf.WriteTo(cl.Net.Conn)
-	cl.Unlock()
+	n, err := cl.writeSocket(buf.Bytes())
 	if err != nil {
 		return err
 	}
 
-	cl.countSent(&pk, n)
+	cl.countSent(&pk, int64(n))
 	cl.ops.hooks.OnPacketSent(cl, pk, buf.Bytes())
 	return nil
 }

@@ -795,18 +795,18 @@ func TestClientOutboundQueueBatches(t *testing.T) {
 	small.ProtocolVersion = 4
 	cl.Properties.Props.MaximumPacketSize = 14
 
-	// Hold the writer on the client's lock so the queue fills behind it.
-	cl.Lock()
-	require.True(t, cl.enqueue(&small, nil))
+	// Hold the writer on the socket lock so the queue fills behind it.
+	cl.State.outbound.wmu.Lock()
+	require.Equal(t, enqueued, cl.enqueue(&small, nil))
 	require.Eventually(t, func() bool { return cl.State.outbound.Len() == 0 }, 5*time.Second, time.Millisecond) // taken by the writer
 	big := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 	big.ProtocolVersion = 4
-	require.True(t, cl.enqueue(&small, nil))
-	require.True(t, cl.enqueue(&big, nil)) // over MaximumPacketSize: skipped
-	require.True(t, cl.enqueue(&small, nil))
-	require.False(t, cl.enqueue(&small, nil), "MaximumClientWritesPending is 3")
+	require.Equal(t, enqueued, cl.enqueue(&small, nil))
+	require.Equal(t, enqueued, cl.enqueue(&big, nil)) // over MaximumPacketSize: skipped
+	require.Equal(t, enqueued, cl.enqueue(&small, nil))
+	require.Equal(t, refused, cl.enqueue(&small, nil), "MaximumClientWritesPending is 3")
 	require.Equal(t, 4, cl.OutboundLen())
-	cl.Unlock()
+	cl.State.outbound.wmu.Unlock()
 
 	one := make([]byte, 100)
 	n, err := io.ReadAtLeast(r, one, 1)
@@ -933,13 +933,13 @@ func TestWritePacketKeepsQueueOrder(t *testing.T) {
 		return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "t", Payload: []byte(payload), ProtocolVersion: 4}
 	}
 	a, b := pub("a"), pub("b")
-	cl.Lock() // the writer waits
-	require.True(t, cl.enqueue(&a, nil))
-	require.True(t, cl.enqueue(&b, nil))
+	cl.State.outbound.wmu.Lock() // the writer waits
+	require.Equal(t, enqueued, cl.enqueue(&a, nil))
+	require.Equal(t, enqueued, cl.enqueue(&b, nil))
 	written := make(chan error, 1)
 	go func() { written <- cl.WritePacket(pub("c")) }()
 	require.Eventually(t, func() bool { return cl.OutboundLen() == 3 }, 5*time.Second, time.Millisecond, "c queued behind a and b")
-	cl.Unlock()
+	cl.State.outbound.wmu.Unlock()
 
 	br := bufio.NewReader(r)
 	for _, want := range []string{"a", "b", "c"} {
@@ -971,7 +971,7 @@ func TestOutboundPausedWhileEstablishing(t *testing.T) {
 	}
 	cl.pauseOutbound()
 	live := pub("live")
-	require.True(t, cl.enqueue(&live, nil))
+	require.Equal(t, enqueued, cl.enqueue(&live, nil))
 	written := make(chan error, 1)
 	go func() {
 		for _, p := range []string{"resend-1", "resend-2"} {

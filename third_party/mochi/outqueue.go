@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -23,7 +24,14 @@ type outQueue struct {
 	mu      sync.Mutex
 	pks     []queued
 	spare   []queued // the previous batch's slice, reused
+	bytes   int64    // the approximate size of pks (pendingSize)
 	writing bool     // a writer goroutine is running
+	// owed: a QoS 1/2 delivery of a session that outlives the connection
+	// found the queue full and was kept in flight instead of queued. No
+	// PUBLISH is queued after it; once the client has taken what is
+	// queued the connection is closed, and the session's resend delivers
+	// what was kept back, in order, when it resumes.
+	owed bool
 	// paused: the connection is being established; what is queued waits
 	// until its CONNACK and the resend of the session's in-flight
 	// messages are written, which go out directly.
@@ -33,6 +41,38 @@ type outQueue struct {
 	holds  map[uint16]AckWaiter
 	nholds atomic.Int32 // len(holds), read without mu
 	open   atomic.Int32 // publishToClient calls inside OnQosPublish
+
+	// wmu orders writes to the socket. It is the only lock a write holds:
+	// publishers never wait for a client that stopped reading.
+	wmu sync.Mutex
+	// writeSince is when the socket write under way began (Unix
+	// nanoseconds), 0 when none is (WriteBlocked).
+	writeSince atomic.Int64
+}
+
+// ErrHeldBack ends a connection that stopped reading while deliveries of
+// its session were kept back (outQueue.owed); they are resent when the
+// session resumes.
+var ErrHeldBack = errors.New("client stopped reading while deliveries were held back")
+
+// WriteBlocked returns how long the write to the client's socket under
+// way has taken so far, 0 when none is: a client that stopped reading
+// keeps it growing until the connection's write deadline.
+func (cl *Client) WriteBlocked() time.Duration {
+	if t := cl.State.outbound.writeSince.Load(); t != 0 {
+		return time.Duration(time.Now().UnixNano() - t)
+	}
+	return 0
+}
+
+// writeSocket writes p to the client's socket, one write at a time.
+func (cl *Client) writeSocket(p []byte) (int, error) {
+	q := &cl.State.outbound
+	q.wmu.Lock()
+	defer q.wmu.Unlock()
+	q.writeSince.Store(time.Now().UnixNano())
+	defer q.writeSince.Store(0)
+	return cl.Net.Conn.Write(p)
 }
 
 // pauseOutbound holds queued packets back until resumeOutbound: the client
@@ -78,26 +118,62 @@ func (cl *Client) OutboundCap() int {
 	return int(cl.ops.options.Capabilities.MaximumClientWritesPending)
 }
 
+// OutboundBytes returns the approximate size of the packets waiting in the
+// client's outbound queue, which Capabilities.MaximumClientWritesPendingBytes
+// bounds.
+func (cl *Client) OutboundBytes() int64 {
+	q := &cl.State.outbound
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.bytes
+}
+
+// pendingSize approximates what pk takes in the outbound queue: its
+// payload and topic, plus the fixed part of a PUBLISH.
+func pendingSize(pk *packets.Packet) int64 {
+	return int64(len(pk.Payload) + len(pk.TopicName) + 16)
+}
+
 // queued is a packet in the queue; done, if not nil, gets the outcome of
 // its write.
 type queued struct {
 	pk   *packets.Packet
 	done chan<- error
 	hold AckWaiter // not nil: written only once hold is done (HoldDelivery)
+	size int64     // pendingSize, counted in outQueue.bytes
 }
 
-// enqueue queues pk for writing, starting the writer if it is not running;
-// hold, if not nil, must be done before pk is written. It reports false,
-// queuing nothing, when the queue is full.
-func (cl *Client) enqueue(pk *packets.Packet, hold AckWaiter) bool {
+// What enqueue did with a delivery.
+const (
+	enqueued     = iota
+	keptInFlight // the queue is full; owed: resent when the session resumes
+	refused      // the queue is full: the delivery is dropped
+)
+
+// enqueue queues the delivery pk for writing, starting the writer if it is
+// not running; hold, if not nil, must be done before pk is written. When
+// the queue is full (Capabilities.MaximumClientWritesPending packets, or
+// MaximumClientWritesPendingBytes) or keeps deliveries back (owed), a
+// QoS 1/2 delivery of a session that outlives the connection stays in
+// flight, owed, and any other is refused.
+func (cl *Client) enqueue(pk *packets.Packet, hold AckWaiter) int {
 	q := &cl.State.outbound
+	size := pendingSize(pk)
+	caps := cl.ops.options.Capabilities
 	q.mu.Lock()
-	if int32(len(q.pks)) >= cl.ops.options.Capabilities.MaximumClientWritesPending {
+	if q.owed || int32(len(q.pks)) >= caps.MaximumClientWritesPending ||
+		caps.MaximumClientWritesPendingBytes > 0 && len(q.pks) > 0 && q.bytes+size > caps.MaximumClientWritesPendingBytes {
+		kept := pk.FixedHeader.Qos > 0 && !endsWithConnection(cl)
+		q.owed = q.owed || kept
 		q.mu.Unlock()
-		return false
+		if kept {
+			return keptInFlight
+		}
+		return refused
 	}
-	cl.pushLocked(queued{pk: pk, hold: hold})
-	return true
+	q.bytes += size
+	cl.pushLocked(queued{pk: pk, hold: hold, size: size})
+	return enqueued
 }
 
 // HoldDelivery makes the engine write the PUBLISH with packet identifier
@@ -196,7 +272,16 @@ func (cl *Client) writeQueued() {
 		q.pks = nil
 		if len(batch) == 0 {
 			q.writing = false
+			owed := q.owed
+			q.owed = false
 			q.mu.Unlock()
+			if owed && !cl.Closed() {
+				// The client reads again, but what was kept back would
+				// follow newer messages: the session's resend sends it
+				// first.
+				cl.ops.log.Info("closing connection: it stopped reading and deliveries were held back; they are resent when it reconnects", "client", cl.ID)
+				cl.Stop(ErrHeldBack)
+			}
 			return
 		}
 		q.mu.Unlock()
@@ -211,8 +296,13 @@ func (cl *Client) writeQueued() {
 			}
 		}
 		atomic.AddInt32(&cl.State.outboundQty, -int32(len(batch)))
+		var size int64
+		for i := range batch {
+			size += batch[i].size
+		}
 		clear(batch)
 		q.mu.Lock()
+		q.bytes -= size
 		if q.spare == nil && cap(batch) <= 1024 {
 			q.spare = batch[:0]
 		}
@@ -308,10 +398,7 @@ func (cl *Client) writeBatch(w *scratch, n int, at func(i int) *packets.Packet) 
 		if buf.Len() == 0 {
 			return nil
 		}
-		cl.Lock()
-		_, err := cl.Net.Conn.Write(buf.Bytes())
-		cl.Unlock()
-		if err != nil {
+		if _, err := cl.writeSocket(buf.Bytes()); err != nil {
 			return err
 		}
 		start := 0

@@ -2141,13 +2141,14 @@ func TestPublishToClientExceedClientWritesPending(t *testing.T) {
 		},
 	})
 	cl.Properties.Props.ReceiveMaximum = sendQuota
+	cl.Properties.Clean = true // a session that outlives the connection keeps the delivery (TestFullQueueKeepsPersistentDeliveries)
 	cl.State.Inflight.ResetSendQuota(int32(cl.Properties.Props.ReceiveMaximum))
 
 	s.Clients.Add(cl)
 
 	cl.State.outbound.writing = true // as if a writer were busy: the queue stays full
 	for i := int32(0); i < cl.ops.options.Capabilities.MaximumClientWritesPending; i++ {
-		require.True(t, cl.enqueue(new(packets.Packet), nil))
+		require.Equal(t, enqueued, cl.enqueue(new(packets.Packet), nil))
 	}
 
 	id, _ := cl.NextPacketID()
@@ -4001,5 +4002,115 @@ func waitWrites(t *testing.T, cls ...*Client) {
 			defer q.mu.Unlock()
 			return len(q.pks) == 0 && !q.writing
 		}, 5*time.Second, time.Millisecond, "client %s still writing", cl.ID)
+	}
+}
+
+// TestStuckWriterHoldsNoPublisher: a client that stops reading holds only
+// its own writer. Upstream wrote under the client's lock, which a
+// publisher takes for a packet identifier, so every publisher to that
+// client waited for the write (up to the connection's write deadline).
+func TestStuckWriterHoldsNoPublisher(t *testing.T) {
+	s := newServer()
+	cl, _, _ := newTestClient() // nothing reads the pipe: the first write blocks
+	defer cl.Stop(errClientStop)
+	cl.Properties.ProtocolVersion = 4
+	cl.Properties.Clean = true
+	s.Clients.Add(cl)
+	sub := packets.Subscription{Filter: "a/b", Qos: 1}
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, TopicName: "a/b", Payload: []byte("x")}
+	_, err := s.publishToClient(cl, sub, pk)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return cl.WriteBlocked() > 0 }, 5*time.Second, time.Millisecond)
+
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.publishToClient(cl, sub, pk)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("a publisher waited for the write to a client that does not read")
+	}
+	require.Equal(t, 1, cl.State.outbound.Len(), "queued behind the write")
+	require.Greater(t, cl.WriteBlocked(), time.Duration(0))
+}
+
+// TestFullQueueKeepsPersistentDeliveries: when a client's queue is full, a
+// QoS 1 delivery of a session that outlives the connection stays in flight
+// instead of being dropped, no later delivery overtakes it, and once the
+// client has taken what was queued the connection is closed
+// (ErrHeldBack), so that the session's resend delivers it in order. A
+// delivery to a session that ends with its connection is dropped, and no
+// longer counted in flight. The queue is bounded in bytes too. Upstream
+// dropped both (a persistent session lost a message it had acknowledged)
+// and counted the dropped one in flight for ever.
+func TestFullQueueKeepsPersistentDeliveries(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		clean bool
+	}{{"persistent", false}, {"clean", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newServer()
+			cl, r, _ := newTestClient()
+			defer cl.Stop(errClientStop)
+			cl.ops.info = s.Info
+			cl.Properties.ProtocolVersion = 4
+			cl.Properties.Clean = tc.clean
+			cl.ops.options.Capabilities.MaximumClientWritesPending = 100
+			cl.ops.options.Capabilities.MaximumClientWritesPendingBytes = 3 * pendingSize(&packets.Packet{TopicName: "a/b", Payload: []byte("m0")})
+			cl.State.Inflight.ResetSendQuota(100)
+			s.Clients.Add(cl)
+			sub := packets.Subscription{Filter: "a/b", Qos: 1}
+			publish := func(i int, qos byte) error {
+				pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos}, TopicName: "a/b", Payload: []byte("m" + strconv.Itoa(i))}
+				_, err := s.publishToClient(cl, sub, pk)
+				return err
+			}
+
+			cl.State.outbound.wmu.Lock() // the client reads nothing for now
+			require.NoError(t, publish(0, 1))
+			require.Eventually(t, func() bool { return cl.State.outbound.Len() == 0 }, 5*time.Second, time.Millisecond) // taken by the writer
+			require.NoError(t, publish(1, 1))
+			require.NoError(t, publish(2, 1))
+			require.Equal(t, 2, cl.State.outbound.Len())
+			err := publish(3, 1) // over the byte bound, which counts m0 until it is written
+			if tc.clean {
+				require.ErrorIs(t, err, packets.ErrPendingClientWritesExceeded)
+				require.Equal(t, 3, cl.State.Inflight.Len())
+				require.Equal(t, int64(3), atomic.LoadInt64(&s.Info.Inflight))
+				cl.State.outbound.wmu.Unlock()
+				return
+			}
+			require.NoError(t, err)
+			require.ErrorIs(t, publish(4, 0), packets.ErrPendingClientWritesExceeded, "QoS 0 is dropped while deliveries are held back")
+			require.NoError(t, publish(5, 1))
+			require.Equal(t, 5, cl.State.Inflight.Len(), "m0 to m3 and m5")
+			cl.State.outbound.wmu.Unlock()
+
+			br := bufio.NewReader(r)
+			var got []string
+			for {
+				fh, err := br.ReadByte()
+				if err != nil {
+					break
+				}
+				require.Equal(t, packets.Publish, fh>>4)
+				n, _, err := packets.DecodeLength(br)
+				require.NoError(t, err)
+				body := make([]byte, n)
+				_, err = io.ReadFull(br, body)
+				require.NoError(t, err)
+				got = append(got, string(body[2+len("a/b")+2:])) // topic, packet id, payload
+			}
+			require.Equal(t, []string{"m0", "m1", "m2"}, got)
+			require.ErrorIs(t, cl.StopCause(), ErrHeldBack)
+			var kept []string
+			for _, pk := range cl.State.Inflight.GetAll(false) {
+				kept = append(kept, string(pk.Payload))
+			}
+			require.ElementsMatch(t, []string{"m0", "m1", "m2", "m3", "m5"}, kept, "kept in flight for the resend")
+		})
 	}
 }
