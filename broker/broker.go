@@ -44,8 +44,7 @@ type Broker struct {
 	limits    *limits.Hook
 	protocol  *protocolHook
 	storage   *persistence.Hook
-	flow      *flowHook   // nil unless limits.overflow_policy is block-publisher
-	resend    *resendHook // nil when limits.resend_after is negative
+	flow      *flowHook // nil unless limits.overflow_policy is block-publisher
 	registry  *prometheus.Registry
 	listeners []*listener
 	admin     *admin.Server
@@ -100,6 +99,7 @@ func New(cfg config.Config, opts ...Option) (*Broker, error) {
 		ClientNetWriteBufferSize: cfg.Limits.WriteBufferSize,
 		ClientNetReadBufferSize:  cfg.Limits.ReadBufferSize,
 		IdleParkAfter:            max(cfg.Limits.IdleParkAfter, 0),
+		ResendAfter:              max(cfg.Limits.ResendAfter, 0),
 		Logger:                   mochiLogger(o.logger),
 		SysTopicResendInterval:   int64(cfg.MQTT.SysInterval / time.Second),
 		InlineClient:             true,
@@ -251,10 +251,6 @@ func (b *Broker) Start(ctx context.Context) error {
 	}
 	b.wg.Add(1)
 	go b.every(memoryCheckEvery, b.returnMemory)
-	if b.resend != nil {
-		b.wg.Add(1)
-		go b.resend.run(b.quit, b.wg.Done)
-	}
 	names := make([]string, 0, len(b.listeners))
 	for _, l := range b.listeners {
 		b.log.Info("listening", "listener", l.cfg.Name, "type", l.cfg.Type, "addr", l.Address())
@@ -291,10 +287,6 @@ func (b *Broker) addHooks(st *persistence.Store) error {
 	}
 	if b.bridge != nil {
 		hooks = append(hooks, &tapHook{br: b.bridge})
-	}
-	if b.cfg.Limits.ResendAfter > 0 {
-		b.resend = &resendHook{after: b.cfg.Limits.ResendAfter}
-		hooks = append(hooks, b.resend)
 	}
 	ph := persistence.NewHook(st, b.mochi)
 	ph.SetStalled(b.stalled)
@@ -646,8 +638,8 @@ func (c securityCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descRefused, f.timedOut.Load(), "publisher_wait_timed_out")
 	}
 	counter(descRefused, c.b.writeTimeouts.Load(), "write_timeout")
-	if r := c.b.resend; r != nil {
-		counter(descRefused, r.resent.Load(), "resent_after_quiet")
+	if c.b.cfg.Limits.ResendAfter > 0 {
+		counter(descRefused, uint64(atomic.LoadInt64(&c.b.mochi.Info.ResentAfterQuiet)), "resent_after_quiet")
 	}
 	counter(descRefused, c.b.refusedPerIP[0].Load(), refusedPerIP)
 	counter(descRefused, c.b.refusedPerIP[1].Load(), refusedPerIPRate)

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -91,7 +90,6 @@ type flowHook struct {
 	maxInflight int
 	waited      atomic.Uint64 // deliveries that waited
 	timedOut    atomic.Uint64 // deliveries that waited overflow_wait in vain
-	pressure    atomic.Int64  // unix nanoseconds of the last drop on a full queue
 }
 
 func newFlowHook(b *Broker) *flowHook {
@@ -101,28 +99,7 @@ func newFlowHook(b *Broker) *flowHook {
 func (h *flowHook) ID() string { return "ferry-flow" }
 
 func (h *flowHook) Provides(b byte) bool {
-	return b == mqtt.OnQosPublish || b == mqtt.OnPublish || b == mqtt.OnPublishDropped
-}
-
-// OnPublishDropped notes the time of a drop on a full queue. For the next
-// 100 ms every QoS 0 publish yields the processor once before it is
-// delivered. On a saturated core the Go scheduler shares time evenly between
-// goroutines, so a single subscriber's writer loses to ten publishers'
-// readers and its queue overflows; measured on one pinned core, fan-in QoS 0
-// 10 -> 1: 50k deliveries/s with 71 % dropped without the yield, 122k/s with
-// 0.03 % dropped with it.
-func (h *flowHook) OnPublishDropped(*mqtt.Client, packets.Packet) {
-	h.pressure.Store(time.Now().UnixNano())
-}
-
-// OnPublish yields for a QoS 0 publish while queues have been overflowing.
-func (h *flowHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Qos == 0 {
-		if p := h.pressure.Load(); p != 0 && time.Now().UnixNano()-p < int64(100*time.Millisecond) {
-			runtime.Gosched()
-		}
-	}
-	return pk, nil
+	return b == mqtt.OnQosPublish
 }
 
 // full reports whether cl's outbound queue or session store is at least

@@ -295,6 +295,9 @@ type ClientState struct {
 	open            context.Context    // indicate that the client is open for packet exchange
 	cancelOpen      context.CancelFunc // cancel function for open context
 	outboundQty     int32              // number of messages currently in the outbound queue
+	flows           atomic.Uint64      // QoS 1/2 packets sent to the client and acknowledgements from it (resend.go)
+	quietSeen       uint64             // flows at the last sweep of resendLoop, which alone reads it
+	quietSweeps     int                // sweeps since flows last moved
 	acks            ackHolds           // acknowledgements held for hooks' writes (ackhold.go)
 	park            parkState          // the poller's registration while idle (park.go)
 	counted         atomic.Bool        // counted in Info.ClientsConnected
@@ -764,6 +767,9 @@ func (cl *Client) countSent(pk *packets.Packet, n int64) {
 	atomic.AddInt64(&cl.ops.info.PacketsSent, 1)
 	if pk.FixedHeader.Type == packets.Publish {
 		atomic.AddInt64(&cl.ops.info.MessagesSent, 1)
+	}
+	if pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos > 0 || pk.FixedHeader.Type == packets.Pubrel {
+		cl.State.flows.Add(1)
 	}
 }
 

@@ -172,7 +172,15 @@ func (cl *Client) enqueue(pk *packets.Packet, hold AckWaiter) int {
 		return refused
 	}
 	q.bytes += size
+	crowded := 2*int32(len(q.pks)) >= caps.MaximumClientWritesPending ||
+		caps.MaximumClientWritesPendingBytes > 0 && 2*q.bytes >= caps.MaximumClientWritesPendingBytes
 	cl.pushLocked(queued{pk: pk, hold: hold, size: size})
+	if crowded {
+		// The writer is falling behind: on a saturated core Go's scheduler
+		// shares time evenly between goroutines, and one subscriber's
+		// writer loses to the readers of many publishers. Let it run.
+		runtime.Gosched()
+	}
 	return enqueued
 }
 

@@ -127,6 +127,12 @@ type Options struct {
 	// level.Set(slog.LevelDebug)
 	Logger *slog.Logger `yaml:"-" json:"-"`
 
+	// ResendAfter resends the unacknowledged QoS 1/2 messages of a connected
+	// MQTT 3 client whose flows have not moved for this long: nothing that
+	// needs an acknowledgement sent to it, nothing acknowledged by it
+	// (resend.go). 0: only when a session resumes, as upstream.
+	ResendAfter time.Duration `yaml:"resend_after" json:"resend_after"`
+
 	// SysTopicResendInterval specifies the interval between $SYS topic updates in seconds.
 	SysTopicResendInterval int64 `yaml:"sys_topic_resend_interval" json:"sys_topic_resend_interval"`
 
@@ -395,6 +401,9 @@ func (s *Server) Serve() error {
 	}
 
 	go s.eventLoop() // spin up event loop for issuing $SYS values and closing server.
+	if s.Options.ResendAfter > 0 {
+		go s.resendLoop()
+	}
 	establish := s.EstablishConnection
 	if s.poller != nil {
 		establish = s.establishAttached
@@ -1544,6 +1553,7 @@ func (s *Server) processPuback(cl *Client, pk packets.Packet) error {
 	}
 
 	if ok := cl.State.Inflight.Delete(pk.PacketID); ok { // [MQTT-4.3.2-5]
+		cl.State.flows.Add(1)
 		cl.State.Inflight.IncreaseSendQuota()
 		atomic.AddInt64(&s.Info.Inflight, -1)
 		s.hooks.OnQosComplete(cl, pk)
@@ -1619,6 +1629,7 @@ func (s *Server) processPubcomp(cl *Client, pk packets.Packet) error {
 	cl.State.Inflight.IncreaseReceiveQuota() // +1 RECV QUOTA
 	cl.State.Inflight.IncreaseSendQuota()    // +1 SENT QUOTA
 	if ok := cl.State.Inflight.Delete(pk.PacketID); ok {
+		cl.State.flows.Add(1)
 		atomic.AddInt64(&s.Info.Inflight, -1)
 		s.hooks.OnQosComplete(cl, pk)
 	}

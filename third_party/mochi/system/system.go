@@ -35,6 +35,7 @@ type Info struct {
 	// Refusals the fork counts (omitted while 0, as in upstream's stored form).
 	SharedNoReader    int64 `json:"shared_no_reader,omitempty"`    // shared-subscription messages dropped for a group because no member may read them
 	SysPublishRefused int64 `json:"sys_publish_refused,omitempty"` // client publishes to $SYS refused
+	ResentAfterQuiet  int64 `json:"resent_after_quiet,omitempty"`  // messages resent to quiet MQTT 3 connections (Options.ResendAfter)
 }
 
 // Clone makes a copy of Info using atomic operation
@@ -63,5 +64,6 @@ func (i *Info) Clone() *Info {
 		Threads:             atomic.LoadInt64(&i.Threads),
 		SharedNoReader:      atomic.LoadInt64(&i.SharedNoReader),
 		SysPublishRefused:   atomic.LoadInt64(&i.SysPublishRefused),
+		ResentAfterQuiet:    atomic.LoadInt64(&i.ResentAfterQuiet),
 	}
 }
