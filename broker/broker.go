@@ -170,6 +170,10 @@ func capabilities(cfg config.Config) *mqtt.Capabilities {
 	c.SharedSubAvailable = flag(*cfg.MQTT.SharedSubscriptions)
 	c.SubIDAvailable = flag(*cfg.MQTT.SubscriptionIdentifiers)
 	c.MinimumProtocolVersion = 3
+	// An MQTT 3 publish the ACL denies is acknowledged and dropped (counted
+	// in ferry_acl_denied_total): a closed connection makes a device
+	// reconnect and resend it for ever.
+	c.Compatibilities.AcknowledgeDeniedPublish = true
 	return c
 }
 
@@ -613,13 +617,13 @@ func (c securityCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descACL, s.TakeoverRefused, "session_takeover")
 		// mochi counts the shared messages no member of a group may read.
 		counter(descACL, uint64(atomic.LoadInt64(&c.b.mochi.Info.SharedNoReader)), "shared_no_reader")
-		if p := c.b.protocol; p != nil {
-			var spilled uint64
-			if ph := c.b.storage; ph != nil {
-				spilled = ph.ACLDropped()
-			}
-			counter(descACL, p.queuedUnread.Load()+spilled, "queued")
+		// Queued messages a resumed session may no longer read: the
+		// engine's in flight, and the persistence hook's spilled ones.
+		queued := uint64(atomic.LoadInt64(&c.b.mochi.Info.QueuedUnreadable))
+		if ph := c.b.storage; ph != nil {
+			queued += ph.ACLDropped()
 		}
+		counter(descACL, queued, "queued")
 	}
 	if l := c.b.limits; l != nil {
 		s := l.Stats()

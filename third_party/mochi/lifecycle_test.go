@@ -753,3 +753,54 @@ func TestResumeDoesNotResendNewDeliveries(t *testing.T) {
 	}
 	require.Equal(t, []string{"old", "new"}, got)
 }
+
+// readRules allows everything but reading ru/secret once deny is set: ACL
+// rules that change while a session is away.
+type readRules struct {
+	HookBase
+	deny atomic.Bool
+}
+
+func (h *readRules) ID() string { return "read-rules" }
+func (h *readRules) Provides(b byte) bool {
+	return b == OnConnectAuthenticate || b == OnACLCheck
+}
+func (h *readRules) OnConnectAuthenticate(*Client, packets.Packet) bool { return true }
+func (h *readRules) OnACLCheck(_ *Client, topic string, write bool) bool {
+	return write || !h.deny.Load() || topic != "ru/secret"
+}
+
+// TestResumeDropsUnreadable: a resumed session's queued messages its client
+// may no longer read (the rules changed while it was away, or another
+// identity took the session over) are dropped and counted, not resent.
+// Upstream resent them.
+func TestResumeDropsUnreadable(t *testing.T) {
+	s := newLifecycleServer()
+	rules := new(readRules)
+	require.NoError(t, s.AddHook(rules, nil))
+	addr := serveTCP(t, s)
+	p, _ := connect(t, addr, 5, "ru", false, 3600)
+	p.subscribe(1, "ru/#", "barrier")
+	_ = p.conn.Close()
+	waitOffline(t, s, "ru")
+	require.NoError(t, s.Publish("ru/secret", []byte("secret"), false, 1))
+	require.NoError(t, s.Publish("ru/open", []byte("open"), false, 1))
+	rules.deny.Store(true)
+
+	p, ack := connect(t, addr, 5, "ru", false, 3600)
+	require.True(t, ack.SessionPresent)
+	require.NoError(t, s.Publish("barrier", nil, false, 0))
+	var got []string
+	for {
+		pk := p.expect(packets.Publish)
+		if pk.TopicName == "barrier" {
+			break
+		}
+		got = append(got, string(pk.Payload))
+	}
+	require.Equal(t, []string{"open"}, got)
+	require.Equal(t, int64(1), atomic.LoadInt64(&s.Info.QueuedUnreadable))
+	cl, ok := s.Clients.Get("ru")
+	require.True(t, ok)
+	require.Equal(t, 1, cl.State.Inflight.Len(), "open, not acknowledged")
+}

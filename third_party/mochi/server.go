@@ -95,6 +95,11 @@ type Compatibilities struct {
 	AlwaysReturnResponseInfo   bool `yaml:"always_return_response_info" json:"always_return_response_info"`       // always return response info (useful for testing)
 	RestoreSysInfoOnRestart    bool `yaml:"restore_sys_info_on_restart" json:"restore_sys_info_on_restart"`       // restore system info from store as if server never stopped
 	NoInheritedPropertiesOnAck bool `yaml:"no_inherited_properties_on_ack" json:"no_inherited_properties_on_ack"` // kept for configuration compatibility: acks never inherit properties now
+	// AcknowledgeDeniedPublish acknowledges and drops an MQTT 3 QoS 1/2
+	// publish the ACL denies instead of closing the connection (MQTT 3.1.1
+	// 3.3.5 allows either): a device refused by a closed connection
+	// reconnects and resends the same publish for ever.
+	AcknowledgeDeniedPublish bool `yaml:"acknowledge_denied_publish" json:"acknowledge_denied_publish"`
 }
 
 // Options contains configurable options for the server.
@@ -567,6 +572,7 @@ func (s *Server) openClient(cl *Client, listener string) error {
 	s.loop.willDelayed.Delete(cl.ID) // [MQTT-3.1.3-9]
 
 	if sessionPresent {
+		s.dropUnreadable(cl)
 		err = cl.ResendInflightMessages(true)
 		if err != nil {
 			return fmt.Errorf("resend inflight: %w", err)
@@ -576,6 +582,24 @@ func (s *Server) openClient(cl *Client, listener string) error {
 
 	s.hooks.OnSessionEstablished(cl, pk)
 	return nil
+}
+
+// dropUnreadable drops the PUBLISHes a resumed session holds that its
+// client may not read: the rules may have changed while it was away, or
+// another identity may have taken the session over. Upstream resent them.
+func (s *Server) dropUnreadable(cl *Client) {
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		// A QoS 2 flow past PUBREC carries no message; an inherited
+		// PUBLISH has its topic back (adoptInflight).
+		if pk.FixedHeader.Type != packets.Publish || pk.TopicName == "" || s.hooks.OnACLCheck(cl, pk.TopicName, false) {
+			continue
+		}
+		if cl.State.Inflight.Delete(pk.PacketID) {
+			atomic.AddInt64(&s.Info.Inflight, -1)
+			atomic.AddInt64(&s.Info.QueuedUnreadable, 1)
+			s.hooks.OnQosDropped(cl, pk)
+		}
+	}
 }
 
 // readClient reads cl's packets until its connection ends, then ends its
@@ -1161,13 +1185,16 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 			return nil
 		}
 
-		if cl.Properties.ProtocolVersion != 5 {
-			return s.DisconnectClient(cl, packets.ErrNotAuthorized)
-		}
-
 		ackType := packets.Puback
 		if pk.FixedHeader.Qos == 2 {
 			ackType = packets.Pubrec
+		}
+
+		if cl.Properties.ProtocolVersion != 5 {
+			if s.Options.Capabilities.Compatibilities.AcknowledgeDeniedPublish {
+				return cl.WritePacket(s.buildAck(pk.PacketID, ackType, 0, packets.CodeSuccess))
+			}
+			return s.DisconnectClient(cl, packets.ErrNotAuthorized)
 		}
 
 		ack := s.buildAck(pk.PacketID, ackType, 0, packets.ErrNotAuthorized)

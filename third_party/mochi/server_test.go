@@ -4114,3 +4114,45 @@ func TestFullQueueKeepsPersistentDeliveries(t *testing.T) {
 		})
 	}
 }
+
+// TestDeniedPublishAcknowledgedWhenAsked: with
+// Compatibilities.AcknowledgeDeniedPublish an MQTT 3 QoS 1/2 publish the
+// ACL denies is acknowledged and dropped, and the connection stays open
+// (upstream always closed it, which makes a device reconnect and resend the
+// same publish for ever).
+func TestDeniedPublishAcknowledgedWhenAsked(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		pk   packets.Packet
+		want []byte
+	}{
+		{"qos 1", *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet, []byte{packets.Puback << 4, 2, 0, 7}},
+		{"qos 2", *packets.TPacketData[packets.Publish].Get(packets.TPublishQos2).Packet, []byte{packets.Pubrec << 4, 2, 0, 7}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cc := NewDefaultServerCapabilities()
+			cc.Compatibilities.AcknowledgeDeniedPublish = true
+			s := New(&Options{Logger: logger, Capabilities: cc})
+			_ = s.AddHook(new(DenyHook), nil)
+			_ = s.Serve()
+			defer s.Close()
+			cl, r, w := newTestClient()
+			cl.Properties.ProtocolVersion = 4
+			s.Clients.Add(cl)
+			pk := tc.pk
+			pk.PacketID = 7
+			go func() {
+				err := s.processPublish(cl, pk)
+				_ = w.Close()
+				if err != nil {
+					t.Error(err)
+				}
+			}()
+			buf, err := io.ReadAll(r)
+			require.NoError(t, err)
+			require.Equal(t, tc.want, buf)
+			require.False(t, cl.Closed(), "the connection stays open")
+			require.Zero(t, atomic.LoadInt64(&s.Info.Inflight), "nothing delivered or kept")
+		})
+	}
+}

@@ -36,6 +36,7 @@ type Info struct {
 	SharedNoReader    int64 `json:"shared_no_reader,omitempty"`    // shared-subscription messages dropped for a group because no member may read them
 	SysPublishRefused int64 `json:"sys_publish_refused,omitempty"` // client publishes to $SYS refused
 	ResentAfterQuiet  int64 `json:"resent_after_quiet,omitempty"`  // messages resent to quiet MQTT 3 connections (Options.ResendAfter)
+	QueuedUnreadable  int64 `json:"queued_unreadable,omitempty"`   // messages of a resumed session dropped: its client may no longer read them
 }
 
 // Clone makes a copy of Info using atomic operation
@@ -65,5 +66,6 @@ func (i *Info) Clone() *Info {
 		SharedNoReader:      atomic.LoadInt64(&i.SharedNoReader),
 		SysPublishRefused:   atomic.LoadInt64(&i.SysPublishRefused),
 		ResentAfterQuiet:    atomic.LoadInt64(&i.ResentAfterQuiet),
+		QueuedUnreadable:    atomic.LoadInt64(&i.QueuedUnreadable),
 	}
 }
