@@ -44,7 +44,6 @@ type Broker struct {
 	limits    *limits.Hook
 	protocol  *protocolHook
 	storage   *persistence.Hook
-	flow      *flowHook // nil unless limits.overflow_policy is block-publisher
 	registry  *prometheus.Registry
 	listeners []*listener
 	admin     *admin.Server
@@ -100,6 +99,7 @@ func New(cfg config.Config, opts ...Option) (*Broker, error) {
 		ClientNetReadBufferSize:  cfg.Limits.ReadBufferSize,
 		IdleParkAfter:            max(cfg.Limits.IdleParkAfter, 0),
 		ResendAfter:              max(cfg.Limits.ResendAfter, 0),
+		DeliveryWait:             deliveryWait(cfg),
 		Logger:                   mochiLogger(o.logger),
 		SysTopicResendInterval:   int64(cfg.MQTT.SysInterval / time.Second),
 		InlineClient:             true,
@@ -283,11 +283,6 @@ func (b *Broker) addHooks(st *persistence.Store) error {
 		hooks = append(hooks, b.auth)
 	} else {
 		hooks = append(hooks, new(openHook))
-	}
-	if b.cfg.Limits.OverflowPolicy == OverflowBlockPublisher {
-		fh := newFlowHook(b)
-		b.flow = fh
-		hooks = append(hooks, fh)
 	}
 	if b.bridge != nil {
 		hooks = append(hooks, &tapHook{br: b.bridge})
@@ -637,9 +632,9 @@ func (c securityCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	counter(descRefused, uint64(atomic.LoadInt64(&c.b.mochi.Info.SysPublishRefused)), "publish_to_sys")
-	if f := c.b.flow; f != nil {
-		counter(descRefused, f.waited.Load(), "publisher_waited_for_subscriber")
-		counter(descRefused, f.timedOut.Load(), "publisher_wait_timed_out")
+	if c.b.cfg.Limits.OverflowPolicy == OverflowBlockPublisher {
+		counter(descRefused, uint64(atomic.LoadInt64(&c.b.mochi.Info.DeliveriesWaited)), "publisher_waited_for_subscriber")
+		counter(descRefused, uint64(atomic.LoadInt64(&c.b.mochi.Info.DeliveryWaitsTimedOut)), "publisher_wait_timed_out")
 	}
 	counter(descRefused, c.b.writeTimeouts.Load(), "write_timeout")
 	if c.b.cfg.Limits.ResendAfter > 0 {

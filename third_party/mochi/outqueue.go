@@ -128,6 +128,35 @@ func (cl *Client) OutboundBytes() int64 {
 	return q.bytes
 }
 
+// awaitRoom holds a QoS 1/2 delivery to cl while cl is crowded
+// (Options.DeliveryWait): the publisher reads nothing meanwhile, so TCP
+// pushes back on it. It gives up once the wait has passed, or once cl's
+// write has been blocked as long (the client stopped reading).
+func (s *Server) awaitRoom(cl *Client) {
+	wait := s.Options.DeliveryWait
+	if wait <= 0 || cl.Net.Conn == nil || cl.Closed() || !s.crowded(cl) || cl.WriteBlocked() >= wait {
+		return
+	}
+	atomic.AddInt64(&s.Info.DeliveriesWaited, 1)
+	deadline := time.Now().Add(wait)
+	for backoff := 50 * time.Microsecond; s.crowded(cl) && !cl.Closed(); backoff = min(2*backoff, 5*time.Millisecond) {
+		if time.Now().After(deadline) || cl.WriteBlocked() >= wait {
+			atomic.AddInt64(&s.Info.DeliveryWaitsTimedOut, 1)
+			return
+		}
+		time.Sleep(backoff)
+	}
+}
+
+// crowded says whether cl's outbound queue (in packets or bytes) or its
+// in-flight window is at least three quarters full.
+func (s *Server) crowded(cl *Client) bool {
+	caps := s.Options.Capabilities
+	return 4*cl.OutboundLen() >= 3*int(caps.MaximumClientWritesPending) ||
+		caps.MaximumClientWritesPendingBytes > 0 && 4*cl.OutboundBytes() >= 3*caps.MaximumClientWritesPendingBytes ||
+		4*cl.State.Inflight.Len() >= 3*int(caps.MaximumInflight)
+}
+
 // pendingSize approximates what pk takes in the outbound queue: its
 // payload and topic, plus the fixed part of a PUBLISH.
 func pendingSize(pk *packets.Packet) int64 {

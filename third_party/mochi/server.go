@@ -147,6 +147,14 @@ type Options struct {
 	// Attach, on plain TCP or Unix sockets, on Linux. 0: never (upstream).
 	IdleParkAfter time.Duration `yaml:"idle_park_after" json:"idle_park_after"`
 
+	// DeliveryWait holds a QoS 1/2 delivery, on the publisher's goroutine,
+	// while the subscriber's outbound queue or in-flight window is three
+	// quarters full, for at most this long, and not once the subscriber's
+	// write has been blocked this long (it stopped reading): backpressure
+	// on the publisher instead of a dropped message (outqueue.go,
+	// awaitRoom). 0: never waits (upstream).
+	DeliveryWait time.Duration `yaml:"delivery_wait" json:"delivery_wait"`
+
 	// Enable Inline client to allow direct subscribing and publishing from the parent codebase,
 	// with negligible performance difference (disabled by default to prevent confusion in statistics).
 	InlineClient bool `yaml:"inline_client" json:"inline_client"`
@@ -1490,6 +1498,7 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 			cl.State.outbound.open.Add(-1)
 			cl.State.Inflight.DecreaseSendQuota()
 			hold = cl.takeDeliveryHold(out.PacketID)
+			s.awaitRoom(cl)
 		}
 
 		if sentQuota == 0 && atomic.LoadInt32(&cl.State.Inflight.maximumSendQuota) > 0 {

@@ -4156,3 +4156,59 @@ func TestDeniedPublishAcknowledgedWhenAsked(t *testing.T) {
 		})
 	}
 }
+
+// TestDeliveryWaitsForRoom: with Options.DeliveryWait a QoS 1 delivery to
+// a client whose queue is three quarters full waits, on the publisher's
+// goroutine, until the writer makes room, and gives up once the client's
+// write has been blocked that long; each is counted. Upstream dropped the
+// message at once when the queue was full (Ferry waited from an
+// OnQosPublish hook).
+func TestDeliveryWaitsForRoom(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		reads    bool // the client takes what is written during the wait
+		timedOut int64
+	}{{"room made", true, 0}, {"client not reading", false, 1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newServer()
+			s.Options.DeliveryWait = 300 * time.Millisecond
+			s.Options.Capabilities.MaximumClientWritesPending = 4
+			cl, r, _ := newTestClient()
+			defer cl.Stop(errClientStop)
+			cl.ops = &ops{options: s.Options, info: s.Info, hooks: s.hooks, log: logger}
+			cl.Properties.ProtocolVersion = 4
+			cl.Properties.Clean = true
+			s.Clients.Add(cl)
+			sub := packets.Subscription{Filter: "a/b", Qos: 1}
+			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, TopicName: "a/b", Payload: []byte("x")}
+			cl.State.outbound.wmu.Lock() // the writer waits
+			for range 3 {
+				_, err := s.publishToClient(cl, sub, pk)
+				require.NoError(t, err)
+			}
+			done := make(chan error, 1)
+			start := time.Now()
+			go func() {
+				_, err := s.publishToClient(cl, sub, pk)
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				t.Fatalf("delivered without waiting: %v", err)
+			case <-time.After(50 * time.Millisecond):
+			}
+			if tc.reads {
+				go func() { _, _ = io.Copy(io.Discard, r) }()
+				cl.State.outbound.wmu.Unlock()
+				require.NoError(t, <-done)
+			} else {
+				// The writer is in a write the client does not take.
+				cl.State.outbound.wmu.Unlock()
+				require.NoError(t, <-done) // queued behind the blocked write
+				require.GreaterOrEqual(t, time.Since(start), 300*time.Millisecond)
+			}
+			require.Equal(t, int64(1), atomic.LoadInt64(&s.Info.DeliveriesWaited))
+			require.Equal(t, tc.timedOut, atomic.LoadInt64(&s.Info.DeliveryWaitsTimedOut))
+		})
+	}
+}

@@ -33,39 +33,43 @@ type Info struct {
 	Threads             int64  `json:"threads"`              // number of active goroutines, named as threads for platform ambiguity
 
 	// Refusals the fork counts (omitted while 0, as in upstream's stored form).
-	SharedNoReader    int64 `json:"shared_no_reader,omitempty"`    // shared-subscription messages dropped for a group because no member may read them
-	SysPublishRefused int64 `json:"sys_publish_refused,omitempty"` // client publishes to $SYS refused
-	ResentAfterQuiet  int64 `json:"resent_after_quiet,omitempty"`  // messages resent to quiet MQTT 3 connections (Options.ResendAfter)
-	QueuedUnreadable  int64 `json:"queued_unreadable,omitempty"`   // messages of a resumed session dropped: its client may no longer read them
+	SharedNoReader        int64 `json:"shared_no_reader,omitempty"`         // shared-subscription messages dropped for a group because no member may read them
+	SysPublishRefused     int64 `json:"sys_publish_refused,omitempty"`      // client publishes to $SYS refused
+	ResentAfterQuiet      int64 `json:"resent_after_quiet,omitempty"`       // messages resent to quiet MQTT 3 connections (Options.ResendAfter)
+	QueuedUnreadable      int64 `json:"queued_unreadable,omitempty"`        // messages of a resumed session dropped: its client may no longer read them
+	DeliveriesWaited      int64 `json:"deliveries_waited,omitempty"`        // QoS 1/2 deliveries that waited for room (Options.DeliveryWait)
+	DeliveryWaitsTimedOut int64 `json:"delivery_waits_timed_out,omitempty"` // of those, the ones that waited in vain
 }
 
 // Clone makes a copy of Info using atomic operation
 func (i *Info) Clone() *Info {
 	return &Info{
-		Version:             i.Version,
-		Started:             atomic.LoadInt64(&i.Started),
-		Time:                atomic.LoadInt64(&i.Time),
-		Uptime:              atomic.LoadInt64(&i.Uptime),
-		BytesReceived:       atomic.LoadInt64(&i.BytesReceived),
-		BytesSent:           atomic.LoadInt64(&i.BytesSent),
-		ClientsConnected:    atomic.LoadInt64(&i.ClientsConnected),
-		ClientsMaximum:      atomic.LoadInt64(&i.ClientsMaximum),
-		ClientsTotal:        atomic.LoadInt64(&i.ClientsTotal),
-		ClientsDisconnected: atomic.LoadInt64(&i.ClientsDisconnected),
-		MessagesReceived:    atomic.LoadInt64(&i.MessagesReceived),
-		MessagesSent:        atomic.LoadInt64(&i.MessagesSent),
-		MessagesDropped:     atomic.LoadInt64(&i.MessagesDropped),
-		Retained:            atomic.LoadInt64(&i.Retained),
-		Inflight:            atomic.LoadInt64(&i.Inflight),
-		InflightDropped:     atomic.LoadInt64(&i.InflightDropped),
-		Subscriptions:       atomic.LoadInt64(&i.Subscriptions),
-		PacketsReceived:     atomic.LoadInt64(&i.PacketsReceived),
-		PacketsSent:         atomic.LoadInt64(&i.PacketsSent),
-		MemoryAlloc:         atomic.LoadInt64(&i.MemoryAlloc),
-		Threads:             atomic.LoadInt64(&i.Threads),
-		SharedNoReader:      atomic.LoadInt64(&i.SharedNoReader),
-		SysPublishRefused:   atomic.LoadInt64(&i.SysPublishRefused),
-		ResentAfterQuiet:    atomic.LoadInt64(&i.ResentAfterQuiet),
-		QueuedUnreadable:    atomic.LoadInt64(&i.QueuedUnreadable),
+		Version:               i.Version,
+		Started:               atomic.LoadInt64(&i.Started),
+		Time:                  atomic.LoadInt64(&i.Time),
+		Uptime:                atomic.LoadInt64(&i.Uptime),
+		BytesReceived:         atomic.LoadInt64(&i.BytesReceived),
+		BytesSent:             atomic.LoadInt64(&i.BytesSent),
+		ClientsConnected:      atomic.LoadInt64(&i.ClientsConnected),
+		ClientsMaximum:        atomic.LoadInt64(&i.ClientsMaximum),
+		ClientsTotal:          atomic.LoadInt64(&i.ClientsTotal),
+		ClientsDisconnected:   atomic.LoadInt64(&i.ClientsDisconnected),
+		MessagesReceived:      atomic.LoadInt64(&i.MessagesReceived),
+		MessagesSent:          atomic.LoadInt64(&i.MessagesSent),
+		MessagesDropped:       atomic.LoadInt64(&i.MessagesDropped),
+		Retained:              atomic.LoadInt64(&i.Retained),
+		Inflight:              atomic.LoadInt64(&i.Inflight),
+		InflightDropped:       atomic.LoadInt64(&i.InflightDropped),
+		Subscriptions:         atomic.LoadInt64(&i.Subscriptions),
+		PacketsReceived:       atomic.LoadInt64(&i.PacketsReceived),
+		PacketsSent:           atomic.LoadInt64(&i.PacketsSent),
+		MemoryAlloc:           atomic.LoadInt64(&i.MemoryAlloc),
+		Threads:               atomic.LoadInt64(&i.Threads),
+		SharedNoReader:        atomic.LoadInt64(&i.SharedNoReader),
+		SysPublishRefused:     atomic.LoadInt64(&i.SysPublishRefused),
+		ResentAfterQuiet:      atomic.LoadInt64(&i.ResentAfterQuiet),
+		QueuedUnreadable:      atomic.LoadInt64(&i.QueuedUnreadable),
+		DeliveriesWaited:      atomic.LoadInt64(&i.DeliveriesWaited),
+		DeliveryWaitsTimedOut: atomic.LoadInt64(&i.DeliveryWaitsTimedOut),
 	}
 }
