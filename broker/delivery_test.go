@@ -88,7 +88,7 @@ func TestAbandonedCountsDropsOnly(t *testing.T) {
 
 // TestStuckSubscriberHoldsPublishersOnlyOverflowWait: a subscriber that
 // stops reading holds each QoS 1 publisher to it for at most
-// limits.overflow_wait, not for write_timeout; the wait that ran out is
+// limits.overflow_wait, not for write_timeout; a wait that ran out is
 // counted, and the overflow policy applies to the stuck subscriber: its
 // messages beyond what its connection holds are dropped and counted, or,
 // for a persistent session, spilled to the store and delivered, in order,
@@ -135,11 +135,14 @@ func TestStuckSubscriberHoldsPublishersOnlyOverflowWait(t *testing.T) {
 			if worst > bound {
 				t.Errorf("a PUBACK took %v: the publisher was held by the stuck subscriber beyond overflow_wait (%v)", worst, overflowWait)
 			}
-			if got := metric(t, b, `ferry_limits_enforced_total{reason="publisher_wait_timed_out"}`); got < 1 {
-				t.Errorf("publisher_wait_timed_out = %v, want at least 1", got)
-			}
 			dropped := metric(t, b, `ferry_messages_dropped_total{reason="client_queue_full"}`)
 			if tc.clean {
+				// A persistent session's new messages may go to the store
+				// before its queue is crowded enough to hold a publisher,
+				// so only here must a wait have run out.
+				if got := metric(t, b, `ferry_limits_enforced_total{reason="publisher_wait_timed_out"}`); got < 1 {
+					t.Errorf("publisher_wait_timed_out = %v, want at least 1", got)
+				}
 				if dropped == 0 {
 					t.Errorf("no drops counted for the stuck subscriber")
 				}

@@ -71,7 +71,7 @@ func TestHTTPStatsServeAndClose(t *testing.T) {
 		o <- true
 	}(o)
 
-	time.Sleep(time.Millisecond)
+	waitServing(t, testAddr)
 
 	// get body from stats address
 	resp, err := http.Get("http://localhost" + testAddr)

@@ -23,6 +23,20 @@ import (
 // range: upstream used a fixed :22222, which two runs at once fought over.
 var testAddr = freeTestAddr()
 
+// waitServing waits until addr accepts connections: the HTTP listeners
+// bind in Serve, which upstream's tests gave a millisecond (a refused
+// connection in a fresh-clone CI run on a busy machine).
+func waitServing(t *testing.T, addr string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		c, err := net.Dial("tcp", "localhost"+addr)
+		if err == nil {
+			_ = c.Close()
+		}
+		return err == nil
+	}, 5*time.Second, time.Millisecond, "nothing serves %s", addr)
+}
+
 func freeTestAddr() string {
 	for {
 		port := 10000 + rand.IntN(20000)
