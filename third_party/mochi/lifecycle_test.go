@@ -804,3 +804,41 @@ func TestResumeDropsUnreadable(t *testing.T) {
 	require.True(t, ok)
 	require.Equal(t, 1, cl.State.Inflight.Len(), "open, not acknowledged")
 }
+
+// retainOnSuback publishes a retained message once a SUBACK is written,
+// before the engine sends the new subscription its retained messages.
+type retainOnSuback struct {
+	HookBase
+	s *Server
+}
+
+func (h *retainOnSuback) ID() string           { return "retain-on-suback" }
+func (h *retainOnSuback) Provides(b byte) bool { return b == OnPacketSent }
+func (h *retainOnSuback) OnPacketSent(_ *Client, pk packets.Packet, _ []byte) {
+	if pk.FixedHeader.Type == packets.Suback {
+		_ = h.s.Publish("rt/x", []byte("late"), true, 1)
+	}
+}
+
+// TestRetainedAfterSubackComesOnce: a message retained after the SUBACK is
+// written reaches the new subscription once, as it is published, not a
+// second time as a retained message. Upstream collected the retained
+// messages after writing the SUBACK (seen as a session restored with the
+// same message twice in a persistence test).
+func TestRetainedAfterSubackComesOnce(t *testing.T) {
+	s := newLifecycleServer()
+	require.NoError(t, s.AddHook(&retainOnSuback{s: s}, nil))
+	addr := startTCPServer(t, s)
+	p, _ := connect(t, addr, 4, "rt", true, 0)
+	p.subscribe(1, "rt/#", "barrier")
+	require.NoError(t, s.Publish("barrier", nil, false, 0))
+	var got []string
+	for {
+		pk := p.expect(packets.Publish)
+		if pk.TopicName == "barrier" {
+			break
+		}
+		got = append(got, string(pk.Payload))
+	}
+	require.Equal(t, []string{"late"}, got)
+}

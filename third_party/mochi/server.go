@@ -1537,16 +1537,27 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 }
 
 func (s *Server) publishRetainedToClient(cl *Client, sub packets.Subscription, existed bool) {
+	s.sendRetained(cl, sub, s.retainedFor(sub, existed))
+}
+
+// retainedFor returns the retained messages a subscription gets when it is
+// made.
+func (s *Server) retainedFor(sub packets.Subscription, existed bool) []packets.Packet {
 	if IsSharedFilter(sub.Filter) {
-		return // 4.8.2 Non-normative - Shared Subscriptions - No Retained Messages are sent to the Session when it first subscribes.
+		return nil // 4.8.2 Non-normative - Shared Subscriptions - No Retained Messages are sent to the Session when it first subscribes.
 	}
 
 	if sub.RetainHandling == 1 && existed || sub.RetainHandling == 2 { // [MQTT-3.3.1-10] [MQTT-3.3.1-11]
-		return
+		return nil
 	}
 
+	return s.Topics.Messages(sub.Filter) // [MQTT-3.8.4-4]
+}
+
+// sendRetained delivers the retained messages pks to cl's subscription sub.
+func (s *Server) sendRetained(cl *Client, sub packets.Subscription, pks []packets.Packet) {
 	sub.FwdRetainedFlag = true
-	for _, pkv := range s.Topics.Messages(sub.Filter) { // [MQTT-3.8.4-4]
+	for _, pkv := range pks {
 		_, err := s.publishToClient(cl, sub, pkv)
 		if err != nil {
 			s.Log.Debug("failed to publish retained message", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "packet", pkv)
@@ -1734,6 +1745,18 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 		ack.Properties.ReasonString = code.Reason
 	}
 
+	// The retained messages are taken before the SUBACK is written: one
+	// retained after that is delivered to the new subscription as it is
+	// published, and must not come again as a retained message (upstream
+	// took them after the SUBACK, so a message published in between, as a
+	// client that got its SUBACK may do at once, arrived twice).
+	retained := make([][]packets.Packet, len(pk.Filters))
+	for i, sub := range pk.Filters {
+		if reasonCodes[i] < packets.ErrUnspecifiedError.Code {
+			retained[i] = s.retainedFor(sub, filterExisted[i])
+		}
+	}
+
 	s.hooks.OnSubscribed(cl, pk, reasonCodes)
 	err := cl.WritePacket(ack)
 	if err != nil {
@@ -1741,11 +1764,7 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 	}
 
 	for i, sub := range pk.Filters { // [MQTT-3.3.1-9]
-		if reasonCodes[i] >= packets.ErrUnspecifiedError.Code {
-			continue
-		}
-
-		s.publishRetainedToClient(cl, sub, filterExisted[i])
+		s.sendRetained(cl, sub, retained[i])
 	}
 
 	return nil
