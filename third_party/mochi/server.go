@@ -1695,7 +1695,11 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 		code = packets.ErrPacketIdentifierInUse
 	}
 
-	filterExisted := make([]bool, len(pk.Filters))
+	// A new subscription's retained messages are taken as it is made, not
+	// after the SUBACK is written: a message retained once the client has
+	// its SUBACK reaches the subscription as it is published, and must not
+	// come again as a retained one (upstream took them after the SUBACK).
+	retained := make([][]packets.Packet, len(pk.Filters))
 	reasonCodes := make([]byte, len(pk.Filters))
 	for i, sub := range pk.Filters {
 		if code != packets.CodeSuccess {
@@ -1721,7 +1725,7 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 				sub.Qos = s.Options.Capabilities.MaximumQos // [MQTT-3.2.2-9]
 			}
 
-			filterExisted[i] = !isNew
+			retained[i] = s.retainedFor(sub, !isNew)
 			reasonCodes[i] = sub.Qos // [MQTT-3.9.3-1] [MQTT-3.8.4-7]
 		}
 
@@ -1743,18 +1747,6 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 
 	if code.Code >= packets.ErrUnspecifiedError.Code {
 		ack.Properties.ReasonString = code.Reason
-	}
-
-	// The retained messages are taken before the SUBACK is written: one
-	// retained after that is delivered to the new subscription as it is
-	// published, and must not come again as a retained message (upstream
-	// took them after the SUBACK, so a message published in between, as a
-	// client that got its SUBACK may do at once, arrived twice).
-	retained := make([][]packets.Packet, len(pk.Filters))
-	for i, sub := range pk.Filters {
-		if reasonCodes[i] < packets.ErrUnspecifiedError.Code {
-			retained[i] = s.retainedFor(sub, filterExisted[i])
-		}
 	}
 
 	s.hooks.OnSubscribed(cl, pk, reasonCodes)
