@@ -94,6 +94,36 @@ type crashLedger struct {
 	received map[string][]uint64        // stream -> seqs in arrival order (application deliveries)
 	dupByID  [][2]uint64                // QoS 2 publishes taken as duplicates: packet id, seq
 	reused   [][3]uint64                // of those, with another message: packet id, seq delivered, seq discarded
+	// trace is every QoS 2 PUBLISH and PUBREL the subscriber read, so a
+	// failure can say how a message came twice.
+	trace []qos2Event
+}
+
+// qos2Event is a packet a QoS 2 subscriber read: conn counts its
+// connections, seq is 0 for a PUBREL.
+type qos2Event struct {
+	conn int
+	kind string // "publish" or "pubrel"
+	pid  uint16
+	seq  uint64
+	dup  bool
+}
+
+// traceOf returns the events of seq and of the packet ids it came with.
+func (l *crashLedger) traceOf(seq uint64) []qos2Event {
+	pids := map[uint16]bool{}
+	for _, e := range l.trace {
+		if e.seq == seq {
+			pids[e.pid] = true
+		}
+	}
+	var out []qos2Event
+	for _, e := range l.trace {
+		if e.seq == seq || pids[e.pid] && e.kind == "pubrel" {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 func (l *crashLedger) ack(stream string, seq uint64) {
@@ -311,6 +341,7 @@ func crashSubscriber(t *testing.T, addr string, s crashStream, l *crashLedger, s
 	id := "crash-sub-" + s.name
 	unreleased := map[uint16]uint64{} // packet id -> seq of the message delivered with it
 	subscribed := false
+	conns := 0
 	// A slow stream's subscriber reads at slowReadRate: what it has not
 	// read waits in the socket buffers and mochi's in-flight window, sent
 	// but not delivered.
@@ -331,6 +362,7 @@ func crashSubscriber(t *testing.T, addr string, s crashStream, l *crashLedger, s
 			time.Sleep(20 * time.Millisecond)
 			continue
 		}
+		conns++
 		if !present && subscribed {
 			t.Errorf("%s: session lost across a restart (session present = false)", id)
 		}
@@ -381,6 +413,9 @@ func crashSubscriber(t *testing.T, addr string, s crashStream, l *crashLedger, s
 				}
 				seq := binary.BigEndian.Uint64(pk.Payload)
 				if pk.FixedHeader.Qos == 2 {
+					l.mu.Lock()
+					l.trace = append(l.trace, qos2Event{conn: conns, kind: "publish", pid: pk.PacketID, seq: seq, dup: pk.FixedHeader.Dup})
+					l.mu.Unlock()
 					if prev, ok := unreleased[pk.PacketID]; !ok {
 						unreleased[pk.PacketID] = seq
 						l.deliver(s.name, seq)
@@ -401,6 +436,9 @@ func crashSubscriber(t *testing.T, addr string, s crashStream, l *crashLedger, s
 					_ = cc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
 				}
 			case packets.Pubrel:
+				l.mu.Lock()
+				l.trace = append(l.trace, qos2Event{conn: conns, kind: "pubrel", pid: pk.PacketID})
+				l.mu.Unlock()
 				delete(unreleased, pk.PacketID)
 				_ = cc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubcomp}, PacketID: pk.PacketID})
 			}
@@ -580,7 +618,7 @@ func crashRun(t *testing.T, mode string, kills int, streams []crashStream) {
 		for _, seq := range l.received[s.name] {
 			if seen[seq] {
 				if s.qos == 2 {
-					t.Errorf("%s: QoS 2 message %d delivered twice", s.name, seq)
+					t.Errorf("%s: QoS 2 message %d delivered twice; what the subscriber read of it and its packet ids: %+v", s.name, seq, l.traceOf(seq))
 				}
 				continue
 			}
