@@ -124,16 +124,26 @@ func (i *Inflight) moveTo(next *Client) {
 		to.order[k] = v
 	}
 	to.ordered = max(to.ordered, i.ordered)
+	// What next inherits is what it resends, marked under the same lock
+	// as the move: from the successor link on, a late delivery to i is
+	// filed in next as new and goes out through next's queue. Marked
+	// later, such a delivery was also counted as inherited and written
+	// twice, by the resend and by the queue, under the same packet id
+	// (a QoS 2 subscriber that completed the flow in between took the
+	// second copy for a new message).
+	to.resendUpTo, to.marked = to.ordered, true
 	i.successor.Store(next)
 }
 
 // markResend notes that the flows held now are the ones a resumed session
 // resends: anything filed later is new, and is written through the
-// connection's queue.
+// connection's queue. A mark moveTo set stays.
 func (i *Inflight) markResend() {
 	i.Lock()
 	defer i.Unlock()
-	i.resendUpTo, i.marked = i.ordered, true
+	if !i.marked {
+		i.resendUpTo, i.marked = i.ordered, true
+	}
 }
 
 // resent reports whether the flow pk, from GetAll, is one markResend

@@ -234,3 +234,37 @@ func TestInflightGetAllInFlowOrder(t *testing.T) {
 	require.Equal(t, want, ids(i.GetAll(false)))
 	require.Equal(t, want, ids(i.Clone().GetAll(false)))
 }
+
+// TestLateDeliveryAfterMoveIsNotResent: a delivery that reaches the old
+// connection after moveTo is filed in the new one as new, even before the
+// engine marks what the new connection resends (establishSession marks it
+// after it has copied the subscriptions). Upstream copied the flows; with
+// the move and a later mark, such a delivery counted as inherited and went
+// out twice under one packet id, by the resend and by the queue. A crash
+// test saw a QoS 2 subscriber take the second copy for a new message.
+func TestLateDeliveryAfterMoveIsNotResent(t *testing.T) {
+	old, _, _ := newTestClient()
+	next, _, _ := newTestClient()
+	inherited := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2}, PacketID: 7}
+	old.State.Inflight.Set(inherited)
+
+	old.State.Inflight.moveTo(next)
+	late := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2}, PacketID: 1}
+	fresh, moved := old.State.Inflight.setDelivery(late)
+	require.False(t, fresh)
+	require.Equal(t, next, moved)
+	fresh, moved = next.State.Inflight.setDelivery(late) // publishToClient follows the link
+	require.True(t, fresh)
+	require.Nil(t, moved)
+	next.State.Inflight.markResend()
+
+	for _, tc := range []struct {
+		pk     packets.Packet
+		resent bool
+	}{
+		{inherited, true},
+		{late, false},
+	} {
+		require.Equal(t, tc.resent, next.State.Inflight.resent(&tc.pk), "packet id %d", tc.pk.PacketID)
+	}
+}
