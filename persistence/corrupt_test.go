@@ -168,6 +168,37 @@ func TestOrphanTableAfterCrashOpens(t *testing.T) {
 	}
 }
 
+// TestEmptyWALAfterCrashOpens: Badger creates a write-ahead log, then
+// sizes it; a kill in between leaves a .mem file of 0 bytes, which made
+// Badger's Open fail (Badger #2207) and Ferry refuse to start after a
+// crash (TestCrashRecovery saw it once under load). The file holds
+// nothing: Open removes it and keeps every record.
+func TestEmptyWALAfterCrashOpens(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		fixture func(*testing.T) storeFixture
+	}{
+		{"after a crash", crashedStore},
+		{"after a clean close", closedStore},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fx := tc.fixture(t)
+			empty := filepath.Join(fx.dir, "00099.mem")
+			if err := os.WriteFile(empty, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			st := openStore(t, Config{Dir: fx.dir, Sync: SyncAlways, MemTableSize: MinMemTableSize})
+			got := readAll(t, st)
+			if n := intact(got, fx.want); n != len(fx.want) {
+				t.Fatalf("%d of %d records intact after the open", n, len(fx.want))
+			}
+			if _, err := os.Stat(empty); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("empty write-ahead log still there: %v", err)
+			}
+		})
+	}
+}
+
 // storeFixture is a data dir with every kind of Badger file holding data,
 // and the values written to it (the test keys under t/).
 type storeFixture struct {

@@ -196,7 +196,7 @@ func walkLog(f *os.File, wal bool, fn func(logEntry)) (logScan, error) {
 	ls := logScan{size: fi.Size(), end: logHeaderSize}
 	if ls.size == 0 {
 		ls.end = 0
-		return ls, nil // created, never written: Badger initialises it
+		return ls, nil // created, never sized: a .vlog Badger initialises, a .mem Open removes (removeEmptyWALs)
 	}
 	if ls.size < logHeaderSize {
 		ls.damage = fmt.Sprintf("only %d bytes, shorter than the %d-byte file header: truncated", ls.size, logHeaderSize)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -130,7 +131,9 @@ type Stats struct {
 // Open fails, and never repairs or wipes anything, if the directory is
 // locked by another process (ErrLocked), unreadable or corrupt
 // (ErrUnreadable), or written by a newer Ferry (ErrNewerSchema); the error
-// names the directory and what to do. A nil logger discards logs.
+// names the directory and what to do. The one file it removes is a
+// write-ahead log a crash left empty (removeEmptyWALs), which holds
+// nothing. A nil logger discards logs.
 func Open(cfg Config, logger *slog.Logger) (*Store, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -160,6 +163,9 @@ func Open(cfg Config, logger *slog.Logger) (*Store, error) {
 		return nil, fmt.Errorf("persistence: create data dir %s: %w", cfg.Dir, err)
 	}
 	if err := checkOpenSpace(cfg); err != nil {
+		return nil, err
+	}
+	if err := removeEmptyWALs(cfg.Dir, logger); err != nil {
 		return nil, err
 	}
 	db, err := openBadger(opts)
@@ -858,4 +864,28 @@ func (b badgerLogger) Debugf(f string, v ...any) { b.l.Debug(trimf(f, v...), "co
 
 func trimf(f string, v ...any) string {
 	return string(bytes.TrimSpace([]byte(fmt.Sprintf(f, v...))))
+}
+
+// removeEmptyWALs deletes the write-ahead logs (.mem) of dir that are
+// empty: Badger creates one, then sizes it, and a kill between the two
+// leaves a file of 0 bytes that holds nothing but makes Badger's Open fail
+// ("while opening memtables ... Create a new file", Badger #2207, open
+// upstream; a second Open would succeed). A value log (.vlog) left empty
+// is not affected: Badger initialises it.
+func removeEmptyWALs(dir string, logger *slog.Logger) error {
+	names, err := filepath.Glob(filepath.Join(dir, "*.mem"))
+	if err != nil {
+		return fmt.Errorf("persistence: list %s: %w", dir, err)
+	}
+	for _, name := range names {
+		fi, err := os.Stat(name)
+		if err != nil || fi.Size() != 0 {
+			continue // a stat error is Badger's to report
+		}
+		if err := os.Remove(name); err != nil {
+			return fmt.Errorf("persistence: remove the empty write-ahead log %s a crash left: %w", name, err)
+		}
+		logger.Warn("storage: removed an empty write-ahead log left by a crash (it held nothing)", "file", filepath.Base(name), "dir", dir)
+	}
+	return nil
 }
