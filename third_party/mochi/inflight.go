@@ -132,6 +132,13 @@ func (i *Inflight) moveTo(next *Client) {
 	// (a QoS 2 subscriber that completed the flow in between took the
 	// second copy for a new message).
 	to.resendUpTo, to.marked = to.ordered, true
+	// Moved, so gone from here: clearing the old client afterwards
+	// (inheritClientSession) must not count them dropped (upstream cloned
+	// them, and that clearing took each inherited flow off Info.Inflight
+	// and told OnQosDropped about it).
+	clear(i.internal)
+	clear(i.inbound)
+	clear(i.order)
 	i.successor.Store(next)
 }
 

@@ -803,6 +803,57 @@ func TestResumeDropsUnreadable(t *testing.T) {
 	cl, ok := s.Clients.Get("ru")
 	require.True(t, ok)
 	require.Equal(t, 1, cl.State.Inflight.Len(), "open, not acknowledged")
+	require.Equal(t, int64(1), atomic.LoadInt64(&s.Info.Inflight), "open, not acknowledged")
+}
+
+// droppedCounter counts OnQosDropped calls.
+type droppedCounter struct {
+	HookBase
+	n atomic.Int64
+}
+
+func (h *droppedCounter) ID() string { return "dropped-counter" }
+func (h *droppedCounter) Provides(b byte) bool {
+	return b == OnQosDropped || b == OnConnectAuthenticate || b == OnACLCheck
+}
+func (h *droppedCounter) OnConnectAuthenticate(*Client, packets.Packet) bool { return true }
+func (h *droppedCounter) OnACLCheck(*Client, string, bool) bool              { return true }
+func (h *droppedCounter) OnQosDropped(*Client, packets.Packet)               { h.n.Add(1) }
+
+// TestResumeKeepsInflightCount: a resumed session's queued messages stay
+// counted in Info.Inflight and are not reported dropped. The flows move
+// to the new client (Inflight.moveTo); upstream copied them and then
+// cleared the old client, which took every inherited flow off the count
+// (it read 0 after the resume, -2 once both were acknowledged) and called
+// OnQosDropped for each.
+func TestResumeKeepsInflightCount(t *testing.T) {
+	s := newLifecycleServer()
+	dropped := new(droppedCounter)
+	require.NoError(t, s.AddHook(dropped, nil))
+	addr := serveTCP(t, s)
+	p, _ := connect(t, addr, 5, "rk", false, 3600)
+	p.subscribe(1, "rk/#")
+	_ = p.conn.Close()
+	waitOffline(t, s, "rk")
+	require.NoError(t, s.Publish("rk/1", []byte("1"), false, 1))
+	require.NoError(t, s.Publish("rk/2", []byte("2"), false, 1))
+	require.Equal(t, int64(2), atomic.LoadInt64(&s.Info.Inflight), "queued offline")
+
+	p, ack := connect(t, addr, 5, "rk", false, 3600)
+	require.True(t, ack.SessionPresent)
+	var ids []uint16
+	for range 2 {
+		ids = append(ids, p.expect(packets.Publish).PacketID)
+	}
+	require.Equal(t, int64(2), atomic.LoadInt64(&s.Info.Inflight), "resent, not acknowledged")
+	require.Zero(t, dropped.n.Load(), "nothing dropped")
+	for _, id := range ids {
+		p.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: id, ProtocolVersion: 5})
+	}
+	cl, ok := s.Clients.Get("rk")
+	require.True(t, ok)
+	require.Eventually(t, func() bool { return cl.State.Inflight.Len() == 0 }, 5*time.Second, time.Millisecond)
+	require.Equal(t, int64(0), atomic.LoadInt64(&s.Info.Inflight), "all acknowledged")
 }
 
 // retainOnSuback publishes a retained message once a SUBACK is written,
