@@ -198,6 +198,13 @@ bridges:
 		t.Fatalf("all %d messages were consumed before the kill: the test proves nothing", total)
 	}
 	p = testutil.StartFerry(t, bin, args...)
+	restarted := p
+	t.Cleanup(func() {
+		if t.Failed() { // say how far it got: failed once in a loaded CI run without a word
+			t.Logf("killed after %d of %d messages; %d distinct at the subscriber\nferry log after the restart:\n%s",
+				atKill, total, distinct(), lastLines(restarted.Log(), 30))
+		}
+	})
 	testutil.Eventually(t, 60*time.Second, "every message at the subscriber", func() bool { return distinct() >= total })
 	mu.Lock()
 	dups := checkAll(t, got, want)
