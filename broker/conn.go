@@ -68,6 +68,25 @@ func (c *conn) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// TryWrite writes what a plain socket takes without blocking, for the
+// engine's direct writes from a publisher's reader (mqtt.TryWriter), and
+// counts it as Write does. A TLS or WebSocket connection frames its bytes
+// above the socket: errors.ErrUnsupported, and the engine's writer
+// goroutine writes through Write.
+func (c *conn) TryWrite(p []byte) (int, error) {
+	if c.closed.Load() {
+		return 0, net.ErrClosed
+	}
+	switch c.Conn.(type) {
+	case *net.TCPConn, *net.UnixConn:
+	default:
+		return 0, errors.ErrUnsupported
+	}
+	n, err := mqtt.TryWrite(c.Conn, p)
+	c.bytesOut.Add(uint64(n))
+	return n, err
+}
+
 func (c *conn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.bytesIn.Add(uint64(n))

@@ -364,6 +364,18 @@ func waitOffline(t testing.TB, b *testutil.Broker, id string) {
 	})
 }
 
+// waitAcked waits until the broker holds nothing in flight for client id:
+// paho acknowledges a message after its handler saw it, so a test that
+// disconnects right after a handler ran may otherwise take the message
+// with it, unacknowledged, and get it again on resume.
+func waitAcked(t testing.TB, b *testutil.Broker, id string) {
+	t.Helper()
+	testutil.Eventually(t, waitFor, "client "+id+" has acknowledged everything", func() bool {
+		cl, ok := b.B.Server().Clients.Get(id)
+		return ok && cl.State.Inflight.Len() == 0
+	})
+}
+
 // uniq returns a topic level or client id unique to this test and subtest:
 // a hash of the test's name, the name's end for people, and s.
 func uniq(t testing.TB, s string) string {

@@ -168,7 +168,7 @@ func TestPublishBeforeOnStartedIsStored(t *testing.T) {
 
 	// Restart with hooks before ours that hold OnStarted (the listeners
 	// already serve, our OnStarted has not run) and the hand-over of the
-	// message to the subscriber (after the PUBACK).
+	// message to the subscriber.
 	st2 := openStore(t, Config{Dir: dir, Sync: SyncAlways})
 	srv := mqtt.New(&mqtt.Options{Logger: discard()})
 	started := newPauseHook(t, mqtt.OnStarted, nil)
@@ -188,13 +188,16 @@ func TestPublishBeforeOnStartedIsStored(t *testing.T) {
 	go func() { served <- srv.Serve() }()
 	started.waitPaused(t)
 	pub := connect(t, "tcp://"+l.Address(), "early-pub", true, nil)
-	wait(t, "publish", pub.Publish("e/1", 1, false, "acked"))
+	// The engine hands the message to the subscriber's session before it
+	// writes the PUBACK, which the store's commit holds in any case.
+	tok := pub.Publish("e/1", 1, false, "acked")
 	handOver.waitPaused(t)
 	putRaw(t, st2, "z/barrier", "") // whatever was written is committed
 	crashed := t.TempDir()
 	copyDir(t, st2.Dir(), crashed)
 	started.resume()
 	handOver.resume()
+	wait(t, "publish", tok)
 	if err := <-served; err != nil {
 		t.Fatal(err)
 	}

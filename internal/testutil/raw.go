@@ -183,6 +183,27 @@ func (r *Raw) Expect(typ byte) packets.Packet {
 	return pk
 }
 
+// ExpectEach reads one packet of each type in types, in any order (a
+// delivery to the publisher's own subscription and the PUBACK of its
+// publish, say), and returns them by type.
+func (r *Raw) ExpectEach(types ...byte) map[byte]packets.Packet {
+	r.t.Helper()
+	got := make(map[byte]packets.Packet, len(types))
+	for range types {
+		pk, err := r.Read(5 * time.Second)
+		if err != nil {
+			r.t.Fatalf("raw: waiting for %d packets: %v", len(types), err)
+		}
+		got[pk.FixedHeader.Type] = pk
+	}
+	for _, typ := range types {
+		if _, ok := got[typ]; !ok {
+			r.t.Fatalf("raw: no %s among the %d packets read", packets.PacketNames[typ], len(types))
+		}
+	}
+	return got
+}
+
 // ExpectClosed reads until the connection ends and fails if it stays open.
 func (r *Raw) ExpectClosed(timeout time.Duration) {
 	r.t.Helper()

@@ -299,6 +299,8 @@ type ClientState struct {
 	quietSeen       uint64             // flows at the last sweep of resendLoop, which alone reads it
 	quietSweeps     int                // sweeps since flows last moved
 	acks            ackHolds           // acknowledgements held for hooks' writes (ackhold.go)
+	reading         bool               // Read is running: deliveries it makes may leave waking their writers to it (outqueue.go)
+	flushTo         []*Client          // clients this reader queued for without waking their writers; its own goroutine alone uses it
 	park            parkState          // the poller's registration while idle (park.go)
 	counted         atomic.Bool        // counted in Info.ClientsConnected
 	finish          sync.Once          // the connection's handling ends once
@@ -550,8 +552,21 @@ func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 
 // Read reads incoming packets from the connected client and transforms them into
 // packets to be handled by the packetHandler.
-func (cl *Client) Read(packetHandler ReadFn) error {
+func (cl *Client) Read(packetHandler ReadFn) (err error) {
+	cl.State.reading = true
+	defer func() {
+		// Parked, the client is the poller's, and may already be read
+		// again on another goroutine; nothing was deferred (the loop
+		// flushes before it waits).
+		if !errors.Is(err, errParked) {
+			cl.State.reading = false
+			cl.flushDeferred()
+		}
+	}()
 	for {
+		if len(cl.State.flushTo) > 0 && !cl.packetBuffered() {
+			cl.flushDeferred() // the next read may wait
+		}
 		if cl.Closed() {
 			return nil
 		}
@@ -579,6 +594,29 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 			return err
 		}
 	}
+}
+
+// packetBuffered says whether the read buffer holds a whole packet, which
+// the reader can take without waiting for the network.
+func (cl *Client) packetBuffered() bool {
+	b := cl.Net.bconn
+	if b == nil {
+		return false
+	}
+	n := b.Buffered()
+	if n < 2 {
+		return false
+	}
+	head, _ := b.Peek(min(n, 5))
+	remaining, shift := 0, 0
+	for i := 1; i < len(head); i++ {
+		remaining |= int(head[i]&0x7f) << shift
+		if head[i]&0x80 == 0 {
+			return n >= i+1+remaining
+		}
+		shift += 7
+	}
+	return false // the length is not all here, or is malformed: the read will tell
 }
 
 // Stop instructs the client to shut down all processing goroutines and disconnect.

@@ -798,14 +798,14 @@ func TestClientOutboundQueueBatches(t *testing.T) {
 
 	// Hold the writer on the socket lock so the queue fills behind it.
 	cl.State.outbound.wmu.Lock()
-	require.Equal(t, enqueued, cl.enqueue(&small, nil))
+	require.Equal(t, enqueued, cl.enqueue(&small, nil, nil))
 	require.Eventually(t, func() bool { return cl.State.outbound.Len() == 0 }, 5*time.Second, time.Millisecond) // taken by the writer
 	big := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 	big.ProtocolVersion = 4
-	require.Equal(t, enqueued, cl.enqueue(&small, nil))
-	require.Equal(t, enqueued, cl.enqueue(&big, nil)) // over MaximumPacketSize: skipped
-	require.Equal(t, enqueued, cl.enqueue(&small, nil))
-	require.Equal(t, refused, cl.enqueue(&small, nil), "MaximumClientWritesPending is 3")
+	require.Equal(t, enqueued, cl.enqueue(&small, nil, nil))
+	require.Equal(t, enqueued, cl.enqueue(&big, nil, nil)) // over MaximumPacketSize: skipped
+	require.Equal(t, enqueued, cl.enqueue(&small, nil, nil))
+	require.Equal(t, refused, cl.enqueue(&small, nil, nil), "MaximumClientWritesPending is 3")
 	require.Equal(t, 4, cl.OutboundLen())
 	cl.State.outbound.wmu.Unlock()
 
@@ -935,8 +935,8 @@ func TestWritePacketKeepsQueueOrder(t *testing.T) {
 	}
 	a, b := pub("a"), pub("b")
 	cl.State.outbound.wmu.Lock() // the writer waits
-	require.Equal(t, enqueued, cl.enqueue(&a, nil))
-	require.Equal(t, enqueued, cl.enqueue(&b, nil))
+	require.Equal(t, enqueued, cl.enqueue(&a, nil, nil))
+	require.Equal(t, enqueued, cl.enqueue(&b, nil, nil))
 	written := make(chan error, 1)
 	go func() { written <- cl.WritePacket(pub("c")) }()
 	require.Eventually(t, func() bool { return cl.OutboundLen() == 3 }, 5*time.Second, time.Millisecond, "c queued behind a and b")
@@ -972,7 +972,7 @@ func TestOutboundPausedWhileEstablishing(t *testing.T) {
 	}
 	cl.pauseOutbound()
 	live := pub("live")
-	require.Equal(t, enqueued, cl.enqueue(&live, nil))
+	require.Equal(t, enqueued, cl.enqueue(&live, nil, nil))
 	written := make(chan error, 1)
 	go func() {
 		for _, p := range []string{"resend-1", "resend-2"} {
@@ -1019,7 +1019,7 @@ func TestCrowdedQueueYieldsToWriter(t *testing.T) {
 	const n = 10000
 	refused := 0
 	for range n {
-		if cl.enqueue(&pk, nil) != enqueued {
+		if cl.enqueue(&pk, nil, nil) != enqueued {
 			refused++
 		}
 	}

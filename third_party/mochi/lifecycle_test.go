@@ -177,6 +177,22 @@ func (p *peer) expect(typ byte) packets.Packet {
 	return pk
 }
 
+// expectEach reads one packet of each type in types, in any order (a
+// delivery and the PUBACK of its publish, say), and returns them by type.
+func (p *peer) expectEach(types ...byte) map[byte]packets.Packet {
+	p.t.Helper()
+	got := make(map[byte]packets.Packet, len(types))
+	for range types {
+		pk, ok := p.next()
+		require.True(p.t, ok, "connection closed, want %v", types)
+		got[pk.FixedHeader.Type] = pk
+	}
+	for _, typ := range types {
+		require.Contains(p.t, got, typ, "want a %s", packets.PacketNames[typ])
+	}
+	return got
+}
+
 // expectClosed waits for the server to close the connection and returns
 // what it sent meanwhile.
 func (p *peer) expectClosed() []packets.Packet {

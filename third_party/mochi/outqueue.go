@@ -42,9 +42,22 @@ type outQueue struct {
 	nholds atomic.Int32 // len(holds), read without mu
 	open   atomic.Int32 // publishToClient calls inside OnQosPublish
 
+	// flushBy: the reader that last queued here without starting the
+	// writer (deferWake); it starts it, or writes itself, once its read
+	// buffer is done.
+	flushBy *Client
+	// noTry: the connection cannot write without blocking (TLS,
+	// WebSocket); only the writer goroutine writes it.
+	noTry atomic.Bool
+
 	// wmu orders writes to the socket. It is the only lock a write holds:
 	// publishers never wait for a client that stopped reading.
 	wmu sync.Mutex
+	// rest: what a direct write (flushDeferred) left unwritten because the
+	// socket was full. Guarded by wmu; the next write sends it first, and
+	// the writer goroutine, which the direct write started, sends it if
+	// nothing else comes.
+	rest []byte
 	// writeSince is when the socket write under way began (Unix
 	// nanoseconds), 0 when none is (WriteBlocked).
 	writeSince atomic.Int64
@@ -65,14 +78,30 @@ func (cl *Client) WriteBlocked() time.Duration {
 	return 0
 }
 
-// writeSocket writes p to the client's socket, one write at a time.
+// writeSocket writes p to the client's socket, one write at a time,
+// behind what a direct write left unwritten.
 func (cl *Client) writeSocket(p []byte) (int, error) {
 	q := &cl.State.outbound
 	q.wmu.Lock()
 	defer q.wmu.Unlock()
 	q.writeSince.Store(time.Now().UnixNano())
 	defer q.writeSince.Store(0)
+	if err := cl.writeRestLocked(); err != nil {
+		return 0, err
+	}
 	return cl.Net.Conn.Write(p)
+}
+
+// writeRestLocked writes, waiting as a write does, what a direct write
+// left; with wmu held.
+func (cl *Client) writeRestLocked() error {
+	q := &cl.State.outbound
+	if len(q.rest) == 0 {
+		return nil
+	}
+	_, err := cl.Net.Conn.Write(q.rest)
+	q.rest = nil
+	return err
 }
 
 // pauseOutbound holds queued packets back until resumeOutbound: the client
@@ -138,6 +167,7 @@ func (s *Server) awaitRoom(cl *Client) {
 		return
 	}
 	atomic.AddInt64(&s.Info.DeliveriesWaited, 1)
+	cl.startWriter() // a reader may have left it to the end of its buffer
 	deadline := time.Now().Add(wait)
 	for backoff := 50 * time.Microsecond; s.crowded(cl) && !cl.Closed(); backoff = min(2*backoff, 5*time.Millisecond) {
 		if time.Now().After(deadline) || cl.WriteBlocked() >= wait {
@@ -180,12 +210,14 @@ const (
 )
 
 // enqueue queues the delivery pk for writing, starting the writer if it is
-// not running; hold, if not nil, must be done before pk is written. When
+// not running, or leaving that to from, the reader delivering it, once its
+// read buffer is done (deferWake); hold, if not nil, must be done before
+// pk is written. When
 // the queue is full (Capabilities.MaximumClientWritesPending packets, or
 // MaximumClientWritesPendingBytes) or keeps deliveries back (owed), a
 // QoS 1/2 delivery of a session that outlives the connection stays in
 // flight, owed, and any other is refused.
-func (cl *Client) enqueue(pk *packets.Packet, hold AckWaiter) int {
+func (cl *Client) enqueue(pk *packets.Packet, hold AckWaiter, from *Client) int {
 	q := &cl.State.outbound
 	size := pendingSize(pk)
 	caps := cl.ops.options.Capabilities
@@ -203,7 +235,10 @@ func (cl *Client) enqueue(pk *packets.Packet, hold AckWaiter) int {
 	q.bytes += size
 	crowded := 2*int32(len(q.pks)) >= caps.MaximumClientWritesPending ||
 		caps.MaximumClientWritesPendingBytes > 0 && 2*q.bytes >= caps.MaximumClientWritesPendingBytes
-	cl.pushLocked(queued{pk: pk, hold: hold, size: size})
+	if crowded {
+		from = nil // the writer is needed now
+	}
+	cl.pushLocked(queued{pk: pk, hold: hold, size: size}, from)
 	if crowded {
 		// The writer is falling behind: on a saturated core Go's scheduler
 		// shares time evenly between goroutines, and one subscriber's
@@ -270,12 +305,14 @@ func (cl *Client) writeInOrder(pk packets.Packet) (inQueue bool, err error) {
 		return false, nil
 	}
 	done := make(chan error, 1)
-	cl.pushLocked(queued{pk: &pk, done: done})
+	cl.pushLocked(queued{pk: &pk, done: done}, nil)
 	return true, <-done
 }
 
-// pushLocked appends e and starts the writer if needed; it unlocks q.mu.
-func (cl *Client) pushLocked(e queued) {
+// pushLocked appends e and starts the writer if needed, or has from, a
+// reader, see to it at the end of its read buffer (deferWake); it unlocks
+// q.mu.
+func (cl *Client) pushLocked(e queued, from *Client) {
 	q := &cl.State.outbound
 	if q.pks == nil && q.spare != nil {
 		q.pks, q.spare = q.spare[:0], nil
@@ -283,6 +320,13 @@ func (cl *Client) pushLocked(e queued) {
 	q.pks = append(q.pks, e)
 	atomic.AddInt32(&cl.State.outboundQty, 1)
 	start := !q.writing && !q.paused
+	if start && from != nil && from.State.reading {
+		if q.flushBy != from {
+			q.flushBy = from
+			from.State.flushTo = append(from.State.flushTo, cl)
+		}
+		start = false
+	}
 	if start {
 		q.writing = true
 	}
@@ -290,6 +334,106 @@ func (cl *Client) pushLocked(e queued) {
 	if start {
 		go cl.writeQueued()
 	}
+}
+
+// startWriter starts the writer if packets wait and none runs: a reader
+// that deferred it (pushLocked) is about to wait.
+func (cl *Client) startWriter() {
+	q := &cl.State.outbound
+	q.mu.Lock()
+	start := !q.writing && !q.paused && len(q.pks) > 0
+	if start {
+		q.writing = true
+	}
+	q.mu.Unlock()
+	if start {
+		go cl.writeQueued()
+	}
+}
+
+// flushDeferred sees to the clients this reader queued packets for
+// without waking their writers, once its read buffer holds no complete
+// packet: it writes each one's queue itself, without blocking, or starts
+// its writer. As nats-server's flushClients: a burst of publishes in one
+// read wakes each subscriber once, and a single message to an idle
+// subscriber needs no goroutine at all.
+func (cl *Client) flushDeferred() {
+	list := cl.State.flushTo
+	if len(list) == 0 {
+		return
+	}
+	for i, t := range list {
+		list[i] = nil
+		t.flushQueued(cl)
+	}
+	cl.State.flushTo = list[:0]
+}
+
+// flushQueued writes the queue directly, for by's flushDeferred, if no
+// writer runs and nothing in it is held; what the socket does not take at
+// once, and anything it cannot write, is left to the writer goroutine.
+func (cl *Client) flushQueued(by *Client) {
+	q := &cl.State.outbound
+	q.mu.Lock()
+	if q.flushBy == by {
+		q.flushBy = nil
+	}
+	if q.writing || q.paused || len(q.pks) == 0 {
+		q.mu.Unlock()
+		return
+	}
+	q.writing = true
+	direct := !q.noTry.Load() && cl.Net.Conn != nil && canTryWrite(cl.Net.Conn) && q.nholds.Load() == 0 && q.wmu.TryLock()
+	if !direct {
+		q.mu.Unlock()
+		go cl.writeQueued()
+		return
+	}
+	batch := q.pks
+	q.pks = nil
+	q.mu.Unlock()
+
+	w := cl.borrowScratch()
+	err := cl.writeBatchTo(w, len(batch), func(k int) *packets.Packet { return batch[k].pk }, true)
+	left := len(q.rest) > 0
+	q.wmu.Unlock()
+	cl.returnScratch(w)
+	if err != nil && !errors.Is(err, ErrConnectionClosed) {
+		cl.ops.log.Debug("failed publishing packets", "error", err, "client", cl.ID, "packets", len(batch))
+	}
+	cl.settleBatch(batch, err)
+
+	q.mu.Lock()
+	if left || len(q.pks) > 0 || q.owed {
+		q.mu.Unlock()
+		go cl.writeQueued() // still writing: q.writing stays
+		return
+	}
+	q.writing = false
+	q.mu.Unlock()
+}
+
+// settleBatch reports the outcome of a written batch to those waiting for
+// it and takes it off the queue's counts.
+func (cl *Client) settleBatch(batch []queued, err error) {
+	q := &cl.State.outbound
+	for _, e := range batch {
+		if e.done != nil {
+			e.done <- err
+		}
+	}
+	atomic.AddInt32(&cl.State.outboundQty, -int32(len(batch)))
+	var size int64
+	for i := range batch {
+		size += batch[i].size
+	}
+	clear(batch)
+	q.mu.Lock()
+	q.bytes -= size
+	if q.spare == nil && cap(batch) <= 1024 {
+		q.spare = batch[:0]
+	}
+	q.mu.Unlock()
 }
 
 // writeQueued writes the queue until it is empty, each round the whole
@@ -307,6 +451,11 @@ func (cl *Client) writeQueued() {
 		q.mu.Lock()
 		batch := q.pks
 		q.pks = nil
+		if len(batch) == 0 && cl.hasRest() {
+			q.mu.Unlock()
+			cl.flushRest()
+			continue
+		}
 		if len(batch) == 0 {
 			q.writing = false
 			owed := q.owed
@@ -327,23 +476,27 @@ func (cl *Client) writeQueued() {
 		if err != nil && !errors.Is(err, ErrConnectionClosed) {
 			cl.ops.log.Debug("failed publishing packets", "error", err, "client", cl.ID, "packets", len(batch))
 		}
-		for _, e := range batch {
-			if e.done != nil {
-				e.done <- err
-			}
-		}
-		atomic.AddInt32(&cl.State.outboundQty, -int32(len(batch)))
-		var size int64
-		for i := range batch {
-			size += batch[i].size
-		}
-		clear(batch)
-		q.mu.Lock()
-		q.bytes -= size
-		if q.spare == nil && cap(batch) <= 1024 {
-			q.spare = batch[:0]
-		}
-		q.mu.Unlock()
+		cl.settleBatch(batch, err)
+	}
+}
+
+// hasRest says whether a direct write left bytes for the writer.
+func (cl *Client) hasRest() bool {
+	q := &cl.State.outbound
+	q.wmu.Lock()
+	defer q.wmu.Unlock()
+	return len(q.rest) > 0
+}
+
+// flushRest writes what a direct write left, waiting as a write does.
+func (cl *Client) flushRest() {
+	q := &cl.State.outbound
+	q.wmu.Lock()
+	defer q.wmu.Unlock()
+	q.writeSince.Store(time.Now().UnixNano())
+	defer q.writeSince.Store(0)
+	if err := cl.writeRestLocked(); err != nil && !errors.Is(err, ErrConnectionClosed) {
+		cl.ops.log.Debug("failed publishing packets", "error", err, "client", cl.ID)
 	}
 }
 
@@ -420,6 +573,12 @@ func (cl *Client) returnScratch(w *scratch) {
 // writeBatch encodes n packets, the i-th given by at, into w's buffer and
 // writes them with one system call, then counts them and tells the hooks.
 func (cl *Client) writeBatch(w *scratch, n int, at func(i int) *packets.Packet) error {
+	return cl.writeBatchTo(w, n, at, false)
+}
+
+// writeBatchTo is writeBatch; direct, with wmu held, it writes without
+// blocking and leaves what the socket does not take in q.rest.
+func (cl *Client) writeBatchTo(w *scratch, n int, at func(i int) *packets.Packet, direct bool) error {
 	if cl.Closed() || cl.Net.Conn == nil {
 		return ErrConnectionClosed
 	}
@@ -435,7 +594,11 @@ func (cl *Client) writeBatch(w *scratch, n int, at func(i int) *packets.Packet) 
 		if buf.Len() == 0 {
 			return nil
 		}
-		if _, err := cl.writeSocket(buf.Bytes()); err != nil {
+		if direct {
+			if err := cl.tryWriteLocked(buf.Bytes()); err != nil {
+				return err
+			}
+		} else if _, err := cl.writeSocket(buf.Bytes()); err != nil {
 			return err
 		}
 		start := 0
@@ -479,4 +642,28 @@ type scratch struct {
 	buf  bytes.Buffer
 	ends []int
 	sent []packets.Packet
+}
+
+// tryWriteLocked writes p without blocking, with wmu held: what the socket
+// does not take, and all of p behind an earlier rest, is kept in q.rest
+// for the writer. A connection that cannot write so is marked (noTry) and
+// p goes to the writer whole.
+func (cl *Client) tryWriteLocked(p []byte) error {
+	q := &cl.State.outbound
+	if len(q.rest) > 0 {
+		q.rest = append(q.rest, p...)
+		return nil
+	}
+	n, err := tryWrite(cl.Net.Conn, p)
+	if errors.Is(err, errors.ErrUnsupported) && n == 0 {
+		q.noTry.Store(true)
+		err = nil
+	}
+	if err != nil {
+		return err
+	}
+	if n < len(p) {
+		q.rest = append(q.rest[:0:0], p[n:]...)
+	}
+	return nil
 }

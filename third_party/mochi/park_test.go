@@ -69,8 +69,7 @@ func TestIdleConnectionParks(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // > IdleParkAfter
 	_, err = sub.conn.Write(raw[5:])
 	require.NoError(t, err)
-	sub.expect(packets.Puback)
-	require.Equal(t, "in two pieces", string(sub.expect(packets.Publish).Payload))
+	require.Equal(t, "in two pieces", string(sub.expectEach(packets.Puback, packets.Publish)[packets.Publish].Payload))
 }
 
 // TestParkedConnectionEnds: a parked connection's end is noticed whatever

@@ -228,8 +228,7 @@ func TestUnavailableFeaturesRefused(t *testing.T) {
 		p, _ := connect(t, addr, 5, "", true, 0)
 		p.subscribe(1, "plain/topic")
 		p.send(pub("plain/topic", 1, false, packets.Properties{}))
-		p.expect(packets.Puback)
-		require.Equal(t, "plain/topic", p.expect(packets.Publish).TopicName)
+		require.Equal(t, "plain/topic", p.expectEach(packets.Puback, packets.Publish)[packets.Publish].TopicName)
 	})
 }
 
@@ -304,8 +303,7 @@ func TestPublishIgnoredOnRead(t *testing.T) {
 	p.subscribe(1, "ignored", "barrier")
 	p.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 3, TopicName: "ignored", Payload: []byte("x")})
 	p.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 4, TopicName: "barrier", Payload: []byte("x")})
-	for _, want := range []byte{packets.Puback, packets.Publish} {
-		pk := p.expect(want)
+	for _, pk := range p.expectEach(packets.Puback, packets.Publish) {
 		require.NotEqual(t, "ignored", pk.TopicName)
 		require.NotEqual(t, uint16(3), pk.PacketID)
 	}

@@ -20,6 +20,7 @@ import (
 type Route struct {
 	subs *Subscribers
 	skip map[string]struct{}
+	from *Client // the publisher, on its reader: deliveries are flushed at the end of its read buffer
 }
 
 // Subscriptions returns the subscriptions the message goes to by client id,
@@ -79,7 +80,7 @@ func (s *Server) deliver(pk packets.Packet, r *Route) {
 			continue
 		}
 		if cl, ok := s.Clients.Get(id); ok {
-			_, err := s.publishToClient(cl, sub, pk)
+			_, err := s.publishFrom(r.from, cl, sub, pk)
 			if err != nil {
 				s.Log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
 			}

@@ -1262,6 +1262,9 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	// When it publishes a package with a qos > 0, the server treats
 	// the package as qos=0, and the client receives it as qos=1 or 2.
 	if pk.FixedHeader.Qos == 0 || cl.Net.Inline {
+		if route != nil && !cl.Net.Inline {
+			route.from = cl
+		}
 		s.deliver(pk, route)
 		s.hooks.OnPublished(cl, pk)
 		return nil
@@ -1271,8 +1274,18 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	// a QoS 1 one is back when its PUBACK is written, a QoS 2 one at PUBCOMP.
 	cl.State.Inflight.DecreaseReceiveQuota()
 	if pk.FixedHeader.Qos == 1 {
+		// Delivered before the PUBACK is written: the subscribers' copies
+		// go out first, with this read buffer's others (deferWake).
+		if route != nil {
+			route.from = cl
+		}
+		s.deliver(pk, route)
+		s.hooks.OnPublished(cl, pk)
+		if !cl.packetBuffered() {
+			cl.flushDeferred()
+		}
 		ack := s.buildAck(pk.PacketID, packets.Puback, 0, packets.QosCodes[1]) // [MQTT-4.3.2-4]
-		err = s.writeAck(cl, ack, waits, cl.State.Inflight.IncreaseReceiveQuota)
+		return s.writeAck(cl, ack, waits, cl.State.Inflight.IncreaseReceiveQuota)
 	} else {
 		ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, packets.CodeSuccess) // [MQTT-3.3.4-1] [MQTT-4.3.3-8]
 		if ok := cl.State.Inflight.Set(ack); ok {                              // the client's flow, until PUBREL
@@ -1425,8 +1438,14 @@ func (s *Server) keepReadableShares(subs *Subscribers, topic string) {
 }
 
 func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packets.Packet) (packets.Packet, error) {
+	return s.publishFrom(nil, cl, sub, pk)
+}
+
+// publishFrom is publishToClient from the reader of from, when not nil:
+// the delivery is written once from's read buffer is done (deferWake).
+func (s *Server) publishFrom(from, cl *Client, sub packets.Subscription, pk packets.Packet) (packets.Packet, error) {
 	if next := cl.State.Inflight.successor.Load(); next != nil {
-		return s.publishToClient(next, sub, pk) // the session moved on (moveTo)
+		return s.publishFrom(from, next, sub, pk) // the session moved on (moveTo)
 	}
 	var hold AckWaiter // a hook's write the delivery waits for (HoldDelivery)
 	if sub.NoLocal && pk.Origin == cl.ID {
@@ -1489,7 +1508,7 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 
 		ok, next := cl.State.Inflight.setDelivery(out)
 		if next != nil {
-			return s.publishToClient(next, sub, pk) // moved on while this was prepared
+			return s.publishFrom(from, next, sub, pk) // moved on while this was prepared
 		}
 		if ok { // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
 			atomic.AddInt64(&s.Info.Inflight, 1)
@@ -1516,7 +1535,7 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		return out, packets.CodeDisconnect
 	}
 
-	switch cl.enqueue(&out, hold) {
+	switch cl.enqueue(&out, hold, from) {
 	case keptInFlight:
 		settleWaits(holdList(hold))
 		return out, nil
