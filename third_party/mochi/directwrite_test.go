@@ -10,8 +10,10 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -164,4 +166,43 @@ func TestDirectWriteRestKeepsStream(t *testing.T) {
 	if pings == 0 {
 		require.Equal(t, packets.Pingresp, read(subc, subr).FixedHeader.Type)
 	}
+}
+
+// payloadHook records where the payload of each delivery it sees lives.
+type payloadHook struct {
+	HookBase
+	mu   sync.Mutex
+	seen map[string]*byte
+}
+
+func (h *payloadHook) ID() string           { return "payloads" }
+func (h *payloadHook) Provides(b byte) bool { return b == OnQosPublish }
+func (h *payloadHook) OnQosPublish(cl *Client, pk packets.Packet, _ int64, _ int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.seen[cl.ID] = unsafe.SliceData(pk.Payload)
+}
+
+// TestDeliveriesShareThePayload: the copy of a message made for each
+// subscriber points at the one payload read for it (CopyShared); upstream
+// copied the payload for every subscriber.
+func TestDeliveriesShareThePayload(t *testing.T) {
+	s := newLifecycleServer()
+	h := &payloadHook{seen: map[string]*byte{}}
+	require.NoError(t, s.AddHook(h, nil))
+	addr := startTCPServer(t, s)
+	a, _ := connect(t, addr, 4, "a", true, 0)
+	a.subscribe(1, "shared/payload")
+	b, _ := connect(t, addr, 4, "b", true, 0)
+	b.subscribe(1, "shared/payload")
+	p, _ := connect(t, addr, 4, "p", true, 0)
+	p.send(publishPacket("shared/payload", 1, 1, "one payload"))
+	p.expect(packets.Puback)
+	for _, sub := range []*peer{a, b} {
+		require.Equal(t, "one payload", string(sub.expect(packets.Publish).Payload))
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	require.Len(t, h.seen, 2)
+	require.Same(t, h.seen["a"], h.seen["b"], "each subscriber got a copy of the payload")
 }

@@ -313,6 +313,8 @@ func (h *Hooks) OnAuthPacket(cl *Client, pk packets.Packet) (pkx packets.Packet,
 }
 
 // OnPacketEncode is called immediately before a packet is encoded to be sent to a client.
+// A hook that changes a PUBLISH's payload must give it a new slice, never
+// write into the one it has: every subscriber's copy shares it (CopyShared).
 func (h *Hooks) OnPacketEncode(cl *Client, pk packets.Packet) packets.Packet {
 	for _, hook := range h.providing(OnPacketEncode) {
 		pk = hook.OnPacketEncode(cl, pk)

@@ -1452,7 +1452,7 @@ func (s *Server) publishFrom(from, cl *Client, sub packets.Subscription, pk pack
 		return pk, nil // [MQTT-3.8.3-3]
 	}
 
-	out := pk.Copy(false)
+	out := pk.CopyShared(false)
 	if !s.hooks.OnACLCheck(cl, pk.TopicName, false) {
 		return out, packets.ErrNotAuthorized
 	}

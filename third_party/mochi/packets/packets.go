@@ -255,6 +255,19 @@ func (pk *Packet) Copy(allowTransfer bool) Packet {
 	return p
 }
 
+// CopyShared is Copy, except that the copy shares pk's payload instead of
+// duplicating it: the engine's copy of a message for each subscriber. No
+// part of the engine changes a payload in place once it is decoded, so
+// every delivery of a message can point at the bytes read for it (upstream
+// copied the payload for each subscriber: a fan-out of 100 made 100).
+func (pk *Packet) CopyShared(allowTransfer bool) Packet {
+	q := *pk // pk itself is only read: it may be shared
+	q.Payload = nil
+	p := q.Copy(allowTransfer)
+	p.Payload = pk.Payload
+	return p
+}
+
 // Merge merges a new subscription with a base subscription, preserving the highest
 // qos value, matched identifiers and any special properties.
 func (s Subscription) Merge(n Subscription) Subscription {
