@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -457,10 +458,56 @@ func TestClientResendInflightMessagesNoMessages(t *testing.T) {
 	require.NoError(t, err)
 }
 
+// deadlineConn records the deadlines set on it.
+type deadlineConn struct {
+	net.Conn
+	set []time.Time
+}
+
+func (c *deadlineConn) SetDeadline(t time.Time) error {
+	c.set = append(c.set, t)
+	return nil
+}
+
+// TestClientRefreshDeadline: the keepalive deadline is 1.5 × keepalive
+// plus a slack (an eighth of that, at most a second) from the packet that
+// moved it, and a packet read within the slack does not move it again
+// (upstream set it for every packet read).
 func TestClientRefreshDeadline(t *testing.T) {
-	cl, _, _ := newTestClient()
-	cl.refreshDeadline(10)
-	require.NotNil(t, cl.Net.Conn) // how do we check net.Conn deadline?
+	for _, tc := range []struct {
+		keepalive uint16
+		window    time.Duration // 0: no deadline
+		slack     time.Duration
+	}{
+		{keepalive: 10, window: 15 * time.Second, slack: time.Second},
+		{keepalive: 2, window: 3 * time.Second, slack: 375 * time.Millisecond},
+		{keepalive: 0},
+	} {
+		t.Run(fmt.Sprint(tc.keepalive), func(t *testing.T) {
+			cl, _, _ := newTestClient()
+			dc := &deadlineConn{Conn: cl.Net.Conn}
+			cl.Net.Conn = dc
+			before := time.Now()
+			cl.refreshDeadline(tc.keepalive)
+			require.Len(t, dc.set, 1)
+			if tc.window == 0 {
+				require.True(t, dc.set[0].IsZero())
+			} else {
+				require.False(t, dc.set[0].Before(before.Add(tc.window+tc.slack)))
+				require.False(t, dc.set[0].After(time.Now().Add(tc.window+tc.slack)))
+			}
+			for range 100 {
+				cl.refreshDeadline(tc.keepalive) // packets read within the slack
+			}
+			require.Len(t, dc.set, 1, "a packet within the slack moved the deadline")
+			if tc.window == 0 {
+				return
+			}
+			cl.State.deadlineNext = time.Now().Add(-time.Nanosecond).UnixNano() // the slack has passed
+			cl.refreshDeadline(tc.keepalive)
+			require.Len(t, dc.set, 2)
+		})
+	}
 }
 
 func TestClientReadFixedHeader(t *testing.T) {

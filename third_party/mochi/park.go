@@ -67,6 +67,7 @@ func (cl *Client) waitIdle() (parked bool, err error) {
 		cl.refreshDeadline(cl.State.Keepalive)
 		return false, nil
 	}
+	cl.State.deadlineNext = 0 // the deadlines set below are not refreshDeadline's
 	now := time.Now()
 	ka := cl.State.park.deadline
 	if !cl.State.park.resumed {
