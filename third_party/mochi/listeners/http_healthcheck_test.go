@@ -14,33 +14,45 @@ import (
 )
 
 func TestNewHTTPHealthCheck(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewHTTPHealthCheck(basicConfig)
 	require.Equal(t, basicConfig.ID, l.id)
 	require.Equal(t, basicConfig.Address, l.address)
 }
 
 func TestHTTPHealthCheckID(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewHTTPHealthCheck(basicConfig)
 	require.Equal(t, basicConfig.ID, l.ID())
 }
 
 func TestHTTPHealthCheckAddress(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewHTTPHealthCheck(basicConfig)
 	require.Equal(t, basicConfig.Address, l.Address())
 }
 
 func TestHTTPHealthCheckProtocol(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewHTTPHealthCheck(basicConfig)
 	require.Equal(t, "http", l.Protocol())
 }
 
 func TestHTTPHealthCheckTLSProtocol(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	tlsConfig := Config{ID: "t1", Address: addr, TLSConfig: tlsConfigBasic}
 	l := NewHTTPHealthCheck(tlsConfig)
 	_ = l.Init(logger)
 	require.Equal(t, "https", l.Protocol())
 }
 
 func TestHTTPHealthCheckInit(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewHTTPHealthCheck(basicConfig)
 	err := l.Init(logger)
 	require.NoError(t, err)
@@ -50,6 +62,8 @@ func TestHTTPHealthCheckInit(t *testing.T) {
 }
 
 func TestHTTPHealthCheckServeAndClose(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	// setup http stats listener
 	l := NewHTTPHealthCheck(basicConfig)
 	err := l.Init(logger)
@@ -61,10 +75,10 @@ func TestHTTPHealthCheckServeAndClose(t *testing.T) {
 		o <- true
 	}(o)
 
-	waitServing(t, testAddr)
+	waitServing(t, addr)
 
 	// call healthcheck
-	resp, err := http.Get("http://localhost" + testAddr + "/healthcheck")
+	resp, err := http.Get("http://localhost" + addr + "/healthcheck")
 	require.NoError(t, err)
 	require.NotNil(t, resp)
 
@@ -80,12 +94,14 @@ func TestHTTPHealthCheckServeAndClose(t *testing.T) {
 
 	require.Equal(t, true, closed)
 
-	_, err = http.Get("http://localhost/healthcheck" + testAddr + "/healthcheck")
+	_, err = http.Get("http://localhost/healthcheck" + addr + "/healthcheck")
 	require.Error(t, err)
 	<-o
 }
 
 func TestHTTPHealthCheckServeAndCloseMethodNotAllowed(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	// setup http stats listener
 	l := NewHTTPHealthCheck(basicConfig)
 	err := l.Init(logger)
@@ -97,10 +113,10 @@ func TestHTTPHealthCheckServeAndCloseMethodNotAllowed(t *testing.T) {
 		o <- true
 	}(o)
 
-	waitServing(t, testAddr)
+	waitServing(t, addr)
 
 	// make disallowed method type http request
-	resp, err := http.Post("http://localhost"+testAddr+"/healthcheck", "application/json", http.NoBody)
+	resp, err := http.Post("http://localhost"+addr+"/healthcheck", "application/json", http.NoBody)
 	require.NoError(t, err)
 	require.NotNil(t, resp)
 
@@ -116,12 +132,14 @@ func TestHTTPHealthCheckServeAndCloseMethodNotAllowed(t *testing.T) {
 
 	require.Equal(t, true, closed)
 
-	_, err = http.Post("http://localhost/healthcheck"+testAddr+"/healthcheck", "application/json", http.NoBody)
+	_, err = http.Post("http://localhost/healthcheck"+addr+"/healthcheck", "application/json", http.NoBody)
 	require.Error(t, err)
 	<-o
 }
 
 func TestHTTPHealthCheckServeTLSAndClose(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	tlsConfig := Config{ID: "t1", Address: addr, TLSConfig: tlsConfigBasic}
 	l := NewHTTPHealthCheck(tlsConfig)
 	err := l.Init(logger)
 	require.NoError(t, err)

@@ -17,33 +17,45 @@ import (
 )
 
 func TestNewHTTPStats(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewHTTPStats(basicConfig, nil)
 	require.Equal(t, "t1", l.id)
-	require.Equal(t, testAddr, l.address)
+	require.Equal(t, addr, l.address)
 }
 
 func TestHTTPStatsID(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewHTTPStats(basicConfig, nil)
 	require.Equal(t, "t1", l.ID())
 }
 
 func TestHTTPStatsAddress(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewHTTPStats(basicConfig, nil)
-	require.Equal(t, testAddr, l.Address())
+	require.Equal(t, addr, l.Address())
 }
 
 func TestHTTPStatsProtocol(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewHTTPStats(basicConfig, nil)
 	require.Equal(t, "http", l.Protocol())
 }
 
 func TestHTTPStatsTLSProtocol(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	tlsConfig := Config{ID: "t1", Address: addr, TLSConfig: tlsConfigBasic}
 	l := NewHTTPStats(tlsConfig, nil)
 	_ = l.Init(logger)
 	require.Equal(t, "https", l.Protocol())
 }
 
 func TestHTTPStatsInit(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	sysInfo := new(system.Info)
 	l := NewHTTPStats(basicConfig, sysInfo)
 	err := l.Init(logger)
@@ -52,10 +64,12 @@ func TestHTTPStatsInit(t *testing.T) {
 	require.NotNil(t, l.sysInfo)
 	require.Equal(t, sysInfo, l.sysInfo)
 	require.NotNil(t, l.listen)
-	require.Equal(t, testAddr, l.listen.Addr)
+	require.Equal(t, addr, l.listen.Addr)
 }
 
 func TestHTTPStatsServeAndClose(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	sysInfo := &system.Info{
 		Version: "test",
 	}
@@ -71,10 +85,10 @@ func TestHTTPStatsServeAndClose(t *testing.T) {
 		o <- true
 	}(o)
 
-	waitServing(t, testAddr)
+	waitServing(t, addr)
 
 	// get body from stats address
-	resp, err := http.Get("http://localhost" + testAddr)
+	resp, err := http.Get("http://localhost" + addr)
 	require.NoError(t, err)
 	require.NotNil(t, resp)
 
@@ -96,12 +110,14 @@ func TestHTTPStatsServeAndClose(t *testing.T) {
 
 	require.Equal(t, true, closed)
 
-	_, err = http.Get("http://localhost" + testAddr)
+	_, err = http.Get("http://localhost" + addr)
 	require.Error(t, err)
 	<-o
 }
 
 func TestHTTPStatsServeTLSAndClose(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	tlsConfig := Config{ID: "t1", Address: addr, TLSConfig: tlsConfigBasic}
 	sysInfo := &system.Info{
 		Version: "test",
 	}
@@ -122,6 +138,8 @@ func TestHTTPStatsServeTLSAndClose(t *testing.T) {
 }
 
 func TestHTTPStatsFailedToServe(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	sysInfo := &system.Info{
 		Version: "test",
 	}

@@ -14,34 +14,47 @@ import (
 )
 
 func TestNewTCP(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewTCP(basicConfig)
 	require.Equal(t, "t1", l.id)
-	require.Equal(t, testAddr, l.address)
+	require.Equal(t, addr, l.address)
 }
 
 func TestTCPID(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewTCP(basicConfig)
 	require.Equal(t, "t1", l.ID())
 }
 
 func TestTCPAddress(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewTCP(basicConfig)
-	require.Equal(t, testAddr, l.Address())
+	require.Equal(t, addr, l.Address())
 }
 
 func TestTCPProtocol(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewTCP(basicConfig)
 	require.Equal(t, "tcp", l.Protocol())
 }
 
 func TestTCPProtocolTLS(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	tlsConfig := Config{ID: "t1", Address: addr, TLSConfig: tlsConfigBasic}
 	l := NewTCP(tlsConfig)
-	_ = l.Init(logger)
+	require.NoError(t, l.Init(logger))
 	defer l.listen.Close()
 	require.Equal(t, "tcp", l.Protocol())
 }
 
 func TestTCPInit(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
+	tlsConfig := Config{ID: "t1", Address: addr, TLSConfig: tlsConfigBasic}
 	l := NewTCP(basicConfig)
 	err := l.Init(logger)
 	l.Close(MockCloser)
@@ -55,6 +68,8 @@ func TestTCPInit(t *testing.T) {
 }
 
 func TestTCPServeAndClose(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewTCP(basicConfig)
 	err := l.Init(logger)
 	require.NoError(t, err)
@@ -80,6 +95,8 @@ func TestTCPServeAndClose(t *testing.T) {
 }
 
 func TestTCPServeTLSAndClose(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	tlsConfig := Config{ID: "t1", Address: addr, TLSConfig: tlsConfigBasic}
 	l := NewTCP(tlsConfig)
 	err := l.Init(logger)
 	require.NoError(t, err)
@@ -102,6 +119,8 @@ func TestTCPServeTLSAndClose(t *testing.T) {
 }
 
 func TestTCPEstablishThenEnd(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewTCP(basicConfig)
 	err := l.Init(logger)
 	require.NoError(t, err)

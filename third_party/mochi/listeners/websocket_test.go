@@ -17,32 +17,44 @@ import (
 )
 
 func TestNewWebsocket(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewWebsocket(basicConfig)
 	require.Equal(t, "t1", l.id)
-	require.Equal(t, testAddr, l.address)
+	require.Equal(t, addr, l.address)
 }
 
 func TestWebsocketID(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewWebsocket(basicConfig)
 	require.Equal(t, "t1", l.ID())
 }
 
 func TestWebsocketAddress(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewWebsocket(basicConfig)
-	require.Equal(t, testAddr, l.Address())
+	require.Equal(t, addr, l.Address())
 }
 
 func TestWebsocketProtocol(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewWebsocket(basicConfig)
 	require.Equal(t, "ws", l.Protocol())
 }
 
 func TestWebsocketProtocolTLS(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	tlsConfig := Config{ID: "t1", Address: addr, TLSConfig: tlsConfigBasic}
 	l := NewWebsocket(tlsConfig)
 	require.Equal(t, "wss", l.Protocol())
 }
 
 func TestWebsocketInit(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewWebsocket(basicConfig)
 	require.Nil(t, l.listen)
 	err := l.Init(logger)
@@ -51,6 +63,8 @@ func TestWebsocketInit(t *testing.T) {
 }
 
 func TestWebsocketServeAndClose(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewWebsocket(basicConfig)
 	_ = l.Init(logger)
 
@@ -72,6 +86,8 @@ func TestWebsocketServeAndClose(t *testing.T) {
 }
 
 func TestWebsocketServeTLSAndClose(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	tlsConfig := Config{ID: "t1", Address: addr, TLSConfig: tlsConfigBasic}
 	l := NewWebsocket(tlsConfig)
 	err := l.Init(logger)
 	require.NoError(t, err)
@@ -92,6 +108,8 @@ func TestWebsocketServeTLSAndClose(t *testing.T) {
 }
 
 func TestWebsocketFailedToServe(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	tlsConfig := Config{ID: "t1", Address: addr, TLSConfig: tlsConfigBasic}
 	config := tlsConfig
 	config.Address = "wrong_addr"
 	l := NewWebsocket(config)
@@ -113,6 +131,8 @@ func TestWebsocketFailedToServe(t *testing.T) {
 }
 
 func TestWebsocketUpgrade(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewWebsocket(basicConfig)
 	_ = l.Init(logger)
 
@@ -132,6 +152,8 @@ func TestWebsocketUpgrade(t *testing.T) {
 }
 
 func TestWebsocketConnectionReads(t *testing.T) {
+	addr := freeTestAddr() // its own: a port shared by every test was taken between them in a loaded CI run
+	basicConfig := Config{ID: "t1", Address: addr}
 	l := NewWebsocket(basicConfig)
 	_ = l.Init(nil)
 
