@@ -70,19 +70,15 @@ func (c *conn) Write(p []byte) (int, error) {
 
 // TryWrite writes what a plain socket takes without blocking, for the
 // engine's direct writes from a publisher's reader (mqtt.TryWriter), and
-// counts it as Write does. A TLS or WebSocket connection frames its bytes
-// above the socket: errors.ErrUnsupported, and the engine's writer
-// goroutine writes through Write.
+// counts it as Write does. It goes through SyscallConn, so a TLS or
+// WebSocket connection, which frames its bytes above the socket, gets
+// errors.ErrUnsupported, and the engine's writer goroutine writes through
+// Write.
 func (c *conn) TryWrite(p []byte) (int, error) {
 	if c.closed.Load() {
 		return 0, net.ErrClosed
 	}
-	switch c.Conn.(type) {
-	case *net.TCPConn, *net.UnixConn:
-	default:
-		return 0, errors.ErrUnsupported
-	}
-	n, err := mqtt.TryWrite(c.Conn, p)
+	n, err := mqtt.TryWrite(c, p)
 	c.bytesOut.Add(uint64(n))
 	return n, err
 }
