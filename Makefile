@@ -38,7 +38,10 @@ gotest:
 	@status=0; \
 	for m in . $(ENGINE) $(BASELINE); do \
 		echo "-- $$m"; (cd $$m && $(GO) test -race -timeout 8m ./...) || status=1; \
-	done; exit $$status
+	done; \
+	echo "-- $(ENGINE): allocation tests, without the race detector (it changes allocations)"; \
+	(cd $(ENGINE) && $(GO) test -timeout 2m -run Allocates ./...) || status=1; \
+	exit $$status
 
 # -buildvcs=auto records the git commit (ferry version) even where GOFLAGS
 # turns that off; outside a git checkout the build goes on without it.

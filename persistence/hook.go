@@ -627,4 +627,7 @@ func (h *Hook) OnRetainedExpired(topic string) {
 	h.write(b, false)
 }
 
-var _ mqtt.Hook = (*Hook)(nil)
+var (
+	_ mqtt.Hook             = (*Hook)(nil)
+	_ mqtt.PacketReadFilter = (*Hook)(nil)
+)

@@ -426,6 +426,10 @@ func (h *Hook) forget(cl *mqtt.Client, pk packets.Packet) {
 	h.write(b, false)
 }
 
+// ReadsPacket tells the engine that OnPacketRead looks at PUBREC and
+// PUBREL only (mqtt.PacketReadFilter): every other packet skips the call.
+func (h *Hook) ReadsPacket(t byte) bool { return t == packets.Pubrec || t == packets.Pubrel }
+
 // OnPacketRead moves QoS 2 state before mochi answers, so that after a
 // crash neither side of an exactly-once flow is repeated or lost:
 //

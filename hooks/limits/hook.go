@@ -60,7 +60,10 @@ type clientState struct {
 	msgs, bytes *bucket
 }
 
-var _ mqtt.Hook = (*Hook)(nil)
+var (
+	_ mqtt.Hook             = (*Hook)(nil)
+	_ mqtt.PacketReadFilter = (*Hook)(nil)
+)
 
 // New builds the hook from cfg, after applying defaults and validating it.
 // srv is the server the hook will be added to: the hook writes CONNACK and
@@ -188,6 +191,10 @@ func (h *Hook) overload() bool {
 	}
 	return false
 }
+
+// ReadsPacket tells the engine that OnPacketRead looks at PUBLISH and
+// SUBSCRIBE only (mqtt.PacketReadFilter).
+func (h *Hook) ReadsPacket(t byte) bool { return t == packets.Publish || t == packets.Subscribe }
 
 // OnPacketRead checks PUBLISH and SUBSCRIBE packets before mochi processes
 // them. A packet that breaks a limit is rejected and its client

@@ -36,7 +36,7 @@ func checkTopic(topic string, maxLen, maxLevels int, isName bool) violation {
 	if len(topic) > maxLen {
 		return topicTooLong
 	}
-	if isName && strings.ContainsAny(topic, "+#") {
+	if isName && (strings.IndexByte(topic, '+') >= 0 || strings.IndexByte(topic, '#') >= 0) {
 		return topicWildcard
 	}
 	if !isName {

@@ -780,6 +780,9 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 		return pk, err
 	}
 
+	if !cl.ops.hooks.readsPacket(pk.FixedHeader.Type) {
+		return pk, nil
+	}
 	cl.startCollectingRead(&pk)
 	pk, err = cl.ops.hooks.OnPacketRead(cl, pk)
 	cl.State.acks.readWaits = cl.stopCollecting()

@@ -510,6 +510,34 @@ func TestClientRefreshDeadline(t *testing.T) {
 	}
 }
 
+// TestWaitIdleBufferedKeepsDeadline: a packet already whole in the read
+// buffer is read without moving the keepalive deadline (or reading the
+// clock): only a read that may wait on the socket needs it. A partial
+// packet does move it.
+func TestWaitIdleBufferedKeepsDeadline(t *testing.T) {
+	cl, _, _ := newTestClient()
+	dc := &deadlineConn{Conn: cl.Net.Conn}
+	cl.Net.Conn = dc
+	cl.State.Keepalive = 10
+	pingreq := []byte{packets.Pingreq << 4, 0}
+	cl.Net.bconn = bufio.NewReader(io.MultiReader(bytes.NewReader(append(pingreq, pingreq...)), bytes.NewReader(pingreq[:1])))
+	_, err := cl.Net.bconn.Peek(4) // both whole PINGREQs are buffered
+	require.NoError(t, err)
+	for range 2 {
+		parked, err := cl.waitIdle()
+		require.NoError(t, err)
+		require.False(t, parked)
+		require.Empty(t, dc.set, "a buffered packet moved the deadline")
+		_, err = cl.Net.bconn.Discard(2)
+		require.NoError(t, err)
+	}
+	_, err = cl.Net.bconn.Peek(1) // half a packet
+	require.NoError(t, err)
+	_, err = cl.waitIdle()
+	require.NoError(t, err)
+	require.Len(t, dc.set, 1, "the read that may wait has no deadline")
+}
+
 func TestClientReadFixedHeader(t *testing.T) {
 	cl, r, _ := newTestClient()
 
@@ -845,14 +873,14 @@ func TestClientOutboundQueueBatches(t *testing.T) {
 
 	// Hold the writer on the socket lock so the queue fills behind it.
 	cl.State.outbound.wmu.Lock()
-	require.Equal(t, enqueued, cl.enqueue(&small, nil, nil))
+	require.Equal(t, enqueued, cl.enqueue(&small, nil, nil, false))
 	require.Eventually(t, func() bool { return cl.State.outbound.Len() == 0 }, 5*time.Second, time.Millisecond) // taken by the writer
 	big := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 	big.ProtocolVersion = 4
-	require.Equal(t, enqueued, cl.enqueue(&small, nil, nil))
-	require.Equal(t, enqueued, cl.enqueue(&big, nil, nil)) // over MaximumPacketSize: skipped
-	require.Equal(t, enqueued, cl.enqueue(&small, nil, nil))
-	require.Equal(t, refused, cl.enqueue(&small, nil, nil), "MaximumClientWritesPending is 3")
+	require.Equal(t, enqueued, cl.enqueue(&small, nil, nil, false))
+	require.Equal(t, enqueued, cl.enqueue(&big, nil, nil, false)) // over MaximumPacketSize: skipped
+	require.Equal(t, enqueued, cl.enqueue(&small, nil, nil, false))
+	require.Equal(t, refused, cl.enqueue(&small, nil, nil, false), "MaximumClientWritesPending is 3")
 	require.Equal(t, 4, cl.OutboundLen())
 	cl.State.outbound.wmu.Unlock()
 
@@ -982,8 +1010,8 @@ func TestWritePacketKeepsQueueOrder(t *testing.T) {
 	}
 	a, b := pub("a"), pub("b")
 	cl.State.outbound.wmu.Lock() // the writer waits
-	require.Equal(t, enqueued, cl.enqueue(&a, nil, nil))
-	require.Equal(t, enqueued, cl.enqueue(&b, nil, nil))
+	require.Equal(t, enqueued, cl.enqueue(&a, nil, nil, false))
+	require.Equal(t, enqueued, cl.enqueue(&b, nil, nil, false))
 	written := make(chan error, 1)
 	go func() { written <- cl.WritePacket(pub("c")) }()
 	require.Eventually(t, func() bool { return cl.OutboundLen() == 3 }, 5*time.Second, time.Millisecond, "c queued behind a and b")
@@ -1019,7 +1047,7 @@ func TestOutboundPausedWhileEstablishing(t *testing.T) {
 	}
 	cl.pauseOutbound()
 	live := pub("live")
-	require.Equal(t, enqueued, cl.enqueue(&live, nil, nil))
+	require.Equal(t, enqueued, cl.enqueue(&live, nil, nil, false))
 	written := make(chan error, 1)
 	go func() {
 		for _, p := range []string{"resend-1", "resend-2"} {
@@ -1066,7 +1094,7 @@ func TestCrowdedQueueYieldsToWriter(t *testing.T) {
 	const n = 10000
 	refused := 0
 	for range n {
-		if cl.enqueue(&pk, nil, nil) != enqueued {
+		if cl.enqueue(&pk, nil, nil, false) != enqueued {
 			refused++
 		}
 	}

@@ -139,8 +139,22 @@ func (h *Hooks) Len() int64 {
 }
 
 // hookIndex lists, for each event, the hooks that provide it, in the
-// order they were added.
-type hookIndex [numEvents][]Hook
+// order they were added; and for each packet type the OnPacketRead hooks
+// that read it (PacketReadFilter).
+type hookIndex struct {
+	events [numEvents][]Hook
+	reads  [16][]Hook
+}
+
+// PacketReadFilter is implemented by a hook whose OnPacketRead looks at
+// some packet types only. ReadsPacket is asked once per type, when the
+// hook is added; the engine then calls OnPacketRead only with packets of
+// the types it reports true for. Each call copies the packet (808 bytes)
+// in and out: for every PUBLISH that two hooks would have ignored, that
+// was 4 % of a core in a QoS 0 fan-in.
+type PacketReadFilter interface {
+	ReadsPacket(packetType byte) bool
+}
 
 // numEvents is one more than the last event constant.
 const numEvents = int(OnRoute) + 1
@@ -150,7 +164,7 @@ const numEvents = int(OnRoute) + 1
 // event it dispatched, several interface calls per hook for each packet.
 func (h *Hooks) providing(b byte) []Hook {
 	if x := h.byEvent.Load(); x != nil && int(b) < numEvents {
-		return x[b]
+		return x.events[b]
 	}
 	return nil
 }
@@ -187,7 +201,16 @@ func (h *Hooks) Add(hook Hook, config any) error {
 	for _, hk := range i {
 		for ev := range numEvents {
 			if hk.Provides(byte(ev)) {
-				x[ev] = append(x[ev], hk)
+				x.events[ev] = append(x.events[ev], hk)
+			}
+		}
+		if !hk.Provides(OnPacketRead) {
+			continue
+		}
+		f, filtered := hk.(PacketReadFilter)
+		for t := range x.reads {
+			if !filtered || f.ReadsPacket(byte(t)) {
+				x.reads[t] = append(x.reads[t], hk)
 			}
 		}
 	}
@@ -278,10 +301,20 @@ func (h *Hooks) OnDisconnect(cl *Client, err error, expire bool) {
 	}
 }
 
+// readsPacket says whether a hook's OnPacketRead takes packets of type t.
+func (h *Hooks) readsPacket(t byte) bool {
+	x := h.byEvent.Load()
+	return x != nil && len(x.reads[t&0x0f]) > 0
+}
+
 // OnPacketRead is called when a packet is received from a client.
 func (h *Hooks) OnPacketRead(cl *Client, pk packets.Packet) (pkx packets.Packet, err error) {
 	pkx = pk
-	for _, hook := range h.providing(OnPacketRead) {
+	var readers []Hook
+	if x := h.byEvent.Load(); x != nil {
+		readers = x.reads[pk.FixedHeader.Type&0x0f]
+	}
+	for _, hook := range readers {
 		npk, err := hook.OnPacketRead(cl, pkx)
 		if err != nil && errors.Is(err, packets.ErrRejectPacket) {
 			h.Log.Debug("packet rejected", "hook", hook.ID(), "packet", pkx)

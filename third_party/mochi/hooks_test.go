@@ -5,6 +5,7 @@
 package mqtt
 
 import (
+	"bytes"
 	"errors"
 	"strconv"
 	"sync/atomic"
@@ -356,6 +357,52 @@ func TestHooksOnPublish(t *testing.T) {
 	require.Error(t, err)
 	require.ErrorIs(t, err, packets.ErrRejectPacket)
 	require.Equal(t, uint16(10), pk.PacketID)
+}
+
+// readCounter counts the packets its OnPacketRead sees, by type; with
+// types set it reads only those (PacketReadFilter).
+type readCounter struct {
+	HookBase
+	id    string
+	types []byte
+	seen  map[byte]int
+}
+
+func (h *readCounter) ID() string              { return h.id }
+func (h *readCounter) Provides(b byte) bool    { return b == OnPacketRead }
+func (h *readCounter) ReadsPacket(t byte) bool { return bytes.IndexByte(h.types, t) >= 0 }
+func (h *readCounter) OnPacketRead(_ *Client, pk packets.Packet) (packets.Packet, error) {
+	h.seen[pk.FixedHeader.Type]++
+	return pk, nil
+}
+
+type allReader struct{ *readCounter }
+
+func (allReader) ReadsPacket() {} // not PacketReadFilter: takes every packet
+
+// TestHooksOnPacketReadFilter: a hook that is a PacketReadFilter gets only
+// the packet types it asks for; others get every packet. Upstream called
+// every OnPacketRead hook with every packet, copying each in and out.
+func TestHooksOnPacketReadFilter(t *testing.T) {
+	h := new(Hooks)
+	h.Log = logger
+	pubs := &readCounter{id: "pubs", types: []byte{packets.Publish}, seen: map[byte]int{}}
+	every := allReader{&readCounter{id: "every", seen: map[byte]int{}}}
+	require.NoError(t, h.Add(pubs, nil))
+	require.NoError(t, h.Add(every, nil))
+	for _, typ := range []byte{packets.Publish, packets.Subscribe, packets.Pubrec, packets.Publish} {
+		require.Equal(t, true, h.readsPacket(typ))
+		_, err := h.OnPacketRead(new(Client), packets.Packet{FixedHeader: packets.FixedHeader{Type: typ}})
+		require.NoError(t, err)
+	}
+	require.Equal(t, map[byte]int{packets.Publish: 2}, pubs.seen)
+	require.Equal(t, map[byte]int{packets.Publish: 2, packets.Subscribe: 1, packets.Pubrec: 1}, every.seen)
+
+	only := new(Hooks)
+	only.Log = logger
+	require.NoError(t, only.Add(&readCounter{id: "pubrec", types: []byte{packets.Pubrec}, seen: map[byte]int{}}, nil))
+	require.False(t, only.readsPacket(packets.Publish), "no hook reads PUBLISH: the reader skips the call")
+	require.True(t, only.readsPacket(packets.Pubrec))
 }
 
 func TestHooksOnPacketRead(t *testing.T) {

@@ -75,12 +75,13 @@ func (s *Server) deliver(pk packets.Packet, r *Route) {
 		inlineSubscription.Handler(s.inlineClient, inlineSubscription.Subscription, pk)
 	}
 
+	var out packets.Packet // each delivery is prepared here in turn
 	for id, sub := range r.subs.Subscriptions {
 		if r.skip != nil && r.Skipped(id) {
 			continue
 		}
 		if cl, ok := s.Clients.Get(id); ok {
-			_, err := s.publishFrom(r.from, cl, sub, pk)
+			err := s.publishFrom(r.from, cl, sub, pk, &out)
 			if err != nil {
 				s.Log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
 			}

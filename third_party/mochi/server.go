@@ -178,6 +178,8 @@ type Server struct {
 	closeOnce    sync.Once            // Close runs once
 	refusals     refusalLog           // rate-limits the log lines of refused bad packets
 	writers      sync.Pool            // batch buffers of the clients' writers (outqueue.go)
+	deliveries   sync.Pool            // *packets.Packet of queued deliveries (outqueue.go)
+	batches      sync.Pool            // *[]queued: outbound queue slices of past bursts (outqueue.go)
 	readers      readers              // read buffers (park.go)
 	poller       *poller              // parked connections; nil: parking is off (park.go)
 	publishes    atomic.Uint64        // the last Packet.PublishID given (route.go)
@@ -200,7 +202,13 @@ type ops struct {
 	hooks   *Hooks       // pointer to the server hooks
 	log     *slog.Logger // a structured logger for the client
 	scratch *sync.Pool   // the server's writers' batch buffers (outqueue.go); nil: none pooled
-	parker  *poller      // the server's poller of parked connections (park.go)
+	// deliveries: the server's packets for queued deliveries, given back
+	// once written (outqueue.go); nil: none pooled.
+	deliveries *sync.Pool
+	// batches: the server's queue slices of past bursts (outqueue.go);
+	// nil: none pooled.
+	batches *sync.Pool
+	parker  *poller // the server's poller of parked connections (park.go)
 }
 
 // New returns a new instance of mochi mqtt broker. Optional parameters
@@ -289,12 +297,14 @@ func (o *Options) ensureDefaults() {
 // topic validation checks.
 func (s *Server) NewClient(c net.Conn, listener string, id string, inline bool) *Client {
 	cl := newClient(c, &ops{ // [MQTT-3.1.2-6] implicit
-		options: s.Options,
-		info:    s.Info,
-		hooks:   s.hooks,
-		log:     s.Log,
-		scratch: &s.writers,
-		parker:  s.poller,
+		options:    s.Options,
+		info:       s.Info,
+		hooks:      s.hooks,
+		log:        s.Log,
+		scratch:    &s.writers,
+		deliveries: &s.deliveries,
+		batches:    &s.batches,
+		parker:     s.poller,
 	})
 
 	cl.ID = id
@@ -1296,9 +1306,12 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 			// Exactly once: nobody may see the message before it is
 			// durable, or a publisher resending it after a crash would
 			// have it delivered twice.
+			// The closure gets a copy of its own: capturing pk would move
+			// every publish's packet to the heap, whatever its QoS.
+			held := pk
 			return s.writeAckAfter(cl, ack, waits, func() {
-				s.deliver(pk, route)
-				s.hooks.OnPublished(cl, pk)
+				s.deliver(held, route)
+				s.hooks.OnPublished(cl, held)
 			}, nil)
 		}
 		err = s.writeAck(cl, ack, nil, nil)
@@ -1438,34 +1451,45 @@ func (s *Server) keepReadableShares(subs *Subscribers, topic string) {
 }
 
 func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packets.Packet) (packets.Packet, error) {
-	return s.publishFrom(nil, cl, sub, pk)
+	var out packets.Packet
+	err := s.publishFrom(nil, cl, sub, pk, &out)
+	return out, err
 }
 
 // publishFrom is publishToClient from the reader of from, when not nil:
 // the delivery is written once from's read buffer is done (deferWake).
-func (s *Server) publishFrom(from, cl *Client, sub packets.Subscription, pk packets.Packet) (packets.Packet, error) {
+// It prepares the delivery in out, which the caller provides (and may
+// reuse for the next subscriber): the queue gets a pooled copy, so a
+// delivery costs no allocation.
+func (s *Server) publishFrom(from, cl *Client, sub packets.Subscription, pk packets.Packet, out *packets.Packet) error {
 	if next := cl.State.Inflight.successor.Load(); next != nil {
-		return s.publishFrom(from, next, sub, pk) // the session moved on (moveTo)
+		return s.publishFrom(from, next, sub, pk, out) // the session moved on (moveTo)
 	}
 	var hold AckWaiter // a hook's write the delivery waits for (HoldDelivery)
 	if sub.NoLocal && pk.Origin == cl.ID {
-		return pk, nil // [MQTT-3.8.3-3]
+		*out = pk
+		return nil // [MQTT-3.8.3-3]
 	}
 
-	out := pk.CopyShared(false)
+	*out = pk.CopyShared(false)
 	if !s.hooks.OnACLCheck(cl, pk.TopicName, false) {
-		return out, packets.ErrNotAuthorized
+		return packets.ErrNotAuthorized
 	}
 	if !sub.FwdRetainedFlag && ((cl.Properties.ProtocolVersion == 5 && !sub.RetainAsPublished) || cl.Properties.ProtocolVersion < 5) { // ![MQTT-3.3.1-13] [v3 MQTT-3.3.1-9]
 		out.FixedHeader.Retain = false // [MQTT-3.3.1-12]
 	}
 
 	if len(sub.Identifiers) > 0 { // [MQTT-3.3.4-3]
-		out.Properties.SubscriptionIdentifier = []int{}
+		// Merge records 0 for a filter subscribed without an identifier;
+		// 0 is never sent, so it is not worth a slice per delivery.
+		var ids []int
 		for _, id := range sub.Identifiers {
-			out.Properties.SubscriptionIdentifier = append(out.Properties.SubscriptionIdentifier, id) // [MQTT-3.3.4-4] ![MQTT-3.3.4-5]
+			if id > 0 {
+				ids = append(ids, id) // [MQTT-3.3.4-4] ![MQTT-3.3.4-5]
+			}
 		}
-		sort.Ints(out.Properties.SubscriptionIdentifier)
+		sort.Ints(ids)
+		out.Properties.SubscriptionIdentifier = ids
 	}
 
 	if out.FixedHeader.Qos > sub.Qos {
@@ -1492,7 +1516,7 @@ func (s *Server) publishFrom(from, cl *Client, sub packets.Subscription, pk pack
 			// add hook?
 			atomic.AddInt64(&s.Info.InflightDropped, 1)
 			s.Log.Warn("client store quota reached", "client", cl.ID, "listener", cl.Net.Listener)
-			return out, packets.ErrQuotaExceeded
+			return packets.ErrQuotaExceeded
 		}
 
 		i, err := cl.NextPacketID() // [MQTT-4.3.2-1] [MQTT-4.3.3-1]
@@ -1500,20 +1524,20 @@ func (s *Server) publishFrom(from, cl *Client, sub packets.Subscription, pk pack
 			s.hooks.OnPacketIDExhausted(cl, pk)
 			atomic.AddInt64(&s.Info.InflightDropped, 1)
 			s.Log.Warn("packet ids exhausted", "error", err, "client", cl.ID, "listener", cl.Net.Listener)
-			return out, packets.ErrQuotaExceeded
+			return packets.ErrQuotaExceeded
 		}
 
 		out.PacketID = uint16(i) // [MQTT-2.2.1-4]
 		sentQuota := atomic.LoadInt32(&cl.State.Inflight.sendQuota)
 
-		ok, next := cl.State.Inflight.setDelivery(out)
+		ok, next := cl.State.Inflight.setDelivery(*out)
 		if next != nil {
-			return s.publishFrom(from, next, sub, pk) // moved on while this was prepared
+			return s.publishFrom(from, next, sub, pk, out) // moved on while this was prepared
 		}
 		if ok { // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
 			atomic.AddInt64(&s.Info.Inflight, 1)
 			cl.State.outbound.open.Add(1)
-			s.hooks.OnQosPublish(cl, out, out.Created, 0)
+			s.hooks.OnQosPublish(cl, *out, out.Created, 0)
 			cl.State.outbound.open.Add(-1)
 			cl.State.Inflight.DecreaseSendQuota()
 			hold = cl.takeDeliveryHold(out.PacketID)
@@ -1522,23 +1546,23 @@ func (s *Server) publishFrom(from, cl *Client, sub packets.Subscription, pk pack
 
 		if sentQuota == 0 && atomic.LoadInt32(&cl.State.Inflight.maximumSendQuota) > 0 {
 			out.Expiry = -1
-			cl.State.Inflight.Set(out)
+			cl.State.Inflight.Set(*out)
 			if hold != nil {
 				_ = hold.Wait() // sent later, by whoever frees the quota: rare
 			}
-			return out, nil
+			return nil
 		}
 	}
 
 	if cl.Net.Conn == nil || cl.Closed() {
 		settleWaits(holdList(hold))
-		return out, packets.CodeDisconnect
+		return packets.CodeDisconnect
 	}
 
-	switch cl.enqueue(&out, hold, from) {
+	switch cl.enqueue(cl.copyDelivery(out), hold, from, true) {
 	case keptInFlight:
 		settleWaits(holdList(hold))
-		return out, nil
+		return nil
 	case refused:
 		settleWaits(holdList(hold))
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
@@ -1549,10 +1573,10 @@ func (s *Server) publishFrom(from, cl *Client, sub packets.Subscription, pk pack
 			}
 			cl.State.Inflight.IncreaseSendQuota()
 		}
-		return out, packets.ErrPendingClientWritesExceeded
+		return packets.ErrPendingClientWritesExceeded
 	}
 
-	return out, nil
+	return nil
 }
 
 func (s *Server) publishRetainedToClient(cl *Client, sub packets.Subscription, existed bool) {

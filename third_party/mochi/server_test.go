@@ -2148,7 +2148,7 @@ func TestPublishToClientExceedClientWritesPending(t *testing.T) {
 
 	cl.State.outbound.writing = true // as if a writer were busy: the queue stays full
 	for i := int32(0); i < cl.ops.options.Capabilities.MaximumClientWritesPending; i++ {
-		require.Equal(t, enqueued, cl.enqueue(new(packets.Packet), nil, nil))
+		require.Equal(t, enqueued, cl.enqueue(new(packets.Packet), nil, nil, false))
 	}
 
 	id, _ := cl.NextPacketID()

@@ -840,8 +840,14 @@ func IsValidFilter(filter string, forPublish bool) bool {
 			return false
 		}
 
-		if strings.ContainsRune(filter, '+') || strings.ContainsRune(filter, '#') {
+		if strings.IndexByte(filter, '+') >= 0 || strings.IndexByte(filter, '#') >= 0 {
 			return false //[MQTT-3.3.2-2]
+		}
+		if len(filter) == 0 || filter[0] != '$' {
+			// Without wildcards the level rules below cannot fail, and
+			// only a $share/ name needs the share rules: every publish
+			// comes here.
+			return true
 		}
 	}
 

@@ -7,6 +7,7 @@ package mqtt
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -776,6 +777,52 @@ func TestIsValidForPublish(t *testing.T) {
 	require.False(t, IsValidFilter("a/b/+/d", true))
 	require.False(t, IsValidFilter("a/b/#", true))
 	require.False(t, IsValidFilter("$SYS/info", true))
+}
+
+// TestIsValidForPublishAsUpstream: the fast path for topic names (which
+// skips the share and level rules when there is no wildcard and no
+// leading $) answers as upstream's full walk did, for every name built
+// from these parts.
+func TestIsValidForPublishAsUpstream(t *testing.T) {
+	upstream := func(filter string) bool {
+		if len(filter) >= len(SysPrefix) && strings.EqualFold(filter[0:len(SysPrefix)], SysPrefix) {
+			return false
+		}
+		if strings.ContainsRune(filter, '+') || strings.ContainsRune(filter, '#') {
+			return false
+		}
+		if prefix, rest, shared := strings.Cut(filter, "/"); strings.EqualFold(prefix, SharePrefix) {
+			group, f, ok := strings.Cut(rest, "/")
+			if !shared || !ok || group == "" || strings.ContainsAny(group, "+#") || f == "" {
+				return false
+			}
+			filter = f
+		}
+		for level, rest, more := "", filter, true; more; {
+			level, rest, more = strings.Cut(rest, "/")
+			if strings.ContainsAny(level, "+#") && level != "+" && level != "#" {
+				return false
+			}
+			if level == "#" && more {
+				return false
+			}
+		}
+		return true
+	}
+	parts := []string{"", "/", "a", "+", "#", "$share", "$SHARE", "$sys", "$x", "g", "a+", "#b"}
+	n := 0
+	for _, a := range parts {
+		for _, b := range parts {
+			for _, c := range parts {
+				for _, sep := range []string{"", "/"} {
+					topic := a + sep + b + "/" + c
+					require.Equal(t, upstream(topic), IsValidFilter(topic, true), "topic %q", topic)
+					n++
+				}
+			}
+		}
+	}
+	require.Greater(t, n, 3000)
 }
 
 func TestIsSharedFilter(t *testing.T) {

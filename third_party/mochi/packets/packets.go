@@ -710,7 +710,7 @@ func (pk *Packet) PublishValidate(topicAliasMaximum uint16) Code {
 		return ErrProtocolViolationSurplusPacketID // [MQTT-2.2.1-2]
 	}
 
-	if strings.ContainsAny(pk.TopicName, "+#") {
+	if strings.IndexByte(pk.TopicName, '+') >= 0 || strings.IndexByte(pk.TopicName, '#') >= 0 {
 		return ErrProtocolViolationSurplusWildcard // [MQTT-3.3.2-2]
 	}
 
