@@ -109,11 +109,20 @@ func (s *Server) writeAck(cl *Client, ack packets.Packet, waits []AckWaiter, aft
 // and before ack is written (not at all if a write failed).
 func (s *Server) writeAckAfter(cl *Client, ack packets.Packet, waits []AckWaiter, before, after func()) error {
 	h := &cl.State.acks
+	if len(waits) > 0 && h.pending.Load() == 0 && readyAll(waits) {
+		// Done already (a hook that had nothing to write, a commit that
+		// came first): no need for the held queue and its goroutine.
+		if err := waitAll(waits); err != nil {
+			waits = []AckWaiter{doneWaiter{err}} // the held queue fails it
+		} else {
+			waits = nil
+		}
+	}
 	if len(waits) == 0 && h.pending.Load() == 0 {
 		if before != nil {
 			before()
 		}
-		err := cl.WritePacket(ack)
+		err := cl.queueAck(ack)
 		if after != nil {
 			after()
 		}
@@ -173,15 +182,11 @@ func (s *Server) writeHeldAcks(cl *Client) {
 			s.dropHeldAcks(cl, next.after)
 			return
 		}
-		acks := make([]packets.Packet, 0, len(ready))
 		for _, a := range ready {
 			if a.before != nil {
 				a.before()
 			}
-			acks = append(acks, a.ack)
-		}
-		if !cl.Closed() {
-			_ = cl.writePackets(acks)
+			_ = cl.queueAck(a.ack) // behind those queued before the hold: in order
 		}
 		for _, a := range ready {
 			if a.after != nil {
