@@ -80,6 +80,9 @@ func (h *Hook) OnRoute(cl *mqtt.Client, pk packets.Packet, r *mqtt.Route) error 
 		h.mu.Lock()
 		if h.limits.Policy == PolicyBlockPublisher && h.fullLocked(cl.ID, &pk, targets, maxQos) && blocked.more(h) {
 			h.mu.Unlock()
+			// The deliveries of the messages read before this one go out
+			// now, not after the wait.
+			cl.FlushDeferred()
 			blocked.sleep()
 			continue
 		}

@@ -262,3 +262,53 @@ func TestPublishAllocatesLittle(t *testing.T) {
 	require.Less(t, per, uint64(400), "bytes allocated per publish and delivery")
 	require.Less(t, objects, 3.0, "objects allocated per publish and delivery")
 }
+
+// blockingHook holds the reader in OnRoute for the topic "block" until
+// release is closed, calling FlushDeferred first when flush is set.
+type blockingHook struct {
+	HookBase
+	flush   bool
+	blocked chan struct{}
+	release chan struct{}
+}
+
+func (h *blockingHook) ID() string           { return "blocking" }
+func (h *blockingHook) Provides(b byte) bool { return b == OnRoute }
+func (h *blockingHook) OnRoute(cl *Client, pk packets.Packet, _ *Route) error {
+	if pk.TopicName != "block" {
+		return nil
+	}
+	if h.flush {
+		cl.FlushDeferred()
+	}
+	close(h.blocked)
+	<-h.release
+	return nil
+}
+
+// TestFlushDeferredBeforeBlocking: a hook that holds the publisher's reader
+// back (as persistence's block-publisher policy does while a session's
+// queue is full) first has the reader write what it deferred, so the
+// subscriber of a message read earlier in the same buffer gets it while
+// the reader waits, not after.
+func TestFlushDeferredBeforeBlocking(t *testing.T) {
+	s := newLifecycleServer()
+	h := &blockingHook{flush: true, blocked: make(chan struct{}), release: make(chan struct{})}
+	defer close(h.release) // also when the test fails: the server's close waits for the reader
+	require.NoError(t, s.AddHook(h, nil))
+	addr := startTCPServer(t, s)
+	sub, _ := connect(t, addr, 4, "sub", true, 0)
+	sub.subscribe(1, "a/b")
+	publisher, _ := connect(t, addr, 4, "pub", true, 0)
+
+	var buf bytes.Buffer
+	for _, topic := range []string{"a/b", "block"} {
+		pk := publishPacket(topic, 1, 7, topic)
+		pk.ProtocolVersion = 4
+		require.NoError(t, pk.PublishEncode(&buf))
+	}
+	_, err := publisher.conn.Write(buf.Bytes()) // one read buffer: a/b's delivery is deferred
+	require.NoError(t, err)
+	<-h.blocked
+	require.Equal(t, "a/b", sub.expect(packets.Publish).TopicName, "delivered only once the reader went on")
+}

@@ -437,6 +437,18 @@ func (cl *Client) flushDeferred() {
 	cl.State.flushTo = list[:0]
 }
 
+// FlushDeferred writes now what this client's reader has queued for other
+// clients and left to the end of its read buffer (deferWake). A hook about
+// to hold the reader back (a storage hook making a publisher wait for room,
+// say) calls it first, so that the subscribers of the messages read before
+// do not wait with it. Only the client's reader may call it, from the hooks
+// it runs; anywhere else it does nothing.
+func (cl *Client) FlushDeferred() {
+	if cl.State.reading {
+		cl.flushDeferred()
+	}
+}
+
 // flushQueued writes the queue directly, for by's flushDeferred, if no
 // writer runs and nothing in it is held; what the socket does not take at
 // once, and anything it cannot write, is left to the writer goroutine.
