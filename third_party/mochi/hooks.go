@@ -301,20 +301,21 @@ func (h *Hooks) OnDisconnect(cl *Client, err error, expire bool) {
 	}
 }
 
-// readsPacket says whether a hook's OnPacketRead takes packets of type t.
-func (h *Hooks) readsPacket(t byte) bool {
-	x := h.byEvent.Load()
-	return x != nil && len(x.reads[t&0x0f]) > 0
+// readers returns the hooks whose OnPacketRead takes packets of type t.
+func (h *Hooks) readers(t byte) []Hook {
+	if x := h.byEvent.Load(); x != nil {
+		return x.reads[t&0x0f]
+	}
+	return nil
 }
+
+// readsPacket says whether a hook's OnPacketRead takes packets of type t.
+func (h *Hooks) readsPacket(t byte) bool { return len(h.readers(t)) > 0 }
 
 // OnPacketRead is called when a packet is received from a client.
 func (h *Hooks) OnPacketRead(cl *Client, pk packets.Packet) (pkx packets.Packet, err error) {
 	pkx = pk
-	var readers []Hook
-	if x := h.byEvent.Load(); x != nil {
-		readers = x.reads[pk.FixedHeader.Type&0x0f]
-	}
-	for _, hook := range readers {
+	for _, hook := range h.readers(pk.FixedHeader.Type) {
 		npk, err := hook.OnPacketRead(cl, pkx)
 		if err != nil && errors.Is(err, packets.ErrRejectPacket) {
 			h.Log.Debug("packet rejected", "hook", hook.ID(), "packet", pkx)
