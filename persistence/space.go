@@ -69,7 +69,7 @@ func (c Config) criticalSpace() int64 {
 // checkSpace reads the free space and switches the store into or out of
 // its low-space and critical states, logging each switch once.
 func (s *Store) checkSpace() {
-	min := s.cfg.minFreeSpace()
+	min := s.minFree
 	if min == 0 {
 		return
 	}
@@ -79,11 +79,11 @@ func (s *Store) checkSpace() {
 		return // leave the state as it is: nothing better is known
 	}
 	s.freeBytes.Store(free)
-	if crit := free < s.cfg.criticalSpace(); crit != s.spaceCritical.Load() {
+	if crit := free < s.critical; crit != s.spaceCritical.Load() {
 		s.spaceCritical.Store(crit)
 		if crit {
 			s.log.Error("storage: disk full: every write is refused until space is freed (sessions, acknowledgements and deletions too)",
-				"dir", s.cfg.Dir, "free_bytes", free, "critical_bytes", s.cfg.criticalSpace())
+				"dir", s.cfg.Dir, "free_bytes", free, "critical_bytes", s.critical)
 		}
 	}
 	// Leaving the state takes a memtable more than entering it: Badger's
@@ -125,7 +125,7 @@ func (s *Store) spaceLoop() {
 // refreshSpace reads the free space again if the last reading is older
 // than spaceFresh (one statfs), unless another goroutine is reading it.
 func (s *Store) refreshSpace() {
-	if s.cfg.minFreeSpace() == 0 || time.Now().UnixNano()-s.spaceCheckedAt.Load() < int64(spaceFresh) {
+	if s.minFree == 0 || time.Now().UnixNano()-s.spaceCheckedAt.Load() < int64(spaceFresh) {
 		return
 	}
 	if s.spaceMu.TryLock() {
@@ -152,7 +152,7 @@ func (s *Store) Admit() error {
 }
 
 func (s *Store) spaceError() error {
-	return fmt.Errorf("%w: %d bytes free in %s, below storage.min_free_space (%d)", ErrDiskFull, s.freeBytes.Load(), s.cfg.Dir, s.cfg.minFreeSpace())
+	return fmt.Errorf("%w: %d bytes free in %s, below storage.min_free_space (%d)", ErrDiskFull, s.freeBytes.Load(), s.cfg.Dir, s.minFree)
 }
 
 // checkOpenSpace refuses to open a store without the space Badger writes

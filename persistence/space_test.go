@@ -103,3 +103,13 @@ func TestAdmitReadsFreshSpace(t *testing.T) {
 		t.Fatalf("Admit right after the disk filled: %v, want ErrDiskFull", err)
 	}
 }
+
+// TestAdmitAllocatesNothing: Admit runs for every message a publish would
+// store. Working out the space limits built Badger's options on each call
+// (6 % of a core in a persistent QoS 1 fan-in, pprof).
+func TestAdmitAllocatesNothing(t *testing.T) {
+	st := openStore(t, Config{Dir: t.TempDir(), Sync: SyncAlways})
+	if n := testing.AllocsPerRun(100, func() { _ = st.Admit() }); n != 0 {
+		t.Fatalf("Admit allocates %.1f objects per call, want 0", n)
+	}
+}

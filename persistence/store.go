@@ -104,7 +104,12 @@ type Store struct {
 	// the states above; spaceCheckedAt is when it last did (unix ns).
 	spaceMu        sync.Mutex
 	spaceCheckedAt atomic.Int64
-	diskRefusals   atomic.Uint64
+	// minFree and critical are cfg.minFreeSpace() and cfg.criticalSpace(),
+	// worked out once: refreshSpace runs on every stored publish, and
+	// working them out builds Badger's options (6 % of a core in a
+	// persistent QoS 1 fan-in).
+	minFree, critical int64
+	diskRefusals      atomic.Uint64
 }
 
 // Stats are cumulative counters of the store since Open, for metrics.
@@ -178,7 +183,10 @@ func Open(cfg Config, logger *slog.Logger) (*Store, error) {
 		db:     db,
 		always: cfg.Sync == SyncAlways,
 		reqs:   make(chan *batch, queueSize),
-		quit:   make(chan struct{}),
+
+		minFree:  cfg.minFreeSpace(),
+		critical: cfg.criticalSpace(),
+		quit:     make(chan struct{}),
 
 		stateKick: make(chan struct{}, 1),
 		stateQuit: make(chan struct{}),
