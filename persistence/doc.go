@@ -73,8 +73,9 @@
 //     never a repeated QoS 2 delivery.
 //   - OnDisconnect, W: the disconnect time (session expiry counts from it),
 //     or the deletion of all keys of a session that ends.
-//   - The drain (spill.go), A (W for QoS 2, before the packet is written):
-//     the packet id of a spilled message it puts into mochi. Drops of the
+//   - FiledStored (spill.go), A (for QoS 2 the engine writes the packet
+//     once it is done): the packet id the engine gave a spilled message it
+//     fed into the client. Drops of the
 //     oldest message (drop-oldest) and entries forgotten when a resumed
 //     session's CONNACK is written (OnPacketSent), A: deletions, as above.
 //
@@ -108,8 +109,9 @@
 // delivery to the old client goes to the new one, and the resend covers
 // only what was inherited, so a message delivered to the new client
 // meanwhile goes out once, after the resend, through its queue. The hook
-// only keeps the session's drain off meanwhile (gate.go) and, once the
-// CONNACK is written, forgets entries the engine no longer holds.
+// only forgets, once the CONNACK is written, entries the engine no longer
+// holds, and has the engine feed the session's backlog once it is
+// established.
 //
 // # Queue bounds and spill (spill.go)
 //
@@ -125,17 +127,16 @@
 // (a) and (b) it skips the subscriber on the engine's route (Route.Skip).
 //
 // Spilled refs enter the session's backlog (in seq order) once their write
-// returns. A drain goroutine per connected session (runDrain) moves the
-// backlog into the client in order, as acknowledgements free its window:
-// it takes a packet id (outside h.mu: mochi's NextPacketID waits for a
-// client lock held during writes), then under h.mu puts the packet in
-// Inflight and maps it to the ref, then writes it outside the lock. While
-// a backlog, a pending spilled write or a transfer exists, every new
+// returns. The engine feeds the backlog into the connected client in
+// order as acknowledgements free its window (mqtt.StoredQueue, in the
+// engine's storedfeed.go): the hook hands it the next messages read back
+// from the store (NextStored), records the packet id the engine gives each
+// (FiledStored), and takes back what a batch did not file (QueuedStored).
+// While a backlog, a pending spilled write or a batch exists, every new
 // message for the session is spilled too, so a live message never
-// overtakes an older spilled one.
-// OnSessionEstablish stops the drain of the previous connection (no packet
-// is put into its Inflight after that); OnSessionEstablished starts one for
-// the new connection after mochi's resend.
+// overtakes an older spilled one. The engine feeds nothing into a
+// connection that has ended, and ends a connection only once its batch has
+// ended, so a session taken over never gets half a batch.
 //
 // # Owners and the ACL (owner.go)
 //
@@ -143,9 +144,9 @@
 // the session (record version 2; version 1 records load without one), and
 // StoredClients reports each restored session's owner, so that ownership
 // survives a restart. The engine offers a shared-group message only to
-// members allowed to read it (its OnACLCheck). With SetReadCheck, the drain
-// drops (and counts, ACLDropped) a spilled message its session may no
-// longer read.
+// members allowed to read it (its OnACLCheck). With SetReadCheck,
+// NextStored drops (and counts, ACLDropped) a spilled message its session
+// may no longer read.
 //
 // # Loading
 //
@@ -171,14 +172,13 @@
 //
 // # Concurrency and lifetime
 //
-// Hook methods run on mochi's client goroutines and the hook's own
-// once-a-second goroutine (started by OnStarted, stopped by Stop), and on
-// one drain goroutine per session with a spilled backlog and a connected
-// client (also stopped by Stop). One mutex guards the hook's maps and is
-// never held across a store commit, a network write or a call into mochi
-// that runs hooks; the drain hands a write to the store's queue under it
-// (writeLocked), so that it is committed before the deletion an
-// acknowledgement causes. The Store is safe for concurrent use.
+// Hook methods run on mochi's client goroutines, the engine's feed
+// goroutines (the StoredQueue methods) and the hook's own once-a-second
+// goroutine (started by OnStarted, stopped by Stop). One mutex guards the
+// hook's maps and is never held across a store commit, a network write or
+// a call into mochi that runs hooks (FeedStored runs none); FiledStored
+// hands a write to the store's queue under it (writeLocked), so that it is
+// committed before the deletion an acknowledgement causes. The Store is safe for concurrent use.
 // Close takes no context: it only commits what is queued (at most 4096
 // requests) and fsyncs. Close the mochi server first (its Close waits for
 // the client goroutines, so their disconnect times are stored), then the

@@ -36,8 +36,6 @@ type Hook struct {
 	refs     map[uint64]int32         // queue refs per message body shared by more than one (see releaseBodyLocked)
 	restored map[string]*restoredSession
 
-	establishing map[string]*establishing // sessions being established, by client id (gate.go)
-
 	// stalled, when set, says that a client has stopped taking what is
 	// written to it (SetStalled).
 	stalled func(cl *mqtt.Client) bool
@@ -74,9 +72,11 @@ type session struct {
 
 	backlog      spillQueue  // spilled messages, in queue order
 	pendingSpill int         // spilled refs whose write has not returned yet
-	transfer     []spillItem // taken from backlog by drain, not yet in mochi
-	writing      int         // drained into mochi, not yet written to the client
-	drain        *drain      // feeds backlog into the connected client
+	transfer     []spillItem // handed to the engine's feed (NextStored), not yet filed
+	// feedCl is the client whose feed batch is under way (NextStored to
+	// QueuedStored): until it ends, new messages are spilled, so that
+	// none overtakes the batch.
+	feedCl *mqtt.Client
 
 	count int   // PUBLISH messages queued: entries, transfer, backlog, pending
 	bytes int64 // their topic and payload bytes
@@ -126,8 +126,6 @@ func NewHook(st *Store, srv *mqtt.Server) *Hook {
 		restored: map[string]*restoredSession{},
 		limits:   QueueLimits{}.withDefaults(),
 		quit:     make(chan struct{}),
-
-		establishing: map[string]*establishing{},
 	}
 }
 
@@ -351,11 +349,7 @@ func (h *Hook) dropSessionLocked(id string, ss *session, b *batch) {
 	for _, it := range ss.transfer {
 		h.releaseBodyLocked(it.msgID, b)
 	}
-	ss.backlog, ss.transfer = spillQueue{}, nil
-	if ss.drain != nil {
-		ss.drain.stop = true
-		ss.drain.wake()
-	}
+	ss.backlog, ss.transfer, ss.feedCl = spillQueue{}, nil, nil
 	delete(h.sessions, id)
 	delete(h.restored, id)
 	b.delete(sessionKey(id))
@@ -427,16 +421,7 @@ func (h *Hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	keep := persistent(cl)
 	b := h.st.newBatch()
 	h.mu.Lock()
-	if keep && !pk.Connect.Clean {
-		h.markEstablishingLocked(cl) // the engine resends first
-	}
 	ss := h.sessions[cl.ID]
-	if ss != nil && ss.drain != nil {
-		// It feeds the old connection; the new one gets a drain of its own
-		// once established.
-		ss.drain.stop = true
-		ss.drain.wake()
-	}
 	if ss != nil && (pk.Connect.Clean || !keep) {
 		h.dropSessionLocked(cl.ID, ss, b)
 		ss = nil
@@ -464,7 +449,7 @@ func (h *Hook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {
 	b := h.st.newBatch()
 	h.mu.Lock()
 	if ss := h.sessions[cl.ID]; ss != nil {
-		if g := h.establishing[cl.ID]; g != nil && g.cl == cl {
+		if cur, ok := h.srv.Clients.Get(cl.ID); ok && cur == cl {
 			h.reconcileLocked(cl.ID, ss, cl, b)
 		}
 	}
@@ -472,17 +457,14 @@ func (h *Hook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {
 	h.write(b, false)
 }
 
-// OnSessionEstablished starts the session's drain, once the engine has
-// resent its in-flight messages.
+// OnSessionEstablished has the engine feed the session's spilled backlog,
+// once it has resent the session's in-flight messages.
 func (h *Hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.endEstablishingLocked(cl)
-	ss := h.sessions[cl.ID]
-	if ss == nil {
-		return
+	if ss := h.sessions[cl.ID]; ss != nil {
+		h.feedLocked(cl.ID, ss)
 	}
-	h.maybeDrainLocked(cl.ID, ss)
 }
 
 // OnDisconnect stores the disconnect time (session expiry counts from it)
@@ -496,7 +478,6 @@ func (h *Hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	h.dropPending(cl.ID)
 	b := h.st.newBatch()
 	h.mu.Lock()
-	h.endEstablishingLocked(cl)
 	if ss := h.sessions[cl.ID]; ss != nil {
 		if expire || !persistent(cl) {
 			h.dropSessionLocked(cl.ID, ss, b)

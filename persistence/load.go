@@ -192,14 +192,14 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 	}
 	for _, list := range perClient {
 		// What goes into mochi is the front of the queue: mochi resends it
-		// before the drain feeds the rest, so a message kept in memory
+		// before the engine feeds the rest, so a message kept in memory
 		// past a spilled older one would overtake it. The front is the
 		// window, stretched to the last QoS 2 message that has a packet id
 		// (the client may hold its QoS 2 state, so it must be resent
 		// under that id). A QoS 1 message past the window loses its id and
 		// gets a new one when fed: a connected session's window is larger
-		// than an offline one's, and the drain stores the id of each
-		// message it feeds.
+		// than an offline one's, and FiledStored stores the id of each
+		// message the engine feeds.
 		keep := -1
 		for i := range list {
 			if r := &list[i].rec; r.State == refPublish && r.Qos == 2 && r.PacketID != 0 {

@@ -51,8 +51,8 @@ func (h *Hook) findPendingLocked(origin string, pk *packets.Packet) (*pendingMsg
 // acknowledgement, so OnQosPublish later maps them onto these refs. A QoS 2
 // message from a persistent publisher also gets its PUBREC state stored in
 // the same batch. Subscribers the message is spilled for, or dropped for
-// (a full queue), are skipped on the route: the drain delivers the first,
-// nobody the second.
+// (a full queue), are skipped on the route: the engine feeds the first
+// from the store (NextStored), nobody gets the second.
 //
 // If the store fails the message is refused: MQTT 5 publishers get reason
 // 0x83 (implementation specific error), MQTT 3 publishers no acknowledgement.
@@ -380,15 +380,7 @@ func (h *Hook) dropPendingMsg(origin string, pm *pendingMsg) {
 
 // OnQosComplete deletes the record of a finished QoS flow (PUBACK, PUBCOMP
 // from a subscriber; PUBREL from a publisher).
-// A drain waiting for room in the client's window is woken.
-func (h *Hook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
-	h.forget(cl, pk)
-	h.mu.Lock()
-	if ss := h.sessions[cl.ID]; ss != nil && ss.drain != nil && ss.drain.cl == cl {
-		ss.drain.wake()
-	}
-	h.mu.Unlock()
-}
+func (h *Hook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) { h.forget(cl, pk) }
 
 // OnQosDropped deletes the record of an expired or abandoned QoS flow.
 func (h *Hook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) { h.forget(cl, pk) }
@@ -419,7 +411,7 @@ func (h *Hook) forget(cl *mqtt.Client, pk packets.Packet) {
 	}
 	// mochi removes the packet from Inflight before it calls the hooks: if
 	// the id is in flight again, a new message took it meanwhile and its
-	// OnQosPublish (or the drain) already replaced this entry.
+	// OnQosPublish (or FiledStored) already replaced this entry.
 	if _, reused := cl.State.Inflight.Get(pid); !reused {
 		if ss := h.sessions[cl.ID]; ss != nil {
 			h.removeEntryLocked(cl.ID, ss, pid, b)

@@ -89,9 +89,9 @@ func (q QueueLimits) withDefaults() QueueLimits {
 func (h *Hook) SetQueueLimits(q QueueLimits) { h.limits = q.withDefaults() }
 
 // SetStalled tells the hook which clients have stopped taking what is
-// written to them: their new messages are spilled to the store, and the
-// drain feeds them nothing, until fn reports false again (the drain looks
-// again within a second). fn must be cheap and must not block. Call it
+// written to them: their new messages are spilled to the store, and
+// NextStored hands the engine nothing, until fn reports false again (the
+// engine asks again within a second). fn must be cheap and must not block. Call it
 // before the server's Serve.
 func (h *Hook) SetStalled(fn func(cl *mqtt.Client) bool) { h.stalled = fn }
 
@@ -162,8 +162,8 @@ type spillItem struct {
 
 // expiresAt is spillItem.expires of a message created at created with
 // expiry (Unix seconds, 0 none) under the server's maximum message expiry
-// interval maxExpiry (seconds, 0 none): the moment after which the drain
-// would skip it (feed).
+// interval maxExpiry (seconds, 0 none): the moment after which NextStored
+// drops it.
 func expiresAt(created, expiry, maxExpiry int64) uint32 {
 	at := expiry
 	if maxExpiry > 0 && (at <= 0 || created+maxExpiry < at) {
@@ -255,7 +255,7 @@ func (q *spillQueue) compact() {
 // the queue order: older ones are still in the store or being moved into
 // mochi.
 func (ss *session) spillingLocked() bool {
-	return ss.backlog.len() > 0 || ss.pendingSpill > 0 || len(ss.transfer) > 0 || ss.writing > 0
+	return ss.backlog.len() > 0 || ss.pendingSpill > 0 || len(ss.transfer) > 0 || ss.feedCl != nil
 }
 
 func (ss *session) account(n int, size uint32) {
@@ -425,212 +425,161 @@ func (h *Hook) settleSpilledLocked(p *pendingMsg, ok bool, b *batch) {
 		ss.backlog.insert(spillItem{seq: ref.seq, msgID: p.msgID, size: ref.size, expires: p.expires})
 		h.noteExpiryLocked(id, ss, p.expires)
 		h.spilled.Add(1)
-		h.maybeDrainLocked(id, ss)
+		h.feedLocked(id, ss)
 	}
 }
 
-// drain moves the spilled messages of a session into its connected client,
-// in queue order, as acknowledgements free its window. There is at most one
-// per session; it stops when the backlog is empty or the client is gone.
-type drain struct {
-	cl   *mqtt.Client
-	kick chan struct{}
-	stop bool // the session is being taken over: leave cl alone
-}
-
-func (h *Hook) stopping() bool {
-	select {
-	case <-h.quit:
-		return true
-	default:
-		return false
-	}
-}
-
-func (d *drain) wake() {
-	select {
-	case d.kick <- struct{}{}:
-	default:
-	}
-}
-
-// maybeDrainLocked starts feeding the backlog of session id into its
-// client if it is connected and established and nothing feeds it yet.
-func (h *Hook) maybeDrainLocked(id string, ss *session) {
-	if d := ss.drain; d != nil {
-		d.wake()
+// feedLocked has the engine feed session id's spilled backlog into its
+// client (mqtt.Server.FeedStored), if that is connected. It does not
+// block.
+func (h *Hook) feedLocked(id string, ss *session) {
+	if !h.loaded.Load() || ss.backlog.len() == 0 {
 		return
 	}
-	if !h.loaded.Load() || ss.backlog.len() == 0 || h.stopping() {
-		return
-	}
-	cl, ok := h.srv.Clients.Get(id)
-	if !ok || offline(cl) || h.establishing[id] != nil {
-		return
-	}
-	d := &drain{cl: cl, kick: make(chan struct{}, 1)}
-	ss.drain = d
-	h.wg.Add(1)
-	go h.runDrain(id, ss, d)
-}
-
-// endDrainLocked retires d; items it had taken go back to the backlog, and
-// a newer connection of the session gets a drain of its own.
-func (h *Hook) endDrainLocked(id string, ss *session, d *drain) {
-	if ss.drain != d {
-		return
-	}
-	ss.drain = nil
-	ss.backlog.pushFront(ss.transfer)
-	ss.transfer = nil
-	if h.sessions[id] == ss && !d.stop {
-		if cl, ok := h.srv.Clients.Get(id); ok && cl == d.cl {
-			return // same client: closed, or the backlog is empty
-		}
-	}
-	if h.sessions[id] == ss {
-		h.maybeDrainLocked(id, ss)
+	if cl, ok := h.srv.Clients.Get(id); ok && !offline(cl) {
+		h.srv.FeedStored(cl)
 	}
 }
 
-// roomLocked is how many more messages cl may have in flight.
-func (h *Hook) roomLocked(cl *mqtt.Client) int {
-	if h.stalledClient(cl) {
-		return 0
-	}
-	limit := h.liveWindow()
-	if rm := int(cl.Properties.Props.ReceiveMaximum); rm > 0 && rm < limit {
-		limit = rm
-	}
-	return limit - cl.State.Inflight.Len()
-}
-
-const drainChunk = 128
-
-func (h *Hook) runDrain(id string, ss *session, d *drain) {
-	defer h.wg.Done()
-	idle := time.NewTimer(time.Second)
-	defer idle.Stop()
+// NextStored hands the engine up to n of the oldest spilled messages of
+// cl's session (mqtt.StoredQueue), read back from the store in one read
+// transaction. Messages whose ref or body is gone, that expired, or that
+// cl may no longer read (SetReadCheck) are deleted instead. While the
+// client is stalled (SetStalled) it returns mqtt.ErrFeedLater. What it
+// hands over stays in ss.transfer, so that no live message overtakes it,
+// until FiledStored maps each onto its packet id and QueuedStored ends the
+// batch.
+func (h *Hook) NextStored(cl *mqtt.Client, n int) ([]packets.Packet, error) {
 	for {
-		h.mu.Lock()
-		if d.stop || h.sessions[id] != ss || d.cl.Closed() || h.stopping() {
-			h.endDrainLocked(id, ss, d)
-			h.mu.Unlock()
-			return
+		pks, more, err := h.nextStored(cl, n)
+		if err != nil || len(pks) > 0 || !more {
+			return pks, err
 		}
-		// What the last feed did not get to goes first again.
-		ss.backlog.pushFront(ss.transfer)
-		ss.transfer = nil
-		if ss.backlog.len() == 0 && ss.pendingSpill == 0 {
-			h.endDrainLocked(id, ss, d)
-			h.mu.Unlock()
-			return
-		}
-		room := h.roomLocked(d.cl)
-		if ss.backlog.len() == 0 || room <= 0 {
-			h.mu.Unlock()
-			idle.Reset(time.Second)
-			select {
-			case <-d.kick:
-			case <-idle.C:
-			case <-h.quit:
-				h.mu.Lock()
-				h.endDrainLocked(id, ss, d)
-				h.mu.Unlock()
-				return
-			}
-			continue
-		}
-		items := ss.backlog.popFront(min(room, drainChunk))
-		ss.transfer = items
-		h.mu.Unlock()
-		pks, err := h.st.loadSpilled(id, items)
-		if err != nil {
-			// Put them back and retry: never drop what could not be read.
-			h.log.Error("spilled messages unreadable, retrying", "client_id", id, "err", err)
-			h.mu.Lock()
-			if ss.drain == d && h.sessions[id] == ss {
-				ss.backlog.pushFront(ss.transfer)
-				ss.transfer = nil
-			}
-			h.mu.Unlock()
-			idle.Reset(time.Second)
-			select {
-			case <-idle.C:
-			case <-h.quit:
-			}
-			continue
-		}
-		h.feed(id, ss, d, pks)
+		// Every message read was dropped, and more are stored.
 	}
 }
 
-// feed puts the loaded spilled messages into d.cl's in-flight messages, in
-// order, and writes them. The ones of a client that went away stay in
-// ss.transfer, which endDrainLocked puts back.
-func (h *Hook) feed(id string, ss *session, d *drain, pks []spilledPacket) {
-	for i := range pks {
-		sp := &pks[i]
-		b := h.st.newBatch()
-		h.mu.Lock()
-		if d.stop || h.sessions[id] != ss || d.cl.Closed() || len(ss.transfer) == 0 || ss.transfer[0].seq != sp.item.seq {
-			h.mu.Unlock()
-			h.st.putBatch(b)
-			return
-		}
-		now := h.now().Unix()
-		if !sp.ok || expiredBy(sp.item.expires, now) || h.unreadableLocked(d.cl, &sp.pk) {
-			ss.transfer = ss.transfer[1:]
-			if sp.ok && expiredBy(sp.item.expires, now) {
+// nextStored is one read of NextStored; more says whether the backlog
+// holds more.
+func (h *Hook) nextStored(cl *mqtt.Client, n int) (pks []packets.Packet, more bool, err error) {
+	id := cl.ID
+	h.mu.Lock()
+	ss := h.sessions[id]
+	if ss == nil || !h.loaded.Load() {
+		h.mu.Unlock()
+		return nil, false, nil
+	}
+	ss.backlog.pushFront(ss.transfer) // left by a batch that did not end
+	ss.transfer = nil
+	if ss.backlog.len() == 0 {
+		ss.feedCl = nil
+		h.mu.Unlock()
+		return nil, false, nil
+	}
+	if h.stalledClient(cl) {
+		h.mu.Unlock()
+		return nil, false, mqtt.ErrFeedLater
+	}
+	items := ss.backlog.popFront(min(n, feedChunk))
+	ss.transfer, ss.feedCl = items, cl
+	h.mu.Unlock()
+	sps, err := h.st.loadSpilled(id, items)
+	b := h.st.newBatch()
+	h.mu.Lock()
+	if h.sessions[id] != ss || ss.feedCl != cl {
+		h.mu.Unlock()
+		h.st.putBatch(b)
+		return nil, false, nil
+	}
+	if err != nil {
+		// Back they go, to be read again: never drop what could not be read.
+		ss.backlog.pushFront(ss.transfer)
+		ss.transfer, ss.feedCl = nil, nil
+		h.mu.Unlock()
+		h.st.putBatch(b)
+		return nil, false, err
+	}
+	now := h.now().Unix()
+	kept := ss.transfer[:0]
+	for i := range sps {
+		sp := &sps[i]
+		if expired := sp.ok && expiredBy(sp.item.expires, now); !sp.ok || expired || h.unreadableLocked(cl, &sp.pk) {
+			if expired {
 				h.expired.Add(1)
 			}
 			b.delete(b.queueKey(id, sp.item.seq))
 			h.releaseBodyLocked(sp.item.msgID, b)
 			ss.account(-1, sp.item.size)
-			h.mu.Unlock()
-			h.write(b, false)
 			continue
 		}
-		next, err := h.nextPacketID(d.cl, ss)
-		if err != nil {
-			h.mu.Unlock() // what is left in ss.transfer goes back to the backlog
-			h.st.putBatch(b)
-			return
-		}
-		ss.transfer = ss.transfer[1:]
 		pk := sp.pk
-		pk.PacketID = uint16(next)
 		// A stored id on a spilled ref is one it had before a restart put
 		// it back in the backlog (load.go): it may have been sent.
 		pk.FixedHeader.Dup = sp.rec.PacketID != 0
-		if d.cl.State.Inflight.Set(pk) {
-			atomic.AddInt64(&h.srv.Info.Inflight, 1)
-		}
-		ss.entries[pk.PacketID] = &entry{seq: sp.item.seq, msgID: sp.item.msgID, state: refPublish, created: pk.Created, size: sp.item.size}
-		sp.rec.PacketID = pk.PacketID
-		b.set(b.queueKey(id, sp.item.seq), sp.rec.appendTo)
-		// Queued under h.mu: once the packet is in Inflight, a takeover can
-		// resend it and its acknowledgement delete the ref; that deletion
-		// must be committed after this write. As OnQosPublish, a QoS 2
-		// packet id is stored before we write the packet.
-		done := h.writeLocked(b, pk.FixedHeader.Qos == 2)
-		ss.writing++ // until written: a live message must not overtake it
-		h.mu.Unlock()
-		done()
-		err = d.cl.WritePacket(pk)
-		h.mu.Lock()
-		ss.writing--
-		h.mu.Unlock()
-		if err != nil {
-			// It is in flight as far as mochi knows, as a live message
-			// whose write failed: resent when the session resumes.
-			if d.cl.Closed() {
-				return
-			}
-			h.log.Warn("spilled message not written", "client_id", id, "err", err)
-		}
+		kept = append(kept, sp.item)
+		pks = append(pks, pk)
+	}
+	ss.transfer = kept
+	if len(kept) == 0 {
+		ss.feedCl = nil
+	}
+	more = ss.backlog.len() > 0
+	h.mu.Unlock()
+	h.write(b, false)
+	return pks, more, nil
+}
+
+// FiledStored records the packet id the engine gave the next message of
+// the batch (mqtt.StoredQueue). For QoS 2 it returns the write of that
+// id, which the engine waits for before it writes the message: a resend
+// after a crash must carry the same id.
+func (h *Hook) FiledStored(cl *mqtt.Client, pk packets.Packet) mqtt.AckWaiter {
+	b := h.st.newBatch()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ss := h.sessions[cl.ID]
+	if ss == nil || ss.feedCl != cl || len(ss.transfer) == 0 {
+		h.st.putBatch(b)
+		return nil
+	}
+	it := ss.transfer[0]
+	ss.transfer = ss.transfer[1:]
+	// An acknowledged flow's entry may still be here: the engine frees
+	// the id before the hooks hear of the acknowledgement (forget then
+	// leaves the new entry alone).
+	h.removeEntryLocked(cl.ID, ss, pk.PacketID, b)
+	ss.entries[pk.PacketID] = &entry{seq: it.seq, msgID: it.msgID, state: refPublish, created: pk.Created, size: it.size}
+	rec := refRec{State: refPublish, Qos: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain,
+		PacketID: pk.PacketID, MsgID: it.msgID, SubIDs: pk.Properties.SubscriptionIdentifier}
+	b.set(b.queueKey(cl.ID, it.seq), rec.appendTo)
+	// Queued under h.mu: once the packet is in Inflight, its
+	// acknowledgement (or a takeover's resend and its acknowledgement) can
+	// delete the ref, and that deletion must be committed after this write.
+	if pk.FixedHeader.Qos != 2 {
+		h.writeLocked(b, false)
+		return nil
+	}
+	p, err := h.st.writeAsync(b)
+	if err != nil {
+		h.logWriteError(err)
+		return nil
+	}
+	return p
+}
+
+// QueuedStored ends the engine's batch (mqtt.StoredQueue): what it did not
+// file goes back to the front of the backlog.
+func (h *Hook) QueuedStored(cl *mqtt.Client) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if ss := h.sessions[cl.ID]; ss != nil && ss.feedCl == cl {
+		ss.backlog.pushFront(ss.transfer)
+		ss.transfer, ss.feedCl = nil, nil
 	}
 }
+
+// feedChunk bounds the messages read back in one read transaction.
+const feedChunk = 128
 
 // writeLocked hands b to the store's writer with h.mu held, so that it is
 // committed before any write queued after h.mu is released. It waits only
@@ -664,20 +613,6 @@ func (h *Hook) reconcileLocked(id string, ss *session, cl *mqtt.Client, b *batch
 			h.removeEntryLocked(id, ss, pid, b)
 		}
 	}
-}
-
-// nextPacketID is cl.NextPacketID, skipping ids that still have an
-// entry: mochi removes an acknowledged packet from Inflight before the
-// hooks hear of it, so for a moment its id is free in mochi but not here.
-// Called with h.mu held: NextPacketID waits for no write to the client.
-func (h *Hook) nextPacketID(cl *mqtt.Client, ss *session) (uint32, error) {
-	for range 64 {
-		id, err := cl.NextPacketID()
-		if err != nil || ss.entries[uint16(id)] == nil {
-			return id, err
-		}
-	}
-	return 0, packets.ErrQuotaExceeded
 }
 
 // spilledPacket is a spilled message read back from the store.
@@ -756,7 +691,7 @@ func (h *Hook) noteExpiryLocked(id string, ss *session, exp uint32) {
 }
 
 // sweepSpilled deletes the spilled messages that expired before they could
-// be sent. The drain skips them too, but only once the session is back: an
+// be sent. NextStored drops them too, but only once the session is back: an
 // offline session's queue would otherwise stay full of dead messages, its
 // new ones dropped for want of room, and the disk kept. (Messages in
 // mochi's memory window are expired by mochi, which tells OnQosDropped.)
@@ -789,7 +724,7 @@ func (h *Hook) sweepSpilled(now int64) {
 			earliest(it.expires)
 			return true
 		})
-		// Taken by the drain, back in the backlog if it does not send them.
+		// Handed to the engine, back in the backlog if it does not file them.
 		for _, it := range ss.transfer {
 			earliest(it.expires)
 		}

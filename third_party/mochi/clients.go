@@ -306,6 +306,7 @@ type ClientState struct {
 	park            parkState          // the poller's registration while idle (park.go)
 	counted         atomic.Bool        // counted in Info.ClientsConnected
 	finish          sync.Once          // the connection's handling ends once
+	feed            feedState          // the feed of a StoredQueue's messages (storedfeed.go)
 	Keepalive       uint16             // the number of seconds the connection can wait
 	ServerKeepalive bool               // keepalive was set by the server
 }

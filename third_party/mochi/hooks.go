@@ -144,6 +144,7 @@ func (h *Hooks) Len() int64 {
 type hookIndex struct {
 	events [numEvents][]Hook
 	reads  [16][]Hook
+	stored StoredQueue // the first hook that keeps session queues on disk (storedfeed.go)
 }
 
 // PacketReadFilter is implemented by a hook whose OnPacketRead looks at
@@ -203,6 +204,9 @@ func (h *Hooks) Add(hook Hook, config any) error {
 			if hk.Provides(byte(ev)) {
 				x.events[ev] = append(x.events[ev], hk)
 			}
+		}
+		if q, ok := hk.(StoredQueue); ok && x.stored == nil {
+			x.stored = q
 		}
 		if !hk.Provides(OnPacketRead) {
 			continue
@@ -305,6 +309,14 @@ func (h *Hooks) OnDisconnect(cl *Client, err error, expire bool) {
 func (h *Hooks) readers(t byte) []Hook {
 	if x := h.byEvent.Load(); x != nil {
 		return x.reads[t&0x0f]
+	}
+	return nil
+}
+
+// storedQueue returns the hook that keeps session queues on disk, or nil.
+func (h *Hooks) storedQueue() StoredQueue {
+	if x := h.byEvent.Load(); x != nil {
+		return x.stored
 	}
 	return nil
 }

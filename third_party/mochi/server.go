@@ -183,6 +183,7 @@ type Server struct {
 	readers      readers              // read buffers (park.go)
 	poller       *poller              // parked connections; nil: parking is off (park.go)
 	publishes    atomic.Uint64        // the last Packet.PublishID given (route.go)
+	feeds        feeders              // goroutines feeding stored messages into clients (storedfeed.go)
 }
 
 // loop contains interval tickers for the system events loop.
@@ -641,6 +642,7 @@ func (s *Server) endClient(cl *Client, err error) {
 	}
 	s.Log.Debug("client disconnected", "error", err, "client", cl.ID, "remote", cl.Net.Remote, "listener", cl.Net.Listener)
 
+	cl.stopFeed() // before the session can be taken over
 	func() {
 		expire := endsWithConnection(cl)
 		unlock := s.sessions.lock(cl.ID)
@@ -669,6 +671,7 @@ func (s *Server) finishClient(cl *Client, err error) {
 			atomic.AddInt64(&s.Info.ClientsConnected, -1)
 		}
 		cl.Stop(nil)
+		cl.stopFeed() // a connection ended on another path than endClient
 		close(cl.State.handled)
 		s.conns.leave(cl, &s.Listeners.ClientsWg)
 		cl.Net.end(err)
@@ -1647,6 +1650,7 @@ func (s *Server) processPuback(cl *Client, pk packets.Packet) error {
 		cl.State.Inflight.IncreaseSendQuota()
 		atomic.AddInt64(&s.Info.Inflight, -1)
 		s.hooks.OnQosComplete(cl, pk)
+		s.freedWindow(cl)
 	}
 
 	return nil
@@ -1666,6 +1670,7 @@ func (s *Server) processPubrec(cl *Client, pk packets.Packet) error {
 			atomic.AddInt64(&s.Info.Inflight, -1)
 		}
 		cl.ops.hooks.OnQosDropped(cl, pk)
+		s.freedWindow(cl)
 		return nil // as per MQTT5 Section 4.13.2 paragraph 2
 	}
 
@@ -1722,6 +1727,7 @@ func (s *Server) processPubcomp(cl *Client, pk packets.Packet) error {
 		cl.State.flows.Add(1)
 		atomic.AddInt64(&s.Info.Inflight, -1)
 		s.hooks.OnQosComplete(cl, pk)
+		s.freedWindow(cl)
 	}
 
 	return nil
@@ -2027,6 +2033,7 @@ func (s *Server) Close() error {
 	s.Log.Info("gracefully stopping server")
 	s.conns.close() // before CloseAll's Wait: no connection handler starts after it
 	s.Listeners.CloseAll(s.closeListenerClients)
+	s.feeds.close() // every client has ended: no feed starts again
 	if s.poller != nil {
 		s.poller.close()
 	}
