@@ -193,7 +193,11 @@ func (l *listener) ready() error {
 type wsConn struct {
 	*websocket.Conn
 	r  io.Reader
-	mu sync.Mutex
+	mu sync.Mutex // one write at a time
+	// writeDeadline is the deadline for writes, in Unix nanoseconds (0:
+	// none). gorilla keeps its own in a field that its writes read without
+	// a lock, so Write hands it over under mu.
+	writeDeadline atomic.Int64
 }
 
 var _ net.Conn = (*wsConn)(nil)
@@ -225,13 +229,33 @@ func (c *wsConn) Read(p []byte) (int, error) {
 func (c *wsConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	var t time.Time
+	if ns := c.writeDeadline.Load(); ns != 0 {
+		t = time.Unix(0, ns)
+	}
+	_ = c.Conn.SetWriteDeadline(t)
 	if err := c.WriteMessage(websocket.BinaryMessage, p); err != nil {
 		return 0, err
 	}
 	return len(p), nil
 }
 
+// SetWriteDeadline may be called while a write is under way (conn.Close
+// ends a write blocked on a client that stopped reading): it sets the
+// socket's deadline, which ends that write, and the one the next write
+// hands gorilla. Calling gorilla's directly raced with its writes
+// (-race, in a fresh-clone CI run).
+func (c *wsConn) SetWriteDeadline(t time.Time) error {
+	var ns int64
+	if !t.IsZero() {
+		ns = t.UnixNano()
+	}
+	c.writeDeadline.Store(ns)
+	return c.NetConn().SetWriteDeadline(t)
+}
+
 func (c *wsConn) SetDeadline(t time.Time) error {
+	_ = c.SetWriteDeadline(t)
 	return c.NetConn().SetDeadline(t)
 }
 

@@ -159,10 +159,9 @@
 // disconnect time; expired ones are deleted with all their keys. Because
 // mochi restarts that clock at load, the hook expires restored sessions
 // itself (once a second) until they reconnect. StoredInflightMessages and
-// StoredRetainedMessages put packets straight into mochi (Client.State.
-// Inflight, Topics.RetainMessage) with their absolute expiry and publisher
-// protocol version, which mochi's storage.Message would drop, and return
-// nothing. Wills of restored sessions (a will delay running at the stop, or
+// StoredRetainedMessages return storage.Messages with their absolute
+// expiry and publisher protocol version, and say which in-flight PUBLISH
+// was never sent (DUP 0); the engine loads them. Wills of restored sessions (a will delay running at the stop, or
 // a client connected at a crash) are published when due through a
 // throwaway inline client. The engine resends a session's in-flight
 // messages in the order their flows began, which is the queue order the

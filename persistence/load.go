@@ -3,7 +3,6 @@ package persistence
 import (
 	"fmt"
 	"math"
-	"sync/atomic"
 
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -254,9 +253,9 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 	}
 	used = nil
 
-	var restored int64
+	var out []storage.Message
 	for id, list := range perClient {
-		cl, ok := h.srv.Clients.Get(id)
+		_, ok := h.srv.Clients.Get(id)
 		ss := h.sessions[id]
 		if !ok || ss == nil {
 			for _, l := range list {
@@ -326,8 +325,7 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 			}
 			if l.rec.State == refPubrec {
 				ss.inbound[l.pk.PacketID] = &entry{seq: l.seq, state: refPubrec, created: l.pk.Created}
-				cl.State.Inflight.Set(*l.pk)
-				restored++
+				out = append(out, storedMessage(id, l.pk))
 				continue
 			}
 			if l.pk.PacketID == 0 {
@@ -349,12 +347,10 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 				b.set(queueKey(id, l.seq), l.rec.appendTo)
 			}
 			ss.entries[l.pk.PacketID] = &entry{seq: l.seq, msgID: l.rec.MsgID, state: l.rec.State, created: l.pk.Created, size: l.size}
-			cl.State.Inflight.Set(*l.pk)
-			restored++
+			out = append(out, storedMessage(id, l.pk))
 		}
 		perClient[id] = nil
 	}
-	atomic.AddInt64(&h.srv.Info.Inflight, restored)
 	for id := range bodies {
 		switch n := h.refs[id]; {
 		case n <= 0:
@@ -364,17 +360,45 @@ func (h *Hook) StoredInflightMessages() ([]storage.Message, error) {
 			delete(h.refs, id) // as releaseBodyLocked counts
 		}
 	}
-	return nil, nil
+	return out, nil
 }
 
-// StoredRetainedMessages puts the unexpired retained messages straight into
-// mochi's topic index, with their absolute expiry (which mochi's
-// loadRetained would drop), deletes expired ones and returns none.
+// storedMessage is pk, in flight for client id, as the engine's
+// loadInflight takes it: with its absolute expiry, its publisher's
+// protocol version, and whether it was ever sent (DUP).
+func storedMessage(id string, pk *packets.Packet) storage.Message {
+	return storage.Message{
+		Client:          id,
+		Origin:          pk.Origin,
+		TopicName:       pk.TopicName,
+		Payload:         pk.Payload,
+		FixedHeader:     pk.FixedHeader,
+		PacketID:        pk.PacketID,
+		Created:         pk.Created,
+		Expiry:          pk.Expiry,
+		ProtocolVersion: pk.ProtocolVersion,
+		Unsent:          pk.FixedHeader.Type == packets.Publish && !pk.FixedHeader.Dup,
+		Properties: storage.MessageProperties{
+			PayloadFormat:          pk.Properties.PayloadFormat,
+			PayloadFormatFlag:      pk.Properties.PayloadFormatFlag,
+			MessageExpiryInterval:  pk.Properties.MessageExpiryInterval,
+			ContentType:            pk.Properties.ContentType,
+			ResponseTopic:          pk.Properties.ResponseTopic,
+			CorrelationData:        pk.Properties.CorrelationData,
+			SubscriptionIdentifier: pk.Properties.SubscriptionIdentifier,
+			User:                   pk.Properties.User,
+		},
+	}
+}
+
+// StoredRetainedMessages returns the unexpired retained messages, with
+// their absolute expiry, and deletes expired ones.
 func (h *Hook) StoredRetainedMessages() ([]storage.Message, error) {
 	now := h.now().Unix()
 	maxExpiry := h.srv.Options.Capabilities.MaximumMessageExpiryInterval
 	b := h.st.newBatch()
 	defer h.write(b, false)
+	var out []storage.Message
 	err := h.st.scan(prefixRetained, func(key, val []byte) error {
 		rec, err := decodeMessage(val)
 		if err != nil {
@@ -384,15 +408,15 @@ func (h *Hook) StoredRetainedMessages() ([]storage.Message, error) {
 			b.delete(append([]byte(nil), key...))
 			return nil
 		}
-		h.srv.Topics.RetainMessage(rec.packet())
+		pk := rec.packet()
+		out = append(out, storedMessage("", &pk))
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("load retained: %w", err)
 	}
-	atomic.StoreInt64(&h.srv.Info.Retained, int64(h.srv.Topics.Retained.Len()))
-	// mochi calls this last of the Stored* methods, then starts its
-	// listeners (before OnStarted).
+	// mochi calls this last of the Stored* methods, loads what it returns,
+	// then starts its listeners (before OnStarted).
 	h.loaded.Store(true)
-	return nil, nil
+	return out, nil
 }

@@ -571,6 +571,9 @@ func (cl *Client) writeQueued() {
 			cl.ops.log.Debug("failed publishing packets", "error", err, "client", cl.ID, "packets", len(batch))
 		}
 		cl.settleBatch(batch, err)
+		if cl.ops.wrote != nil {
+			cl.ops.wrote(cl)
+		}
 	}
 }
 

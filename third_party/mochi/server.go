@@ -210,6 +210,10 @@ type ops struct {
 	// nil: none pooled.
 	batches *sync.Pool
 	parker  *poller // the server's poller of parked connections (park.go)
+	// wrote, if not nil, is called by a client's writer after each write:
+	// it restarts a feed of stored messages that stopped for want of room
+	// in the queue (storedfeed.go).
+	wrote func(cl *Client)
 }
 
 // New returns a new instance of mochi mqtt broker. Optional parameters
@@ -306,6 +310,7 @@ func (s *Server) NewClient(c net.Conn, listener string, id string, inline bool) 
 		deliveries: &s.deliveries,
 		batches:    &s.batches,
 		parker:     s.poller,
+		wrote:      s.freedWindow,
 	})
 
 	cl.ID = id
@@ -2231,9 +2236,11 @@ func (s *Server) loadInflight(v []storage.Message) {
 		if client, ok := s.Clients.Get(msg.Client); ok {
 			pk := msg.ToPacket()
 			if pk.FixedHeader.Type == packets.Publish {
-				pk.FixedHeader.Dup = true // [MQTT-3.3.1-1]
+				pk.FixedHeader.Dup = !msg.Unsent // [MQTT-3.3.1-1]
 			}
-			client.State.Inflight.Set(pk)
+			if client.State.Inflight.Set(pk) {
+				atomic.AddInt64(&s.Info.Inflight, 1)
+			}
 		}
 	}
 }
@@ -2243,6 +2250,7 @@ func (s *Server) loadRetained(v []storage.Message) {
 	for _, msg := range v {
 		s.Topics.RetainMessage(msg.ToPacket())
 	}
+	atomic.StoreInt64(&s.Info.Retained, int64(s.Topics.Retained.Len()))
 }
 
 // clearExpiredClients deletes all clients which have been disconnected for longer

@@ -3532,6 +3532,41 @@ func TestServerLoadRetainedMessages(t *testing.T) {
 	require.Equal(t, 0, len(s.Topics.Messages("w/x/y")))
 }
 
+// TestLoadKeepsExpiryVersionAndDup: what a storage hook loads keeps its
+// absolute expiry and its publisher's protocol version; a PUBLISH the
+// store says was never sent goes out with DUP 0; the loaded flows and
+// retained messages are counted in Info. Upstream dropped the first two
+// (a loaded message's expiry started again), set DUP on every loaded
+// PUBLISH, and counted neither, so Info.Inflight went negative as loaded
+// flows were acknowledged.
+func TestLoadKeepsExpiryVersionAndDup(t *testing.T) {
+	s := newServer()
+	s.loadClients([]storage.Client{{ID: "c"}})
+	publish := packets.FixedHeader{Type: packets.Publish, Qos: 1}
+	s.loadInflight([]storage.Message{
+		{Client: "c", FixedHeader: publish, PacketID: 1, TopicName: "a", Expiry: 1234, ProtocolVersion: 4},
+		{Client: "c", FixedHeader: publish, PacketID: 2, TopicName: "a", Unsent: true},
+	})
+	cl, _ := s.Clients.Get("c")
+	sent, ok := cl.State.Inflight.Get(1)
+	require.True(t, ok)
+	require.Equal(t, int64(1234), sent.Expiry)
+	require.Equal(t, byte(4), sent.ProtocolVersion)
+	require.True(t, sent.FixedHeader.Dup)
+	unsent, ok := cl.State.Inflight.Get(2)
+	require.True(t, ok)
+	require.False(t, unsent.FixedHeader.Dup)
+	require.Equal(t, int64(2), atomic.LoadInt64(&s.Info.Inflight))
+
+	s.loadRetained([]storage.Message{{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true},
+		TopicName: "r", Payload: []byte("x"), Expiry: 99, ProtocolVersion: 5}})
+	got := s.Topics.Messages("r")
+	require.Len(t, got, 1)
+	require.Equal(t, int64(99), got[0].Expiry)
+	require.Equal(t, byte(5), got[0].ProtocolVersion)
+	require.Equal(t, int64(1), atomic.LoadInt64(&s.Info.Retained))
+}
+
 func TestServerClose(t *testing.T) {
 	s := newServer()
 

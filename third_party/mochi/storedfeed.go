@@ -124,7 +124,8 @@ func (s *Server) startFeed(cl *Client) {
 }
 
 // freedWindow restarts cl's feed if it stopped for want of room; the
-// acknowledgement handlers call it once they have freed a flow.
+// acknowledgement handlers call it once they have freed a flow, and the
+// client's writer after each write.
 func (s *Server) freedWindow(cl *Client) {
 	if f := &cl.State.feed; f.starved.Load() && f.starved.CompareAndSwap(true, false) {
 		s.startFeed(cl)
@@ -139,6 +140,27 @@ func (cl *Client) stopFeed() {
 	f.stopped = true
 	f.mu.Unlock()
 	f.wake()
+}
+
+// queueRoom says whether cl's outbound queue takes a fed message of size
+// bytes: the feed fills at most half of the queue (packets and bytes),
+// leaving the rest to live deliveries. A full queue would keep the
+// messages in flight and close the connection (owed), for its session's
+// resend to deliver them.
+func (cl *Client) queueRoom(size int64) bool {
+	q := &cl.State.outbound
+	caps := cl.ops.options.Capabilities
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	switch {
+	case q.owed:
+		return false
+	case len(q.pks) == 0:
+		return true
+	case 2*int32(len(q.pks)+1) > caps.MaximumClientWritesPending:
+		return false
+	}
+	return caps.MaximumClientWritesPendingBytes <= 0 || 2*(q.bytes+size) <= caps.MaximumClientWritesPendingBytes
 }
 
 // feedRoom is how many more flows cl may have in flight from the feed:
@@ -190,9 +212,9 @@ func (s *Server) runFeed(cl *Client) {
 		case feedStarved:
 			f.starved.Store(true)
 			f.running.Store(false)
-			// An acknowledgement that freed a flow before starved was set
-			// found nothing to restart.
-			if s.feedRoom(cl) > 0 && f.starved.CompareAndSwap(true, false) && f.running.CompareAndSwap(false, true) {
+			// An acknowledgement or a write that made room before starved
+			// was set found nothing to restart.
+			if s.feedRoom(cl) > 0 && cl.queueRoom(0) && f.starved.CompareAndSwap(true, false) && f.running.CompareAndSwap(false, true) {
 				continue
 			}
 			return
@@ -224,7 +246,7 @@ func (s *Server) feedBatch(cl *Client, q StoredQueue) int {
 		return feedDone
 	}
 	room := s.feedRoom(cl)
-	if room <= 0 {
+	if room <= 0 || !cl.queueRoom(0) {
 		return feedStarved
 	}
 	f.want.Store(false)
@@ -238,18 +260,23 @@ func (s *Server) feedBatch(cl *Client, q StoredQueue) int {
 	if len(pks) == 0 {
 		return feedDone
 	}
-	n := 0
+	out := feedMore
 	for i := range pks {
-		if cl.Closed() || !s.fileStored(cl, q, &pks[i]) {
+		if cl.Closed() {
+			out = feedDone
 			break
 		}
-		n++
+		if !cl.queueRoom(pendingSize(&pks[i])) {
+			out = feedStarved
+			break
+		}
+		if !s.fileStored(cl, q, &pks[i]) {
+			out = feedDone
+			break
+		}
 	}
 	q.QueuedStored(cl)
-	if n < len(pks) {
-		return feedDone
-	}
-	return feedMore
+	return out
 }
 
 // fileStored puts a stored message in cl's Inflight under a new packet

@@ -242,3 +242,35 @@ func TestStoredFeedStopsBeforeTakeover(t *testing.T) {
 	defer q.mu.Unlock()
 	require.Empty(t, q.filed[oldCl], "filed into the connection taken over")
 }
+
+// TestStoredFeedLeavesQueueRoom: the feed fills at most half of a client's
+// outbound queue and goes on as the writer empties it. Filling it would
+// keep messages in flight and close the connection (ErrHeldBack), found by
+// Ferry's TestStuckSubscriberHoldsPublishersOnlyOverflowWait: a stalled
+// subscriber that came back was disconnected again by its own backlog.
+func TestStoredFeedLeavesQueueRoom(t *testing.T) {
+	s, q, addr := newFeedServer(t, 64)
+	one := pendingSize(&packets.Packet{TopicName: "fs/x", Payload: []byte("10")})
+	s.Options.Capabilities.MaximumClientWritesPendingBytes = 4 * one
+	p, _ := connect(t, addr, 5, "fs", false, 3600)
+	cl, _ := s.Clients.Get("fs")
+	cl.State.outbound.wmu.Lock() // nothing is written for now
+	q.store("fs", 1, 0, 20)
+	s.FeedStored(cl)
+	require.Eventually(t, func() bool {
+		cl.State.outbound.mu.Lock()
+		defer cl.State.outbound.mu.Unlock()
+		return len(cl.State.outbound.pks) > 0
+	}, lifecycleWait, time.Millisecond)
+	time.Sleep(20 * time.Millisecond) // time for the feed to overfill it
+	cl.State.outbound.mu.Lock()
+	owed, bytes := cl.State.outbound.owed, cl.State.outbound.bytes
+	cl.State.outbound.mu.Unlock()
+	if owed {
+		cl.State.outbound.wmu.Unlock()
+		t.Fatal("queue overfilled")
+	}
+	cl.State.outbound.wmu.Unlock()
+	require.LessOrEqual(t, bytes, s.Options.Capabilities.MaximumClientWritesPendingBytes)
+	expectPayloads(t, p, 0, 20, true)
+}

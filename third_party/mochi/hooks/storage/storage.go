@@ -96,6 +96,16 @@ type Message struct {
 	Created     int64               `json:"created,omitempty"`       // the time the message was created in unixtime
 	Sent        int64               `json:"sent,omitempty"`          // the last time the message was sent (for retries) in unixtime (if inflight)
 	PacketID    uint16              `json:"packet_id,omitempty"`     // the unique id of the packet (if inflight)
+	// Expiry is when the message expires, in Unix seconds (0: never), as
+	// packets.Packet.Expiry: counted from its original publish, not from
+	// its load.
+	Expiry int64 `json:"expiry,omitempty"`
+	// ProtocolVersion is the publisher's MQTT version (packets.Packet.ProtocolVersion).
+	ProtocolVersion byte `json:"protocol_version,omitempty"`
+	// Unsent says that an in-flight PUBLISH was never written to its
+	// client, so it goes out with DUP 0 [MQTT-3.3.1-1]. Without it, a
+	// loaded PUBLISH gets DUP 1, as it may have been sent.
+	Unsent bool `json:"unsent,omitempty"`
 }
 
 // MessageProperties contains a limited subset of mqtt v5 properties specific to publish messages.
@@ -133,6 +143,9 @@ func (d *Message) ToPacket() packets.Packet {
 		Payload:     d.Payload,
 		Origin:      d.Origin,
 		Created:     d.Created,
+		Expiry:      d.Expiry,
+
+		ProtocolVersion: d.ProtocolVersion,
 		Properties: packets.Properties{
 			PayloadFormat:          d.Properties.PayloadFormat,
 			PayloadFormatFlag:      d.Properties.PayloadFormatFlag,
