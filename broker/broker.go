@@ -548,6 +548,7 @@ type storageCollector struct{ b *Broker }
 var (
 	descStoreBatches  = prometheus.NewDesc("ferry_storage_batches_total", "Storage write transactions committed (group commits).", nil, nil)
 	descStoreRecords  = prometheus.NewDesc("ferry_storage_records_total", "Records written or deleted.", nil, nil)
+	descStoreCancel   = prometheus.NewDesc("ferry_storage_records_cancelled_total", "Records not written because one group commit both created and deleted them (a message acknowledged by its persistent subscribers before it was stored).", nil, nil)
 	descStoreFsyncs   = prometheus.NewDesc("ferry_storage_fsyncs_total", "Explicit fsyncs of the data directory.", nil, nil)
 	descStoreFsyncSec = prometheus.NewDesc("ferry_storage_fsync_seconds_total", "Time spent in fsync.", nil, nil)
 	descStoreFailures = prometheus.NewDesc("ferry_storage_failures_total", "Storage batches whose commit or fsync failed.", nil, nil)
@@ -557,7 +558,7 @@ var (
 )
 
 func (storageCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descStoreBatches, descStoreRecords, descStoreFsyncs, descStoreFsyncSec, descStoreFailures, descStoreQueue, descStoreFree, descStoreDiskFull} {
+	for _, d := range []*prometheus.Desc{descStoreBatches, descStoreRecords, descStoreCancel, descStoreFsyncs, descStoreFsyncSec, descStoreFailures, descStoreQueue, descStoreFree, descStoreDiskFull} {
 		ch <- d
 	}
 }
@@ -570,6 +571,7 @@ func (c storageCollector) Collect(ch chan<- prometheus.Metric) {
 	s := st.Stats()
 	ch <- prometheus.MustNewConstMetric(descStoreBatches, prometheus.CounterValue, float64(s.Batches))
 	ch <- prometheus.MustNewConstMetric(descStoreRecords, prometheus.CounterValue, float64(s.Records))
+	ch <- prometheus.MustNewConstMetric(descStoreCancel, prometheus.CounterValue, float64(s.Cancelled))
 	ch <- prometheus.MustNewConstMetric(descStoreFsyncs, prometheus.CounterValue, float64(s.Fsyncs))
 	ch <- prometheus.MustNewConstMetric(descStoreFsyncSec, prometheus.CounterValue, s.FsyncTime.Seconds())
 	ch <- prometheus.MustNewConstMetric(descStoreFailures, prometheus.CounterValue, float64(s.Failures))

@@ -141,14 +141,14 @@ func (h *Hook) OnRoute(cl *mqtt.Client, pk packets.Packet, r *mqtt.Route) error 
 			r.Skip(id)
 			spills = true
 		}
-		b.set(b.queueKey(id, ref.seq), rec.appendTo)
+		b.create(b.queueKey(id, ref.seq), rec.appendTo)
 	}
 	if pm.refs != nil {
 		h.setRefsLocked(pm.msgID, len(pm.refs))
 		h.pending[cl.ID] = append(h.pending[cl.ID], pm)
 		var body msgRec
 		body.fromPacket(&pk)
-		b.set(b.messageKey(pm.msgID), body.appendTo)
+		b.create(b.messageKey(pm.msgID), body.appendTo)
 	}
 	if ss := h.sessions[cl.ID]; ss != nil && pk.FixedHeader.Qos == 2 && !cl.Net.Inline {
 		// The PUBREC mochi is about to send: after a restart the publisher's
@@ -157,7 +157,7 @@ func (h *Hook) OnRoute(cl *mqtt.Client, pk packets.Packet, r *mqtt.Route) error 
 		e := &entry{seq: h.st.nextSeq(), state: refPubrec, created: pk.Created}
 		ss.inbound[pk.PacketID] = e
 		rec := refRec{State: refPubrec, Qos: 2, PacketID: pk.PacketID}
-		b.set(b.queueKey(cl.ID, e.seq), rec.appendTo)
+		b.create(b.queueKey(cl.ID, e.seq), rec.appendTo)
 	}
 	h.mu.Unlock()
 	if len(b.ops) == 0 {

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	badger "github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
@@ -92,7 +93,9 @@ type Store struct {
 	stateWG   sync.WaitGroup
 
 	batches, records, fsyncs, fsyncNanos, failures atomic.Uint64
-	queued                                         atomic.Int64
+	// cancelled counts operations cancelCreated dropped.
+	cancelled atomic.Uint64
+	queued    atomic.Int64
 
 	// spaceLow is set while less than cfg.MinFreeSpace is free (space.go).
 	spaceLow  atomic.Bool
@@ -114,8 +117,12 @@ type Store struct {
 
 // Stats are cumulative counters of the store since Open, for metrics.
 type Stats struct {
-	Batches      uint64        // transactions committed by the writer
-	Records      uint64        // operations (set, delete, delete-prefix) in them
+	Batches uint64 // transactions committed by the writer
+	Records uint64 // operations (set, delete, delete-prefix) in them
+	// Cancelled counts operations not written because their round both
+	// created and deleted the key (a message acknowledged before the
+	// commit that would have stored it).
+	Cancelled    uint64
 	Fsyncs       uint64        // explicit fsyncs (db.Sync)
 	FsyncTime    time.Duration // sum of fsync latencies
 	Failures     uint64        // batches whose commit or fsync failed
@@ -398,6 +405,7 @@ func (s *Store) Stats() Stats {
 	return Stats{
 		Batches:      s.batches.Load(),
 		Records:      s.records.Load(),
+		Cancelled:    s.cancelled.Load(),
 		Fsyncs:       s.fsyncs.Load(),
 		FsyncTime:    time.Duration(s.fsyncNanos.Load()),
 		Failures:     s.failures.Load(),
@@ -445,6 +453,12 @@ const (
 	opSet byte = iota
 	opDelete
 	opDeletePrefix
+	// opCreate sets a key that has never existed (a queue ref or message
+	// body under a fresh sequence): a round that also deletes it writes
+	// neither (cancelCreated).
+	opCreate
+	// opSkip is an operation cancelCreated dropped.
+	opSkip
 )
 
 type op struct {
@@ -514,6 +528,12 @@ func (b *batch) set(key []byte, encode func([]byte) []byte) {
 	start := len(b.buf)
 	b.buf = encode(b.buf)
 	b.ops = append(b.ops, op{kind: opSet, key: key, val: b.buf[start:len(b.buf):len(b.buf)]})
+}
+
+// create is set for a key that has never existed (opCreate).
+func (b *batch) create(key []byte, encode func([]byte) []byte) {
+	b.set(key, encode)
+	b.ops[len(b.ops)-1].kind = opCreate
 }
 
 func (b *batch) setRaw(key, val []byte) {
@@ -682,6 +702,7 @@ func (s *Store) commitTxn(reqs []*batch) error {
 	if err := s.stampCommit(txn); err != nil {
 		return err
 	}
+	cancelCreated(reqs)
 	n := 0
 	var keys [][]byte
 	for _, b := range reqs {
@@ -689,6 +710,10 @@ func (s *Store) commitTxn(reqs []*batch) error {
 			b.stageErr = s.runStage(txn, b)
 		}
 		for _, o := range b.ops {
+			if o.kind == opSkip {
+				s.cancelled.Add(1)
+				continue
+			}
 			n++
 			if o.kind == opDeletePrefix {
 				keys = keys[:0]
@@ -718,12 +743,77 @@ func (s *Store) commitTxn(reqs []*batch) error {
 	return nil
 }
 
+// cancelCreated drops from one round of requests every operation on a key
+// that the round creates (opCreate) and then deletes: the key did not
+// exist before the round and does not after it, so Badger need write
+// neither the value nor a tombstone. A persistent subscriber that
+// acknowledges a message before the commit that stores it (QoS 1 goes out
+// before its publisher's PUBACK waits for that commit) then costs the
+// store nothing: its ref and body were created and deleted in one round.
+func cancelCreated(reqs []*batch) {
+	creates, deletes := 0, 0
+	for _, b := range reqs {
+		for _, o := range b.ops {
+			switch o.kind {
+			case opCreate:
+				creates++
+			case opDelete:
+				deletes++
+			}
+		}
+	}
+	if creates == 0 || deletes == 0 {
+		return
+	}
+	// Positions in the round of a created key's create and of its last
+	// delete after it (-1: none). The keys are the batches' own bytes,
+	// which outlive the round: no copy.
+	type span struct{ at, deleted int }
+	keyOf := func(k []byte) string { return unsafe.String(unsafe.SliceData(k), len(k)) }
+	created := make(map[string]span, creates)
+	pos := 0
+	for _, b := range reqs {
+		for _, o := range b.ops {
+			if o.kind == opCreate {
+				created[keyOf(o.key)] = span{at: pos, deleted: -1}
+			}
+			pos++
+		}
+	}
+	found := false
+	pos = 0
+	for _, b := range reqs {
+		for _, o := range b.ops {
+			if o.kind == opDelete {
+				if c, ok := created[keyOf(o.key)]; ok && c.at < pos {
+					c.deleted, found = pos, true
+					created[keyOf(o.key)] = c
+				}
+			}
+			pos++
+		}
+	}
+	if !found {
+		return
+	}
+	pos = 0
+	for _, b := range reqs {
+		for i := range b.ops {
+			o := &b.ops[i]
+			if c, ok := created[keyOf(o.key)]; ok && c.deleted >= 0 && o.kind != opDeletePrefix && pos >= c.at && pos <= c.deleted {
+				o.kind = opSkip
+			}
+			pos++
+		}
+	}
+}
+
 // txnDo applies o, committing and starting a new transaction if the current
 // one is full. A batch split that way is not atomic; callers never rely on
 // atomicity across records (see doc.go).
 func (s *Store) txnDo(txn **badger.Txn, o op) error {
 	do := func(t *badger.Txn) error {
-		if o.kind == opSet {
+		if o.kind == opSet || o.kind == opCreate {
 			return t.Set(o.key, o.val)
 		}
 		return t.Delete(o.key)

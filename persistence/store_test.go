@@ -2,6 +2,7 @@ package persistence
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -11,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/dgraph-io/badger/v4"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -369,5 +372,100 @@ func TestCloseWhileWriting(t *testing.T) {
 		if _, found := got[k]; !found {
 			t.Fatalf("acknowledged write %s missing after reopen", k)
 		}
+	}
+}
+
+// TestCancelCreated: a round that creates a key and then deletes it writes
+// nothing for it; a key that may have existed before (a plain set), or that
+// is deleted before it is created, keeps its operations.
+func TestCancelCreated(t *testing.T) {
+	type o struct {
+		kind byte
+		key  string
+	}
+	for _, tc := range []struct {
+		name    string
+		batches [][]o
+		want    []byte // kinds after cancelCreated, in order
+	}{
+		{"created then deleted", [][]o{{{opCreate, "k"}}, {{opDelete, "k"}}}, []byte{opSkip, opSkip}},
+		{"created, set, deleted in one batch", [][]o{{{opCreate, "k"}, {opSet, "k"}, {opDelete, "k"}}}, []byte{opSkip, opSkip, opSkip}},
+		{"set then deleted", [][]o{{{opSet, "k"}}, {{opDelete, "k"}}}, []byte{opSet, opDelete}},
+		{"deleted then created", [][]o{{{opDelete, "k"}}, {{opCreate, "k"}}}, []byte{opDelete, opCreate}},
+		{"set again after", [][]o{{{opCreate, "k"}, {opDelete, "k"}}, {{opSet, "k"}}}, []byte{opSkip, opSkip, opSet}},
+		{"other keys kept", [][]o{{{opCreate, "a"}, {opCreate, "b"}}, {{opDelete, "a"}, {opDelete, "c"}}}, []byte{opSkip, opCreate, opSkip, opDelete}},
+		{"created only", [][]o{{{opCreate, "k"}}}, []byte{opCreate}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var reqs []*batch
+			for _, ops := range tc.batches {
+				b := &batch{}
+				for _, x := range ops {
+					b.ops = append(b.ops, op{kind: x.kind, key: []byte(x.key)})
+				}
+				reqs = append(reqs, b)
+			}
+			cancelCreated(reqs)
+			var got []byte
+			for _, b := range reqs {
+				for _, x := range b.ops {
+					got = append(got, x.kind)
+				}
+			}
+			if string(got) != string(tc.want) {
+				t.Fatalf("kinds %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestCreatedAndDeletedInOneCommitLeavesNothing: through the writer, a key
+// created and deleted in one commit does not exist afterwards and was not
+// written; a key that existed before and is deleted is gone too.
+func TestCreatedAndDeletedInOneCommitLeavesNothing(t *testing.T) {
+	st := openStore(t, Config{Dir: t.TempDir(), Sync: SyncAlways})
+	val := func(v string) func([]byte) []byte { return func(b []byte) []byte { return append(b, v...) } }
+	old := st.newBatch()
+	old.set([]byte("q/old"), val("1"))
+	if err := st.apply(old); err != nil {
+		t.Fatal(err)
+	}
+	// A stage holds the writer's round while a and b queue, so that the
+	// next round takes both.
+	hold, held := make(chan struct{}), make(chan struct{})
+	go func() {
+		_ = st.Update(context.Background(), false, func(*Txn) error {
+			close(held)
+			<-hold
+			return nil
+		})
+	}()
+	<-held
+	a, b := st.newBatch(), st.newBatch()
+	a.create([]byte("q/new"), val("2"))
+	a.set([]byte("q/old"), val("3"))
+	b.delete([]byte("q/new"))
+	b.delete([]byte("q/old"))
+	if err := st.write(a, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.enqueue(context.Background(), b, true); err != nil {
+		t.Fatal(err)
+	}
+	close(hold)
+	if err := <-b.done; err != nil {
+		t.Fatal(err)
+	}
+	st.putBatch(b)
+	for _, k := range []string{"q/new", "q/old"} {
+		if err := st.db.View(func(txn *badger.Txn) error {
+			_, err := txn.Get([]byte(k))
+			return err
+		}); !errors.Is(err, badger.ErrKeyNotFound) {
+			t.Fatalf("%s: %v, want not found", k, err)
+		}
+	}
+	if n := st.Stats().Cancelled; n != 2 {
+		t.Fatalf("cancelled %d operations, want 2", n)
 	}
 }
