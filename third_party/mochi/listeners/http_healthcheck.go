@@ -69,7 +69,7 @@ func (l *HTTPHealthCheck) Init(_ *slog.Logger) error {
 	}
 
 	if l.config.TLSConfig != nil {
-		l.listen.TLSConfig = l.config.TLSConfig
+		l.listen.TLSConfig = l.config.TLSConfig.Clone() // Serve adds HTTP/2 to it: not to the caller's
 	}
 
 	return nil

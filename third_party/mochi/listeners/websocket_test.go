@@ -193,3 +193,34 @@ func TestWebsocketConnectionReads(t *testing.T) {
 	s.Close()
 	_ = ws.Close()
 }
+
+// TestHTTPListenersLeaveTLSConfigAlone: the HTTP listeners (WebSocket,
+// $SYS info, health check) serve TLS on a copy of the caller's tls.Config.
+// net/http adds HTTP/2 to the config it serves with: upstream handed it the
+// caller's, so listeners sharing one config wrote it from two goroutines (a
+// data race the race detector reported in a fresh-clone CI run of Ferry,
+// TestWebsocketServeTLSAndClose against TestHTTPStatsServeTLSAndClose).
+func TestHTTPListenersLeaveTLSConfigAlone(t *testing.T) {
+	shared := tlsConfigBasic.Clone()
+	ls := []Listener{
+		NewWebsocket(Config{ID: "ws", Address: freeTestAddr(), TLSConfig: shared}),
+		NewHTTPStats(Config{ID: "stats", Address: freeTestAddr(), TLSConfig: shared}, nil),
+		NewHTTPHealthCheck(Config{ID: "health", Address: freeTestAddr(), TLSConfig: shared}),
+	}
+	done := make(chan bool, len(ls))
+	for _, l := range ls {
+		require.NoError(t, l.Init(logger))
+		go func() {
+			l.Serve(MockEstablisher)
+			done <- true
+		}()
+	}
+	for _, l := range ls {
+		waitServing(t, l.Address())
+	}
+	for _, l := range ls {
+		l.Close(func(string) {})
+		<-done
+	}
+	require.Empty(t, shared.NextProtos, "the caller's tls.Config was changed")
+}
