@@ -276,13 +276,26 @@ func redact(key string, v any) any {
 		}
 		return out
 	case string:
-		if u, err := url.Parse(t); err == nil && u.User != nil {
-			if _, ok := u.User.Password(); ok {
-				u.User = url.UserPassword(u.User.Username(), Redacted)
-				return u.String()
+		if strings.Contains(t, ",") {
+			// A list of URLs (cluster.nats.url): each may hold a password.
+			parts := strings.Split(t, ",")
+			for i, p := range parts {
+				parts[i] = redactURL(p)
 			}
+			return strings.Join(parts, ",")
 		}
-		return t
+		return redactURL(t)
 	}
 	return v
+}
+
+// redactURL replaces the password of s, if it is a URL with one.
+func redactURL(s string) string {
+	if u, err := url.Parse(s); err == nil && u.User != nil {
+		if _, ok := u.User.Password(); ok {
+			u.User = url.UserPassword(u.User.Username(), Redacted)
+			return u.String()
+		}
+	}
+	return s
 }

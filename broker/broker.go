@@ -21,6 +21,7 @@ import (
 	"github.com/ferrymq/ferry/bridge/outbox"
 	"github.com/ferrymq/ferry/broker/admin"
 	"github.com/ferrymq/ferry/broker/config"
+	"github.com/ferrymq/ferry/cluster"
 	"github.com/ferrymq/ferry/hooks/auth"
 	"github.com/ferrymq/ferry/hooks/limits"
 	"github.com/ferrymq/ferry/hooks/metrics"
@@ -44,6 +45,7 @@ type Broker struct {
 	limits    *limits.Hook
 	protocol  *protocolHook
 	storage   *persistence.Hook
+	cluster   *cluster.Node // nil without a cluster: section
 	registry  *prometheus.Registry
 	listeners []*listener
 	admin     *admin.Server
@@ -131,9 +133,16 @@ func New(cfg config.Config, opts ...Option) (*Broker, error) {
 		b.listeners = append(b.listeners, l)
 	}
 
+	if cfg.Cluster != nil {
+		b.cluster = cluster.New(*cfg.Cluster, b.mochi, o.logger.With("component", "cluster"))
+	}
+
 	b.registry = prometheus.NewRegistry()
 	b.registry.MustRegister(b.metrics, storageCollector{b}, securityCollector{b}, listenerCollector{b}, certCollector{b}, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if b.cluster != nil {
+		b.registry.MustRegister(clusterCollector{b.cluster})
+	}
 	if addr := *cfg.Admin.Addr; addr != "" {
 		b.admin = admin.New(admin.Config{Addr: addr, Token: cfg.Admin.Token, Pprof: cfg.Admin.Pprof},
 			b.Ready, b.registry, o.logger)
@@ -224,6 +233,20 @@ func (b *Broker) Start(ctx context.Context) error {
 	if err := b.addHooks(st); err != nil {
 		return fail(err)
 	}
+	if b.cluster != nil {
+		// Before the listeners: a node serves only once it has the
+		// cluster's retained messages and the other nodes' subscriptions.
+		if err := b.cluster.Start(ctx); err != nil {
+			return fail(err)
+		}
+		// Closing the node (idempotent) is left to Shutdown once mochi is
+		// serving; a failure below closes it here.
+		prev := fail
+		fail = func(err error) error {
+			b.cluster.Close()
+			return prev(err)
+		}
+	}
 	for _, l := range b.listeners {
 		if err := ctx.Err(); err != nil {
 			return fail(err)
@@ -255,6 +278,10 @@ func (b *Broker) Start(ctx context.Context) error {
 	}
 	b.wg.Add(1)
 	go b.every(memoryCheckEvery, b.returnMemory)
+	if b.cluster != nil {
+		b.wg.Add(1)
+		go b.every(b.cfg.MQTT.SysInterval, b.clusterSys)
+	}
 	names := make([]string, 0, len(b.listeners))
 	for _, l := range b.listeners {
 		b.log.Info("listening", "listener", l.cfg.Name, "type", l.cfg.Type, "addr", l.Address())
@@ -296,6 +323,7 @@ func (b *Broker) addHooks(st *persistence.Store) error {
 		ph.SetReadCheck(b.auth.MayRead)
 	}
 	b.storage = ph
+	ph.SetRetained(b.cluster == nil)
 	ph.SetQueueLimits(persistence.QueueLimits{MaxMessages: b.cfg.Limits.MaxQueuedMessages,
 		MaxBytes: b.cfg.Limits.MaxQueuedBytes, Policy: b.cfg.Limits.OverflowPolicy, BlockWait: b.cfg.Limits.OverflowWait,
 		MemoryWindow: b.cfg.Limits.MemoryWindow})
@@ -303,7 +331,11 @@ func (b *Broker) addHooks(st *persistence.Store) error {
 		s := ph.QueueStats()
 		return metrics.QueueCounts{DroppedNewest: s.DroppedNewest, DroppedOldest: s.DroppedOldest, Expired: s.Expired, Spilled: s.Spilled}
 	})
-	hooks = append(hooks, ph, b.metrics, &connLogHook{log: b.log, malformed: b.metrics.CountMalformed})
+	hooks = append(hooks, ph)
+	if b.cluster != nil {
+		hooks = append(hooks, b.cluster.Hook())
+	}
+	hooks = append(hooks, b.metrics, &connLogHook{log: b.log, malformed: b.metrics.CountMalformed})
 	for _, h := range hooks {
 		if err := b.mochi.AddHook(h, nil); err != nil {
 			return fmt.Errorf("broker: add hook %s: %w", h.ID(), err)
@@ -351,6 +383,10 @@ func (b *Broker) shutdown(ctx context.Context) error {
 		err = fmt.Errorf("broker: shutdown: %w; connections cut", ctx.Err())
 		b.killConns()
 		<-closed
+	}
+	// The cluster node after the clients: nothing publishes any more.
+	if b.cluster != nil {
+		b.cluster.Close()
 	}
 	// Then the bridge: workers stop, connectors close, what is undelivered
 	// stays in the outbox for the next start. The outbox lives in the
@@ -512,6 +548,11 @@ func (b *Broker) Ready() error {
 		return fmt.Errorf("storage: %w", err)
 	} else if err := st.DiskSpace(); err != nil {
 		return fmt.Errorf("storage: %w", err)
+	}
+	if b.cluster != nil {
+		if err := b.cluster.Ready(); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -9,9 +9,11 @@
 # chromium runs the dashboard's browser test (headless, driven by chromedp).
 # systemd-analyze checks deploy/systemd/ferry.service; prometheus ships
 # promtool, which checks and unit-tests deploy/prometheus/alerts.yml.
+# nats-server: the cluster tests start their own NATS clusters
+# (testutil.StartNATSCluster), one per test, never a shared server.
 SERVICE_PACKAGES=(mosquitto:mosquitto mosquitto-clients:mosquitto_pub redis-server:redis-server
   rabbitmq-server:/usr/lib/rabbitmq/bin/rabbitmq-server activemq:/usr/share/activemq/bin/activemq.jar
-  chromium:chromium systemd:systemd-analyze prometheus:promtool)
+  chromium:chromium systemd:systemd-analyze prometheus:promtool nats-server:nats-server)
 
 # shellcheck source=scripts/rabbitmq.sh
 . "$(dirname "${BASH_SOURCE[0]}")/rabbitmq.sh"
@@ -47,6 +49,12 @@ services_install() {
   # server on :9090.
   if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v invoke-rc.d >/dev/null 2>&1; then
     invoke-rc.d prometheus stop >/dev/null 2>&1 || true
+  fi
+  # Debian's nats-server enables a systemd unit that runs it (as user nats)
+  # on 4222; the tests start their own on private ports.
+  if [[ " ${missing[*]} " == *" nats-server "* ]]; then
+    if command -v invoke-rc.d >/dev/null 2>&1; then invoke-rc.d nats-server stop >/dev/null 2>&1 || true; fi
+    pkill -x -u nats nats-server 2>/dev/null || true
   fi
   # Debian's activemq may start its "main" instance (OpenWire on 61616).
   if [[ " ${missing[*]} " == *" activemq "* ]]; then
@@ -98,6 +106,9 @@ services_start() {
   fi
   if command -v chromium >/dev/null 2>&1; then
     export FERRY_TEST_CHROMIUM=$(command -v chromium)
+  fi
+  if command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ]; then
+    export FERRY_TEST_NATS_SERVER=$(command -v nats-server || echo /usr/sbin/nats-server)
   fi
   if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then
     export FERRY_TEST_MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry/bridge"
+	"github.com/ferrymq/ferry/cluster"
 	"github.com/ferrymq/ferry/hooks/auth"
 	"github.com/ferrymq/ferry/hooks/limits"
 	"github.com/ferrymq/ferry/persistence"
@@ -118,6 +119,13 @@ type Config struct {
 	Log Log `yaml:"log"`
 	// Shutdown bounds the graceful drain on SIGINT/SIGTERM.
 	Shutdown Shutdown `yaml:"shutdown"`
+	// Cluster, when set, makes this node one of a cluster sharing
+	// sessions, queues, retained messages and routing through NATS
+	// JetStream; see docs/cluster.md. Nil (no cluster section, no
+	// FERRY_CLUSTER_* variable, no --node-id) is a single node on Badger.
+	// WithDefaults fills it with storage.dir known (the embedded NATS
+	// server's store_dir defaults to <storage.dir>/nats).
+	Cluster *cluster.Config `yaml:"cluster"`
 }
 
 // Listener is one MQTT endpoint.
@@ -394,6 +402,10 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Shutdown.Timeout == 0 {
 		c.Shutdown.Timeout = DefaultShutdownTimeout
+	}
+	if c.Cluster != nil {
+		cl := c.Cluster.WithDefaults(c.Storage.Dir)
+		c.Cluster = &cl
 	}
 	return c
 }

@@ -52,7 +52,9 @@ func TestExampleFileIsValidAndDocumentsEveryField(t *testing.T) {
 		"sync", "sync_interval", "gc_interval", "gc_discard_ratio", "memtable_size", "auth", "password_file", "acl_file", "acl", "allow_anonymous", "jwt",
 		"hs256_secret_file", "public_key_files", "jwks_file", "username_claim", "audience", "issuer", "http",
 		"url", "timeout", "cache_ttl", "cache_size", "tls_username", "allow_session_takeover", "admin", "token", "allow_unauthenticated", "pprof", "log",
-		"level", "format", "shutdown", "bridges", "bridge_identity"} {
+		"level", "format", "shutdown", "bridges", "bridge_identity",
+		"cluster", "node_id", "replicas", "nats", "embedded", "client_addr", "cluster_addr", "routes", "store_dir",
+		"creds_file", "start_timeout"} {
 		if !strings.Contains(string(data), key+":") {
 			t.Errorf("ferry.example.yaml does not document %q", key)
 		}
@@ -365,6 +367,7 @@ func FuzzConfigLoad(f *testing.F) {
 	f.Add([]byte("listeners:\n  - {type: tcp, addr: \":1883\"}\nstorage: {sync: always}\n"))
 	f.Add([]byte("mqtt:\n  max_qos: 1\nlimits: {max_packet_size: 100}\n"))
 	f.Add([]byte("auth: {allow_anonymous: true}\nbogus: [1, 2\n"))
+	f.Add([]byte("cluster:\n  replicas: 6\n  nats: {url: \"nats://a:1\", embedded: {routes: [\"nats://b:2\", x]}}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := config.Parse("fuzz.yaml", data)
 		if err != nil {

@@ -19,9 +19,12 @@ var envAliases = map[string]func(*Overrides, string){
 }
 
 // applyEnv sets every scalar field named by a FERRY_ variable and records
-// it in from. Lists (listeners, bridges) are set in the file only. It
-// returns a warning for each FERRY_ variable that names no setting;
-// FERRY_TEST_ variables are the test suite's.
+// it in from. A list of strings is comma separated
+// (FERRY_CLUSTER_NATS_EMBEDDED_ROUTES=nats://a:6222,nats://b:6222); lists
+// of sections (listeners, bridges, acl) are set in the file only. A
+// variable under an optional section the file left out (FERRY_CLUSTER_*)
+// creates the section. It returns a warning for each FERRY_ variable that
+// names no setting; FERRY_TEST_ variables are the test suite's.
 func applyEnv(c *Config, env []string, from origins) ([]string, error) {
 	vals := map[string]string{}
 	for _, kv := range env {
@@ -35,14 +38,17 @@ func applyEnv(c *Config, env []string, from origins) ([]string, error) {
 	}
 	known := map[string]bool{}
 	var errs []error
-	var walk func(v reflect.Value, path string)
-	walk = func(v reflect.Value, path string) {
+	// walk sets the fields of struct v at path and says whether a
+	// variable named one of them.
+	var walk func(v reflect.Value, path string) bool
+	walk = func(v reflect.Value, path string) bool {
+		set := false
 		t := v.Type()
 		for i := 0; i < t.NumField(); i++ {
 			f := t.Field(i)
 			tag, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
 			if opts == "inline" && f.Type.Kind() == reflect.Struct {
-				walk(v.Field(i), path)
+				set = walk(v.Field(i), path) || set
 				continue
 			}
 			if tag == "" || tag == "-" {
@@ -54,7 +60,20 @@ func applyEnv(c *Config, env []string, from origins) ([]string, error) {
 			}
 			fv := v.Field(i)
 			if f.Type.Kind() == reflect.Struct && f.Type != durationType {
-				walk(fv, p)
+				set = walk(fv, p) || set
+				continue
+			}
+			if f.Type.Kind() == reflect.Pointer && f.Type.Elem().Kind() == reflect.Struct {
+				// An optional section: nil until the file or a variable
+				// sets one of its fields.
+				sec := fv
+				if fv.IsNil() {
+					sec = reflect.New(f.Type.Elem())
+				}
+				if walk(sec.Elem(), p) {
+					fv.Set(sec)
+					set = true
+				}
 				continue
 			}
 			name := EnvPrefix + strings.ToUpper(strings.ReplaceAll(p, ".", "_"))
@@ -63,12 +82,14 @@ func applyEnv(c *Config, env []string, from origins) ([]string, error) {
 			if !ok {
 				continue
 			}
+			set = true
 			src := fmt.Sprintf("%s=%q", name, raw)
 			from[p] = src
 			if err := setScalar(fv, raw); err != nil {
 				errs = append(errs, &FieldError{Source: src, Path: p, Err: err})
 			}
 		}
+		return set
 	}
 	walk(reflect.ValueOf(c).Elem(), "")
 	var o Overrides
@@ -149,6 +170,17 @@ func setScalar(v reflect.Value, raw string) error {
 		return nil
 	}
 	switch v.Kind() {
+	case reflect.Slice:
+		if v.Type().Elem().Kind() != reflect.String {
+			return fmt.Errorf("cannot be set from the environment: a list of sections is set in the file")
+		}
+		list := reflect.MakeSlice(v.Type(), 0, strings.Count(raw, ",")+1)
+		for _, s := range strings.Split(raw, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				list = reflect.Append(list, reflect.ValueOf(s).Convert(v.Type().Elem()))
+			}
+		}
+		v.Set(list)
 	case reflect.String:
 		v.SetString(raw)
 	case reflect.Bool:

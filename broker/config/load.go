@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/ferrymq/ferry/cluster"
 	"gopkg.in/yaml.v3"
 )
 
@@ -33,6 +34,10 @@ type Overrides struct {
 	DataDir *string
 	// LogLevel replaces log.level.
 	LogLevel *string
+	// NodeID replaces cluster.node_id, creating the cluster section if
+	// there is none (which then needs its nats from the file or the
+	// environment).
+	NodeID *string
 }
 
 // Source is what Load reads.
@@ -206,6 +211,9 @@ func (c *Config) resolvePaths(dir string) {
 	abs(&a.JWT.JWKSFile)
 	for i := range a.JWT.PublicKeyFiles {
 		abs(&a.JWT.PublicKeyFiles[i])
+	}
+	if c.Cluster != nil {
+		abs(&c.Cluster.NATS.CredsFile)
 	}
 }
 
@@ -419,6 +427,30 @@ func (idx lineIndex) line(path string) int {
 	return 0
 }
 
+// origin says where the value at path came from: the variable or flag
+// that set it (src), or else its line in the file. A value neither set (a
+// required field left out, a default found wrong) is blamed on the nearest
+// enclosing one that was: cluster.nats.embedded.cluster_addr missing, on the
+// embedded: line; cluster.nats.embedded.routes[1], on
+// FERRY_CLUSTER_NATS_EMBEDDED_ROUTES if that set the list. Both are empty
+// when nothing around path was set.
+func (idx lineIndex) origin(path string, from origins) (src string, line int) {
+	for path != "" {
+		if src, ok := from[path]; ok {
+			return src, 0
+		}
+		if line := idx.line(path); line > 0 {
+			return "", line
+		}
+		i := strings.LastIndexAny(path, ".[")
+		if i < 0 {
+			break
+		}
+		path = path[:i]
+	}
+	return "", 0
+}
+
 // typeError turns one of yaml.v3's "line N: ..." messages into a FieldError
 // that names the field's full path.
 func (idx lineIndex) typeError(file, msg string) *FieldError {
@@ -449,17 +481,18 @@ func (idx lineIndex) annotate(file string, err error, from origins) error {
 		if !errors.As(e, &fe) || fe.Line != 0 {
 			continue
 		}
-		if src, ok := from[fe.Path]; ok {
-			fe.Source = src
+		if fe.relLine > 0 || fe.key != "" {
+			line := 0
+			fe.Path, line = idx.inSection(fe.Path, fe.relLine, fe.key)
+			if line > 0 && file != "" {
+				fe.File, fe.Line = file, line
+			}
 			continue
 		}
-		line := 0
-		if fe.relLine > 0 || fe.key != "" {
-			fe.Path, line = idx.inSection(fe.Path, fe.relLine, fe.key)
-		} else {
-			line = idx.line(fe.Path)
-		}
-		if line > 0 && file != "" {
+		src, line := idx.origin(fe.Path, from)
+		if src != "" {
+			fe.Source = src
+		} else if line > 0 && file != "" {
 			fe.File, fe.Line = file, line
 		}
 	}
@@ -528,6 +561,13 @@ func (o Overrides) apply(c *Config, from origins, env bool) {
 	if o.LogLevel != nil {
 		c.Log.Level = *o.LogLevel
 		from["log.level"] = src("log-level", "FERRY_LOG_LEVEL", *o.LogLevel)
+	}
+	if o.NodeID != nil {
+		if c.Cluster == nil {
+			c.Cluster = &cluster.Config{}
+		}
+		c.Cluster.NodeID = *o.NodeID
+		from["cluster.node_id"] = src("node-id", "FERRY_CLUSTER_NODE_ID", *o.NodeID)
 	}
 }
 

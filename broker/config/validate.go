@@ -15,6 +15,7 @@ import (
 
 	"github.com/ferrymq/ferry/bridge"
 	"github.com/ferrymq/ferry/broker/connectors"
+	"github.com/ferrymq/ferry/cluster"
 )
 
 // FieldError is one problem with one configuration field.
@@ -144,6 +145,11 @@ func (c Config) Validate() error {
 		v.add("log.format", fmt.Errorf("must be text or json; got %q", c.Log.Format))
 	}
 	v.durationMin("shutdown.timeout", c.Shutdown.Timeout, 100*time.Millisecond)
+	if c.Cluster != nil {
+		if err := c.Cluster.Validate(); err != nil {
+			v.cluster(err)
+		}
+	}
 	return errors.Join(v.errs...)
 }
 
@@ -167,6 +173,19 @@ func (v *validator) nested(section string, err error) {
 			sep = ""
 		}
 		v.add(section+sep+path, errors.New(msg))
+	}
+}
+
+// cluster adds the cluster section's problems, each under "cluster." at
+// the path cluster.Validate gave it.
+func (v *validator) cluster(err error) {
+	for _, e := range flatten(err) {
+		var fe *cluster.FieldError
+		if !errors.As(e, &fe) {
+			v.add("cluster", e)
+			continue
+		}
+		v.add("cluster."+fe.Path, fe.Err)
 	}
 }
 

@@ -1,6 +1,6 @@
 // Command ferry is the Ferry MQTT broker.
 //
-//	ferry [-c ferry.yaml] [--mqtt-addr :1883] [--ws-addr :8083] [--admin-addr 127.0.0.1:8080] [--data-dir ./data]
+//	ferry [-c ferry.yaml] [--mqtt-addr :1883] [--ws-addr :8083] [--admin-addr 127.0.0.1:8080] [--data-dir ./data] [--node-id a]
 //	ferry check -c ferry.yaml
 //	ferry passwd [-c] [-b] [-D] [--stdin] FILE USER [PASSWORD]
 //	ferry dlq [-c ferry.yaml] list|replay ROUTE [SEQ...]
@@ -18,8 +18,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/ferrymq/ferry/broker"
@@ -99,6 +101,8 @@ Flags (a flag wins over FERRY_* environment variables, which win over the file):
                            (default 127.0.0.1:8080; "" disables)
   --data-dir DIR           storage directory (default ./data)
   --log-level LEVEL        debug, info, warn or error (default info)
+  --node-id ID             cluster.node_id: this node's name in its cluster (default:
+                           the host name); the cluster section needs its nats too
 `)
 }
 
@@ -110,12 +114,13 @@ func parseFlags(name string, args, env []string, stderr io.Writer) (config.Sourc
 	var path string
 	fs.StringVar(&path, "c", "", "")
 	fs.StringVar(&path, "config", "", "")
-	var mqttAddr, wsAddr, adminAddr, dataDir, logLevel string
+	var mqttAddr, wsAddr, adminAddr, dataDir, logLevel, nodeID string
 	fs.StringVar(&mqttAddr, "mqtt-addr", config.DefaultMQTTAddr, "")
 	fs.StringVar(&wsAddr, "ws-addr", config.DefaultWSAddr, "")
 	fs.StringVar(&adminAddr, "admin-addr", config.DefaultAdminAddr, "")
 	fs.StringVar(&dataDir, "data-dir", config.DefaultDataDir, "")
 	fs.StringVar(&logLevel, "log-level", config.DefaultLogLevel, "")
+	fs.StringVar(&nodeID, "node-id", "", "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			usage(os.Stdout)
@@ -142,6 +147,8 @@ func parseFlags(name string, args, env []string, stderr io.Writer) (config.Sourc
 			src.Flags.DataDir = &v
 		case "log-level":
 			src.Flags.LogLevel = &v
+		case "node-id":
+			src.Flags.NodeID = &v
 		}
 	})
 	return src, -1
@@ -152,7 +159,7 @@ func check(args, env []string, stdout, stderr io.Writer) int {
 	if code >= 0 {
 		return code
 	}
-	_, warnings, err := config.LoadWithWarnings(src)
+	cfg, warnings, err := config.LoadWithWarnings(src)
 	printWarnings(stderr, "ferry check", warnings)
 	if err != nil {
 		fmt.Fprintf(stderr, "ferry check: invalid configuration:\n%s\n", indent(err))
@@ -163,7 +170,50 @@ func check(args, env []string, stdout, stderr io.Writer) int {
 		name = "built-in defaults"
 	}
 	fmt.Fprintf(stdout, "%s: ok\n", name)
+	for _, l := range clusterSummary(cfg) {
+		fmt.Fprintf(stdout, "  %s\n", l)
+	}
 	return 0
+}
+
+// clusterSummary describes the cluster section ferry check accepted, in
+// its YAML names, URL passwords hidden; nothing for a single node.
+func clusterSummary(cfg config.Config) []string {
+	c := cfg.Cluster
+	if c == nil {
+		return nil
+	}
+	out := []string{fmt.Sprintf("cluster: node_id %s, replicas %d, start_timeout %s", c.NodeID, c.Replicas, c.StartTimeout)}
+	e := c.NATS.Embedded
+	if e == nil {
+		var urls []string
+		for _, u := range strings.Split(c.NATS.URL, ",") {
+			urls = append(urls, redactURL(strings.TrimSpace(u)))
+		}
+		n := "cluster.nats: url " + strings.Join(urls, ",")
+		if c.NATS.CredsFile != "" {
+			n += ", creds_file " + c.NATS.CredsFile
+		}
+		return append(out, n)
+	}
+	routes := make([]string, len(e.Routes))
+	for i, r := range e.Routes {
+		routes[i] = redactURL(r)
+	}
+	clusterAddr := e.ClusterAddr
+	if clusterAddr == "" {
+		clusterAddr = `"" (no other servers: a lone JetStream server)`
+	}
+	return append(out, fmt.Sprintf("cluster.nats: embedded, client_addr %s, cluster_addr %s, routes [%s], store_dir %s",
+		e.ClientAddr, clusterAddr, strings.Join(routes, ", "), e.StoreDir))
+}
+
+// redactURL hides the password of a URL.
+func redactURL(s string) string {
+	if u, err := url.Parse(s); err == nil {
+		return u.Redacted()
+	}
+	return s
 }
 
 func indent(err error) string {

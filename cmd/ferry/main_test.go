@@ -57,6 +57,64 @@ func TestCheck(t *testing.T) {
 	}
 }
 
+// TestCheckCluster: ferry check says what cluster it validated (node,
+// replicas, where NATS is), URL passwords hidden; nothing for a single node.
+func TestCheckCluster(t *testing.T) {
+	dir := t.TempDir()
+	embedded := filepath.Join(dir, "embedded.yaml")
+	_ = os.WriteFile(embedded, []byte("storage: {dir: "+filepath.Join(dir, "data")+"}\ncluster:\n  node_id: a\n  nats:\n    embedded:\n"+
+		"      cluster_addr: 127.0.0.1:6222\n      routes: [nats://127.0.0.1:6223, nats://ru:rpw-SECRET@127.0.0.1:6224]\n"), 0o600)
+	single := filepath.Join(dir, "single.yaml")
+	_ = os.WriteFile(single, []byte("storage: {sync: always}\n"), 0o600)
+	bad := filepath.Join(dir, "bad.yaml")
+	_ = os.WriteFile(bad, []byte("cluster:\n  replicas: 6\n  nats:\n    url: nats://127.0.0.1:4222\n"), 0o600)
+	for _, tc := range []struct {
+		name    string
+		env     []string
+		args    []string
+		code    int
+		want    []string // lines of stdout, or substrings of stderr when code != 0
+		notWant string
+	}{
+		{"single node", nil, []string{"-c", single}, 0, []string{single + ": ok"}, "cluster:"},
+		{"embedded", nil, []string{"-c", embedded}, 0, []string{
+			embedded + ": ok",
+			"  cluster: node_id a, replicas 3, start_timeout 30s",
+			"  cluster.nats: embedded, client_addr 127.0.0.1:4222, cluster_addr 127.0.0.1:6222, " +
+				"routes [nats://127.0.0.1:6223, nats://ru:xxxxx@127.0.0.1:6224], store_dir " + filepath.Join(dir, "data", "nats"),
+		}, "SECRET"},
+		{"url from the environment, node id flag", []string{"FERRY_CLUSTER_NATS_URL=nats://u:pw-SECRET@10.0.0.1:4222,nats://10.0.0.2:4222",
+			"FERRY_CLUSTER_REPLICAS=1"}, []string{"--node-id", "n1"}, 0, []string{
+			"built-in defaults: ok",
+			"  cluster: node_id n1, replicas 1, start_timeout 30s",
+			"  cluster.nats: url nats://u:xxxxx@10.0.0.1:4222,nats://10.0.0.2:4222",
+		}, "SECRET"},
+		{"bad cluster value", nil, []string{"-c", bad}, exitUsage, []string{bad + ":2: cluster.replicas: 6 must be 1-5"}, ""},
+		{"bad node id flag", nil, []string{"-c", embedded, "--node-id=a.b"}, exitUsage,
+			[]string{`--node-id="a.b": cluster.node_id: "a.b" must be`}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errs := runCmd(t, "", tc.env, append([]string{"check"}, tc.args...)...)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d; stdout %q, stderr %q", code, tc.code, out, errs)
+			}
+			if tc.code == 0 {
+				if got := strings.Split(strings.TrimSuffix(out, "\n"), "\n"); strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
+					t.Errorf("stdout:\n%s\nwant:\n%s", out, strings.Join(tc.want, "\n"))
+				}
+			}
+			for _, w := range tc.want {
+				if tc.code != 0 && !strings.Contains(errs, w) {
+					t.Errorf("stderr %q does not contain %q", errs, w)
+				}
+			}
+			if tc.notWant != "" && strings.Contains(out+errs, tc.notWant) {
+				t.Errorf("output contains %q: %s%s", tc.notWant, out, errs)
+			}
+		})
+	}
+}
+
 // TestBadConfigExitsBeforeListening: one bad field and nothing listens, not
 // even the listeners that were fine.
 func TestBadConfigExitsBeforeListening(t *testing.T) {

@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -62,7 +63,8 @@ type Proc struct {
 	Addrs map[string]string
 	mu    sync.Mutex
 	log   strings.Builder
-	done  chan struct{}
+	ready chan struct{} // closed at the "ferry started" line
+	done  chan struct{} // closed once the process exited and its log is read
 	err   error
 }
 
@@ -73,9 +75,21 @@ var listenRe = regexp.MustCompile(`msg=listening listener=(\S+) type=\S+ addr=(\
 // it at test end if it is still running.
 func StartFerry(t testing.TB, bin string, args ...string) *Proc {
 	t.Helper()
-	p := &Proc{Addrs: map[string]string{}, done: make(chan struct{})}
+	p := LaunchFerry(t, bin, nil, args...)
+	p.WaitStarted(t, 30*time.Second)
+	return p
+}
+
+// LaunchFerry runs bin with args as StartFerry does, with env (KEY=value
+// entries) added to the environment, and returns at once, without waiting
+// for it to start: for processes that can only finish starting together,
+// such as the nodes of a cluster. WaitStarted waits for it. The process is
+// killed at test end if it is still running.
+func LaunchFerry(t testing.TB, bin string, env []string, args ...string) *Proc {
+	t.Helper()
+	p := &Proc{Addrs: map[string]string{}, ready: make(chan struct{}), done: make(chan struct{})}
 	p.Cmd = exec.Command(bin, args...)
-	p.Cmd.Env = append(os.Environ(), "FERRY_LOG_LEVEL=info", "FERRY_LOG_FORMAT=text")
+	p.Cmd.Env = append(append(os.Environ(), "FERRY_LOG_LEVEL=info", "FERRY_LOG_FORMAT=text"), env...)
 	stderr, err := p.Cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +97,6 @@ func StartFerry(t testing.TB, bin string, args ...string) *Proc {
 	if err := p.Cmd.Start(); err != nil {
 		t.Fatalf("start ferry: %v", err)
 	}
-	ready := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -102,7 +115,7 @@ func StartFerry(t testing.TB, bin string, args ...string) *Proc {
 			p.mu.Unlock()
 			if !signalled && strings.Contains(line, `msg="ferry started"`) {
 				signalled = true
-				close(ready)
+				close(p.ready)
 			}
 		}
 		_, _ = io.Copy(io.Discard, stderr)
@@ -113,14 +126,54 @@ func StartFerry(t testing.TB, bin string, args ...string) *Proc {
 		_ = p.Cmd.Process.Kill()
 		<-p.done
 	})
-	select {
-	case <-ready:
-	case <-p.done:
-		t.Fatalf("ferry exited before it was ready: %v\n%s", p.err, p.Log())
-	case <-time.After(30 * time.Second):
-		t.Fatalf("ferry not ready after 30s:\n%s", p.Log())
-	}
 	return p
+}
+
+// WaitStarted waits up to timeout for the process's "ferry started" line
+// (every listener has logged its address before it), failing the test with
+// the log when the process exits first or the time runs out.
+func (p *Proc) WaitStarted(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	if err := p.waitStarted(timeout); err != nil {
+		t.Fatalf("%v\n%s", err, p.Log())
+	}
+}
+
+// waitStarted is WaitStarted returning what went wrong, without the log.
+func (p *Proc) waitStarted(timeout time.Duration) error {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case <-p.ready:
+		return nil
+	case <-p.done:
+		if p.started() { // it started, then exited
+			return nil
+		}
+		return fmt.Errorf("ferry exited before it was ready: %v", p.err)
+	case <-timer.C:
+		return fmt.Errorf("ferry not ready after %s", timeout)
+	}
+}
+
+// started reports whether the process has logged "ferry started".
+func (p *Proc) started() bool {
+	select {
+	case <-p.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// exited reports whether the process has exited.
+func (p *Proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // Log is everything the process has written to stderr so far.

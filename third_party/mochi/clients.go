@@ -250,6 +250,11 @@ type ClientConnection struct {
 	Remote   string        // the remote address of the client
 	Listener string        // listener id of the client
 	Inline   bool          // if true, the client is the built-in 'inline' embedded client
+	// Relay marks an inline client that relays messages another server of
+	// a cluster accepted: they are delivered here with their retain flag
+	// (for subscribers with Retain As Published) but not retained here,
+	// where the cluster keeps retained messages itself.
+	Relay bool
 	done     func(error)   // called once the connection has ended (Attach)
 }
 

@@ -1272,7 +1272,7 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		s.settleDropped(waits)
 	}
 
-	if pk.FixedHeader.Retain { // [MQTT-3.3.1-5] ![MQTT-3.3.1-8]
+	if pk.FixedHeader.Retain && !cl.Net.Relay { // [MQTT-3.3.1-5] ![MQTT-3.3.1-8]
 		s.retainMessage(cl, pk)
 	}
 

@@ -165,6 +165,13 @@ func (s *SharedSubscriptions) Delete(group, id string) {
 	}
 }
 
+// groupLen returns the number of members of group.
+func (s *SharedSubscriptions) groupLen(group string) int {
+	s.RLock()
+	defer s.RUnlock()
+	return len(s.internal[group])
+}
+
 // Get returns the subscription properties for a client id in a share group, if one exists.
 func (s *SharedSubscriptions) Get(group, id string) (val packets.Subscription, ok bool) {
 	s.RLock()
@@ -378,6 +385,23 @@ type TopicsIndex struct {
 	Retained *packets.Packets
 	root     *particle // a leaf containing a message and more leaves.
 	cache    subscriberCache
+	interest InterestFunc // told of filters gaining a first or losing a last subscriber; nil: nobody
+}
+
+// InterestFunc is told, under the index's lock, when a topic filter gains
+// its first client subscription on this server (added) or loses its last
+// one. A shared subscription's filter is its whole $share/group/filter: each
+// group of a filter is an interest of its own. A cluster uses it to
+// subscribe each node to the filters its clients have and to nothing else.
+// It must not block or call into the index.
+type InterestFunc func(filter string, added bool)
+
+// SetInterest sets the function told of interest changes, before the first
+// subscription: filters subscribed earlier are not reported.
+func (x *TopicsIndex) SetInterest(f InterestFunc) {
+	x.root.Lock()
+	x.interest = f
+	x.root.Unlock()
 }
 
 // subscriberCacheSize bounds the topics whose subscribers are cached; when
@@ -462,10 +486,16 @@ func (x *TopicsIndex) Subscribe(client string, subscription packets.Subscription
 		n := x.set(subscription.Filter, 2)
 		_, existed = n.shared.Get(group, client)
 		n.shared.Add(group, client, subscription)
+		if !existed && x.interest != nil && n.shared.groupLen(group) == 1 {
+			x.interest(subscription.Filter, true)
+		}
 	} else {
 		n := x.set(subscription.Filter, 0)
 		_, existed = n.subscriptions.Get(client)
 		n.subscriptions.Add(client, subscription)
+		if !existed && x.interest != nil && n.subscriptions.Len() == 1 {
+			x.interest(subscription.Filter, true)
+		}
 	}
 
 	return !existed
@@ -492,9 +522,17 @@ func (x *TopicsIndex) Unsubscribe(filter, client string) bool {
 
 	if shareSub {
 		group, _ := isolateParticle(filter, 1)
+		_, had := particle.shared.Get(group, client)
 		particle.shared.Delete(group, client)
+		if had && x.interest != nil && particle.shared.groupLen(group) == 0 {
+			x.interest(filter, false)
+		}
 	} else {
+		_, had := particle.subscriptions.Get(client)
 		particle.subscriptions.Delete(client)
+		if had && x.interest != nil && particle.subscriptions.Len() == 0 {
+			x.interest(filter, false)
+		}
 	}
 
 	x.trim(particle)

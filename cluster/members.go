@@ -1,0 +1,122 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// beat writes this node's heartbeat: its id, start time and connection
+// count. The bucket's TTL removes it when the node stops writing.
+func (n *Node) beat(ctx context.Context) error {
+	m := Member{ID: n.cfg.NodeID, Connections: atomic.LoadInt64(&n.srv.Info.ClientsConnected), Started: n.started}
+	b, _ := json.Marshal(m)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := n.nodesKV.Put(ctx, n.cfg.NodeID, b); err != nil {
+		msg := err.Error()
+		n.beatError.Store(&msg)
+		return err
+	}
+	n.lastBeat.Store(time.Now().UnixNano())
+	return nil
+}
+
+// watchMembers follows the nodes bucket. Expired heartbeats leave no
+// delete marker, so a member is current while its last heartbeat is
+// younger than nodeTTL (Members).
+func (n *Node) watchMembers(ctx context.Context) error {
+	w, err := n.nodesKV.WatchAll(n.ctx)
+	if err != nil {
+		return fmt.Errorf("cluster: watch %s: %w", nodesBucket, err)
+	}
+	apply := func(e jetstream.KeyValueEntry) {
+		cur := *n.members.Load()
+		next := make(map[string]Member, len(cur)+1)
+		for k, v := range cur {
+			next[k] = v
+		}
+		if e.Operation() != jetstream.KeyValuePut {
+			delete(next, e.Key())
+		} else {
+			var m Member
+			if json.Unmarshal(e.Value(), &m) != nil || m.ID != e.Key() {
+				return
+			}
+			m.Seen = e.Created()
+			next[m.ID] = m
+		}
+		n.members.Store(&next)
+	}
+	// The initial values end with a nil entry: the membership is known
+	// before Start returns.
+	for initial := true; initial; {
+		select {
+		case e, ok := <-w.Updates():
+			if !ok {
+				return fmt.Errorf("cluster: watch %s ended", nodesBucket)
+			}
+			if e == nil {
+				initial = false
+				continue
+			}
+			apply(e)
+		case <-ctx.Done():
+			_ = w.Stop()
+			return fmt.Errorf("cluster: watch %s: %w", nodesBucket, ctx.Err())
+		}
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		defer func() { _ = w.Stop() }()
+		for {
+			select {
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e != nil {
+					apply(e)
+				}
+			case <-n.ctx.Done():
+				return
+			}
+		}
+	}()
+	return nil
+}
+
+func (n *Node) heartbeats() {
+	defer n.wg.Done()
+	t := time.NewTicker(heartbeatEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+			if err := n.beat(n.ctx); err != nil && n.ctx.Err() == nil {
+				n.log.Warn("cluster heartbeat not stored", "err", err)
+			}
+		}
+	}
+}
+
+// Members returns the nodes whose heartbeat is current, by id.
+func (n *Node) Members() []Member {
+	m := *n.members.Load()
+	out := make([]Member, 0, len(m))
+	for _, v := range m {
+		if time.Since(v.Seen) <= nodeTTL {
+			out = append(out, v)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}

@@ -1,0 +1,210 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ferrymq/ferry/internal/mochitest"
+	paho "github.com/eclipse/paho.mqtt.golang"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/auth"
+)
+
+// testNode is one node of an in-process cluster: a mochi server, its
+// cluster node (with an embedded NATS server) and its MQTT address.
+type testNode struct {
+	srv  *mqtt.Server
+	node *Node
+	addr string
+}
+
+// freeAddr returns a loopback address nothing listens on.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	if os.Getenv("FERRY_TEST_CLUSTER_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("t", t.Name())
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// startCluster starts n nodes with embedded NATS servers routed to each
+// other, replicas min(n, 3), concurrently (JetStream needs a quorum).
+func startCluster(t *testing.T, n int) []*testNode {
+	t.Helper()
+	clusterAddrs := make([]string, n)
+	for i := range clusterAddrs {
+		clusterAddrs[i] = freeAddr(t)
+	}
+	nodes := make([]*testNode, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		var routes []string
+		for j, a := range clusterAddrs {
+			if j != i {
+				routes = append(routes, "nats://"+a)
+			}
+		}
+		cfg := Config{NodeID: "n" + strconv.Itoa(i), Replicas: min(n, 3), NATS: NATS{Embedded: &Embedded{
+			ClientAddr: freeAddr(t), ClusterAddr: clusterAddrs[i], Routes: routes, StoreDir: t.TempDir()}}}.WithDefaults("")
+		if err := cfg.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
+			t.Fatal(err)
+		}
+		node := New(cfg, srv, testLogger(t).With("node", cfg.NodeID))
+		if err := srv.AddHook(node.Hook(), nil); err != nil {
+			t.Fatal(err)
+		}
+		nodes[i] = &testNode{srv: srv, node: node}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			errs[i] = node.Start(ctx)
+		}()
+	}
+	wg.Wait()
+	for i, tn := range nodes {
+		if errs[i] != nil {
+			t.Fatalf("node %d: %v", i, errs[i])
+		}
+		tn.addr = mochitest.Serve(t, tn.srv).Address()
+		t.Cleanup(tn.node.Close) // after the server's Close (cleanups run last first)
+	}
+	return nodes
+}
+
+func connectClient(t *testing.T, addr, id string, clean bool) paho.Client {
+	t.Helper()
+	o := paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetCleanSession(clean).
+		SetAutoReconnect(false).SetConnectTimeout(5 * time.Second).SetOrderMatters(true)
+	c := paho.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect %s to %s: %v", id, addr, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(100) })
+	return c
+}
+
+// waitRemoteInterest waits until node from sees node to's interest in a
+// subscription matching topic.
+func waitRemoteInterest(t *testing.T, from *testNode, to *testNode, topic string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, ok := from.node.interest.nodesFor(topic)[to.node.ID()]; ok {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("node %s never saw node %s's interest in %q", from.node.ID(), to.node.ID(), topic)
+}
+
+func TestRoutingAcrossNodes(t *testing.T) {
+	nodes := startCluster(t, 3)
+	for _, qos := range []byte{0, 1, 2} {
+		t.Run(fmt.Sprintf("qos%d", qos), func(t *testing.T) {
+			topic := fmt.Sprintf("route/q%d/x", qos)
+			got := make(chan string, 100)
+			sub := connectClient(t, nodes[1].addr, "sub"+strconv.Itoa(int(qos)), true)
+			if tok := sub.Subscribe("route/+/x", qos, func(_ paho.Client, m paho.Message) { got <- string(m.Payload()) }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+				t.Fatal(tok.Error())
+			}
+			waitRemoteInterest(t, nodes[0], nodes[1], topic)
+			pub := connectClient(t, nodes[0].addr, "pub"+strconv.Itoa(int(qos)), true)
+			const count = 50
+			for i := range count {
+				if tok := pub.Publish(topic, qos, false, strconv.Itoa(i)); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+					t.Fatalf("publish %d: %v", i, tok.Error())
+				}
+			}
+			for i := range count {
+				select {
+				case m := <-got:
+					if m != strconv.Itoa(i) && qos > 0 {
+						t.Fatalf("message %d: got %q (out of order or lost)", i, m)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatalf("got %d of %d messages", i, count)
+				}
+			}
+			// Node 2 has no subscriber: nothing was sent to it.
+			if _, ok := nodes[0].node.interest.nodesFor(topic)[nodes[2].node.ID()]; ok {
+				t.Fatal("node 2 has interest it should not have")
+			}
+		})
+	}
+	if r := nodes[2].node.Stats().Received; r != 0 {
+		t.Fatalf("node 2 without subscribers received %d messages", r)
+	}
+}
+
+func TestRetainedAcrossNodes(t *testing.T) {
+	nodes := startCluster(t, 3)
+	pub := connectClient(t, nodes[0].addr, "rpub", true)
+	if tok := pub.Publish("ret/a", 1, true, "hello"); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	for _, tn := range nodes[1:] {
+		got := make(chan string, 1)
+		c := connectClient(t, tn.addr, "rsub-"+tn.node.ID(), true)
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if tok := c.Subscribe("ret/#", 1, func(_ paho.Client, m paho.Message) {
+				if m.Retained() {
+					got <- string(m.Payload())
+				}
+			}); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+				t.Fatal(tok.Error())
+			}
+			select {
+			case m := <-got:
+				if m != "hello" {
+					t.Fatalf("node %s: retained %q", tn.node.ID(), m)
+				}
+			case <-time.After(200 * time.Millisecond):
+				c.Unsubscribe("ret/#").Wait()
+				if time.Now().After(deadline) {
+					t.Fatalf("node %s never had the retained message", tn.node.ID())
+				}
+				continue
+			}
+			break
+		}
+	}
+	// Cleared on node 2, it is gone everywhere.
+	c := connectClient(t, nodes[2].addr, "rclear", true)
+	if tok := c.Publish("ret/a", 1, true, ""); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	for _, tn := range nodes {
+		deadline := time.Now().Add(10 * time.Second)
+		for len(tn.srv.Topics.Messages("ret/#")) > 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("node %s still retains ret/a", tn.node.ID())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
