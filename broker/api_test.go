@@ -586,4 +586,3 @@ func TestAPIClientIDEscaped(t *testing.T) {
 	apiJSON(t, b, "POST", "/api/v1/clients/"+url.PathEscape(id)+"/disconnect", "", 204, nil)
 	waitGone(t, b, id)
 }
-

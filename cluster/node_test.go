@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferrymq/ferry/internal/mochitest"
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/ferrymq/ferry/internal/mochitest"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
 )

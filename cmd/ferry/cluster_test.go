@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferrymq/ferry/internal/testutil"
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/ferrymq/ferry/internal/testutil"
 )
 
 // clusterModes are the two ways nodes reach NATS: each runs its own

@@ -255,7 +255,7 @@ type ClientConnection struct {
 	// (for subscribers with Retain As Published) but not retained here,
 	// where the cluster keeps retained messages itself.
 	Relay bool
-	done     func(error)   // called once the connection has ended (Attach)
+	done  func(error) // called once the connection has ended (Attach)
 }
 
 // end calls done with the error that ended the connection.
