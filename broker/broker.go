@@ -314,26 +314,29 @@ func (b *Broker) addHooks(st *persistence.Store) error {
 	if b.bridge != nil {
 		hooks = append(hooks, &tapHook{br: b.bridge})
 	}
-	ph := persistence.NewHook(st, b.mochi)
-	ph.SetStalled(b.stalled)
-	if b.auth != nil {
-		// Sessions belong to their identity across restarts; spilled
-		// messages and shared-group members are checked against the ACL.
-		ph.SetSessionOwners(b.auth)
-		ph.SetReadCheck(b.auth.MayRead)
-	}
-	b.storage = ph
-	ph.SetRetained(b.cluster == nil)
-	ph.SetQueueLimits(persistence.QueueLimits{MaxMessages: b.cfg.Limits.MaxQueuedMessages,
-		MaxBytes: b.cfg.Limits.MaxQueuedBytes, Policy: b.cfg.Limits.OverflowPolicy, BlockWait: b.cfg.Limits.OverflowWait,
-		MemoryWindow: b.cfg.Limits.MemoryWindow})
-	b.metrics.SetQueueCounts(func() metrics.QueueCounts {
-		s := ph.QueueStats()
-		return metrics.QueueCounts{DroppedNewest: s.DroppedNewest, DroppedOldest: s.DroppedOldest, Expired: s.Expired, Spilled: s.Spilled}
-	})
-	hooks = append(hooks, ph)
 	if b.cluster != nil {
-		hooks = append(hooks, b.cluster.Hook())
+		// Sessions, their queues and retained messages are the cluster's,
+		// in JetStream; Badger keeps the bridge's outbox only.
+		b.cluster.QueueLimit = int64(b.cfg.Limits.MaxQueuedMessages)
+		hooks = append(hooks, b.cluster.SessionHook(), b.cluster.Hook())
+	} else {
+		ph := persistence.NewHook(st, b.mochi)
+		ph.SetStalled(b.stalled)
+		if b.auth != nil {
+			// Sessions belong to their identity across restarts; spilled
+			// messages and shared-group members are checked against the ACL.
+			ph.SetSessionOwners(b.auth)
+			ph.SetReadCheck(b.auth.MayRead)
+		}
+		b.storage = ph
+		ph.SetQueueLimits(persistence.QueueLimits{MaxMessages: b.cfg.Limits.MaxQueuedMessages,
+			MaxBytes: b.cfg.Limits.MaxQueuedBytes, Policy: b.cfg.Limits.OverflowPolicy, BlockWait: b.cfg.Limits.OverflowWait,
+			MemoryWindow: b.cfg.Limits.MemoryWindow})
+		b.metrics.SetQueueCounts(func() metrics.QueueCounts {
+			s := ph.QueueStats()
+			return metrics.QueueCounts{DroppedNewest: s.DroppedNewest, DroppedOldest: s.DroppedOldest, Expired: s.Expired, Spilled: s.Spilled}
+		})
+		hooks = append(hooks, ph)
 	}
 	hooks = append(hooks, b.metrics, &connLogHook{log: b.log, malformed: b.metrics.CountMalformed})
 	for _, h := range hooks {

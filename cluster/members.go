@@ -120,3 +120,9 @@ func (n *Node) Members() []Member {
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
 }
+
+// isMember says whether node's heartbeat is current.
+func (n *Node) isMember(node string) bool {
+	m, ok := (*n.members.Load())[node]
+	return ok && time.Since(m.Seen) <= nodeTTL
+}

@@ -61,6 +61,8 @@ type Stats struct {
 	Malformed uint64
 	// RetainedSynced counts retained messages set or cleared from the bucket.
 	RetainedSynced uint64
+	// Queued counts messages appended to persistent sessions' queues.
+	Queued uint64
 }
 
 // Member is a node of the cluster as its last heartbeat shows it.
@@ -89,13 +91,20 @@ type Node struct {
 
 	interest *interest
 	retained *retained
+	sessions *sessions
+	hook     *hook
+
+	// QueueLimit bounds the messages queued for one persistent session
+	// (limits.max_queued_messages); the oldest are dropped beyond it. Set
+	// before Start; 0: unbounded.
+	QueueLimit int64
 
 	members   atomic.Pointer[map[string]Member]
 	lastBeat  atomic.Int64 // unix nanos of the last heartbeat written
 	beatError atomic.Pointer[string]
 	started   time.Time
 
-	forwarded, received, forwardFailed, malformed, retainedSynced atomic.Uint64
+	forwarded, received, forwardFailed, malformed, retainedSynced, queued atomic.Uint64
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -116,6 +125,8 @@ func New(cfg Config, srv *mqtt.Server, log *slog.Logger) *Node {
 	}
 	n.interest = newInterest(n)
 	n.retained = newRetained(n)
+	n.sessions = newSessions(n)
+	n.hook = &hook{n: n}
 	empty := map[string]Member{}
 	n.members.Store(&empty)
 	srv.Topics.SetInterest(n.interest.changed)
@@ -179,6 +190,12 @@ func (n *Node) start(ctx context.Context) error {
 	if err := n.retained.start(ctx); err != nil {
 		return err
 	}
+	if err := n.sessions.start(ctx); err != nil {
+		return err
+	}
+	if err := n.sessions.serveRelease(); err != nil {
+		return err
+	}
 	if err := n.interest.start(ctx); err != nil {
 		return err
 	}
@@ -209,6 +226,22 @@ func (n *Node) createResources(ctx context.Context) error {
 		kv(jetstream.KeyValueConfig{Bucket: interestBucket, History: 1, Replicas: r, Storage: jetstream.FileStorage}, &n.interestKV),
 		kv(jetstream.KeyValueConfig{Bucket: retainedBucket, History: 1, Replicas: r, Storage: jetstream.FileStorage}, &n.retainedKV),
 		kv(jetstream.KeyValueConfig{Bucket: nodesBucket, History: 1, Replicas: r, Storage: jetstream.FileStorage, TTL: nodeTTL}, &n.nodesKV),
+		kv(jetstream.KeyValueConfig{Bucket: sessionsBucket, History: 1, Replicas: r, Storage: jetstream.FileStorage}, &n.sessions.kv),
+		func() error {
+			return retry(ctx, n.log, fmt.Sprintf("create stream %s (replicas %d)", queueStream, r), func(ctx context.Context) error {
+				st, err := n.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+					Name:              queueStream,
+					Subjects:          []string{queuePrefix + ">"},
+					Retention:         jetstream.LimitsPolicy,
+					Storage:           jetstream.FileStorage,
+					Replicas:          r,
+					MaxMsgsPerSubject: n.QueueLimit,
+					Discard:           jetstream.DiscardOld,
+				})
+				n.sessions.stream = st
+				return err
+			})
+		},
 		func() error {
 			return retry(ctx, n.log, fmt.Sprintf("create stream %s (replicas %d)", routeStream, r), func(ctx context.Context) error {
 				_, err := n.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
@@ -259,7 +292,7 @@ func (n *Node) Ready() error {
 // Stats returns the node's counters.
 func (n *Node) Stats() Stats {
 	return Stats{Forwarded: n.forwarded.Load(), Received: n.received.Load(), ForwardFailed: n.forwardFailed.Load(),
-		Malformed: n.malformed.Load(), RetainedSynced: n.retainedSynced.Load()}
+		Malformed: n.malformed.Load(), RetainedSynced: n.retainedSynced.Load(), Queued: n.queued.Load()}
 }
 
 // Close stops taking and sending messages, leaves the membership and

@@ -72,8 +72,10 @@ func startCluster(t *testing.T, n int) []*testNode {
 			t.Fatal(err)
 		}
 		node := New(cfg, srv, testLogger(t).With("node", cfg.NodeID))
-		if err := srv.AddHook(node.Hook(), nil); err != nil {
-			t.Fatal(err)
+		for _, h := range []mqtt.Hook{node.SessionHook(), node.Hook()} {
+			if err := srv.AddHook(h, nil); err != nil {
+				t.Fatal(err)
+			}
 		}
 		nodes[i] = &testNode{srv: srv, node: node}
 		wg.Add(1)
@@ -206,5 +208,84 @@ func TestRetainedAcrossNodes(t *testing.T) {
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
+	}
+}
+
+// TestResumeOnAnotherNode: a persistent session subscribed on node 1 is
+// away while 1,000 QoS 1 messages are published on node 0; it resumes on
+// node 2 and gets them all, in order.
+func TestResumeOnAnotherNode(t *testing.T) {
+	nodes := startCluster(t, 3)
+	got := make(chan string, 2000)
+	handler := func(_ paho.Client, m paho.Message) { got <- string(m.Payload()) }
+	connect := func(addr string) paho.Client {
+		o := paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID("resumer").SetCleanSession(false).
+			SetAutoReconnect(false).SetOrderMatters(true).SetDefaultPublishHandler(handler)
+		c := paho.NewClient(o)
+		if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("connect to %s: %v", addr, tok.Error())
+		}
+		return c
+	}
+	sub := connect(nodes[1].addr)
+	if tok := sub.Subscribe("resume/#", 1, nil); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	// The subscription is in every node's index of persistent sessions.
+	deadline := time.Now().Add(10 * time.Second)
+	for len(nodes[0].node.sessions.persistentFor("resume/x")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("node 0 never saw the persistent subscription")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	sub.Disconnect(100)
+
+	pub := connectClient(t, nodes[0].addr, "resume-pub", true)
+	const count = 1000
+	for i := range count {
+		if tok := pub.Publish("resume/x", 1, false, strconv.Itoa(i)); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish %d: %v", i, tok.Error())
+		}
+	}
+	sub = connect(nodes[2].addr)
+	defer sub.Disconnect(100)
+	for i := range count {
+		select {
+		case m := <-got:
+			if m != strconv.Itoa(i) {
+				t.Fatalf("message %d is %q", i, m)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("resumed with %d of %d messages", i, count)
+		}
+	}
+}
+
+// TestTakeoverAcrossNodes: a client id connected on node 0 that connects
+// on node 2 is disconnected from node 0, and node 2 serves it.
+func TestTakeoverAcrossNodes(t *testing.T) {
+	nodes := startCluster(t, 3)
+	lost := make(chan error, 1)
+	o := paho.NewClientOptions().AddBroker("tcp://" + nodes[0].addr).SetClientID("taken").SetCleanSession(false).
+		SetAutoReconnect(false).SetConnectionLostHandler(func(_ paho.Client, err error) { lost <- err })
+	first := paho.NewClient(o)
+	if tok := first.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	second := connectClient(t, nodes[2].addr, "taken", false)
+	select {
+	case <-lost:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first connection was not closed")
+	}
+	if !second.IsConnectionOpen() {
+		t.Fatal("the second connection is not open")
+	}
+	if _, ok := nodes[0].srv.Clients.Get("taken"); ok {
+		t.Fatal("node 0 still has the session")
+	}
+	if _, ok := nodes[2].srv.Clients.Get("taken"); !ok {
+		t.Fatal("node 2 does not have the session")
 	}
 }

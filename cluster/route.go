@@ -60,8 +60,12 @@ type hook struct {
 	n *Node
 }
 
-// Hook returns the hook to add to the MQTT server.
-func (n *Node) Hook() mqtt.Hook { return &hook{n: n} }
+// Hook returns the hook that routes messages to other nodes.
+func (n *Node) Hook() mqtt.Hook { return n.hook }
+
+// SessionHook returns the hook that keeps sessions and their queues in
+// JetStream: it replaces the single node's storage hook.
+func (n *Node) SessionHook() mqtt.Hook { return &sessionHook{ss: n.sessions} }
 
 func (h *hook) ID() string { return "ferry-cluster" }
 

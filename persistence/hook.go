@@ -44,8 +44,6 @@ type Hook struct {
 	mayRead    func(cl *mqtt.Client, topic string) bool // nil: everything readable
 	aclDropped atomic.Uint64
 
-	noRetained bool // SetRetained(false): retained messages are kept elsewhere
-
 	limits          QueueLimits
 	droppedNewest   atomic.Uint64
 	droppedOldest   atomic.Uint64
@@ -160,18 +158,7 @@ var provided = []byte{
 
 // Provides reports the events the hook handles; not OnSysInfoTick or
 // StoredSysInfo: $SYS values are not persisted.
-func (h *Hook) Provides(b byte) bool {
-	if h.noRetained && (b == mqtt.OnRetainMessage || b == mqtt.OnRetainedExpired || b == mqtt.StoredRetainedMessages) {
-		return false
-	}
-	return bytes.IndexByte(provided, b) >= 0
-}
-
-// SetRetained(false), before the hook is added, leaves retained messages
-// out of the store: a cluster keeps them in its own replicated bucket, and
-// a copy here would bring back, at the next start, one that was cleared
-// on another node meanwhile.
-func (h *Hook) SetRetained(keep bool) { h.noRetained = !keep }
+func (h *Hook) Provides(b byte) bool { return bytes.IndexByte(provided, b) >= 0 }
 
 // Init checks the hook was built by NewHook; config is unused.
 func (h *Hook) Init(any) error {

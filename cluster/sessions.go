@@ -1,0 +1,844 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"sort"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Sessions live in JetStream: each client id has a record in the sessions
+// bucket, and each persistent session a queue, the subject
+// ferry.q.<session key> of the FERRY_QUEUE stream.
+//
+//   - Ownership: a node serves a client id only once it has written the
+//     record with itself as the node, by compare-and-set on the revision
+//     it read. Whoever wins the write serves; the loser refuses the
+//     connection. A node that sees (in its watch of the bucket) another
+//     node take a session it serves disconnects that client with 0x8E.
+//   - Queue: the node where a QoS 1/2 message is published appends it to
+//     the queue of every persistent session whose subscription matches,
+//     before the publisher's PUBACK, whichever node (if any) the session
+//     is connected to. The session's node feeds the queue to its client
+//     through the engine's StoredQueue, reading the stream in order, and
+//     purges what the client acknowledged. So a session resumed on any
+//     node finds every message not yet acknowledged, in order.
+const (
+	sessionsBucket = "ferry_sessions"
+	queueStream    = "FERRY_QUEUE"
+	queuePrefix    = "ferry.q."
+)
+
+// claimWait bounds how long a connecting client waits for the node that
+// served its session to let go of it; a node that does not answer (dead,
+// frozen) is not waited for beyond it.
+const claimWait = 3 * time.Second
+
+// sessionRec is a session's record in the bucket.
+type sessionRec struct {
+	ID         string   `json:"id"`
+	Node       string   `json:"node"`
+	Conn       string   `json:"conn"` // the serving connection's nonce
+	Connected  bool     `json:"connected"`
+	Persistent bool     `json:"persistent"`
+	Expiry     uint32   `json:"expiry"`         // seconds the session outlives its connection
+	Left       int64    `json:"left,omitempty"` // unix seconds the connection ended
+	Version    byte     `json:"v"`
+	Username   []byte   `json:"user,omitempty"`
+	Subs       []subRec `json:"subs,omitempty"`
+	Will       *willRec `json:"will,omitempty"`
+}
+
+type subRec struct {
+	Filter string `json:"f"`
+	Qos    byte   `json:"q"`
+	NL     bool   `json:"nl,omitempty"`
+	RAP    bool   `json:"rap,omitempty"`
+	RH     byte   `json:"rh,omitempty"`
+	ID     int    `json:"id,omitempty"`
+}
+
+type willRec struct {
+	Topic   string                 `json:"t"`
+	Payload []byte                 `json:"p,omitempty"`
+	Qos     byte                   `json:"q"`
+	Retain  bool                   `json:"r,omitempty"`
+	Delay   uint32                 `json:"d,omitempty"`
+	User    []packets.UserProperty `json:"u,omitempty"`
+}
+
+// sessionKey is the bucket key and queue token of client id.
+func sessionKey(id string) string {
+	if len(id) <= 256 {
+		return "c" + base64.RawURLEncoding.EncodeToString([]byte(id))
+	}
+	h := sha256.Sum256([]byte(id))
+	return "h" + hex.EncodeToString(h[:])
+}
+
+// ownedSession is a session this node serves.
+type ownedSession struct {
+	key string
+	cl  *mqtt.Client
+
+	mu  sync.Mutex // serialises writes of rec
+	rev uint64
+	rec sessionRec
+
+	// The queue feed (StoredQueue), under qmu.
+	qmu      sync.Mutex
+	cursor   uint64            // next stream sequence to read from
+	inflight map[uint16]uint64 // packet id -> sequence, filed and not acknowledged
+	batch    []uint64          // sequences of the batch being filed, in order
+	filed    int               // how many of batch are filed
+	purged   uint64            // everything below was purged
+	wake     *nats.Subscription
+}
+
+// sessions is the node's part of the session store.
+type sessions struct {
+	n      *Node
+	kv     jetstream.KeyValue
+	stream jetstream.Stream
+
+	mu    sync.Mutex
+	owned map[string]*ownedSession // by client id
+
+	imu     sync.RWMutex
+	index   *mqtt.TopicsIndex   // persistent sessions' subscriptions, cluster-wide; "client" = client id
+	indexed map[string][]string // client id -> filters in index
+	records map[string]sessionRec
+
+	purgeKick chan struct{}
+	purgeMu   sync.Mutex
+	toPurge   map[string]uint64 // key -> purge below this sequence
+}
+
+func newSessions(n *Node) *sessions {
+	return &sessions{n: n, owned: map[string]*ownedSession{}, index: mqtt.NewTopicsIndex(),
+		indexed: map[string][]string{}, records: map[string]sessionRec{},
+		purgeKick: make(chan struct{}, 1), toPurge: map[string]uint64{}}
+}
+
+// start loads the bucket (the cluster-wide index of persistent sessions)
+// and follows it.
+func (ss *sessions) start(ctx context.Context) error {
+	w, err := ss.kv.WatchAll(ss.n.ctx)
+	if err != nil {
+		return fmt.Errorf("cluster: watch %s: %w", sessionsBucket, err)
+	}
+	for initial := true; initial; {
+		select {
+		case e, ok := <-w.Updates():
+			if !ok {
+				return fmt.Errorf("cluster: watch %s ended", sessionsBucket)
+			}
+			if e == nil {
+				initial = false
+				continue
+			}
+			ss.apply(e)
+		case <-ctx.Done():
+			_ = w.Stop()
+			return fmt.Errorf("cluster: load %s: %w", sessionsBucket, ctx.Err())
+		}
+	}
+	ss.n.wg.Add(2)
+	go func() {
+		defer ss.n.wg.Done()
+		defer func() { _ = w.Stop() }()
+		for {
+			select {
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e != nil {
+					ss.apply(e)
+				}
+			case <-ss.n.ctx.Done():
+				return
+			}
+		}
+	}()
+	go ss.purger()
+	return nil
+}
+
+// apply takes one record update: the index of persistent subscriptions,
+// and a session this node serves that another node has taken.
+func (ss *sessions) apply(e jetstream.KeyValueEntry) {
+	var rec sessionRec
+	put := e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &rec) == nil && rec.ID != ""
+	if !put {
+		ss.imu.Lock()
+		for id := range ss.records {
+			if sessionKey(id) == e.Key() {
+				ss.unindexLocked(id)
+				delete(ss.records, id)
+				break
+			}
+		}
+		ss.imu.Unlock()
+		return
+	}
+	ss.imu.Lock()
+	ss.unindexLocked(rec.ID)
+	ss.records[rec.ID] = rec
+	if rec.Persistent {
+		fs := make([]string, 0, len(rec.Subs))
+		for _, s := range rec.Subs {
+			if mqtt.IsSharedFilter(s.Filter) {
+				continue
+			}
+			ss.index.Subscribe(rec.ID, packets.Subscription{Filter: s.Filter, Qos: s.Qos, NoLocal: s.NL,
+				RetainAsPublished: s.RAP, Identifier: s.ID})
+			fs = append(fs, s.Filter)
+		}
+		ss.indexed[rec.ID] = fs
+	}
+	ss.imu.Unlock()
+
+	if rec.Node != ss.n.cfg.NodeID {
+		ss.mu.Lock()
+		o := ss.owned[rec.ID]
+		if o != nil {
+			delete(ss.owned, rec.ID)
+		}
+		ss.mu.Unlock()
+		if o != nil {
+			ss.n.log.Info("cluster: session taken over by another node", "client", rec.ID, "node", rec.Node)
+			ss.stopFeed(o)
+			go ss.n.srv.ForgetSession(rec.ID)
+		}
+	}
+}
+
+func (ss *sessions) unindexLocked(id string) {
+	for _, f := range ss.indexed[id] {
+		ss.index.Unsubscribe(f, id)
+	}
+	delete(ss.indexed, id)
+}
+
+// persistentFor returns the persistent sessions, cluster-wide, with a
+// subscription matching topic. The map is shared: do not change it.
+func (ss *sessions) persistentFor(topic string) map[string]packets.Subscription {
+	ss.imu.RLock()
+	defer ss.imu.RUnlock()
+	return ss.index.SubscribersReadOnly(topic).Subscriptions
+}
+
+func persistentSession(cl *mqtt.Client) bool {
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval > 0
+	}
+	return !cl.Properties.Clean
+}
+
+func expiryOf(cl *mqtt.Client) uint32 {
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval
+	}
+	if cl.Properties.Clean {
+		return 0
+	}
+	return math.MaxUint32
+}
+
+func nonce() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// errClaim is why a connection was refused: its session could not be
+// claimed.
+var errClaim = errors.New("cluster: session not claimed")
+
+// claim makes cl's session this node's, by compare-and-set on its record,
+// and returns the record it replaced (nil: none). A session another node
+// serves is taken from it: once the record names this node, that node
+// disconnects its client (it watches the bucket) and is asked to confirm.
+func (ss *sessions) claim(cl *mqtt.Client, clean bool) (*ownedSession, *sessionRec, error) {
+	key := sessionKey(cl.ID)
+	rec := sessionRec{ID: cl.ID, Node: ss.n.cfg.NodeID, Conn: nonce(), Connected: true, Persistent: persistentSession(cl),
+		Expiry: expiryOf(cl), Version: cl.Properties.ProtocolVersion, Username: cl.Properties.Username}
+	if w := cl.Properties.Will; w.Flag != 0 {
+		rec.Will = &willRec{Topic: w.TopicName, Payload: w.Payload, Qos: w.Qos, Retain: w.Retain, Delay: w.WillDelayInterval, User: w.User}
+	}
+	ctx, cancel := context.WithTimeout(ss.n.ctx, claimWait+2*time.Second)
+	defer cancel()
+	for attempt := 0; attempt < 5; attempt++ {
+		var prev *sessionRec
+		var rev uint64
+		e, err := ss.kv.Get(ctx, key)
+		switch {
+		case err == nil:
+			var p sessionRec
+			if json.Unmarshal(e.Value(), &p) == nil {
+				prev = &p
+			}
+			rev = e.Revision()
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		default:
+			return nil, nil, fmt.Errorf("%w: read: %v", errClaim, err)
+		}
+		if prev != nil && !clean && prev.Persistent {
+			rec.Subs = prev.Subs
+		}
+		b, _ := json.Marshal(rec)
+		if rev == 0 {
+			rev, err = ss.kv.Create(ctx, key, b)
+		} else {
+			rev, err = ss.kv.Update(ctx, key, b, rev)
+		}
+		if err != nil {
+			if errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err) {
+				continue // another node wrote meanwhile: read again
+			}
+			return nil, nil, fmt.Errorf("%w: write: %v", errClaim, err)
+		}
+		o := &ownedSession{key: key, cl: cl, rev: rev, rec: rec, inflight: map[uint16]uint64{}}
+		ss.mu.Lock()
+		old := ss.owned[cl.ID]
+		ss.owned[cl.ID] = o
+		ss.mu.Unlock()
+		if old != nil {
+			ss.stopFeed(old)
+		}
+		if prev != nil && prev.Node != ss.n.cfg.NodeID && prev.Connected && ss.n.isMember(prev.Node) {
+			ss.askRelease(ctx, prev.Node, cl.ID)
+		}
+		return o, prev, nil
+	}
+	return nil, nil, fmt.Errorf("%w: the record kept changing", errClaim)
+}
+
+func isWrongSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}
+
+// askRelease asks node to let go of client id and waits for its answer,
+// at most claimWait: it then no longer serves the client, and has stopped
+// feeding its queue. A node that does not answer is dead or frozen; it
+// lets go of the session when it sees the record (or fails to write it).
+func (ss *sessions) askRelease(ctx context.Context, node, id string) {
+	ctx, cancel := context.WithTimeout(ctx, claimWait)
+	defer cancel()
+	_, err := ss.n.nc.RequestWithContext(ctx, controlPrefix+node+".release", []byte(id))
+	if err != nil {
+		ss.n.log.Info("cluster: previous node did not confirm the takeover", "client", id, "node", node, "err", err)
+	}
+}
+
+const controlPrefix = "ferry.ctl."
+
+// serveRelease answers other nodes' release requests.
+func (ss *sessions) serveRelease() error {
+	sub, err := ss.n.nc.Subscribe(controlPrefix+ss.n.cfg.NodeID+".release", func(m *nats.Msg) {
+		id := string(m.Data)
+		ss.mu.Lock()
+		o := ss.owned[id]
+		if o != nil {
+			delete(ss.owned, id)
+		}
+		ss.mu.Unlock()
+		if o != nil {
+			ss.stopFeed(o)
+		}
+		go func() {
+			ss.n.srv.ForgetSession(id)
+			_ = m.Respond([]byte("ok"))
+		}()
+	})
+	if err != nil {
+		return fmt.Errorf("cluster: subscribe release: %w", err)
+	}
+	ss.n.stop = append(ss.n.stop, func() { _ = sub.Unsubscribe() })
+	return nil
+}
+
+// ownedBy returns the session cl serves here, or nil.
+func (ss *sessions) ownedBy(cl *mqtt.Client) *ownedSession {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if o := ss.owned[cl.ID]; o != nil && o.cl == cl {
+		return o
+	}
+	return nil
+}
+
+// update changes o's record with f and writes it by compare-and-set. A
+// failed compare-and-set means another node took the session: this one
+// lets go of it.
+func (ss *sessions) update(o *ownedSession, f func(*sessionRec)) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	rec := o.rec
+	rec.Subs = append([]subRec(nil), o.rec.Subs...)
+	f(&rec)
+	b, _ := json.Marshal(rec)
+	ctx, cancel := context.WithTimeout(ss.n.ctx, 5*time.Second)
+	defer cancel()
+	rev, err := ss.kv.Update(ctx, o.key, b, o.rev)
+	if err != nil {
+		if isWrongSequence(err) {
+			ss.n.log.Info("cluster: session record changed by another node; letting it go", "client", rec.ID)
+			ss.mu.Lock()
+			if ss.owned[rec.ID] == o {
+				delete(ss.owned, rec.ID)
+			}
+			ss.mu.Unlock()
+			ss.stopFeed(o)
+			go ss.n.srv.ForgetSession(rec.ID)
+		}
+		return err
+	}
+	o.rev, o.rec = rev, rec
+	return nil
+}
+
+// remove deletes o's record (a session that ended), if still o's.
+func (ss *sessions) remove(o *ownedSession) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ss.n.ctx, 5*time.Second)
+	defer cancel()
+	if err := ss.kv.Delete(ctx, o.key, jetstream.LastRevision(o.rev)); err != nil && !isWrongSequence(err) {
+		ss.n.log.Warn("cluster: session record not deleted", "client", o.rec.ID, "err", err)
+	}
+}
+
+// purgeQueue drops everything queued for key.
+func (ss *sessions) purgeQueue(key string) {
+	ctx, cancel := context.WithTimeout(ss.n.ctx, 5*time.Second)
+	defer cancel()
+	if err := ss.stream.Purge(ctx, jetstream.WithPurgeSubject(queuePrefix+key)); err != nil {
+		ss.n.log.Warn("cluster: queue not purged", "key", key, "err", err)
+	}
+}
+
+// sessionHook is the session store as the MQTT server's hook.
+type sessionHook struct {
+	mqtt.HookBase
+	ss *sessions
+}
+
+func (h *sessionHook) ID() string { return "ferry-cluster-sessions" }
+
+func (h *sessionHook) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnSubscribed,
+		mqtt.OnUnsubscribed, mqtt.OnRoute, mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnClientExpired:
+		return true
+	}
+	return false
+}
+
+// OnSessionEstablish claims the session (see sessions.claim) and, when it
+// was kept by another node or by an earlier run of this one, restores its
+// subscriptions here so the connection inherits them. A session that
+// cannot be claimed (NATS away) ends the connection: two nodes never
+// serve one client id.
+func (h *sessionHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
+	ss := h.ss
+	clean := pk.Connect.Clean
+	o, prev, err := ss.claim(cl, clean)
+	if err != nil {
+		ss.n.log.Warn("cluster: connection refused", "client", cl.ID, "err", err)
+		cl.Stop(packets.ErrServerUnavailable)
+		return
+	}
+	if clean {
+		ss.purgeQueue(o.key)
+		return
+	}
+	if prev == nil || !prev.Persistent {
+		return
+	}
+	if local, ok := ss.n.srv.Clients.Get(cl.ID); ok && prev.Node == ss.n.cfg.NodeID && local.Closed() {
+		return // this node kept it: the engine has it
+	}
+	subs := make([]storage.Subscription, 0, len(prev.Subs))
+	for _, s := range prev.Subs {
+		subs = append(subs, storage.Subscription{Filter: s.Filter, Qos: s.Qos, NoLocal: s.NL, RetainAsPublished: s.RAP,
+			RetainHandling: s.RH, Identifier: s.ID})
+	}
+	ss.n.srv.RestoreSession(storage.Client{ID: cl.ID, ProtocolVersion: prev.Version, Username: prev.Username,
+		Properties: storage.ClientProperties{SessionExpiryInterval: prev.Expiry, SessionExpiryIntervalFlag: prev.Version == 5}},
+		subs, nil)
+}
+
+// OnSessionEstablished starts feeding the queue: core NATS tells the node
+// of every message appended to it.
+func (h *sessionHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	ss := h.ss
+	o := ss.ownedBy(cl)
+	if o == nil || !o.rec.Persistent {
+		return
+	}
+	sub, err := ss.n.nc.Subscribe(queuePrefix+o.key, func(*nats.Msg) { ss.n.srv.FeedStored(cl) })
+	if err == nil {
+		o.qmu.Lock()
+		o.wake = sub
+		o.qmu.Unlock()
+	}
+	ss.n.srv.FeedStored(cl)
+}
+
+func (ss *sessions) stopFeed(o *ownedSession) {
+	o.qmu.Lock()
+	defer o.qmu.Unlock()
+	if o.wake != nil {
+		_ = o.wake.Unsubscribe()
+		o.wake = nil
+	}
+}
+
+// OnDisconnect records the connection's end: a persistent session stays
+// (not connected, with the time it left), another is deleted.
+func (h *sessionHook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
+	ss := h.ss
+	o := ss.ownedBy(cl)
+	if o == nil {
+		return // taken over, or never claimed
+	}
+	ss.stopFeed(o)
+	if expire || !o.rec.Persistent {
+		ss.mu.Lock()
+		delete(ss.owned, cl.ID)
+		ss.mu.Unlock()
+		ss.remove(o)
+		return
+	}
+	_ = ss.update(o, func(r *sessionRec) {
+		r.Connected = false
+		r.Left = time.Now().Unix()
+	})
+}
+
+// OnClientExpired deletes a session that expired here, and its queue.
+func (h *sessionHook) OnClientExpired(cl *mqtt.Client) {
+	ss := h.ss
+	ss.mu.Lock()
+	o := ss.owned[cl.ID]
+	if o != nil {
+		delete(ss.owned, cl.ID)
+	}
+	ss.mu.Unlock()
+	if o == nil {
+		return
+	}
+	ss.remove(o)
+	ss.purgeQueue(o.key)
+}
+
+// OnSubscribed and OnUnsubscribed keep the record's subscriptions.
+func (h *sessionHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	o := h.ss.ownedBy(cl)
+	if o == nil || !o.rec.Persistent {
+		return
+	}
+	_ = h.ss.update(o, func(r *sessionRec) {
+		for i, f := range pk.Filters {
+			if i < len(codes) && codes[i] >= 0x80 {
+				continue
+			}
+			s := subRec{Filter: f.Filter, Qos: f.Qos, NL: f.NoLocal, RAP: f.RetainAsPublished, RH: f.RetainHandling, ID: f.Identifier}
+			if i < len(codes) {
+				s.Qos = codes[i]
+			}
+			r.Subs = upsertSub(r.Subs, s)
+		}
+	})
+}
+
+func (h *sessionHook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
+	o := h.ss.ownedBy(cl)
+	if o == nil || !o.rec.Persistent || cl.Closed() {
+		return // a session dropped here, not an UNSUBSCRIBE
+	}
+	_ = h.ss.update(o, func(r *sessionRec) {
+		for _, f := range pk.Filters {
+			r.Subs = deleteSub(r.Subs, f.Filter)
+		}
+	})
+}
+
+func upsertSub(subs []subRec, s subRec) []subRec {
+	for i := range subs {
+		if subs[i].Filter == s.Filter {
+			subs[i] = s
+			return subs
+		}
+	}
+	subs = append(subs, s)
+	sort.Slice(subs, func(i, j int) bool { return subs[i].Filter < subs[j].Filter })
+	return subs
+}
+
+func deleteSub(subs []subRec, filter string) []subRec {
+	for i := range subs {
+		if subs[i].Filter == filter {
+			return append(subs[:i], subs[i+1:]...)
+		}
+	}
+	return subs
+}
+
+// OnRoute queues a QoS 1/2 message for every persistent session whose
+// subscription matches, cluster-wide, before the publisher's
+// acknowledgement, and keeps the engine from delivering it to those
+// sessions here: their node feeds it from the queue. A message relayed
+// from another node was queued there.
+func (h *sessionHook) OnRoute(cl *mqtt.Client, pk packets.Packet, r *mqtt.Route) error {
+	ss := h.ss
+	if pk.FixedHeader.Qos == 0 || len(pk.TopicName) >= len(mqtt.SysPrefix) && pk.TopicName[:len(mqtt.SysPrefix)] == mqtt.SysPrefix {
+		return nil
+	}
+	targets := ss.persistentFor(pk.TopicName)
+	if len(targets) == 0 {
+		return nil
+	}
+	relayed := cl.Net.Relay
+	var buf *bytes.Buffer
+	var errs []error
+	for id, sub := range targets {
+		qos := min(pk.FixedHeader.Qos, sub.Qos)
+		if qos == 0 {
+			continue // delivered live, at QoS 0
+		}
+		if r != nil {
+			r.Skip(id)
+		}
+		if relayed || sub.NoLocal && id == cl.ID {
+			continue
+		}
+		out := pk
+		out.FixedHeader.Qos = qos
+		out.FixedHeader.Retain = pk.FixedHeader.Retain && sub.RetainAsPublished
+		if sub.Identifier > 0 {
+			out.Properties.SubscriptionIdentifier = []int{sub.Identifier}
+		}
+		if buf == nil {
+			buf = bufPool.Get().(*bytes.Buffer)
+			defer bufPool.Put(buf)
+		}
+		buf.Reset()
+		if err := encodeQueued(buf, &out); err != nil {
+			return fmt.Errorf("cluster: encode: %w", err)
+		}
+		f, err := ss.n.js.PublishMsgAsync(&nats.Msg{Subject: queuePrefix + sessionKey(id), Data: bytes.Clone(buf.Bytes())})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("queue for %q: %w", id, err))
+			continue
+		}
+		ss.n.queued.Add(1)
+		ss.n.hook.hold(cl, futureWaiter{f})
+	}
+	return ss.n.hook.failed(cl, errs)
+}
+
+// encodeQueued is encodeMessage keeping the subscription identifiers,
+// which a queued message is delivered with.
+func encodeQueued(buf *bytes.Buffer, pk *packets.Packet) error {
+	ids := pk.Properties.SubscriptionIdentifier
+	if err := encodeMessage(buf, pk); err != nil {
+		return err
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	// encodeMessage drops them (a routed message has none): append them
+	// after the frame, which decodeQueued reads back.
+	b, _ := json.Marshal(ids)
+	buf.Write(b)
+	var l [2]byte
+	l[0], l[1] = byte(len(b)>>8), byte(len(b))
+	buf.Write(l[:])
+	buf.WriteByte('S')
+	return nil
+}
+
+// decodeQueued reverses encodeQueued.
+func decodeQueued(b []byte) (packets.Packet, error) {
+	var ids []int
+	if n := len(b); n > 3 && b[n-1] == 'S' {
+		l := int(b[n-3])<<8 | int(b[n-2])
+		if l+3 <= n-wireHeader && json.Unmarshal(b[n-3-l:n-3], &ids) == nil {
+			b = b[:n-3-l]
+		}
+	}
+	pk, err := decodeMessage(b)
+	if err != nil {
+		return pk, err
+	}
+	pk.Properties.SubscriptionIdentifier = ids
+	return pk, nil
+}
+
+// NextStored reads up to n messages of cl's queue from the stream, from
+// where the feed is.
+func (h *sessionHook) NextStored(cl *mqtt.Client, n int) ([]packets.Packet, error) {
+	ss := h.ss
+	o := ss.ownedBy(cl)
+	if o == nil {
+		return nil, nil
+	}
+	o.qmu.Lock()
+	defer o.qmu.Unlock()
+	o.batch, o.filed = o.batch[:0], 0
+	var out []packets.Packet
+	now := time.Now().Unix()
+	ctx, cancel := context.WithTimeout(ss.n.ctx, 5*time.Second)
+	defer cancel()
+	seq := max(o.cursor, 1)
+	for len(out) < n {
+		m, err := ss.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(queuePrefix+o.key))
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				break
+			}
+			if len(out) > 0 {
+				break
+			}
+			return nil, mqtt.ErrFeedLater
+		}
+		seq = m.Sequence + 1
+		o.cursor = seq
+		pk, err := decodeQueued(m.Data)
+		if err != nil {
+			ss.n.malformed.Add(1)
+			ss.markDone(o, m.Sequence)
+			continue
+		}
+		if pk.Expiry > 0 && pk.Expiry < now {
+			ss.markDone(o, m.Sequence)
+			continue
+		}
+		pk.FixedHeader.Dup = false
+		out = append(out, pk)
+		o.batch = append(o.batch, m.Sequence)
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	// The cursor moves past what is filed only (QueuedStored).
+	o.cursor = o.batch[0]
+	return out, nil
+}
+
+// FiledStored maps the packet id the engine gave a message to its
+// sequence, for the acknowledgement.
+func (h *sessionHook) FiledStored(cl *mqtt.Client, pk packets.Packet) mqtt.AckWaiter {
+	o := h.ss.ownedBy(cl)
+	if o == nil {
+		return nil
+	}
+	o.qmu.Lock()
+	defer o.qmu.Unlock()
+	if o.filed < len(o.batch) {
+		o.inflight[pk.PacketID] = o.batch[o.filed]
+		o.filed++
+	}
+	return nil
+}
+
+// QueuedStored moves the feed past the filed messages.
+func (h *sessionHook) QueuedStored(cl *mqtt.Client) {
+	o := h.ss.ownedBy(cl)
+	if o == nil {
+		return
+	}
+	o.qmu.Lock()
+	defer o.qmu.Unlock()
+	if o.filed > 0 {
+		o.cursor = o.batch[o.filed-1] + 1
+	}
+	if o.filed < len(o.batch) {
+		o.cursor = o.batch[o.filed]
+	}
+	o.batch, o.filed = o.batch[:0], 0
+}
+
+// OnQosComplete and OnQosDropped end a queued message's delivery: it is
+// purged from the queue once nothing older is in flight.
+func (h *sessionHook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) { h.done(cl, pk) }
+func (h *sessionHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet)  { h.done(cl, pk) }
+
+func (h *sessionHook) done(cl *mqtt.Client, pk packets.Packet) {
+	o := h.ss.ownedBy(cl)
+	if o == nil {
+		return
+	}
+	o.qmu.Lock()
+	defer o.qmu.Unlock()
+	if seq, ok := o.inflight[pk.PacketID]; ok {
+		delete(o.inflight, pk.PacketID)
+		h.ss.markDone(o, seq)
+	}
+}
+
+// markDone schedules the purge of o's queue below its oldest message still
+// in flight or not yet read; under o.qmu.
+func (ss *sessions) markDone(o *ownedSession, _ uint64) {
+	lowest := o.cursor
+	for _, s := range o.inflight {
+		lowest = min(lowest, s)
+	}
+	if len(o.batch) > o.filed {
+		lowest = min(lowest, o.batch[o.filed])
+	}
+	if lowest <= o.purged {
+		return
+	}
+	o.purged = lowest
+	ss.purgeMu.Lock()
+	ss.toPurge[o.key] = lowest
+	ss.purgeMu.Unlock()
+	select {
+	case ss.purgeKick <- struct{}{}:
+	default:
+	}
+}
+
+// purger purges acknowledged messages, one request per session per round.
+func (ss *sessions) purger() {
+	defer ss.n.wg.Done()
+	for {
+		select {
+		case <-ss.n.ctx.Done():
+			return
+		case <-ss.purgeKick:
+		}
+		ss.purgeMu.Lock()
+		work := ss.toPurge
+		ss.toPurge = map[string]uint64{}
+		ss.purgeMu.Unlock()
+		for key, below := range work {
+			ctx, cancel := context.WithTimeout(ss.n.ctx, 5*time.Second)
+			err := ss.stream.Purge(ctx, jetstream.WithPurgeSubject(queuePrefix+key), jetstream.WithPurgeSequence(below))
+			cancel()
+			if err != nil && ss.n.ctx.Err() == nil {
+				ss.n.log.Warn("cluster: acknowledged messages not purged; a resumed session may get them again", "key", key, "err", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,82 @@
+// SPDX-License-Identifier: MIT
+// SPDX-FileCopyrightText: 2026 Ferry contributors
+
+package mqtt
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// RestoreSession makes a session that another server of a cluster kept
+// for client c.ID this server's: a disconnected client with c's
+// properties, subs and inflight, which the connection being established
+// inherits. It is called from OnSessionEstablish, which holds the id's
+// lock; a session this server still had for the id is replaced. Unlike
+// the stored sessions loaded at start, no hook hears of it (OnDisconnect
+// is not called: the session was not connected here).
+func (s *Server) RestoreSession(c storage.Client, subs []storage.Subscription, inflight []storage.Message) {
+	if old, ok := s.Clients.Get(c.ID); ok {
+		s.dropSession(old)
+	}
+	cl := s.NewClient(nil, c.Listener, c.ID, false)
+	cl.Properties.Username = c.Username
+	cl.Properties.Clean = c.Clean
+	cl.Properties.ProtocolVersion = c.ProtocolVersion
+	cl.Properties.Props = packets.Properties{
+		SessionExpiryInterval:     c.Properties.SessionExpiryInterval,
+		SessionExpiryIntervalFlag: c.Properties.SessionExpiryIntervalFlag,
+	}
+	cl.Stop(packets.ErrSessionTakenOver)
+	s.Clients.Add(cl)
+	for i := range subs {
+		subs[i].Client = c.ID
+	}
+	s.loadSubscriptions(subs)
+	for i := range inflight {
+		inflight[i].Client = c.ID
+	}
+	s.loadInflight(inflight)
+}
+
+// ForgetSession drops this server's copy of client id's session, which
+// another server of a cluster has taken over. A connected client is
+// disconnected (MQTT 5: DISCONNECT 0x8E, session taken over) without its
+// will, which belongs to the session that goes on elsewhere, and its
+// handler is waited for (at most takeoverWait); then the session's
+// subscriptions and in-flight messages are dropped. No hook hears of the
+// session's end, but OnDisconnect hears of the connection's.
+func (s *Server) ForgetSession(id string) {
+	cl, ok := s.Clients.Get(id)
+	if !ok {
+		return
+	}
+	if h := cl.State.handled; h != nil {
+		select {
+		case <-h:
+		default:
+			atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
+			_ = s.DisconnectClient(cl, packets.ErrSessionTakenOver)
+			cl.Stop(packets.ErrSessionTakenOver)
+			select {
+			case <-h:
+			case <-time.After(takeoverWait):
+			}
+		}
+	}
+	unlock := s.sessions.lock(id)
+	defer unlock()
+	if cur, ok := s.Clients.Get(id); ok && cur == cl {
+		s.dropSession(cl)
+	}
+}
+
+// dropSession removes cl's session, under its id's lock, without hooks.
+func (s *Server) dropSession(cl *Client) {
+	cl.ClearInflights()
+	s.UnsubscribeClient(cl)
+	s.Clients.deleteIf(cl.ID, cl)
+}
