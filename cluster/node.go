@@ -88,6 +88,7 @@ type Node struct {
 	nodesKV    jetstream.KeyValue
 
 	relay0, relay1 *mqtt.Client // inject other nodes' messages: QoS 0, QoS 1/2
+	willClient     *mqtt.Client // publishes wills, as a client of this node
 
 	interest *interest
 	retained *retained
@@ -117,12 +118,15 @@ type Node struct {
 // Start connects it.
 func New(cfg Config, srv *mqtt.Server, log *slog.Logger) *Node {
 	n := &Node{cfg: cfg, log: log, srv: srv}
-	n.relay0 = srv.NewClient(nil, mqtt.LocalListener, "ferry-cluster-relay", true)
-	n.relay1 = srv.NewClient(nil, mqtt.LocalListener, "ferry-cluster-relay", true)
+	n.relay0 = srv.NewClient(nil, mqtt.LocalListener, "ferry-cluster-relay-0", true)
+	n.relay1 = srv.NewClient(nil, mqtt.LocalListener, "ferry-cluster-relay-1", true)
 	for _, cl := range []*mqtt.Client{n.relay0, n.relay1} {
 		cl.Net.Relay = true
 		cl.Properties.ProtocolVersion = 5
 	}
+	n.willClient = srv.NewClient(nil, mqtt.LocalListener, "ferry-cluster-will", true)
+	n.willClient.Properties.ProtocolVersion = 5
+	srv.SetWillPublisher(n.engineWill)
 	n.interest = newInterest(n)
 	n.retained = newRetained(n)
 	n.sessions = newSessions(n)

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"github.com/ferrymq/ferry/internal/mochitest"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // testNode is one node of an in-process cluster: a mochi server, its
@@ -287,5 +289,58 @@ func TestTakeoverAcrossNodes(t *testing.T) {
 	}
 	if _, ok := nodes[2].srv.Clients.Get("taken"); !ok {
 		t.Fatal("node 2 does not have the session")
+	}
+}
+
+// rawWillClient connects client id to addr with a will (MQTT 3.1.1, QoS
+// 1) and returns the socket, which the test closes without DISCONNECT.
+func rawWillClient(t *testing.T, addr, id, topic, payload string, clean bool) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: clean, Keepalive: 30, ClientIdentifier: id,
+			WillFlag: true, WillTopic: topic, WillPayload: []byte(payload), WillQos: 1}}
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	ack := make([]byte, 4)
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(c, ack); err != nil || ack[0] != 0x20 || ack[3] != 0 {
+		t.Fatalf("CONNACK: % x, %v", ack, err)
+	}
+	return c
+}
+
+// TestWillAcrossNodes: a client's will, published by its node when the
+// connection drops, reaches a subscriber on another node, once.
+func TestWillAcrossNodes(t *testing.T) {
+	nodes := startCluster(t, 3)
+	got := make(chan string, 10)
+	sub := connectClient(t, nodes[1].addr, "will-sub", true)
+	if tok := sub.Subscribe("will/#", 1, func(_ paho.Client, m paho.Message) { got <- string(m.Payload()) }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	waitRemoteInterest(t, nodes[0], nodes[1], "will/x")
+	c := rawWillClient(t, nodes[0].addr, "dying", "will/x", "gone", true)
+	_ = c.Close()
+	select {
+	case m := <-got:
+		if m != "gone" {
+			t.Fatalf("will payload %q", m)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the will never reached node 1")
+	}
+	select {
+	case m := <-got:
+		t.Fatalf("the will came twice (%q)", m)
+	case <-time.After(time.Second):
 	}
 }

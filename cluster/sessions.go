@@ -61,7 +61,11 @@ type sessionRec struct {
 	Version    byte     `json:"v"`
 	Username   []byte   `json:"user,omitempty"`
 	Subs       []subRec `json:"subs,omitempty"`
-	Will       *willRec `json:"will,omitempty"`
+	// Will is the will while it may still be published: while connected,
+	// and after an unexpected end until WillAt (its delay) if it was
+	// delayed. A node that finds the session's node dead publishes it.
+	Will   *willRec `json:"will,omitempty"`
+	WillAt int64    `json:"will_at,omitempty"` // unix seconds
 }
 
 type subRec struct {
@@ -123,6 +127,11 @@ type sessions struct {
 	index   *mqtt.TopicsIndex   // persistent sessions' subscriptions, cluster-wide; "client" = client id
 	indexed map[string][]string // client id -> filters in index
 	records map[string]sessionRec
+	revs    map[string]uint64 // client id -> revision of records[id]
+	// staleSelf holds this node's records found at start (client id ->
+	// connection nonce): left from before a restart, swept as a dead
+	// node's.
+	staleSelf map[string]string
 
 	purgeKick chan struct{}
 	purgeMu   sync.Mutex
@@ -131,7 +140,7 @@ type sessions struct {
 
 func newSessions(n *Node) *sessions {
 	return &sessions{n: n, owned: map[string]*ownedSession{}, index: mqtt.NewTopicsIndex(),
-		indexed: map[string][]string{}, records: map[string]sessionRec{},
+		indexed: map[string][]string{}, records: map[string]sessionRec{}, revs: map[string]uint64{}, staleSelf: map[string]string{},
 		purgeKick: make(chan struct{}, 1), toPurge: map[string]uint64{}}
 }
 
@@ -158,7 +167,14 @@ func (ss *sessions) start(ctx context.Context) error {
 			return fmt.Errorf("cluster: load %s: %w", sessionsBucket, ctx.Err())
 		}
 	}
-	ss.n.wg.Add(2)
+	ss.imu.Lock()
+	for id, rec := range ss.records {
+		if rec.Node == ss.n.cfg.NodeID {
+			ss.staleSelf[id] = rec.Conn
+		}
+	}
+	ss.imu.Unlock()
+	ss.n.wg.Add(3)
 	go func() {
 		defer ss.n.wg.Done()
 		defer func() { _ = w.Stop() }()
@@ -177,6 +193,7 @@ func (ss *sessions) start(ctx context.Context) error {
 		}
 	}()
 	go ss.purger()
+	go ss.sweeper()
 	return nil
 }
 
@@ -191,6 +208,7 @@ func (ss *sessions) apply(e jetstream.KeyValueEntry) {
 			if sessionKey(id) == e.Key() {
 				ss.unindexLocked(id)
 				delete(ss.records, id)
+				delete(ss.revs, id)
 				break
 			}
 		}
@@ -200,6 +218,7 @@ func (ss *sessions) apply(e jetstream.KeyValueEntry) {
 	ss.imu.Lock()
 	ss.unindexLocked(rec.ID)
 	ss.records[rec.ID] = rec
+	ss.revs[rec.ID] = e.Revision()
 	if rec.Persistent {
 		fs := make([]string, 0, len(rec.Subs))
 		for _, s := range rec.Subs {
@@ -446,7 +465,7 @@ func (h *sessionHook) ID() string { return "ferry-cluster-sessions" }
 func (h *sessionHook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnSubscribed,
-		mqtt.OnUnsubscribed, mqtt.OnRoute, mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnClientExpired:
+		mqtt.OnUnsubscribed, mqtt.OnRoute, mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnClientExpired, mqtt.OnWillSent:
 		return true
 	}
 	return false
@@ -528,10 +547,34 @@ func (h *sessionHook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 		ss.remove(o)
 		return
 	}
+	w := cl.Properties.Will
 	_ = ss.update(o, func(r *sessionRec) {
 		r.Connected = false
 		r.Left = time.Now().Unix()
+		r.Will, r.WillAt = nil, 0
+		if w.Flag != 0 && w.WillDelayInterval > 0 {
+			// Waiting for its delay here; published by another node if
+			// this one dies first.
+			r.Will = &willRec{Topic: w.TopicName, Payload: w.Payload, Qos: w.Qos, Retain: w.Retain, User: w.User}
+			r.WillAt = r.Left + int64(w.WillDelayInterval)
+		}
 	})
+}
+
+// OnWillSent clears a delayed will this node published from the record
+// (a will sent at the connection's end is cleared by OnDisconnect).
+func (h *sessionHook) OnWillSent(cl *mqtt.Client, _ packets.Packet) {
+	if cl == nil || !cl.Closed() {
+		return
+	}
+	ss := h.ss
+	ss.mu.Lock()
+	o := ss.owned[cl.ID]
+	ss.mu.Unlock()
+	if o == nil || o.cl != cl || o.rec.Will == nil || o.rec.Connected {
+		return
+	}
+	_ = ss.update(o, func(r *sessionRec) { r.Will, r.WillAt = nil, 0 })
 }
 
 // OnClientExpired deletes a session that expired here, and its queue.

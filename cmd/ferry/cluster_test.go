@@ -11,6 +11,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/ferrymq/ferry/internal/testutil"
 )
 
@@ -151,4 +152,58 @@ func splitAddr(t *testing.T, addr string) (string, string) {
 		t.Fatalf("address %q", addr)
 	}
 	return addr[:i], addr[i+1:]
+}
+
+// TestClusterWillWhenNodeKilled: the wills of clients connected to a node
+// killed with SIGKILL are published by another node, once each: a client
+// whose session ends with its connection at once, and a persistent MQTT 5
+// session's will after its delay.
+func TestClusterWillWhenNodeKilled(t *testing.T) {
+	c := startTestCluster(t, false)
+	got := make(chan string, 10)
+	sub := clusterClient(t, c.MQTTAddr(1), "will-watcher", true, nil)
+	waitTok(t, sub.Subscribe("lwt/#", 1, func(_ paho.Client, m paho.Message) { got <- m.Topic() + "=" + string(m.Payload()) }), "subscribe")
+
+	dial := func(id string, clean bool, expiry, delay uint32, topic string) {
+		r := testutil.DialRaw(t, c.MQTTAddr(0), 5)
+		r.Send(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Connect},
+			Connect: packets.ConnectParams{ClientIdentifier: id, Clean: clean, Keepalive: 60, WillFlag: true, WillQos: 1,
+				WillTopic: topic, WillPayload: []byte("gone"), WillProperties: packets.Properties{WillDelayInterval: delay}},
+			Properties: packets.Properties{SessionExpiryInterval: expiry, SessionExpiryIntervalFlag: expiry > 0},
+		})
+		if ack := r.Expect(packets.Connack); ack.ReasonCode != 0 {
+			t.Fatalf("CONNACK 0x%02x", ack.ReasonCode)
+		}
+	}
+	dial("lwt-now", true, 0, 0, "lwt/now")
+	dial("lwt-later", true, 300, 3, "lwt/later")
+	// The sessions are in every node's view before the kill.
+	time.Sleep(time.Second)
+	killed := time.Now()
+	c.Kill(0)
+
+	want := map[string]bool{"lwt/now=gone": false, "lwt/later=gone": false}
+	deadline := time.After(30 * time.Second)
+	for n := 0; n < len(want); n++ {
+		select {
+		case m := <-got:
+			seen, ok := want[m]
+			if !ok || seen {
+				t.Fatalf("unexpected or repeated will %q", m)
+			}
+			want[m] = true
+			t.Logf("%s after %s", m, time.Since(killed).Round(100*time.Millisecond))
+			if m == "lwt/later=gone" && time.Since(killed) < 3*time.Second {
+				t.Fatalf("the delayed will came %s after the kill, before its delay of 3 s", time.Since(killed))
+			}
+		case <-deadline:
+			t.Fatalf("wills after the kill: %v", want)
+		}
+	}
+	select {
+	case m := <-got:
+		t.Fatalf("a will came twice: %q", m)
+	case <-time.After(3 * time.Second):
+	}
 }

@@ -69,6 +69,7 @@ func (s *Server) ForgetSession(id string) {
 	}
 	unlock := s.sessions.lock(id)
 	defer unlock()
+	s.loop.willDelayed.Delete(id) // the session goes on: its will waits no more here [MQTT-3.1.3-9]
 	if cur, ok := s.Clients.Get(id); ok && cur == cl {
 		s.dropSession(cl)
 	}
@@ -79,4 +80,24 @@ func (s *Server) dropSession(cl *Client) {
 	cl.ClearInflights()
 	s.UnsubscribeClient(cl)
 	s.Clients.deleteIf(cl.ID, cl)
+}
+
+// SetWillPublisher makes f publish the wills of clients (at once or after
+// their delay) instead of the engine, which delivered them to its own
+// subscribers only, without the OnRoute hooks. A cluster publishes them
+// as any message, to every node. Set it before Serve. cl is nil for a
+// delayed will whose session is gone.
+func (s *Server) SetWillPublisher(f func(cl *Client, pk packets.Packet)) { s.willPublisher = f }
+
+// publishWill retains and delivers a will, or hands it to the will
+// publisher.
+func (s *Server) publishWill(cl *Client, pk packets.Packet) {
+	if s.willPublisher != nil {
+		s.willPublisher(cl, pk)
+		return
+	}
+	if pk.FixedHeader.Retain {
+		s.retainMessage(cl, pk)
+	}
+	s.publishToSubscribers(pk)
 }

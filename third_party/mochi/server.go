@@ -183,6 +183,9 @@ type Server struct {
 	readers      readers              // read buffers (park.go)
 	poller       *poller              // parked connections; nil: parking is off (park.go)
 	publishes    atomic.Uint64        // the last Packet.PublishID given (route.go)
+	// willPublisher, when set (SetWillPublisher), publishes wills instead
+	// of the engine's own delivery.
+	willPublisher func(cl *Client, pk packets.Packet)
 	feeds        feeders              // goroutines feeding stored messages into clients (storedfeed.go)
 }
 
@@ -2093,11 +2096,7 @@ func (s *Server) sendLWT(cl *Client) {
 		return
 	}
 
-	if pk.FixedHeader.Retain {
-		s.retainMessage(cl, pk)
-	}
-
-	s.publishToSubscribers(pk)                      // [MQTT-3.1.2-8]
+	s.publishWill(cl, pk)                           // [MQTT-3.1.2-8]
 	atomic.StoreUint32(&cl.Properties.Will.Flag, 0) // [MQTT-3.1.2-10]
 	s.hooks.OnWillSent(cl, pk)
 }
@@ -2323,11 +2322,16 @@ func (s *Server) clearExpiredInflights(now int64) {
 func (s *Server) sendDelayedLWT(dt int64) {
 	for id, pk := range s.loop.willDelayed.GetAll() {
 		if dt > pk.Expiry {
-			s.publishToSubscribers(pk) // [MQTT-3.1.2-8]
-			if cl, ok := s.Clients.Get(id); ok {
-				if pk.FixedHeader.Retain {
+			cl, ok := s.Clients.Get(id)
+			if s.willPublisher != nil {
+				s.willPublisher(cl, pk)
+			} else {
+				s.publishToSubscribers(pk) // [MQTT-3.1.2-8]
+				if ok && pk.FixedHeader.Retain {
 					s.retainMessage(cl, pk)
 				}
+			}
+			if ok {
 				cl.Properties.Will = Will{} // [MQTT-3.1.2-10]
 				s.hooks.OnWillSent(cl, pk)
 			}
