@@ -11,8 +11,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
-	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/ferrymq/ferry/internal/testutil"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // clusterModes are the two ways nodes reach NATS: each runs its own

@@ -186,7 +186,7 @@ type Server struct {
 	// willPublisher, when set (SetWillPublisher), publishes wills instead
 	// of the engine's own delivery.
 	willPublisher func(cl *Client, pk packets.Packet)
-	feeds        feeders              // goroutines feeding stored messages into clients (storedfeed.go)
+	feeds         feeders // goroutines feeding stored messages into clients (storedfeed.go)
 }
 
 // loop contains interval tickers for the system events loop.
