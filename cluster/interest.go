@@ -39,10 +39,9 @@ func newInterest(n *Node) *interest {
 		published: map[string]string{}, remote: mqtt.NewTopicsIndex(), remoteKeys: map[string]string{}}
 }
 
-// local says whether filter is one other nodes route to this node by.
-// Shared subscriptions and $SYS stay with their node.
+// local says whether filter stays with its node: $SYS is each node's own.
 func local(filter string) bool {
-	return mqtt.IsSharedFilter(filter) || strings.HasPrefix(filter, mqtt.SysPrefix)
+	return strings.HasPrefix(filter, mqtt.SysPrefix)
 }
 
 // changed is the topic index's InterestFunc: under its lock, so it only

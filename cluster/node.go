@@ -94,6 +94,7 @@ type Node struct {
 	retained *retained
 	sessions *sessions
 	hook     *hook
+	shared   *shared
 
 	// QueueLimit bounds the messages queued for one persistent session
 	// (limits.max_queued_messages); the oldest are dropped beyond it. Set
@@ -131,6 +132,7 @@ func New(cfg Config, srv *mqtt.Server, log *slog.Logger) *Node {
 	n.retained = newRetained(n)
 	n.sessions = newSessions(n)
 	n.hook = &hook{n: n}
+	n.shared = &shared{n: n}
 	empty := map[string]Member{}
 	n.members.Store(&empty)
 	srv.Topics.SetInterest(n.interest.changed)

@@ -344,3 +344,81 @@ func TestWillAcrossNodes(t *testing.T) {
 	case <-time.After(time.Second):
 	}
 }
+
+// TestSharedGroupAcrossNodes: a shared group with a member on each node
+// gets each message exactly once, spread over the members; a plain
+// subscriber on a node gets every message.
+func TestSharedGroupAcrossNodes(t *testing.T) {
+	nodes := startCluster(t, 3)
+	var mu sync.Mutex
+	counts := map[string]int{}
+	perMember := map[int]int{}
+	plain := 0
+	for i, tn := range nodes {
+		c := connectClient(t, tn.addr, "member-"+strconv.Itoa(i), true)
+		if tok := c.Subscribe("$share/g/shared/#", 1, func(_ paho.Client, m paho.Message) {
+			mu.Lock()
+			counts[string(m.Payload())]++
+			perMember[i]++
+			mu.Unlock()
+		}); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatal(tok.Error())
+		}
+	}
+	p := connectClient(t, nodes[2].addr, "plain", true)
+	if tok := p.Subscribe("shared/#", 1, func(_ paho.Client, m paho.Message) {
+		mu.Lock()
+		plain++
+		mu.Unlock()
+	}); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	// Every node sees every other node's member.
+	for _, from := range nodes {
+		deadline := time.Now().Add(10 * time.Second)
+		for len(from.node.shared.remoteShares("shared/x")["$share/g/shared/#"]) < 2 {
+			if time.Now().After(deadline) {
+				t.Fatalf("node %s does not see the other members", from.node.ID())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitRemoteInterest(t, nodes[0], nodes[2], "shared/x")
+	pub := connectClient(t, nodes[0].addr, "share-pub", true)
+	const count = 300
+	for i := range count {
+		if tok := pub.Publish("shared/x", 1, false, strconv.Itoa(i)); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatal(tok.Error())
+		}
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		mu.Lock()
+		n, pl := len(counts), plain
+		mu.Unlock()
+		if n == count && pl == count {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("group got %d distinct of %d messages, plain subscriber %d", n, count, pl)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond) // duplicates, if any, arrive
+	mu.Lock()
+	defer mu.Unlock()
+	for m, c := range counts {
+		if c != 1 {
+			t.Fatalf("message %s reached the group %d times", m, c)
+		}
+	}
+	if plain != count {
+		t.Fatalf("plain subscriber got %d of %d", plain, count)
+	}
+	for i := range nodes {
+		if perMember[i] == 0 {
+			t.Fatalf("member on node %d got nothing: %v", i, perMember)
+		}
+	}
+	t.Logf("per member: %v", perMember)
+}

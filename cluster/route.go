@@ -69,7 +69,7 @@ func (n *Node) SessionHook() mqtt.Hook { return &sessionHook{ss: n.sessions} }
 
 func (h *hook) ID() string { return "ferry-cluster" }
 
-func (h *hook) Provides(b byte) bool { return b == mqtt.OnRoute }
+func (h *hook) Provides(b byte) bool { return b == mqtt.OnRoute || b == mqtt.OnSelectSubscribers }
 
 // OnRoute forwards pk. Messages other nodes sent here (the relays) are not
 // sent on; $SYS messages are each node's own.
@@ -88,7 +88,8 @@ func (h *hook) OnRoute(cl *mqtt.Client, pk packets.Packet, _ *mqtt.Route) error 
 		}
 	}
 	nodes := n.interest.nodesFor(pk.TopicName)
-	if len(nodes) == 0 {
+	shares := n.shareTargets(&pk)
+	if len(nodes) == 0 && len(shares) == 0 {
 		return h.failed(cl, errs)
 	}
 	buf := bufPool.Get().(*bytes.Buffer)
@@ -97,25 +98,38 @@ func (h *hook) OnRoute(cl *mqtt.Client, pk packets.Packet, _ *mqtt.Route) error 
 	if err := encodeMessage(buf, &pk); err != nil {
 		return fmt.Errorf("cluster: encode: %w", err)
 	}
+	frame := buf.Len()
 	durable := pk.FixedHeader.Qos > 0
-	for node := range nodes {
+	send := func(node string, info routeInfo) {
+		buf.Truncate(frame)
+		if len(info.Shares) > 0 {
+			appendRouteInfo(buf, info)
+		}
 		subj := n.subject(node, durable, pk.TopicName)
 		if !durable {
 			if err := n.nc.Publish(subj, buf.Bytes()); err != nil {
 				n.forwardFailed.Add(1)
-				continue // QoS 0: at most once
+				return // QoS 0: at most once
 			}
 			n.forwarded.Add(1)
-			continue
+			return
 		}
 		// The frame is copied: the async publish keeps it until acked.
 		f, err := n.js.PublishMsgAsync(&nats.Msg{Subject: subj, Data: bytes.Clone(buf.Bytes())})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("to node %s: %w", node, err))
-			continue
+			return
 		}
 		n.forwarded.Add(1)
 		h.hold(cl, futureWaiter{f})
+	}
+	for node := range nodes {
+		send(node, routeInfo{Shares: shares[node]})
+	}
+	for node, groups := range shares {
+		if _, plain := nodes[node]; !plain {
+			send(node, routeInfo{Shares: groups, NoPlain: true})
+		}
 	}
 	return h.failed(cl, errs)
 }
@@ -173,7 +187,7 @@ func (w futureWaiter) Ready() bool { return len(w.f.Ok()) > 0 || len(w.f.Err()) 
 // QoS 1/2 subjects of FERRY_ROUTE.
 func (n *Node) startIntake(ctx context.Context) error {
 	own := subjectPrefix + n.cfg.NodeID
-	sub, err := n.nc.Subscribe(own+".0.>", func(m *nats.Msg) { n.deliver(n.relay0, m.Data) })
+	sub, err := n.nc.Subscribe(own+".0.>", func(m *nats.Msg) { n.deliver(0, m.Data) })
 	if err != nil {
 		return fmt.Errorf("cluster: subscribe %s: %w", own, err)
 	}
@@ -198,7 +212,7 @@ func (n *Node) startIntake(ctx context.Context) error {
 		return err
 	}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
-		n.deliver(n.relay1, m.Data())
+		n.deliver(1, m.Data())
 		if err := m.Ack(); err != nil && n.ctx.Err() == nil {
 			n.log.Debug("cluster: ack", "err", err)
 		}
@@ -214,8 +228,10 @@ func (n *Node) startIntake(ctx context.Context) error {
 	return nil
 }
 
-// deliver hands a message from another node to this node's subscribers.
-func (n *Node) deliver(relay *mqtt.Client, data []byte) {
+// deliver hands a message from another node to this node's subscribers,
+// through relay client i (0: QoS 0, 1: QoS 1/2), one at a time each.
+func (n *Node) deliver(i int, data []byte) {
+	data, info := splitRouteInfo(data)
 	pk, err := decodeMessage(data)
 	if err != nil {
 		n.malformed.Add(1)
@@ -223,6 +239,12 @@ func (n *Node) deliver(relay *mqtt.Client, data []byte) {
 		return
 	}
 	n.received.Add(1)
+	relay := n.relay0
+	if i == 1 {
+		relay = n.relay1
+	}
+	n.shared.relay[i].Store(&info)
+	defer n.shared.relay[i].Store(nil)
 	if err := n.srv.InjectPacket(relay, pk); err != nil {
 		n.log.Warn("cluster: delivering a message from another node", "topic", pk.TopicName, "err", err)
 	}
