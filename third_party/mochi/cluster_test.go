@@ -1,0 +1,196 @@
+// SPDX-License-Identifier: MIT
+// SPDX-FileCopyrightText: 2026 Ferry contributors
+
+package mqtt
+
+import (
+	"io"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/stretchr/testify/require"
+)
+
+// TestInterestFirstAndLast: the interest function hears of a filter when
+// its first subscriber comes and its last goes, once each, and of each
+// shared group of a filter on its own.
+func TestInterestFirstAndLast(t *testing.T) {
+	x := NewTopicsIndex()
+	var got []string
+	x.SetInterest(func(filter string, added bool) {
+		if added {
+			got = append(got, "+"+filter)
+		} else {
+			got = append(got, "-"+filter)
+		}
+	})
+	steps := []struct {
+		sub    bool
+		client string
+		filter string
+	}{
+		{true, "a", "x/+"},
+		{true, "b", "x/+"},          // second subscriber: nothing
+		{true, "a", "x/+"},          // resubscribe: nothing
+		{true, "a", "$share/g/x/+"}, // a group is an interest of its own
+		{true, "b", "$share/g/x/+"},
+		{true, "b", "$share/h/x/+"},
+		{false, "a", "x/+"},
+		{false, "a", "x/+"}, // not subscribed any more: nothing
+		{false, "c", "x/+"}, // never subscribed: nothing
+		{false, "b", "x/+"},
+		{false, "a", "$share/g/x/+"},
+		{false, "b", "$share/g/x/+"},
+		{false, "b", "$share/h/x/+"},
+		{false, "b", "nothing/here"},
+	}
+	for _, s := range steps {
+		if s.sub {
+			x.Subscribe(s.client, packets.Subscription{Filter: s.filter})
+		} else {
+			x.Unsubscribe(s.filter, s.client)
+		}
+	}
+	require.Equal(t, []string{"+x/+", "+$share/g/x/+", "+$share/h/x/+", "-x/+", "-$share/g/x/+", "-$share/h/x/+"}, got)
+}
+
+// TestRelayDeliversWithoutRetaining: a retained message a relay client
+// injects reaches a Retain-As-Published subscriber with its retain flag,
+// but is not retained here.
+func TestRelayDeliversWithoutRetaining(t *testing.T) {
+	s := newServer()
+	_ = s.Serve()
+	defer s.Close()
+
+	relay := s.NewClient(nil, LocalListener, "relay", true)
+	relay.Net.Relay = true
+
+	receiver, r, w := newTestClient()
+	receiver.ID = "receiver"
+	receiver.Properties.ProtocolVersion = 5
+	s.Clients.Add(receiver)
+	s.Topics.Subscribe(receiver.ID, packets.Subscription{Filter: "a/b/c", RetainAsPublished: true})
+
+	got := make(chan []byte)
+	go func() {
+		buf, _ := io.ReadAll(r)
+		got <- buf
+	}()
+	pk := *packets.TPacketData[packets.Publish].Get(packets.TPublishRetain).Packet
+	_, before := s.Topics.Retained.Get(pk.TopicName)
+	require.False(t, before)
+	require.NoError(t, s.InjectPacket(relay, pk))
+	time.Sleep(10 * time.Millisecond)
+	_ = w.Close()
+	buf := <-got
+	require.NotEmpty(t, buf)
+	require.Equal(t, byte(packets.Publish<<4|1), buf[0]&0xf1, "delivered with the retain flag")
+	_, after := s.Topics.Retained.Get(pk.TopicName)
+	require.False(t, after, "a relayed message is not retained")
+	require.True(t, strings.Contains(string(buf), pk.TopicName))
+}
+
+// TestRestoreSession: a session restored from another server is inherited
+// by the connection being established: its subscriptions and in-flight
+// messages, and no hook hears of the restored client's end.
+func TestRestoreSession(t *testing.T) {
+	s := newServer()
+	_ = s.Serve()
+	defer s.Close()
+	old := s.NewClient(nil, LocalListener, "moved", false)
+	s.Clients.Add(old)
+	s.Topics.Subscribe("moved", packets.Subscription{Filter: "stale/#"})
+	old.State.Subscriptions.Add("stale/#", packets.Subscription{Filter: "stale/#"})
+
+	s.RestoreSession(storage.Client{ID: "moved", ProtocolVersion: 5,
+		Properties: storage.ClientProperties{SessionExpiryInterval: 60, SessionExpiryIntervalFlag: true}},
+		[]storage.Subscription{{Filter: "a/+", Qos: 1}},
+		[]storage.Message{{ID: "x", TopicName: "a/b", Payload: []byte("p"), FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 7}})
+
+	cl, ok := s.Clients.Get("moved")
+	require.True(t, ok)
+	require.NotSame(t, old, cl, "the stale copy is replaced")
+	require.True(t, cl.Closed(), "restored disconnected")
+	_, ok = cl.State.Subscriptions.Get("a/+")
+	require.True(t, ok)
+	require.Empty(t, s.Topics.Subscribers("stale/x").Subscriptions, "the stale copy's subscriptions are gone")
+	require.Contains(t, s.Topics.Subscribers("a/b").Subscriptions, "moved")
+	pk, ok := cl.State.Inflight.Get(7)
+	require.True(t, ok)
+	require.Equal(t, "a/b", pk.TopicName)
+	require.Equal(t, uint32(60), cl.Properties.Props.SessionExpiryInterval)
+}
+
+// TestForgetSession: a connected session taken over by another server is
+// disconnected with 0x8E, without its will, and dropped.
+func TestForgetSession(t *testing.T) {
+	s := newServer()
+	h := new(willCounter)
+	require.NoError(t, s.AddHook(h, nil))
+	_ = s.Serve()
+	defer s.Close()
+
+	cl, r, w := newTestClient()
+	defer w.Close()
+	cl.ID = "gone"
+	cl.Properties.ProtocolVersion = 5
+	cl.Properties.Will = Will{Flag: 1, TopicName: "lwt", Payload: []byte("x")}
+	cl.State.handled = make(chan struct{})
+	s.Clients.Add(cl)
+	s.Topics.Subscribe("gone", packets.Subscription{Filter: "f/#"})
+	cl.State.Subscriptions.Add("f/#", packets.Subscription{Filter: "f/#"})
+	go func() {
+		// The connection's handler: it ends when the connection is closed.
+		<-cl.State.open.Done()
+		close(cl.State.handled)
+	}()
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(r)
+		got <- b
+	}()
+	s.ForgetSession("gone")
+	_, ok := s.Clients.Get("gone")
+	require.False(t, ok)
+	require.Empty(t, s.Topics.Subscribers("f/x").Subscriptions)
+	_ = w.Close()
+	b := <-got
+	require.NotEmpty(t, b)
+	require.Equal(t, byte(packets.Disconnect<<4), b[0])
+	require.Contains(t, string(b), string([]byte{packets.ErrSessionTakenOver.Code}))
+	require.Zero(t, h.wills.Load(), "no will: the session goes on elsewhere")
+}
+
+// TestWillPublisher: with a will publisher set, the engine hands it the
+// will instead of delivering it itself, and OnWillSent is still called.
+func TestWillPublisher(t *testing.T) {
+	s := newServer()
+	h := new(willCounter)
+	require.NoError(t, s.AddHook(h, nil))
+	var got []packets.Packet
+	s.SetWillPublisher(func(_ *Client, pk packets.Packet) { got = append(got, pk) })
+	_ = s.Serve()
+	defer s.Close()
+	cl, _, _ := newTestClient()
+	cl.ID = "dying"
+	cl.Properties.Will = Will{Flag: 1, TopicName: "lwt/x", Payload: []byte("bye"), Retain: true}
+	s.sendLWT(cl)
+	require.Len(t, got, 1)
+	require.Equal(t, "lwt/x", got[0].TopicName)
+	require.Equal(t, int64(1), h.wills.Load())
+	_, retained := s.Topics.Retained.Get("lwt/x")
+	require.False(t, retained, "the publisher retains it, not the engine")
+}
+
+type willCounter struct {
+	HookBase
+	wills atomic.Int64
+}
+
+func (h *willCounter) ID() string                         { return "will-counter" }
+func (h *willCounter) Provides(b byte) bool               { return b == OnWillSent }
+func (h *willCounter) OnWillSent(*Client, packets.Packet) { h.wills.Add(1) }
