@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -176,7 +177,7 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	n.nc = nc
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(maxPendingWrites),
-		jetstream.WithPublishAsyncTimeout(publishTimeout))
+		jetstream.WithPublishAsyncTimeout(publishTimeout), jetstream.WithPublishAsyncAckHandler(n.stored))
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
@@ -274,6 +275,14 @@ func (n *Node) createResources(ctx context.Context) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// stored is told of every asynchronous JetStream write that is stored: an
+// append to a session's queue wakes the session's node.
+func (n *Node) stored(_ jetstream.JetStream, m *nats.Msg, _ *jetstream.PubAck) {
+	if key, ok := strings.CutPrefix(m.Subject, queuePrefix); ok {
+		_ = n.nc.Publish(wakePrefix+key, nil)
+	}
 }
 
 // Ready reports why the node cannot serve as part of the cluster, or nil:

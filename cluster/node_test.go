@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -421,4 +422,137 @@ func TestSharedGroupAcrossNodes(t *testing.T) {
 		}
 	}
 	t.Logf("per member: %v", perMember)
+}
+
+// rawConn is a minimal MQTT 3.1.1 client for packet-level checks.
+type rawConn struct {
+	t *testing.T
+	c net.Conn
+	r *bufio.Reader
+}
+
+func dialRaw(t *testing.T, addr, id string, clean bool) (*rawConn, bool) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	rc := &rawConn{t: t, c: c, r: bufio.NewReader(c)}
+	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: packets.ConnectParams{
+		ProtocolName: []byte("MQTT"), Clean: clean, Keepalive: 30, ClientIdentifier: id}})
+	ack := rc.read()
+	if ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK %+v", ack.FixedHeader)
+	}
+	return rc, ack.SessionPresent
+}
+
+func (rc *rawConn) send(pk packets.Packet) {
+	rc.t.Helper()
+	pk.ProtocolVersion = 4
+	var buf bytes.Buffer
+	var err error
+	switch pk.FixedHeader.Type {
+	case packets.Connect:
+		err = pk.ConnectEncode(&buf)
+	case packets.Subscribe:
+		pk.FixedHeader.Qos = 1
+		err = pk.SubscribeEncode(&buf)
+	case packets.Pubrec:
+		err = pk.PubrecEncode(&buf)
+	case packets.Pubcomp:
+		err = pk.PubcompEncode(&buf)
+	}
+	if err != nil {
+		rc.t.Fatal(err)
+	}
+	if _, err := rc.c.Write(buf.Bytes()); err != nil {
+		rc.t.Fatal(err)
+	}
+}
+
+func (rc *rawConn) read() packets.Packet {
+	rc.t.Helper()
+	_ = rc.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	hb, err := rc.r.ReadByte()
+	if err != nil {
+		rc.t.Fatalf("read: %v", err)
+	}
+	var pk packets.Packet
+	pk.ProtocolVersion = 4
+	if err := pk.FixedHeader.Decode(hb); err != nil {
+		rc.t.Fatal(err)
+	}
+	n, _, err := packets.DecodeLength(rc.r)
+	if err != nil {
+		rc.t.Fatal(err)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(rc.r, body); err != nil {
+		rc.t.Fatal(err)
+	}
+	pk.FixedHeader.Remaining = n
+	switch pk.FixedHeader.Type {
+	case packets.Connack:
+		err = pk.ConnackDecode(body)
+	case packets.Suback:
+		err = pk.SubackDecode(body)
+	case packets.Publish:
+		err = pk.PublishDecode(body)
+	case packets.Pubrel:
+		err = pk.PubrelDecode(body)
+	}
+	if err != nil {
+		rc.t.Fatal(err)
+	}
+	return pk
+}
+
+// TestQos2ReleaseResumesOnAnotherNode: a QoS 2 message the client has
+// received (PUBREC) but not completed is, after the session moves to
+// another node, released again (PUBREL with its packet id), never sent
+// again.
+func TestQos2ReleaseResumesOnAnotherNode(t *testing.T) {
+	nodes := startCluster(t, 3)
+	sub, _ := dialRaw(t, nodes[1].addr, "q2", false)
+	sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "q2/#", Qos: 2}}})
+	if ack := sub.read(); ack.FixedHeader.Type != packets.Suback {
+		t.Fatalf("got %v, want SUBACK", ack.FixedHeader.Type)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(nodes[0].node.sessions.persistentFor("q2/x")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("node 0 never saw the persistent subscription")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	pub := connectClient(t, nodes[0].addr, "q2-pub", true)
+	if tok := pub.Publish("q2/x", 2, false, "once"); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	m := sub.read()
+	if m.FixedHeader.Type != packets.Publish || string(m.Payload) != "once" {
+		t.Fatalf("got %+v, want the PUBLISH", m.FixedHeader)
+	}
+	sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: m.PacketID})
+	if rel := sub.read(); rel.FixedHeader.Type != packets.Pubrel || rel.PacketID != m.PacketID {
+		t.Fatalf("got %v %d, want PUBREL %d", rel.FixedHeader.Type, rel.PacketID, m.PacketID)
+	}
+	_ = sub.c.Close() // before PUBCOMP
+
+	again, present := dialRaw(t, nodes[2].addr, "q2", false)
+	if !present {
+		t.Fatal("session not present on node 2")
+	}
+	rel := again.read()
+	if rel.FixedHeader.Type != packets.Pubrel || rel.PacketID != m.PacketID {
+		t.Fatalf("got %v (id %d), want PUBREL %d", rel.FixedHeader.Type, rel.PacketID, m.PacketID)
+	}
+	again.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubcomp}, PacketID: m.PacketID})
+	_ = again.c.SetReadDeadline(time.Now().Add(time.Second))
+	if b, err := again.r.ReadByte(); err == nil {
+		t.Fatalf("got another packet (0x%02x) after the PUBREL: the message was sent again", b)
+	}
 }

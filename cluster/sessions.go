@@ -13,6 +13,7 @@ import (
 	"math"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -42,6 +43,9 @@ const (
 	sessionsBucket = "ferry_sessions"
 	queueStream    = "FERRY_QUEUE"
 	queuePrefix    = "ferry.q."
+	// wakePrefix + key is published by the node that appended to a queue
+	// once the append is stored: the session's node then reads it.
+	wakePrefix = "ferry.w."
 )
 
 // claimWait bounds how long a connecting client waits for the node that
@@ -66,6 +70,10 @@ type sessionRec struct {
 	// delayed. A node that finds the session's node dead publishes it.
 	Will   *willRec `json:"will,omitempty"`
 	WillAt int64    `json:"will_at,omitempty"` // unix seconds
+	// Rel lists the packet ids of QoS 2 deliveries the client received
+	// (PUBREC) but has not completed (PUBCOMP): a resumed session sends
+	// their PUBREL again, never the message.
+	Rel []uint16 `json:"rel,omitempty"`
 }
 
 type subRec struct {
@@ -111,7 +119,11 @@ type ownedSession struct {
 	batch    []uint64          // sequences of the batch being filed, in order
 	filed    int               // how many of batch are filed
 	purged   uint64            // everything below was purged
-	wake     *nats.Subscription
+	wake     []*nats.Subscription
+	// expect is set when the queue's subject carried a message the feed
+	// may not find stored yet: finding nothing, it asks again shortly,
+	// in case the wake sent once it is stored never comes.
+	expect atomic.Bool
 }
 
 // sessions is the node's part of the session store.
@@ -319,7 +331,7 @@ func (ss *sessions) claim(cl *mqtt.Client, clean bool) (*ownedSession, *sessionR
 			return nil, nil, fmt.Errorf("%w: read: %v", errClaim, err)
 		}
 		if prev != nil && !clean && prev.Persistent {
-			rec.Subs = prev.Subs
+			rec.Subs, rec.Rel = prev.Subs, prev.Rel
 		}
 		b, _ := json.Marshal(rec)
 		if rev == 0 {
@@ -465,7 +477,8 @@ func (h *sessionHook) ID() string { return "ferry-cluster-sessions" }
 func (h *sessionHook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnSubscribed,
-		mqtt.OnUnsubscribed, mqtt.OnRoute, mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnClientExpired, mqtt.OnWillSent:
+		mqtt.OnUnsubscribed, mqtt.OnRoute, mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnClientExpired, mqtt.OnWillSent,
+		mqtt.OnPacketRead:
 		return true
 	}
 	return false
@@ -500,9 +513,14 @@ func (h *sessionHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		subs = append(subs, storage.Subscription{Filter: s.Filter, Qos: s.Qos, NoLocal: s.NL, RetainAsPublished: s.RAP,
 			RetainHandling: s.RH, Identifier: s.ID})
 	}
+	var inflight []storage.Message
+	for _, id := range prev.Rel {
+		inflight = append(inflight, storage.Message{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1},
+			PacketID: id, Created: time.Now().Unix()})
+	}
 	ss.n.srv.RestoreSession(storage.Client{ID: cl.ID, ProtocolVersion: prev.Version, Username: prev.Username,
 		Properties: storage.ClientProperties{SessionExpiryInterval: prev.Expiry, SessionExpiryIntervalFlag: prev.Version == 5}},
-		subs, nil)
+		subs, inflight)
 }
 
 // OnSessionEstablished starts feeding the queue: core NATS tells the node
@@ -513,22 +531,29 @@ func (h *sessionHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	if o == nil || !o.rec.Persistent {
 		return
 	}
-	sub, err := ss.n.nc.Subscribe(queuePrefix+o.key, func(*nats.Msg) { ss.n.srv.FeedStored(cl) })
-	if err == nil {
-		o.qmu.Lock()
-		o.wake = sub
-		o.qmu.Unlock()
+	var subs []*nats.Subscription
+	if sub, err := ss.n.nc.Subscribe(queuePrefix+o.key, func(*nats.Msg) {
+		o.expect.Store(true)
+		ss.n.srv.FeedStored(cl)
+	}); err == nil {
+		subs = append(subs, sub)
 	}
+	if sub, err := ss.n.nc.Subscribe(wakePrefix+o.key, func(*nats.Msg) { ss.n.srv.FeedStored(cl) }); err == nil {
+		subs = append(subs, sub)
+	}
+	o.qmu.Lock()
+	o.wake = subs
+	o.qmu.Unlock()
 	ss.n.srv.FeedStored(cl)
 }
 
 func (ss *sessions) stopFeed(o *ownedSession) {
 	o.qmu.Lock()
 	defer o.qmu.Unlock()
-	if o.wake != nil {
-		_ = o.wake.Unsubscribe()
-		o.wake = nil
+	for _, s := range o.wake {
+		_ = s.Unsubscribe()
 	}
+	o.wake = nil
 }
 
 // OnDisconnect records the connection's end: a persistent session stays
@@ -781,6 +806,9 @@ func (h *sessionHook) NextStored(cl *mqtt.Client, n int) ([]packets.Packet, erro
 		o.batch = append(o.batch, m.Sequence)
 	}
 	if len(out) == 0 {
+		if o.expect.Swap(false) {
+			return nil, mqtt.ErrFeedLater // told of a message not stored yet
+		}
 		return nil, nil
 	}
 	// The cursor moves past what is filed only (QueuedStored).
@@ -832,11 +860,68 @@ func (h *sessionHook) done(cl *mqtt.Client, pk packets.Packet) {
 		return
 	}
 	o.qmu.Lock()
-	defer o.qmu.Unlock()
 	if seq, ok := o.inflight[pk.PacketID]; ok {
 		delete(o.inflight, pk.PacketID)
 		h.ss.markDone(o, seq)
 	}
+	o.qmu.Unlock()
+	if hasRel(o, pk.PacketID) {
+		_ = h.ss.update(o, func(r *sessionRec) { r.Rel = deleteRel(r.Rel, pk.PacketID) })
+	}
+}
+
+// ReadsPacket: OnPacketRead wants PUBRECs only.
+func (h *sessionHook) ReadsPacket(t byte) bool { return t == packets.Pubrec }
+
+// OnPacketRead takes a PUBREC for a queued QoS 2 message: the message
+// leaves the queue and its packet id goes into the record's Rel, written
+// before the PUBREL is, so a session resumed elsewhere sends PUBREL again
+// and not the message.
+func (h *sessionHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type != packets.Pubrec || pk.ReasonCode >= 0x80 {
+		return pk, nil
+	}
+	o := h.ss.ownedBy(cl)
+	if o == nil {
+		return pk, nil
+	}
+	o.qmu.Lock()
+	seq, ok := o.inflight[pk.PacketID]
+	o.qmu.Unlock()
+	if !ok {
+		return pk, nil
+	}
+	if err := h.ss.update(o, func(r *sessionRec) { r.Rel = append(deleteRel(r.Rel, pk.PacketID), pk.PacketID) }); err != nil {
+		// Not recorded: the PUBREL is not sent (the connection ends),
+		// so the client sends PUBREC again to whoever serves it next.
+		return pk, fmt.Errorf("cluster: record PUBREC: %w", err)
+	}
+	o.qmu.Lock()
+	delete(o.inflight, pk.PacketID)
+	h.ss.markDone(o, seq)
+	o.qmu.Unlock()
+	return pk, nil
+}
+
+func hasRel(o *ownedSession, id uint16) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, r := range o.rec.Rel {
+		if r == id {
+			return true
+		}
+	}
+	return false
+}
+
+func deleteRel(rel []uint16, id uint16) []uint16 {
+	out := rel[:0:0]
+	for _, r := range rel {
+		if r != id {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // markDone schedules the purge of o's queue below its oldest message still
