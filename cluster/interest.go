@@ -15,6 +15,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// interestLinger is how long a filter that lost its last subscriber here
+// stays in the bucket: a client that unsubscribes and subscribes again, or
+// another that subscribes as one leaves, is not left without messages
+// while the other nodes learn of the change twice. Messages sent here
+// meanwhile find no subscriber and are dropped.
+const interestLinger = 5 * time.Second
+
 // interest keeps the interest bucket true to this node's subscriptions,
 // and an index of every other node's, which says where a message goes.
 //
@@ -26,8 +33,9 @@ type interest struct {
 	kick chan struct{}
 
 	mu        sync.Mutex
-	want      map[string]struct{} // this node's filters, as the topic index says
-	published map[string]string   // key -> filter in the bucket for this node
+	want      map[string]struct{}  // this node's filters, as the topic index says
+	goneAt    map[string]time.Time // filters no longer wanted, since when
+	published map[string]string    // key -> filter in the bucket for this node
 
 	rmu        sync.RWMutex
 	remote     *mqtt.TopicsIndex // other nodes' filters; the "client" is the node id
@@ -35,7 +43,7 @@ type interest struct {
 }
 
 func newInterest(n *Node) *interest {
-	return &interest{n: n, kick: make(chan struct{}, 1), want: map[string]struct{}{},
+	return &interest{n: n, kick: make(chan struct{}, 1), want: map[string]struct{}{}, goneAt: map[string]time.Time{},
 		published: map[string]string{}, remote: mqtt.NewTopicsIndex(), remoteKeys: map[string]string{}}
 }
 
@@ -53,8 +61,10 @@ func (in *interest) changed(filter string, added bool) {
 	in.mu.Lock()
 	if added {
 		in.want[filter] = struct{}{}
+		delete(in.goneAt, filter)
 	} else {
 		delete(in.want, filter)
+		in.goneAt[filter] = time.Now()
 	}
 	in.mu.Unlock()
 	select {
@@ -186,11 +196,23 @@ func (in *interest) sync() {
 			puts[k] = f
 		}
 	}
-	for k, f := range in.published {
-		if _, ok := in.want[f]; !ok || f == "" {
-			if puts[k] == "" {
-				dels = append(dels, k)
+	now := time.Now()
+	for f, gone := range in.goneAt {
+		if now.Sub(gone) >= interestLinger {
+			if _, pub := in.published[in.key(f)]; !pub {
+				delete(in.goneAt, f) // never written: nothing to delete
 			}
+		}
+	}
+	for k, f := range in.published {
+		if _, ok := in.want[f]; ok && f != "" {
+			continue
+		}
+		if gone, ok := in.goneAt[f]; ok && now.Sub(gone) < interestLinger {
+			continue // it may come back at once: a client resubscribing, reconnecting
+		}
+		if puts[k] == "" {
+			dels = append(dels, k)
 		}
 	}
 	in.mu.Unlock()
@@ -217,6 +239,7 @@ func (in *interest) sync() {
 			continue
 		}
 		in.mu.Lock()
+		delete(in.goneAt, in.published[k])
 		delete(in.published, k)
 		in.mu.Unlock()
 	}
