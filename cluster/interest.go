@@ -40,6 +40,8 @@ type interest struct {
 	rmu        sync.RWMutex
 	remote     *mqtt.TopicsIndex // other nodes' filters; the "client" is the node id
 	remoteKeys map[string]string // key -> filter, for deletes
+
+	seen sync.Map // node -> time.Time it was last a member (sweepDead)
 }
 
 func newInterest(n *Node) *interest {
@@ -248,5 +250,46 @@ func (in *interest) sync() {
 func (in *interest) failed(op, what string, err error) {
 	if in.n.ctx.Err() == nil {
 		in.n.log.Warn("cluster: interest not written; retrying", "op", op, "filter", what, "err", err)
+	}
+}
+
+// deadInterestAfter is how long a node may be gone before the other
+// nodes delete its interest: until then, messages for it wait in
+// FERRY_ROUTE for its restart.
+const deadInterestAfter = time.Minute
+
+// sweepDead deletes the interest of nodes gone for deadInterestAfter, so
+// that messages stop being stored for a node that is not coming back. A
+// node that comes back writes its interest again.
+func (in *interest) sweepDead(now time.Time) {
+	in.rmu.RLock()
+	byNode := map[string][]string{}
+	for key := range in.remoteKeys {
+		node, _, _ := strings.Cut(key, ".")
+		byNode[node] = append(byNode[node], key)
+	}
+	in.rmu.RUnlock()
+	for node, keys := range byNode {
+		if in.n.isMember(node) {
+			in.seen.Store(node, now)
+			continue
+		}
+		since := in.n.started
+		if v, ok := in.seen.Load(node); ok {
+			since = v.(time.Time)
+		}
+		if now.Sub(since) < deadInterestAfter {
+			continue
+		}
+		in.n.log.Info("cluster: deleting the interest of a node gone", "node", node, "since", since, "filters", len(keys))
+		for _, k := range keys {
+			ctx, cancel := context.WithTimeout(in.n.ctx, 2*time.Second)
+			err := in.n.interestKV.Delete(ctx, k)
+			cancel()
+			if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+				in.failed("delete", k, err)
+				break
+			}
+		}
 	}
 }

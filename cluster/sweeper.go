@@ -41,7 +41,9 @@ func (ss *sessions) sweeper() {
 		if time.Since(ss.n.started) < nodeTTL {
 			continue
 		}
-		ss.sweep(time.Now())
+		now := time.Now()
+		ss.sweep(now)
+		ss.n.interest.sweepDead(now)
 	}
 }
 
