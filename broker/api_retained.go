@@ -108,6 +108,16 @@ func (b *Broker) apiRetainedDelete(w http.ResponseWriter, r *http.Request) error
 	if _, ok := b.mochi.Topics.Retained.Get(topic); !ok {
 		return notFound("topic", "no retained message on %q", topic)
 	}
+	if b.cluster != nil {
+		// The cluster's bucket is the retained messages' store: every
+		// node clears it from there.
+		if err := b.cluster.DeleteRetained(r.Context(), topic); err != nil {
+			return err
+		}
+		atomic.StoreInt64(&b.mochi.Info.Retained, int64(b.mochi.Topics.Retained.Len()))
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}, TopicName: topic}
 	n := b.mochi.Topics.RetainMessage(pk)
 	if b.storage != nil {

@@ -151,3 +151,22 @@ func (r *retained) topicOf(key string, value []byte) (string, bool) {
 	delete(r.hashed, key)
 	return t, ok
 }
+
+// DeleteRetained clears topic's retained message on every node, as an
+// empty retained publish would, without delivering anything.
+func (n *Node) DeleteRetained(ctx context.Context, topic string) error {
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}, TopicName: topic}
+	f, err := n.retained.store(&pk)
+	if err != nil {
+		return fmt.Errorf("cluster: delete retained %q: %w", topic, err)
+	}
+	select {
+	case <-f.Ok():
+		n.srv.Topics.RetainMessage(pk)
+		return nil
+	case err := <-f.Err():
+		return fmt.Errorf("cluster: delete retained %q: %w", topic, err)
+	case <-ctx.Done():
+		return fmt.Errorf("cluster: delete retained %q: %w", topic, ctx.Err())
+	}
+}

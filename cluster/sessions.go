@@ -245,18 +245,21 @@ func (ss *sessions) apply(e jetstream.KeyValueEntry) {
 	}
 	ss.imu.Unlock()
 
-	if rec.Node != ss.n.cfg.NodeID {
-		ss.mu.Lock()
-		o := ss.owned[rec.ID]
-		if o != nil {
-			delete(ss.owned, rec.ID)
-		}
-		ss.mu.Unlock()
-		if o != nil {
-			ss.n.log.Info("cluster: session taken over by another node", "client", rec.ID, "node", rec.Node)
-			ss.stopFeed(o)
-			go ss.n.srv.ForgetSession(rec.ID)
-		}
+	ss.mu.Lock()
+	o := ss.owned[rec.ID]
+	// Another node took the session; or, while this node was away
+	// (frozen, cut off), another marked the connection it still serves
+	// as gone (the sweeper): either way it is no longer this node's.
+	lost := o != nil && (rec.Node != ss.n.cfg.NodeID ||
+		!rec.Connected && rec.Conn == o.rec.Conn && o.rec.Connected && !o.cl.Closed())
+	if lost {
+		delete(ss.owned, rec.ID)
+	}
+	ss.mu.Unlock()
+	if lost {
+		ss.n.log.Info("cluster: session no longer served here", "client", rec.ID, "node", rec.Node, "connected", rec.Connected)
+		ss.stopFeed(o)
+		go ss.n.srv.ForgetSession(rec.ID)
 	}
 }
 
