@@ -105,8 +105,9 @@ func sessionKey(id string) string {
 
 // ownedSession is a session this node serves.
 type ownedSession struct {
-	key string
-	cl  *mqtt.Client
+	key  string
+	cl   *mqtt.Client
+	conn string // the connection's nonce in the record
 
 	mu  sync.Mutex // serialises writes of rec
 	rev uint64
@@ -251,7 +252,7 @@ func (ss *sessions) apply(e jetstream.KeyValueEntry) {
 	// (frozen, cut off), another marked the connection it still serves
 	// as gone (the sweeper): either way it is no longer this node's.
 	lost := o != nil && (rec.Node != ss.n.cfg.NodeID ||
-		!rec.Connected && rec.Conn == o.rec.Conn && o.rec.Connected && !o.cl.Closed())
+		!rec.Connected && rec.Conn == o.conn && !o.cl.Closed())
 	if lost {
 		delete(ss.owned, rec.ID)
 	}
@@ -348,7 +349,7 @@ func (ss *sessions) claim(cl *mqtt.Client, clean bool) (*ownedSession, *sessionR
 			}
 			return nil, nil, fmt.Errorf("%w: write: %v", errClaim, err)
 		}
-		o := &ownedSession{key: key, cl: cl, rev: rev, rec: rec, inflight: map[uint16]uint64{}}
+		o := &ownedSession{key: key, cl: cl, conn: rec.Conn, rev: rev, rec: rec, inflight: map[uint16]uint64{}}
 		ss.mu.Lock()
 		old := ss.owned[cl.ID]
 		ss.owned[cl.ID] = o
