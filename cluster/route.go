@@ -90,6 +90,7 @@ func (h *hook) OnRoute(cl *mqtt.Client, pk packets.Packet, _ *mqtt.Route) error 
 	nodes := n.interest.nodesFor(pk.TopicName)
 	shares := n.shareTargets(&pk)
 	if len(nodes) == 0 && len(shares) == 0 {
+		n.shared.queued.Delete(pk.PublishID)
 		return h.failed(cl, errs)
 	}
 	buf := bufPool.Get().(*bytes.Buffer)
@@ -100,9 +101,14 @@ func (h *hook) OnRoute(cl *mqtt.Client, pk packets.Packet, _ *mqtt.Route) error 
 	}
 	frame := buf.Len()
 	durable := pk.FixedHeader.Qos > 0
+	var queued map[string][]string
+	if v, ok := n.shared.queued.LoadAndDelete(pk.PublishID); ok {
+		queued = v.(map[string][]string)
+	}
 	send := func(node string, info routeInfo) {
 		buf.Truncate(frame)
-		if len(info.Shares) > 0 {
+		info.Queued = queued[node]
+		if len(info.Shares) > 0 || len(info.Queued) > 0 {
 			appendRouteInfo(buf, info)
 		}
 		subj := n.subject(node, durable, pk.TopicName)

@@ -271,6 +271,16 @@ func (ss *sessions) unindexLocked(id string) {
 	delete(ss.indexed, id)
 }
 
+// connectedAt returns the node session id is connected to, or "".
+func (ss *sessions) connectedAt(id string) string {
+	ss.imu.RLock()
+	defer ss.imu.RUnlock()
+	if rec, ok := ss.records[id]; ok && rec.Connected {
+		return rec.Node
+	}
+	return ""
+}
+
 // persistentFor returns the persistent sessions, cluster-wide, with a
 // subscription matching topic. The map is shared: do not change it.
 func (ss *sessions) persistentFor(topic string) map[string]packets.Subscription {
@@ -689,9 +699,21 @@ func (h *sessionHook) OnRoute(cl *mqtt.Client, pk packets.Packet, r *mqtt.Route)
 	if len(targets) == 0 {
 		return nil
 	}
-	relayed := cl.Net.Relay
+	if cl.Net.Relay {
+		// Skipped here are the sessions the publishing node queued the
+		// message for; one it did not know yet gets it live.
+		if i := ss.n.relayIndex(cl.ID); i >= 0 && r != nil {
+			if info := ss.n.shared.relay[i].Load(); info != nil {
+				for _, id := range info.Queued {
+					r.Skip(id)
+				}
+			}
+		}
+		return nil
+	}
 	var buf *bytes.Buffer
 	var errs []error
+	var queued map[string][]string // node -> sessions connected there that got it queued
 	for id, sub := range targets {
 		qos := min(pk.FixedHeader.Qos, sub.Qos)
 		if qos == 0 {
@@ -700,7 +722,7 @@ func (h *sessionHook) OnRoute(cl *mqtt.Client, pk packets.Packet, r *mqtt.Route)
 		if r != nil {
 			r.Skip(id)
 		}
-		if relayed || sub.NoLocal && id == cl.ID {
+		if sub.NoLocal && id == cl.ID {
 			continue
 		}
 		out := pk
@@ -724,6 +746,15 @@ func (h *sessionHook) OnRoute(cl *mqtt.Client, pk packets.Packet, r *mqtt.Route)
 		}
 		ss.n.queued.Add(1)
 		ss.n.hook.hold(cl, futureWaiter{f})
+		if node := ss.connectedAt(id); node != "" && node != ss.n.cfg.NodeID {
+			if queued == nil {
+				queued = map[string][]string{}
+			}
+			queued[node] = append(queued[node], id)
+		}
+	}
+	if queued != nil {
+		ss.n.shared.queued.Store(pk.PublishID, queued)
 	}
 	return ss.n.hook.failed(cl, errs)
 }

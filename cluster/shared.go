@@ -29,6 +29,9 @@ import (
 type routeInfo struct {
 	Shares  []string `json:"s,omitempty"`  // groups ($share/g/f) to deliver to here
 	NoPlain bool     `json:"np,omitempty"` // deliver to those groups only
+	// Queued are the persistent sessions connected here that the message
+	// was queued for: their queue brings it, not this copy.
+	Queued []string `json:"q,omitempty"`
 }
 
 // shareChoice is the nodes this node chose, in OnSelectSubscribers, for
@@ -40,6 +43,7 @@ type shared struct {
 	n       *Node
 	turn    sync.Map                     // group -> *atomic.Uint64, round robin
 	pending sync.Map                     // publish id -> shareChoice
+	queued  sync.Map                     // publish id -> node -> persistent sessions connected there it was queued for
 	relay   [2]atomic.Pointer[routeInfo] // what the copy being delivered by relay i names
 }
 
