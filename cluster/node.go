@@ -109,6 +109,8 @@ type Node struct {
 
 	forwarded, received, forwardFailed, malformed, retainedSynced, queued atomic.Uint64
 
+	batches sync.Map // *mqtt.Client -> *clientBatches, during a publisher's run (batch.go)
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup

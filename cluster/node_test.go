@@ -51,6 +51,11 @@ func testLogger(t testing.TB) *slog.Logger {
 // other, replicas min(n, 3), concurrently (JetStream needs a quorum).
 func startCluster(t *testing.T, n int) []*testNode {
 	t.Helper()
+	return startClusterB(t, n)
+}
+
+func startClusterB(t testing.TB, n int) []*testNode {
+	t.Helper()
 	clusterAddrs := make([]string, n)
 	for i := range clusterAddrs {
 		clusterAddrs[i] = freeAddr(t)

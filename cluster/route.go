@@ -120,6 +120,9 @@ func (h *hook) OnRoute(cl *mqtt.Client, pk packets.Packet, _ *mqtt.Route) error 
 			n.forwarded.Add(1)
 			return
 		}
+		if n.batched(cl, node, buf.Bytes()) {
+			return
+		}
 		// The frame is copied: the async publish keeps it until acked.
 		f, err := n.js.PublishMsgAsync(&nats.Msg{Subject: subj, Data: bytes.Clone(buf.Bytes())})
 		if err != nil {
@@ -218,7 +221,10 @@ func (n *Node) startIntake(ctx context.Context) error {
 		return err
 	}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
-		n.deliver(1, m.Data())
+		if err := eachFrame(m.Data(), func(f []byte) { n.deliver(1, f) }); err != nil {
+			n.malformed.Add(1)
+			n.log.Warn("cluster: dropping the rest of a malformed batch from NATS", "err", err)
+		}
 		if err := m.Ack(); err != nil && n.ctx.Err() == nil {
 			n.log.Debug("cluster: ack", "err", err)
 		}

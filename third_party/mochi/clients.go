@@ -308,6 +308,7 @@ type ClientState struct {
 	deadlineNext    int64              // Unix nanoseconds before which refreshDeadline leaves the deadline; 0: set it now. Its reader alone uses it
 	reading         bool               // Read is running: deliveries it makes may leave waking their writers to it (outqueue.go)
 	flushTo         []*Client          // clients this reader queued for without waking their writers; its own goroutine alone uses it
+	atReadEnd       []func()           // run at the end of the read buffer (AtReadEnd); its own goroutine alone uses it
 	park            parkState          // the poller's registration while idle (park.go)
 	counted         atomic.Bool        // counted in Info.ClientsConnected
 	finish          sync.Once          // the connection's handling ends once
@@ -592,7 +593,7 @@ func (cl *Client) Read(packetHandler ReadFn) (err error) {
 		}
 	}()
 	for {
-		if len(cl.State.flushTo) > 0 && !cl.packetBuffered() {
+		if (len(cl.State.flushTo) > 0 || len(cl.State.atReadEnd) > 0) && !cl.packetBuffered() {
 			cl.flushDeferred() // the next read may wait
 		}
 		if cl.Closed() {

@@ -194,3 +194,39 @@ type willCounter struct {
 func (h *willCounter) ID() string                         { return "will-counter" }
 func (h *willCounter) Provides(b byte) bool               { return b == OnWillSent }
 func (h *willCounter) OnWillSent(*Client, packets.Packet) { h.wills.Add(1) }
+
+// TestAtReadEnd: a function registered while packets of one read buffer
+// are processed runs after the last of them, once, before the reader waits
+// for more; registering outside the reader is refused.
+func TestAtReadEnd(t *testing.T) {
+	cl, r, _ := newTestClient()
+	defer cl.Stop(errClientStop)
+	require.False(t, cl.AtReadEnd(func() {}), "outside the reader")
+
+	two := []byte{
+		packets.Publish << 4, 8, 0, 3, 'a', '/', 'b', 'x', 'y', 'z',
+		packets.Publish << 4, 8, 0, 3, 'a', '/', 'c', 'x', 'y', 'z',
+	}
+	var seen, ran []int
+	more := make(chan struct{})
+	go func() {
+		_, _ = r.Write(two) // one buffer: both packets
+		<-more
+		_, _ = r.Write(two[:10]) // a second read
+		_ = r.Close()
+	}()
+	err := cl.Read(func(cl *Client, pk packets.Packet) error {
+		seen = append(seen, len(seen))
+		n := len(seen)
+		require.True(t, cl.AtReadEnd(func() {
+			ran = append(ran, n)
+			if len(ran) == 2 {
+				require.Equal(t, 2, len(seen), "run after the buffer's last packet")
+				close(more)
+			}
+		}))
+		return nil
+	})
+	require.ErrorIs(t, err, io.EOF)
+	require.Equal(t, []int{1, 2, 3}, ran)
+}

@@ -426,6 +426,12 @@ func (cl *Client) startWriter() {
 // read wakes each subscriber once, and a single message to an idle
 // subscriber needs no goroutine at all.
 func (cl *Client) flushDeferred() {
+	if fns := cl.State.atReadEnd; len(fns) > 0 {
+		cl.State.atReadEnd = nil
+		for _, f := range fns {
+			f()
+		}
+	}
 	list := cl.State.flushTo
 	if len(list) == 0 {
 		return
@@ -435,6 +441,21 @@ func (cl *Client) flushDeferred() {
 		t.flushQueued(cl)
 	}
 	cl.State.flushTo = list[:0]
+}
+
+// AtReadEnd runs f once the client's reader has processed every packet its
+// read buffer holds (or its connection ended), with the deliveries it
+// deferred: a hook that batches work for a run of PUBLISHes (one network
+// write for a publisher's whole buffer) sends the batch then. It may only
+// be called from the hooks the client's reader runs; elsewhere (the inline
+// client, another goroutine) it returns false and the caller must not
+// wait for the end of a read buffer.
+func (cl *Client) AtReadEnd(f func()) bool {
+	if !cl.State.reading || cl.Net.Inline {
+		return false
+	}
+	cl.State.atReadEnd = append(cl.State.atReadEnd, f)
+	return true
 }
 
 // FlushDeferred writes now what this client's reader has queued for other
