@@ -111,9 +111,10 @@ func (n *Node) heartbeats() {
 // Members returns the nodes whose heartbeat is current, by id.
 func (n *Node) Members() []Member {
 	m := *n.members.Load()
+	ref := latestBeat(m)
 	out := make([]Member, 0, len(m))
 	for _, v := range m {
-		if time.Since(v.Seen) <= nodeTTL {
+		if current(v, ref) {
 			out = append(out, v)
 		}
 	}
@@ -123,6 +124,27 @@ func (n *Node) Members() []Member {
 
 // isMember says whether node's heartbeat is current.
 func (n *Node) isMember(node string) bool {
-	m, ok := (*n.members.Load())[node]
-	return ok && time.Since(m.Seen) <= nodeTTL
+	m := *n.members.Load()
+	v, ok := m[node]
+	return ok && current(v, latestBeat(m))
 }
+
+// latestBeat is the time of the newest heartbeat stored, this node's
+// included. A node is judged by how far its heartbeat lags the newest one,
+// not the clock: while the bucket stores no heartbeat at all (its stream
+// electing a leader after a node died, or NATS away from this node) no
+// node falls out of the membership. Judged by the clock, the survivors of
+// a node killed with its embedded NATS took each other for dead during
+// the election and dropped each other's sessions.
+func latestBeat(m map[string]Member) time.Time {
+	var ref time.Time
+	for _, v := range m {
+		if v.Seen.After(ref) {
+			ref = v.Seen
+		}
+	}
+	return ref
+}
+
+// current says whether v's heartbeat is at most nodeTTL older than ref.
+func current(v Member, ref time.Time) bool { return ref.Sub(v.Seen) <= nodeTTL }

@@ -327,25 +327,47 @@ func (ss *sessions) claim(cl *mqtt.Client, clean bool) (*ownedSession, *sessionR
 	if w := cl.Properties.Will; w.Flag != 0 {
 		rec.Will = &willRec{Topic: w.TopicName, Payload: w.Payload, Qos: w.Qos, Retain: w.Retain, Delay: w.WillDelayInterval, User: w.User}
 	}
-	ctx, cancel := context.WithTimeout(ss.n.ctx, claimWait+2*time.Second)
+	ctx, cancel := context.WithTimeout(ss.n.ctx, claimWait+claimRetry)
 	defer cancel()
-	for attempt := 0; attempt < 5; attempt++ {
-		var prev *sessionRec
+	var (
+		prev    *sessionRec // the record this claim replaces
+		lastErr error
+		backoff = 50 * time.Millisecond
+	)
+	for races := 0; races < 5; {
+		if lastErr != nil {
+			// NATS answered with an error that passes: a stream leader
+			// being elected after a node died, a request timing out.
+			// The client would only connect again; wait here instead.
+			select {
+			case <-ctx.Done():
+				return nil, nil, fmt.Errorf("%w: %v", errClaim, lastErr)
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, time.Second)
+		}
+		var cur *sessionRec
 		var rev uint64
 		e, err := ss.kv.Get(ctx, key)
 		switch {
 		case err == nil:
 			var p sessionRec
 			if json.Unmarshal(e.Value(), &p) == nil {
-				prev = &p
+				cur = &p
 			}
 			rev = e.Revision()
 		case errors.Is(err, jetstream.ErrKeyNotFound):
 		default:
-			return nil, nil, fmt.Errorf("%w: read: %v", errClaim, err)
+			lastErr = fmt.Errorf("read: %w", err)
+			continue
 		}
-		if prev != nil && !clean && prev.Persistent {
-			rec.Subs, rec.Rel = prev.Subs, prev.Rel
+		if cur != nil && cur.Conn == rec.Conn {
+			// An earlier write whose answer was lost was stored after all.
+			return ss.own(ctx, cl, rec, rev, prev), prev, nil
+		}
+		prev = cur
+		if cur != nil && !clean && cur.Persistent {
+			rec.Subs, rec.Rel = cur.Subs, cur.Rel
 		}
 		b, _ := json.Marshal(rec)
 		if rev == 0 {
@@ -355,24 +377,38 @@ func (ss *sessions) claim(cl *mqtt.Client, clean bool) (*ownedSession, *sessionR
 		}
 		if err != nil {
 			if errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err) {
+				races++
+				lastErr = nil
 				continue // another node wrote meanwhile: read again
 			}
-			return nil, nil, fmt.Errorf("%w: write: %v", errClaim, err)
+			lastErr = fmt.Errorf("write: %w", err)
+			continue
 		}
-		o := &ownedSession{key: key, cl: cl, conn: rec.Conn, rev: rev, rec: rec, inflight: map[uint16]uint64{}}
-		ss.mu.Lock()
-		old := ss.owned[cl.ID]
-		ss.owned[cl.ID] = o
-		ss.mu.Unlock()
-		if old != nil {
-			ss.stopFeed(old)
-		}
-		if prev != nil && prev.Node != ss.n.cfg.NodeID && prev.Connected && ss.n.isMember(prev.Node) {
-			ss.askRelease(ctx, prev.Node, cl.ID)
-		}
-		return o, prev, nil
+		return ss.own(ctx, cl, rec, rev, prev), prev, nil
 	}
 	return nil, nil, fmt.Errorf("%w: the record kept changing", errClaim)
+}
+
+// claimRetry bounds how long a claim retries NATS errors that pass (a
+// stream leader elected after a node died takes a few seconds) before the
+// client is refused with server unavailable.
+const claimRetry = 7 * time.Second
+
+// own records the claimed session as this node's and asks the node that
+// served it, if another and still a member, to let go of it.
+func (ss *sessions) own(ctx context.Context, cl *mqtt.Client, rec sessionRec, rev uint64, prev *sessionRec) *ownedSession {
+	o := &ownedSession{key: sessionKey(cl.ID), cl: cl, conn: rec.Conn, rev: rev, rec: rec, inflight: map[uint16]uint64{}}
+	ss.mu.Lock()
+	old := ss.owned[cl.ID]
+	ss.owned[cl.ID] = o
+	ss.mu.Unlock()
+	if old != nil {
+		ss.stopFeed(old)
+	}
+	if prev != nil && prev.Node != ss.n.cfg.NodeID && prev.Connected && ss.n.isMember(prev.Node) {
+		ss.askRelease(ctx, prev.Node, cl.ID)
+	}
+	return o
 }
 
 func isWrongSequence(err error) bool {
@@ -509,7 +545,7 @@ func (h *sessionHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	o, prev, err := ss.claim(cl, clean)
 	if err != nil {
 		ss.n.log.Warn("cluster: connection refused", "client", cl.ID, "err", err)
-		cl.Stop(packets.ErrServerUnavailable)
+		cl.RefuseSession(packets.ErrServerUnavailable)
 		return
 	}
 	if clean {

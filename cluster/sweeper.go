@@ -41,6 +41,11 @@ func (ss *sessions) sweeper() {
 		if time.Since(ss.n.started) < nodeTTL {
 			continue
 		}
+		// A node whose own heartbeats are not being stored cannot tell a
+		// dead node from its own trouble reaching NATS.
+		if time.Since(time.Unix(0, ss.n.lastBeat.Load())) > 2*heartbeatEvery+time.Second {
+			continue
+		}
 		now := time.Now()
 		ss.sweep(now)
 		ss.n.interest.sweepDead(now)

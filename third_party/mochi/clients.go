@@ -309,6 +309,7 @@ type ClientState struct {
 	reading         bool               // Read is running: deliveries it makes may leave waking their writers to it (outqueue.go)
 	flushTo         []*Client          // clients this reader queued for without waking their writers; its own goroutine alone uses it
 	atReadEnd       []func()           // run at the end of the read buffer (AtReadEnd); its own goroutine alone uses it
+	refused         *packets.Code      // set by RefuseSession in OnSessionEstablish
 	park            parkState          // the poller's registration while idle (park.go)
 	counted         atomic.Bool        // counted in Info.ClientsConnected
 	finish          sync.Once          // the connection's handling ends once

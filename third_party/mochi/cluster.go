@@ -101,3 +101,13 @@ func (s *Server) publishWill(cl *Client, pk packets.Packet) {
 	}
 	s.publishToSubscribers(pk)
 }
+
+// RefuseSession, called from OnSessionEstablish, refuses cl's connection:
+// it gets a CONNACK with code (for MQTT 3 the nearest 3.1.1 return code,
+// or none) and is closed, and no session is set up or taken over. A
+// cluster refuses a client whose session it could not claim (server
+// unavailable: the client tries again, perhaps elsewhere). Upstream
+// offered no way to refuse a session once authenticated.
+func (cl *Client) RefuseSession(code packets.Code) {
+	cl.State.refused = &code
+}

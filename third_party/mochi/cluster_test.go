@@ -230,3 +230,39 @@ func TestAtReadEnd(t *testing.T) {
 	require.ErrorIs(t, err, io.EOF)
 	require.Equal(t, []int{1, 2, 3}, ran)
 }
+
+type refuser struct{ HookBase }
+
+func (h *refuser) ID() string           { return "refuser" }
+func (h *refuser) Provides(b byte) bool { return b == OnSessionEstablish }
+func (h *refuser) OnSessionEstablish(cl *Client, _ packets.Packet) {
+	cl.RefuseSession(packets.ErrServerUnavailable)
+}
+
+// TestRefuseSession: a session refused in OnSessionEstablish gets a
+// CONNACK with the code and no session.
+func TestRefuseSession(t *testing.T) {
+	s := newServer()
+	require.NoError(t, s.AddHook(new(refuser), nil))
+	_ = s.Serve()
+	defer s.Close()
+	cl, r, _ := newTestClient()
+	defer r.Close()
+	cl.Properties.ProtocolVersion = 5
+	done := make(chan error, 1)
+	go func() { done <- s.EstablishConnection("tcp", cl.Net.Conn) }()
+	_, err := r.Write(packets.TPacketData[packets.Connect].Get(packets.TConnectMqtt5).RawBytes)
+	require.NoError(t, err)
+	b := make([]byte, 64)
+	_ = r.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := r.Read(b)
+	require.NoError(t, err)
+	b = b[:n]
+	require.Equal(t, byte(packets.Connack<<4), b[0])
+	require.Greater(t, len(b), 3)
+	require.Equal(t, packets.ErrServerUnavailable.Code, b[3], "reason code")
+	_ = r.Close()
+	<-done
+	_, ok := s.Clients.Get("mochi-v5")
+	require.False(t, ok, "no session")
+}

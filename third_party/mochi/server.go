@@ -588,6 +588,9 @@ func (s *Server) openClient(cl *Client, listener string) error {
 	cl.pauseOutbound() // until the CONNACK and the session's resend are written
 	sessionPresent, err := s.establishSession(cl, pk)
 	if err != nil {
+		if code := cl.State.refused; code != nil {
+			_ = s.SendConnack(cl, *code, false, nil)
+		}
 		return err
 	}
 
@@ -728,6 +731,9 @@ func (s *Server) establishSession(cl *Client, pk packets.Packet) (sessionPresent
 	}
 	defer unlock()
 	s.hooks.OnSessionEstablish(cl, pk)
+	if code := cl.State.refused; code != nil {
+		return false, *code
+	}
 	sessionPresent = s.inheritClientSession(pk, cl)
 	cl.State.Inflight.markResend()
 	s.Clients.Add(cl) // [MQTT-4.1.0-1]

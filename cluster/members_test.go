@@ -1,0 +1,54 @@
+package cluster
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+// TestMembershipRelative: a node is out when its heartbeat lags the newest
+// one stored by more than nodeTTL, whatever the clock says, so a bucket
+// storing no heartbeats for a while (a leader election) drops no node.
+func TestMembershipRelative(t *testing.T) {
+	t0 := time.Now().Add(-time.Hour) // long ago: by the clock every beat is stale
+	tests := []struct {
+		name  string
+		seen  map[string]time.Duration // offset from t0
+		alive []string
+	}{
+		{"all current", map[string]time.Duration{"a": 0, "b": -time.Second, "c": -2 * time.Second}, []string{"a", "b", "c"}},
+		{"one stopped", map[string]time.Duration{"a": 0, "b": -time.Second, "c": -6 * time.Second}, []string{"a", "b"}},
+		{"at the limit", map[string]time.Duration{"a": 0, "b": -nodeTTL}, []string{"a", "b"}},
+		{"only one", map[string]time.Duration{"a": 0}, []string{"a"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := map[string]Member{}
+			for id, off := range tt.seen {
+				m[id] = Member{ID: id, Seen: t0.Add(off)}
+			}
+			n := &Node{}
+			n.members.Store(&m)
+			var got []string
+			for _, v := range n.Members() {
+				got = append(got, v.ID)
+			}
+			if len(got) != len(tt.alive) {
+				t.Fatalf("members %v, want %v", got, tt.alive)
+			}
+			for i := range got {
+				if got[i] != tt.alive[i] {
+					t.Fatalf("members %v, want %v", got, tt.alive)
+				}
+				if !n.isMember(got[i]) {
+					t.Fatalf("isMember(%s) false", got[i])
+				}
+			}
+			for id := range tt.seen {
+				if !slices.Contains(tt.alive, id) && n.isMember(id) {
+					t.Fatalf("isMember(%s) true", id)
+				}
+			}
+		})
+	}
+}
