@@ -50,3 +50,9 @@ build:
 
 bench:
 	@bench/run.sh
+
+# bench-cluster runs a three-node cluster beside a single node
+# (bench/cluster.sh; knobs at its top).
+.PHONY: bench-cluster
+bench-cluster:
+	@bench/cluster.sh

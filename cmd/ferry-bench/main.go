@@ -6,12 +6,17 @@
 // Scenarios: fan-in (P publishers to one wildcard subscriber), pairs (N
 // publisher/subscriber pairs), fan-out (one publisher to S subscribers),
 // latency (fixed rate), idle (C silent connections: connect rate and broker
-// RSS) and reqresp (MQTT 5 response topic and correlation data round
-// trips).
+// RSS), reqresp (MQTT 5 response topic and correlation data round trips)
+// and storm (C persistent sessions leave their node at once and resume on
+// others). With -sub-addr the subscribers connect to another node of a
+// cluster than the publishers.
 //
 //	ferry-bench -addr 127.0.0.1:1883 -scenario fan-in -qos 1 -size 64 -pubs 10 -d 10s
+//	ferry-bench -addr n0:1883 -sub-addr n1:1883 -scenario latency -qos 1   # across nodes
 //	ferry-bench -scenario idle -clients 10000 -broker-pid $(pidof mosquitto)
+//	ferry-bench -scenario storm -addr n0:1883 -move-addrs n1:1883,n2:1883 -kill-pid $N0
 //	ferry-bench summarize results.jsonl   # markdown: median (min–max) per case and broker
+//	ferry-bench summarize -cluster results.jsonl   # plus the cluster targets
 package main
 
 import (
@@ -27,6 +32,8 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -50,7 +57,7 @@ func main() {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "summarize" {
-		return summarize(args[1:], stdout)
+		return summarize(args[1:], stdout, stderr)
 	}
 	fs := flag.NewFlagSet("ferry-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -63,7 +70,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		useTLS     = fs.Bool("tls", false, "connect with TLS")
 		caFile     = fs.String("ca", "", "PEM CA bundle to verify the broker (implies -tls)")
 		insecure   = fs.Bool("insecure", false, "skip TLS certificate verification (implies -tls)")
-		serverName = fs.String("servername", "", "TLS server name (default: host of -addr)")
+		serverName = fs.String("servername", "", "TLS server name (default: host of the address dialled)")
+		moveAddrs  = fs.String("move-addrs", "", "storm: comma-separated addresses the sessions reconnect to, round robin (default -addr)")
 		format     = fs.String("format", "both", "output: json (stdout), table (stdout), both (json on stdout, table on stderr)")
 		progress   = fs.Duration("progress", time.Second, "progress line interval on stderr; 0 disables")
 		verbose    = fs.Bool("verbose", false, "log client errors on stderr")
@@ -71,13 +79,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		expiry     = fs.Uint("session-expiry", load.DefaultSessionExpiry, "MQTT 5 session expiry seconds with -clean=false")
 		cpuProfile = fs.String("cpuprofile", "", "write the generator's CPU profile to this file")
 	)
-	fs.StringVar(&cfg.Addr, "addr", "127.0.0.1:1883", "broker host:port")
+	fs.StringVar(&cfg.Addr, "addr", "127.0.0.1:1883", "broker host:port (publishers; the storm's sessions before they move)")
+	fs.StringVar(&cfg.SubAddr, "sub-addr", "", "host:port where subscribers connect (default -addr); another cluster node makes every message cross nodes")
 	fs.StringVar(&cfg.Label, "label", "", "broker name recorded in results")
 	fs.StringVar(&cfg.Tag, "tag", "", "case name recorded in results, for summarize")
 	fs.IntVar(&cfg.PayloadSize, "size", load.DefaultPayload, fmt.Sprintf("payload bytes (minimum %d, the sequence header)", load.HeaderSize))
 	fs.IntVar(&cfg.Publishers, "pubs", 0, "publishers (fan-in 10, pairs 100 = pair count, fan-out 1, latency 1, reqresp 10 requesters)")
 	fs.IntVar(&cfg.Subscribers, "subs", 0, "subscribers for fan-out (default 100)")
-	fs.IntVar(&cfg.Clients, "clients", load.DefaultIdleClients, "connections for idle")
+	fs.IntVar(&cfg.Clients, "clients", 0, fmt.Sprintf("connections for idle (default %d), sessions for storm (default %d)", load.DefaultIdleClients, load.DefaultStormClients))
+	fs.IntVar(&cfg.KillPID, "kill-pid", 0, "storm: SIGKILL this process (the sessions' node) once the sessions are set up, instead of closing their connections")
+	fs.IntVar(&cfg.MoveConcurrency, "move-concurrency", 0, "storm: reconnections under way at once; 0 = all at once")
+	fs.IntVar(&cfg.CheckRounds, "check-rounds", load.DefaultCheckRounds, "storm: rounds of one QoS 1 message to every session after the move")
+	fs.DurationVar(&cfg.CheckInterval, "check-interval", load.DefaultCheckInterval, "storm: pause between check rounds")
+	fs.DurationVar(&cfg.CheckWait, "check-wait", load.DefaultCheckWait, "storm: the wait for the check messages ends after this long without a delivery")
+	fs.DurationVar(&cfg.MoveTimeout, "move-timeout", load.DefaultMoveTimeout, "storm: bound on the reconnections (a session without CONNACK by then is lost), each SUBACK and the check messages' acks")
 	fs.DurationVar(&cfg.Duration, "d", load.DefaultDuration, "send phase duration (idle: hold time)")
 	fs.IntVar(&cfg.Count, "n", 0, "messages per publisher; overrides -d when set")
 	fs.Float64Var(&cfg.Rate, "rate", 0, "total publish rate msg/s; 0 = unlimited (latency default 2000)")
@@ -88,8 +103,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.ClientPrefix, "id-prefix", "fb", "client id prefix")
 	fs.StringVar(&cfg.TopicPrefix, "topic-prefix", "", "topic prefix (default bench/<random>)")
 	fs.IntVar(&cfg.SendBuffer, "sndbuf", 64<<10, "SO_SNDBUF bytes per connection, bounding what a QoS 0 publisher queues in the kernel; 0 = kernel autotuning")
-	fs.IntVar(&cfg.BrokerPID, "broker-pid", 0, "broker pid: its CPU use is reported, and its VmRSS in the idle scenario")
+	fs.Func("broker-pid", "broker pid, or comma-separated pids of a cluster's nodes: their CPU use is reported (summed), and the first's VmRSS in the idle scenario", func(v string) error {
+		pids, err := parsePIDs(v)
+		if err != nil {
+			return err
+		}
+		cfg.BrokerPID, cfg.OtherBrokerPIDs = pids[0], pids[1:]
+		return nil
+	})
 	fs.IntVar(&cfg.ConnectConcurrency, "conc", load.DefaultConnectConcurrency, "concurrent connection attempts")
+	fs.IntVar(&cfg.ConnectConcurrency, "connect-concurrency", load.DefaultConnectConcurrency, "the same as -conc")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -109,8 +132,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	cfg.QoS, cfg.KeepAlive, cfg.SessionExpiry = byte(*qos), uint16(*keepalive), uint32(*expiry)
 	cfg.Persistent = !*clean
+	if *moveAddrs != "" {
+		for _, a := range strings.Split(*moveAddrs, ",") {
+			cfg.MoveAddrs = append(cfg.MoveAddrs, strings.TrimSpace(a))
+		}
+	}
+	names := strings.Split(*scenarios, ",")
+	for i := range names {
+		names[i] = strings.TrimSpace(names[i])
+	}
+	if (cfg.KillPID != 0 || len(cfg.MoveAddrs) > 0) && !slices.Contains(names, load.Storm) {
+		return fmt.Errorf("-kill-pid and -move-addrs need -scenario %s", load.Storm)
+	}
 	if *useTLS || *caFile != "" || *insecure {
-		tc, err := tlsConfig(cfg.Addr, *caFile, *serverName, *insecure)
+		tc, err := tlsConfig(*caFile, *serverName, *insecure)
 		if err != nil {
 			return err
 		}
@@ -149,9 +184,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		errs    []error
 	)
 	enc := json.NewEncoder(stdout)
-	for _, sc := range strings.Split(*scenarios, ",") {
+	for _, sc := range names {
 		c := cfg
-		c.Scenario = strings.TrimSpace(sc)
+		c.Scenario = sc
 		res, err := load.Run(ctx, c)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", c.Scenario, err))
@@ -175,9 +210,30 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return errors.Join(errs...)
 }
 
+// parsePIDs parses a comma-separated list of positive process ids.
+func parsePIDs(v string) ([]int, error) {
+	var pids []int
+	for _, f := range strings.Split(v, ",") {
+		pid, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || pid <= 0 {
+			return nil, fmt.Errorf("pid %q: want a positive number", f)
+		}
+		pids = append(pids, pid)
+	}
+	return pids, nil
+}
+
 // summarize prints the markdown comparison of JSON result files (stdin when
-// none are named).
-func summarize(files []string, stdout io.Writer) error {
+// none are named); with -cluster, the cluster targets after it.
+func summarize(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ferry-bench summarize", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cluster := fs.Bool("cluster", false, fmt.Sprintf("also check the cluster targets, from the results labelled %q, %q and %q",
+		report.LabelSingle, report.LabelClusterSame, report.LabelClusterCross))
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	files := fs.Args()
 	var rs []load.Result
 	if len(files) == 0 {
 		r, err := report.Read(os.Stdin)
@@ -198,16 +254,22 @@ func summarize(files []string, stdout io.Writer) error {
 		}
 		rs = append(rs, r...)
 	}
-	return report.Markdown(stdout, rs)
+	if err := report.Markdown(stdout, rs); err != nil {
+		return err
+	}
+	if *cluster {
+		if _, err := io.WriteString(stdout, "\n"); err != nil {
+			return err
+		}
+		return report.ClusterTargets(stdout, rs)
+	}
+	return nil
 }
 
-func tlsConfig(addr, caFile, serverName string, insecure bool) (*tls.Config, error) {
+// tlsConfig builds the clients' TLS configuration. Without serverName,
+// each connection verifies the host of the address it dials.
+func tlsConfig(caFile, serverName string, insecure bool) (*tls.Config, error) {
 	tc := &tls.Config{InsecureSkipVerify: insecure, ServerName: serverName} //nolint:gosec // opt-in for self-signed test brokers
-	if tc.ServerName == "" {
-		if i := strings.LastIndex(addr, ":"); i > 0 {
-			tc.ServerName = strings.Trim(addr[:i], "[]")
-		}
-	}
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
 		if err != nil {

@@ -52,19 +52,40 @@ func (r *run) fail(err error) {
 	}
 }
 
+// errors returns the distinct errors kept so far.
+func (r *run) errors() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.errs...)
+}
+
 func (r *run) stopSending() { r.stopMu.Do(func() { close(r.stop) }) }
 
-// dial connects one client and remembers it for closeAll.
-func (r *run) dial(ctx context.Context, id string) (*mqttc.Conn, error) {
-	clean := !r.cfg.Persistent
-	c, _, err := mqttc.Dial(ctx, r.cfg.dialOptions(), r.cfg.connect(id, clean))
+// dial connects one client to addr and remembers it for closeAll.
+func (r *run) dial(ctx context.Context, addr, id string) (*mqttc.Conn, error) {
+	c, _, err := r.dialWith(ctx, r.cfg.dialOptions(addr), r.cfg.connect(id, !r.cfg.Persistent))
+	return c, err
+}
+
+// dialWith connects with o and cp, remembers the connection for closeAll
+// and keepalive, and returns the CONNACK's session-present flag.
+func (r *run) dialWith(ctx context.Context, o mqttc.DialOptions, cp *mqttc.Connect) (*mqttc.Conn, bool, error) {
+	c, present, err := mqttc.Dial(ctx, o, cp)
 	if err != nil {
-		return nil, fmt.Errorf("connect %s: %w", id, err)
+		return nil, false, fmt.Errorf("connect %s to %s: %w", cp.ClientID, o.Addr, err)
 	}
 	r.mu.Lock()
 	r.conns = append(r.conns, c)
 	r.mu.Unlock()
-	return c, nil
+	return c, present, nil
+}
+
+// forgetConns drops every remembered connection (the caller has closed
+// them) so that closeAll and keepalive leave them alone.
+func (r *run) forgetConns() {
+	r.mu.Lock()
+	r.conns = nil
+	r.mu.Unlock()
 }
 
 // clientID builds a stable id for persistent sessions and a unique one
@@ -74,6 +95,22 @@ func (r *run) clientID(role string, i int) string {
 		return fmt.Sprintf("%s-%s-%s-%d", r.cfg.ClientPrefix, r.cfg.Scenario, role, i)
 	}
 	return fmt.Sprintf("%s-%08x-%s-%d", r.cfg.ClientPrefix, r.nonce, role, i)
+}
+
+// quitContext returns a context that ends when the run ends (closeAll) or
+// cancel is called.
+func (r *run) quitContext() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		select {
+		case <-r.quit:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }
 
 // goFn runs fn in a goroutine the run waits for, recording its error.

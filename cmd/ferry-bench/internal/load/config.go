@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/ferrymq/ferry/cmd/ferry-bench/internal/mqttc"
@@ -28,10 +29,11 @@ const (
 	Latency = "latency"
 	Idle    = "idle"
 	ReqResp = "reqresp"
+	Storm   = "storm"
 )
 
 // Scenarios lists every scenario name.
-var Scenarios = []string{FanIn, Pairs, FanOut, Latency, Idle, ReqResp}
+var Scenarios = []string{FanIn, Pairs, FanOut, Latency, Idle, ReqResp, Storm}
 
 // Defaults applied by Config.withDefaults.
 const (
@@ -41,6 +43,11 @@ const (
 	DefaultInflight           = 64
 	DefaultLatencyRate        = 2000
 	DefaultIdleClients        = 1000
+	DefaultStormClients       = 10000
+	DefaultMoveTimeout        = 60 * time.Second
+	DefaultCheckWait          = 10 * time.Second
+	DefaultCheckRounds        = 1
+	DefaultCheckInterval      = 10 * time.Second
 	DefaultConnectConcurrency = 64
 	DefaultOutstanding        = 1
 	DefaultSessionExpiry      = 3600
@@ -51,8 +58,14 @@ const (
 // the per-scenario defaults documented on each field.
 type Config struct {
 	Scenario string
-	// Addr is the broker's host:port.
+	// Addr is the broker's host:port. Publishers (and requesters, idle
+	// connections, the storm's sessions before they move) connect here.
 	Addr string
+	// SubAddr is where subscribers connect (fan-in's, fan-out's and
+	// pairs' subscribers, the latency receiver, the reqresp responder);
+	// default Addr. Another node of a cluster makes every message cross
+	// between nodes.
+	SubAddr string
 	// Label names the broker in results (e.g. "mosquitto"); optional.
 	Label string
 	// Tag names the benchmark case in results (e.g. "fan-in QoS0 64B");
@@ -71,8 +84,35 @@ type Config struct {
 	// Subscribers: fan-out 100; fixed at 1 for fan-in and latency, equal
 	// to Publishers for pairs.
 	Subscribers int
-	// Clients is the idle scenario's connection count (default 1000).
+	// Clients is the idle scenario's connection count (default 1000) and
+	// the storm's session count (default 10000).
 	Clients int
+	// MoveAddrs are the addresses the storm's sessions reconnect to,
+	// client i to MoveAddrs[i%len]; default Addr.
+	MoveAddrs []string
+	// KillPID, when positive, makes the storm send SIGKILL to this
+	// process (the broker node the sessions are on) once every session is
+	// set up, and wait until each connection has seen it go, instead of
+	// closing the connections itself.
+	KillPID int
+	// MoveConcurrency bounds the storm's reconnections under way at once;
+	// 0 means all at once.
+	MoveConcurrency int
+	// MoveTimeout bounds the storm's reconnection phase (a client that
+	// has no CONNACK by then counts as lost), each subscription's SUBACK,
+	// and the wait for the check messages' acks; default 60 s.
+	MoveTimeout time.Duration
+	// CheckWait ends the storm's wait for its check messages when none
+	// has arrived for this long (MoveTimeout bounds it in any case);
+	// default 10 s: a cluster that just lost a node may stall for seconds
+	// while it elects new leaders, then deliver.
+	CheckWait time.Duration
+	// CheckRounds is how many times the storm publishes one message to
+	// every session after the move (default 1), CheckInterval apart
+	// (default 10 s): a later round shows whether the sessions still get
+	// their messages once the cluster has settled.
+	CheckRounds   int
+	CheckInterval time.Duration
 	// Duration bounds the send phase (default 10 s) unless Count is set;
 	// for idle it is how long the connections are held.
 	Duration time.Duration
@@ -108,7 +148,10 @@ type Config struct {
 	SendBuffer int
 	// BrokerPID, when positive, is the broker process whose CPU use is
 	// reported, and whose VmRSS the idle scenario reports.
-	BrokerPID          int
+	BrokerPID int
+	// OtherBrokerPIDs are more broker processes (a cluster's other
+	// nodes) whose CPU use is added to BrokerPID's.
+	OtherBrokerPIDs    []int
 	ConnectConcurrency int
 	// Progress receives a progress line every ProgressEvery; nil disables.
 	Progress      io.Writer
@@ -129,6 +172,28 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Scenario == ReqResp {
 		c.Version = mqttc.V5
+	}
+	if c.SubAddr == "" {
+		c.SubAddr = c.Addr
+	}
+	if c.Scenario == Storm {
+		// The scenario is about sessions that outlive their connection.
+		c.Persistent = true
+		c.QoS = 1
+		def(&c.Clients, DefaultStormClients)
+		if len(c.MoveAddrs) == 0 && c.Addr != "" {
+			c.MoveAddrs = []string{c.Addr}
+		}
+		if c.MoveTimeout == 0 {
+			c.MoveTimeout = DefaultMoveTimeout
+		}
+		if c.CheckWait == 0 {
+			c.CheckWait = DefaultCheckWait
+		}
+		def(&c.CheckRounds, DefaultCheckRounds)
+		if c.CheckInterval == 0 {
+			c.CheckInterval = DefaultCheckInterval
+		}
 	}
 	def(&c.PayloadSize, DefaultPayload)
 	if c.PayloadSize < HeaderSize {
@@ -210,6 +275,27 @@ func (c Config) validate() error {
 	if c.PayloadSize > 1<<20 {
 		bad("payload %d bytes: at most 1 MiB", c.PayloadSize)
 	}
+	if c.Scenario == Storm {
+		if c.Clients < 1 {
+			bad("storm: clients %d: want at least 1", c.Clients)
+		}
+		for _, a := range c.MoveAddrs {
+			if a == "" {
+				bad("storm: empty move address in %q", c.MoveAddrs)
+			} else if c.KillPID > 0 && a == c.Addr {
+				bad("storm: move address %s is the address of the node -kill-pid %d kills", a, c.KillPID)
+			}
+		}
+		if c.MoveConcurrency < 0 || c.MoveTimeout < 0 || c.CheckWait < 0 || c.CheckInterval < 0 {
+			bad("storm: negative move concurrency, move timeout, check wait or check interval")
+		}
+		if c.CheckRounds < 1 || c.CheckRounds > 100 {
+			bad("storm: check rounds %d: want 1..100", c.CheckRounds)
+		}
+	}
+	if c.KillPID < 0 {
+		bad("kill pid %d", c.KillPID)
+	}
 	if c.Scenario == ReqResp && c.QoS > 0 && c.Publishers*c.Outstanding > 1000 {
 		// The single responder publishes every response; most brokers
 		// cap unacked inbound QoS>0 publishes per client near 1024 and
@@ -230,6 +316,16 @@ func (c Config) connect(id string, clean bool) *mqttc.Connect {
 	return cp
 }
 
-func (c Config) dialOptions() mqttc.DialOptions {
-	return mqttc.DialOptions{Addr: c.Addr, TLS: c.TLS, SendBuffer: c.SendBuffer}
+// dialOptions are the options to connect to addr. A TLS configuration
+// without a server name (and not skipping verification) verifies the
+// certificate against addr's host, as tls.Dial would.
+func (c Config) dialOptions(addr string) mqttc.DialOptions {
+	tc := c.TLS
+	if tc != nil && tc.ServerName == "" && !tc.InsecureSkipVerify {
+		if host, _, err := net.SplitHostPort(addr); err == nil {
+			tc = tc.Clone()
+			tc.ServerName = host
+		}
+	}
+	return mqttc.DialOptions{Addr: addr, TLS: tc, SendBuffer: c.SendBuffer}
 }

@@ -21,7 +21,7 @@ func runIdle(ctx context.Context, r *run, res *Result) error {
 		}
 		res.RSSBeforeBytes = rss
 	}
-	cpu := startCPU(cfg.BrokerPID)
+	cpu := startCPU(cfg.brokerPIDs())
 	start := time.Now()
 	conns := make([]*mqttc.Conn, cfg.Clients)
 	var connected atomic.Int64
@@ -29,7 +29,7 @@ func runIdle(ctx context.Context, r *run, res *Result) error {
 	progress(r, start, connected.Load, func() int64 { return 0 }, done)
 	// A refused or failed connection is a result, not a reason to stop.
 	_ = parallel(ctx, cfg.Clients, cfg.ConnectConcurrency, func(ctx context.Context, i int) error {
-		c, err := r.dial(ctx, r.clientID("idle", i))
+		c, err := r.dial(ctx, r.cfg.Addr, r.clientID("idle", i))
 		if err != nil {
 			r.fail(err)
 			return nil

@@ -120,7 +120,7 @@ func runReqResp(ctx context.Context, r *run, res *Result) error {
 	// loop starts, so they are connected here rather than as publishers.
 	reqs := make([]*requester, cfg.Publishers)
 	err = parallel(ctx, cfg.Publishers, cfg.ConnectConcurrency, func(ctx context.Context, i int) error {
-		c, err := r.dial(ctx, r.clientID("req", i))
+		c, err := r.dial(ctx, r.cfg.Addr, r.clientID("req", i))
 		if err != nil {
 			return err
 		}
@@ -159,7 +159,7 @@ func runReqResp(ctx context.Context, r *run, res *Result) error {
 		}
 		return n
 	}
-	cpu := startCPU(cfg.BrokerPID)
+	cpu := startCPU(cfg.brokerPIDs())
 	start := time.Now()
 	done := make(chan struct{})
 	progress(r, start, sentTotal, recvTotal, done)

@@ -15,10 +15,13 @@ import (
 
 // Result is one scenario's measurements, encoded as one JSON line.
 type Result struct {
-	Scenario    string    `json:"scenario"`
-	Broker      string    `json:"broker,omitempty"`
-	Tag         string    `json:"tag,omitempty"`
-	Addr        string    `json:"addr"`
+	Scenario string `json:"scenario"`
+	Broker   string `json:"broker,omitempty"`
+	Tag      string `json:"tag,omitempty"`
+	Addr     string `json:"addr"`
+	// SubAddr is where the subscribers connected, when the scenario has
+	// subscribers; it differs from Addr in a cross-node run.
+	SubAddr     string    `json:"sub_addr,omitempty"`
 	Start       time.Time `json:"start"`
 	MQTT        string    `json:"mqtt"`
 	QoS         int       `json:"qos"`
@@ -53,8 +56,11 @@ type Result struct {
 	Stale      int64   `json:"stale,omitempty"`
 	// SendTimeouts counts publishers whose last write was still blocked
 	// cfg.Drain after the send phase ended: the broker stopped reading.
-	SendTimeouts int   `json:"send_timeouts,omitempty"`
-	Mismatched   int64 `json:"mismatched,omitempty"`
+	SendTimeouts int `json:"send_timeouts,omitempty"`
+	// Mismatched counts reqresp responses whose correlation data does not
+	// name the request, and storm check messages delivered to a session
+	// other than the one they were published for.
+	Mismatched int64 `json:"mismatched,omitempty"`
 	// Requests counts requests that reached the responder (reqresp), to
 	// tell a lost request from a lost response.
 	Requests int64 `json:"requests_received,omitempty"`
@@ -66,15 +72,60 @@ type Result struct {
 	Latency *LatencyMS `json:"latency_ms,omitempty"`
 
 	// Idle scenario.
-	Clients         int     `json:"clients,omitempty"`
-	Connected       int     `json:"connected,omitempty"`
-	Alive           int     `json:"alive,omitempty"`
-	ConnectSeconds  float64 `json:"connect_s,omitempty"`
-	ConnectRate     float64 `json:"connect_rate,omitempty"`
-	BrokerPID       int     `json:"broker_pid,omitempty"`
-	RSSBeforeBytes  int64   `json:"rss_before_bytes,omitempty"`
-	RSSAfterBytes   int64   `json:"rss_after_bytes,omitempty"`
-	RSSPerConnBytes int64   `json:"rss_per_conn_bytes,omitempty"`
+	Clients        int     `json:"clients,omitempty"`
+	Connected      int     `json:"connected,omitempty"`
+	Alive          int     `json:"alive,omitempty"`
+	ConnectSeconds float64 `json:"connect_s,omitempty"`
+	ConnectRate    float64 `json:"connect_rate,omitempty"`
+	BrokerPID      int     `json:"broker_pid,omitempty"`
+	// BrokerPIDs lists every broker process whose CPU use BrokerCPU sums,
+	// when there are several (a cluster's nodes).
+	BrokerPIDs      []int `json:"broker_pids,omitempty"`
+	RSSBeforeBytes  int64 `json:"rss_before_bytes,omitempty"`
+	RSSAfterBytes   int64 `json:"rss_after_bytes,omitempty"`
+	RSSPerConnBytes int64 `json:"rss_per_conn_bytes,omitempty"`
+
+	// Storm scenario: Clients sessions are set up on Addr (Connected of
+	// them, in ConnectSeconds), their node goes away (MoveMode "kill":
+	// KilledPID got SIGKILL and every connection saw its end within
+	// GoneSeconds; "close": the clients closed their TCP connections
+	// without DISCONNECT), then all reconnect at once to MoveAddrs.
+	// MoveSeconds runs from the first reconnection attempt to the last
+	// CONNACK. Resumed sessions got CONNACK with session present;
+	// SessionsLost = NotPresent (CONNACK without session present) +
+	// MoveFailed (no CONNACK within the move timeout, retries included).
+	// Retried counts clients that needed more than one attempt, Retries
+	// the failed attempts; DroppedAfterMove connections the broker ended
+	// after their CONNACK, before the run closed them. A dropped session
+	// reconnects as a client would (same address, retries until the move
+	// timeout): Reconnected counts those back, LostAfterMove those that
+	// came back without their session or not at all. Then, in each of
+	// Checks (rounds), one QoS 1 message is published to each session's
+	// topic from CheckAddr; the totals over the rounds: Sent, Acked,
+	// Expected (acked), Unique (delivered to the right session), Lost
+	// (acked, never delivered; LostByAddr by the address the session moved
+	// to), Dupes, and Mismatched (delivered to another session). A round's
+	// wait ends when every acked message is delivered, after CheckWait
+	// without a delivery, or at the move timeout.
+	MoveAddrs        []string       `json:"move_addrs,omitempty"`
+	MoveMode         string         `json:"move_mode,omitempty"`
+	KilledPID        int            `json:"killed_pid,omitempty"`
+	GoneSeconds      float64        `json:"gone_s,omitempty"`
+	MoveSeconds      float64        `json:"move_s,omitempty"`
+	MoveRate         float64        `json:"move_rate,omitempty"`
+	Resumed          int            `json:"resumed,omitempty"`
+	NotPresent       int            `json:"not_present,omitempty"`
+	MoveFailed       int            `json:"move_failed,omitempty"`
+	SessionsLost     int            `json:"sessions_lost,omitempty"`
+	Retried          int            `json:"retried,omitempty"`
+	Retries          int            `json:"retries,omitempty"`
+	DroppedAfterMove int            `json:"dropped_after_move,omitempty"`
+	Reconnected      int            `json:"reconnected_after_move,omitempty"`
+	LostAfterMove    int            `json:"lost_after_move,omitempty"`
+	MoveLatency      *LatencyMS     `json:"move_latency_ms,omitempty"`
+	CheckAddr        string         `json:"check_addr,omitempty"`
+	Checks           []StormCheck   `json:"checks,omitempty"`
+	LostByAddr       map[string]int `json:"lost_by_move_addr,omitempty"`
 
 	// GenCPU is the generator's own CPU use (user+sys) over the wall time
 	// divided by the cores it may run on: near 1 means the generator, not
@@ -82,7 +133,8 @@ type Result struct {
 	GenCPU   float64 `json:"gen_cpu"`
 	GenCores int     `json:"gen_cores"`
 	// BrokerCPU is the broker's CPU use (user+sys, from /proc/PID/stat)
-	// over the same interval, in cores; reported with BrokerPID.
+	// over the same interval, in cores, summed over BrokerPIDs; reported
+	// with BrokerPID.
 	BrokerCPU float64 `json:"broker_cpu,omitempty"`
 
 	Errors    []string `json:"errors,omitempty"`
@@ -110,13 +162,15 @@ func latencyOf(h *Histogram) *LatencyMS {
 	}
 }
 
-// cpuMeter measures this process's CPU time, and optionally the broker's,
+// cpuMeter measures this process's CPU time, and optionally the brokers',
 // over an interval.
 type cpuMeter struct {
-	wall      time.Time
-	cpu       time.Duration
-	brokerPID int
-	broker    time.Duration
+	wall time.Time
+	cpu  time.Duration
+	// pids are the broker processes readable at the start, before their
+	// CPU time then.
+	pids   []int
+	before []time.Duration
 }
 
 func processCPU() time.Duration {
@@ -154,28 +208,45 @@ func procCPU(pid int) (time.Duration, error) {
 	return time.Duration(ut+st) * time.Second / clockTicks, nil
 }
 
-func startCPU(brokerPID int) cpuMeter {
+// brokerPIDs lists BrokerPID (when set) and OtherBrokerPIDs.
+func (c Config) brokerPIDs() []int {
+	var pids []int
+	if c.BrokerPID > 0 {
+		pids = append(pids, c.BrokerPID)
+	}
+	for _, p := range c.OtherBrokerPIDs {
+		if p > 0 {
+			pids = append(pids, p)
+		}
+	}
+	return pids
+}
+
+func startCPU(brokerPIDs []int) cpuMeter {
 	m := cpuMeter{wall: time.Now(), cpu: processCPU()}
-	if brokerPID > 0 {
-		if d, err := procCPU(brokerPID); err == nil {
-			m.brokerPID, m.broker = brokerPID, d
+	for _, pid := range brokerPIDs {
+		if d, err := procCPU(pid); err == nil {
+			m.pids, m.before = append(m.pids, pid), append(m.before, d)
 		}
 	}
 	return m
 }
 
-// brokerCores is the broker's CPU use since start in cores, 0 without a
-// broker pid.
+// brokerCores is the brokers' CPU use since start in cores, summed over
+// the processes still readable (a killed process stays readable until its
+// parent reaps it), 0 without a broker pid.
 func (m cpuMeter) brokerCores() float64 {
-	if m.brokerPID == 0 {
-		return 0
-	}
-	d, err := procCPU(m.brokerPID)
 	wall := time.Since(m.wall)
-	if err != nil || wall <= 0 {
+	if len(m.pids) == 0 || wall <= 0 {
 		return 0
 	}
-	return float64(d-m.broker) / float64(wall)
+	var used time.Duration
+	for i, pid := range m.pids {
+		if d, err := procCPU(pid); err == nil {
+			used += d - m.before[i]
+		}
+	}
+	return float64(used) / float64(wall)
 }
 
 // share returns CPU used / wall / usable cores, and the core count
@@ -213,11 +284,17 @@ func ReadRSS(pid int) (int64, error) {
 	return 0, fmt.Errorf("load: no VmRSS in /proc/%d/status", pid)
 }
 
-// WriteTable writes results as an aligned human-readable table.
+// WriteTable writes results as an aligned human-readable table; storm
+// results get a table of their own after it.
 func WriteTable(w io.Writer, rs []Result) error {
+	var storms []Result
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "scenario\tbroker\tqos\tbytes\tpub/sub\tsent/s\trecv/s\tloss%\tdupes\tooo\tp50ms\tp99ms\tmaxms\tconn/s\tRSS/conn\tgen cpu\tbroker cpu\t")
 	for _, r := range rs {
+		if r.Scenario == Storm {
+			storms = append(storms, r)
+			continue
+		}
 		lat := [3]string{"-", "-", "-"}
 		if r.Latency != nil {
 			lat = [3]string{ff(r.Latency.P50, 2), ff(r.Latency.P99, 2), ff(r.Latency.Max, 2)}
@@ -231,20 +308,66 @@ func WriteTable(w io.Writer, rs []Result) error {
 				rss = fmt.Sprintf("%.1fKB", float64(r.RSSPerConnBytes)/1024)
 			}
 		}
-		broker := r.Broker
-		if broker == "" {
-			broker = r.Addr
-		}
-		bcpu := "-"
-		if r.BrokerCPU > 0 {
-			bcpu = fmt.Sprintf("%.0f%%", r.BrokerCPU*100)
-		}
+		broker := brokerName(r)
+		bcpu := brokerCPU(r)
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
 			r.Scenario, broker, r.QoS, r.Payload, clients, ff(r.SendRate, 0), ff(r.RecvRate, 0),
 			ff(r.LossPct, 2), r.Dupes, r.OutOfOrder, lat[0], lat[1], lat[2], conn, rss,
 			fmt.Sprintf("%.0f%%x%d", r.GenCPU*100, r.GenCores), bcpu)
 	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(storms) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "storm\tbroker\tmode\tsessions\tset up\tconnect s\tgone s\tmove s\tresumed\tnot present\tfailed\tretried\tdropped\tlost after\treconnect p50ms\tp99ms\tdelivered\tacked\tlast delivery s\tmisrouted\tdupes\tgen cpu\tbroker cpu\t")
+	for _, r := range storms {
+		lat := [2]string{"-", "-"}
+		if r.MoveLatency != nil {
+			lat = [2]string{ff(r.MoveLatency.P50, 1), ff(r.MoveLatency.P99, 1)}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%d\t%d\t%s\t%d\t%d\t%s\t%s\t\n",
+			r.Addr+" → "+strings.Join(r.MoveAddrs, ","), brokerName(r), r.MoveMode, r.Clients, r.Connected,
+			ff(r.ConnectSeconds, 2), ff(r.GoneSeconds, 2), ff(r.MoveSeconds, 2), r.Resumed, r.NotPresent, r.MoveFailed,
+			r.Retried, r.DroppedAfterMove, r.LostAfterMove, lat[0], lat[1], r.Unique, r.Acked, checkSeconds(r), r.Mismatched, r.Dupes,
+			fmt.Sprintf("%.0f%%x%d", r.GenCPU*100, r.GenCores), brokerCPU(r))
+	}
 	return tw.Flush()
+}
+
+// brokerName is the label, or the address; with subscribers elsewhere,
+// both addresses.
+func brokerName(r Result) string {
+	name := r.Broker
+	if name == "" {
+		name = r.Addr
+	}
+	if r.SubAddr != "" && r.SubAddr != r.Addr {
+		name += fmt.Sprintf(" (pub %s, sub %s)", r.Addr, r.SubAddr)
+	}
+	return name
+}
+
+// checkSeconds lists each check round's time to its last delivery.
+func checkSeconds(r Result) string {
+	if len(r.Checks) == 0 {
+		return "-"
+	}
+	var s []string
+	for _, c := range r.Checks {
+		s = append(s, ff(c.Seconds, 2))
+	}
+	return strings.Join(s, ",")
+}
+
+func brokerCPU(r Result) string {
+	if r.BrokerCPU <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%%", r.BrokerCPU*100)
 }
 
 func ff(v float64, prec int) string { return strconv.FormatFloat(v, 'f', prec, 64) }

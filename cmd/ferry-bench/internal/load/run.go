@@ -26,11 +26,14 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		cfg.ClientPrefix = "fb"
 	}
 	res := Result{
-		Scenario: cfg.Scenario, Broker: cfg.Label, Tag: cfg.Tag, Addr: cfg.Addr, Start: time.Now().UTC(),
+		Scenario: cfg.Scenario, Broker: cfg.Label, Tag: cfg.Tag, Addr: cfg.Addr, SubAddr: cfg.SubAddr, Start: time.Now().UTC(),
 		MQTT: "3.1.1", QoS: int(cfg.QoS), Payload: cfg.PayloadSize, Persistent: cfg.Persistent, TLS: cfg.TLS != nil,
 	}
 	if cfg.Version == mqttc.V5 {
 		res.MQTT = "5"
+	}
+	if pids := cfg.brokerPIDs(); len(pids) > 1 {
+		res.BrokerPIDs = pids
 	}
 	r := newRun(cfg, nonce)
 	defer r.closeAll()
@@ -38,9 +41,13 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	var err error
 	switch cfg.Scenario {
 	case Idle:
+		res.SubAddr = ""
 		err = runIdle(ctx, r, &res)
 	case ReqResp:
 		err = runReqResp(ctx, r, &res)
+	case Storm:
+		res.SubAddr = ""
+		err = runStorm(ctx, r, &res)
 	default:
 		err = runPubSub(ctx, r, &res)
 	}
@@ -83,13 +90,13 @@ func buildTopology(cfg Config) topology {
 	return t
 }
 
-// connectSubscribers connects and subscribes n subscribers, starting their
-// read loops.
+// connectSubscribers connects (to cfg.SubAddr) and subscribes n
+// subscribers, starting their read loops.
 // setup, when non-nil, configures each subscriber before its loop starts.
 func connectSubscribers(ctx context.Context, r *run, filters []string, role string, setup func(*subscriber)) ([]*subscriber, error) {
 	subs := make([]*subscriber, len(filters))
 	err := parallel(ctx, len(filters), r.cfg.ConnectConcurrency, func(ctx context.Context, i int) error {
-		c, err := r.dial(ctx, r.clientID(role, i))
+		c, err := r.dial(ctx, r.cfg.SubAddr, r.clientID(role, i))
 		if err != nil {
 			return err
 		}
@@ -114,10 +121,12 @@ func connectSubscribers(ctx context.Context, r *run, filters []string, role stri
 	return subs, nil
 }
 
+// connectPublishers connects publishers (to cfg.Addr), starting their
+// read loops.
 func connectPublishers(ctx context.Context, r *run, topics []string, role string) ([]*publisher, error) {
 	pubs := make([]*publisher, len(topics))
 	err := parallel(ctx, len(topics), r.cfg.ConnectConcurrency, func(ctx context.Context, i int) error {
-		c, err := r.dial(ctx, r.clientID(role, i))
+		c, err := r.dial(ctx, r.cfg.Addr, r.clientID(role, i))
 		if err != nil {
 			return err
 		}
@@ -342,7 +351,7 @@ func runPubSub(ctx context.Context, r *run, res *Result) error {
 		return exp
 	}
 
-	cpu := startCPU(cfg.BrokerPID)
+	cpu := startCPU(cfg.brokerPIDs())
 	start := time.Now()
 	done := make(chan struct{})
 	progress(r, start, sentTotal, recvTotal, done)

@@ -107,6 +107,34 @@ func cell(rs []load.Result) string {
 		if alive := get(func(r load.Result) float64 { return float64(r.Alive) }); alive.lo < float64(rs[0].Clients) {
 			fmt.Fprintf(&b, ", alive min %.0f/%d", alive.lo, rs[0].Clients)
 		}
+	case load.Storm:
+		secs := func(v float64) string { return fmt.Sprintf("%.2f s", v) }
+		worst := func(f func(load.Result) int) int {
+			w := 0
+			for _, r := range rs {
+				w = max(w, f(r))
+			}
+			return w
+		}
+		least := func(f func(load.Result) int64) int64 {
+			l := f(rs[0])
+			for _, r := range rs[1:] {
+				l = min(l, f(r))
+			}
+			return l
+		}
+		fmt.Fprintf(&b, "%d sessions (%s): move %s, %s conn/s", rs[0].Clients, rs[0].MoveMode,
+			get(func(r load.Result) float64 { return r.MoveSeconds }).format(secs, n),
+			get(func(r load.Result) float64 { return r.MoveRate }).format(si, n))
+		fmt.Fprintf(&b, ", lost max %d", worst(func(r load.Result) int { return r.SessionsLost + r.LostAfterMove + r.Clients - r.Connected }))
+		if v := worst(func(r load.Result) int { return r.DroppedAfterMove }); v > 0 {
+			fmt.Fprintf(&b, ", dropped after the move max %d", v)
+		}
+		if v := worst(func(r load.Result) int { return r.Retried }); v > 0 {
+			fmt.Fprintf(&b, ", retried max %d", v)
+		}
+		fmt.Fprintf(&b, ", delivered after the move min %d/%d", least(func(r load.Result) int64 { return r.Unique }),
+			rs[0].Clients*max(len(rs[0].Checks), 1))
 	default:
 		fmt.Fprintf(&b, "%s msg/s", get(func(r load.Result) float64 { return r.RecvRate }).format(si, n))
 		if loss := get(func(r load.Result) float64 { return r.LossPct }); loss.hi > 0 {
