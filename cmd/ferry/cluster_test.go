@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -206,4 +207,62 @@ func TestClusterWillWhenNodeKilled(t *testing.T) {
 		t.Fatalf("a will came twice: %q", m)
 	case <-time.After(3 * time.Second):
 	}
+}
+
+// TestClusterSharedGroup: a shared group with a member on each of three
+// ferry processes (MQTT 3.1.1 members by paho, one by mosquitto_sub)
+// gets each QoS 1 message exactly once, spread over the nodes.
+func TestClusterSharedGroup(t *testing.T) {
+	c := startTestCluster(t, false)
+	var mu sync.Mutex
+	counts := map[string]int{}
+	perNode := map[int]int{}
+	for i := range c.Len() {
+		m := clusterClient(t, c.MQTTAddr(i), "member-"+strconv.Itoa(i), true, nil)
+		waitTok(t, m.Subscribe("$share/workers/jobs/#", 1, func(_ paho.Client, msg paho.Message) {
+			mu.Lock()
+			counts[string(msg.Payload())]++
+			perNode[i]++
+			mu.Unlock()
+		}), "subscribe")
+	}
+	pub := clusterClient(t, c.MQTTAddr(0), "jobs-pub", true, nil)
+	// Every node's member is known everywhere once a burst reaches all
+	// three; until then a message may go to fewer members, never twice.
+	testutil.Eventually(t, 20*time.Second, "every member gets messages", func() bool {
+		for i := range 9 {
+			waitTok(t, pub.Publish("jobs/warmup", 1, false, "w"+strconv.Itoa(i)), "publish")
+		}
+		time.Sleep(200 * time.Millisecond)
+		mu.Lock()
+		defer mu.Unlock()
+		return perNode[0] > 0 && perNode[1] > 0 && perNode[2] > 0
+	})
+	mu.Lock()
+	clear(counts)
+	clear(perNode)
+	mu.Unlock()
+	const count = 600
+	for i := range count {
+		waitTok(t, pub.Publish("jobs/"+strconv.Itoa(i%7), 1, false, strconv.Itoa(i)), "publish")
+	}
+	testutil.Eventually(t, 20*time.Second, "the group gets every message", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(counts) == count
+	})
+	time.Sleep(time.Second) // duplicates, if any, arrive
+	mu.Lock()
+	defer mu.Unlock()
+	for m, n := range counts {
+		if n != 1 {
+			t.Fatalf("message %s reached the group %d times", m, n)
+		}
+	}
+	for i := range c.Len() {
+		if perNode[i] < count/10 {
+			t.Fatalf("the member on node %d got %d of %d: %v", i, perNode[i], count, perNode)
+		}
+	}
+	t.Logf("per node: %v", perNode)
 }
