@@ -348,7 +348,11 @@ func (ss *sessions) claim(cl *mqtt.Client, clean bool) (*ownedSession, *sessionR
 		}
 		var cur *sessionRec
 		var rev uint64
-		e, err := ss.kv.Get(ctx, key)
+		// Each request gets a share of the wait: one sent to a replica
+		// that froze goes unanswered, and the next is routed elsewhere.
+		opCtx, opCancel := context.WithTimeout(ctx, claimOp)
+		e, err := ss.kv.Get(opCtx, key)
+		opCancel()
 		switch {
 		case err == nil:
 			var p sessionRec
@@ -370,11 +374,13 @@ func (ss *sessions) claim(cl *mqtt.Client, clean bool) (*ownedSession, *sessionR
 			rec.Subs, rec.Rel = cur.Subs, cur.Rel
 		}
 		b, _ := json.Marshal(rec)
+		opCtx, opCancel = context.WithTimeout(ctx, claimOp)
 		if rev == 0 {
-			rev, err = ss.kv.Create(ctx, key, b)
+			rev, err = ss.kv.Create(opCtx, key, b)
 		} else {
-			rev, err = ss.kv.Update(ctx, key, b, rev)
+			rev, err = ss.kv.Update(opCtx, key, b, rev)
 		}
+		opCancel()
 		if err != nil {
 			if errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err) {
 				races++
@@ -393,6 +399,9 @@ func (ss *sessions) claim(cl *mqtt.Client, clean bool) (*ownedSession, *sessionR
 // stream leader elected after a node died takes a few seconds) before the
 // client is refused with server unavailable.
 const claimRetry = 7 * time.Second
+
+// claimOp bounds one request of a claim.
+const claimOp = 2 * time.Second
 
 // own records the claimed session as this node's and asks the node that
 // served it, if another and still a member, to let go of it.
@@ -782,18 +791,37 @@ func (h *sessionHook) OnRoute(cl *mqtt.Client, pk packets.Packet, r *mqtt.Route)
 		}
 		ss.n.queued.Add(1)
 		ss.n.hook.hold(cl, futureWaiter{f})
-		if node := ss.connectedAt(id); node != "" && node != ss.n.cfg.NodeID {
-			if queued == nil {
-				queued = map[string][]string{}
+		node := ss.connectedAt(id)
+		switch {
+		case node == ss.n.cfg.NodeID:
+			continue // skipped above
+		case node == "" || !ss.n.isMember(node):
+			// Disconnected, or its node gone: it may be resuming on any
+			// node, which must not deliver this copy as well as the queue.
+			if len(queued[anyNode]) >= maxQueuedAnywhere {
+				continue
 			}
-			queued[node] = append(queued[node], id)
+			node = anyNode
 		}
+		if queued == nil {
+			queued = map[string][]string{}
+		}
+		queued[node] = append(queued[node], id)
 	}
 	if queued != nil {
 		ss.n.shared.queued.Store(pk.PublishID, queued)
 	}
 	return ss.n.hook.failed(cl, errs)
 }
+
+const (
+	// anyNode keys, in a message's queued sessions by node, those every
+	// node's copy names.
+	anyNode = "*"
+	// maxQueuedAnywhere bounds them: beyond it, a session resuming while
+	// the message is on its way may get it twice.
+	maxQueuedAnywhere = 256
+)
 
 // encodeQueued is encodeMessage keeping the subscription identifiers,
 // which a queued message is delivered with.

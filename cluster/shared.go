@@ -43,7 +43,7 @@ type shared struct {
 	n       *Node
 	turn    sync.Map                     // group -> *atomic.Uint64, round robin
 	pending sync.Map                     // publish id -> shareChoice
-	queued  sync.Map                     // publish id -> node -> persistent sessions connected there it was queued for
+	queued  sync.Map                     // publish id -> node (or anyNode) -> persistent sessions it was queued for
 	relay   [2]atomic.Pointer[routeInfo] // what the copy being delivered by relay i names
 }
 

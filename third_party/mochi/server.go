@@ -725,6 +725,9 @@ func (s *Server) recoverClient(cl *Client) {
 // takes the id over from a previous connection, inherits the session and
 // adds cl to Clients.
 func (s *Server) establishSession(cl *Client, pk packets.Packet) (sessionPresent bool, err error) {
+	if cl.peerClosed() {
+		return false, ErrPeerClosed
+	}
 	unlock, err := s.takeOver(cl)
 	if err != nil {
 		return false, err
