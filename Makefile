@@ -37,7 +37,7 @@ staticcheck:
 gotest:
 	@status=0; \
 	for m in . $(ENGINE) $(BASELINE); do \
-		echo "-- $$m"; (cd $$m && $(GO) test -race -timeout 8m ./...) || status=1; \
+		echo "-- $$m"; (cd $$m && $(GO) test -race -timeout 12m ./...) || status=1; \
 	done; \
 	echo "-- $(ENGINE): allocation tests, without the race detector (it changes allocations)"; \
 	(cd $(ENGINE) && $(GO) test -timeout 2m -run Allocates ./...) || status=1; \

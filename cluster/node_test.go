@@ -302,13 +302,18 @@ func TestTakeoverAcrossNodes(t *testing.T) {
 // 1) and returns the socket, which the test closes without DISCONNECT.
 func rawWillClient(t *testing.T, addr, id, topic, payload string, clean bool) net.Conn {
 	t.Helper()
+	return rawWillClientQos(t, addr, id, topic, payload, clean, 1)
+}
+
+func rawWillClientQos(t *testing.T, addr, id, topic, payload string, clean bool, qos byte) net.Conn {
+	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
 		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: clean, Keepalive: 30, ClientIdentifier: id,
-			WillFlag: true, WillTopic: topic, WillPayload: []byte(payload), WillQos: 1}}
+			WillFlag: true, WillTopic: topic, WillPayload: []byte(payload), WillQos: qos}}
 	var buf bytes.Buffer
 	if err := pk.ConnectEncode(&buf); err != nil {
 		t.Fatal(err)
@@ -324,8 +329,9 @@ func rawWillClient(t *testing.T, addr, id, topic, payload string, clean bool) ne
 	return c
 }
 
-// TestWillAcrossNodes: a client's will, published by its node when the
-// connection drops, reaches a subscriber on another node, once.
+// TestWillAcrossNodes: a client's will, QoS 0 or 1, published by its
+// node when the connection drops, reaches a subscriber on another node,
+// once.
 func TestWillAcrossNodes(t *testing.T) {
 	nodes := startCluster(t, 3)
 	got := make(chan string, 10)
@@ -334,20 +340,25 @@ func TestWillAcrossNodes(t *testing.T) {
 		t.Fatal(tok.Error())
 	}
 	waitRemoteInterest(t, nodes[0], nodes[1], "will/x")
-	c := rawWillClient(t, nodes[0].addr, "dying", "will/x", "gone", true)
-	_ = c.Close()
-	select {
-	case m := <-got:
-		if m != "gone" {
-			t.Fatalf("will payload %q", m)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the will never reached node 1")
-	}
-	select {
-	case m := <-got:
-		t.Fatalf("the will came twice (%q)", m)
-	case <-time.After(time.Second):
+	for _, qos := range []byte{0, 1} {
+		t.Run("qos"+strconv.Itoa(int(qos)), func(t *testing.T) {
+			want := "gone-" + strconv.Itoa(int(qos))
+			c := rawWillClientQos(t, nodes[0].addr, "dying", "will/x", want, true, qos)
+			_ = c.Close()
+			select {
+			case m := <-got:
+				if m != want {
+					t.Fatalf("will payload %q, want %q", m, want)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the will never reached node 1")
+			}
+			select {
+			case m := <-got:
+				t.Fatalf("the will came twice (%q)", m)
+			case <-time.After(time.Second):
+			}
+		})
 	}
 }
 

@@ -146,7 +146,9 @@ func (n *Node) publishWill(w *willRec) {
 		Payload:     w.Payload,
 		Properties:  packets.Properties{User: w.User},
 		Created:     time.Now().Unix(),
-		PacketID:    1, // required at QoS > 0; the inline client is never acknowledged
+	}
+	if w.Qos > 0 {
+		pk.PacketID = 1 // required at QoS > 0, refused at 0; the inline client is never acknowledged
 	}
 	if err := n.srv.InjectPacket(n.willClient, pk); err != nil {
 		n.log.Warn("cluster: will not published", "topic", w.Topic, "err", err)
@@ -157,7 +159,10 @@ func (n *Node) publishWill(w *willRec) {
 func (n *Node) engineWill(_ *mqtt.Client, pk packets.Packet) {
 	pk.Connect = packets.ConnectParams{}
 	pk.Expiry = 0 // it held the will's delay
-	pk.PacketID = 1
+	pk.PacketID = 0
+	if pk.FixedHeader.Qos > 0 {
+		pk.PacketID = 1
+	}
 	if err := n.srv.InjectPacket(n.willClient, pk); err != nil {
 		n.log.Warn("cluster: will not published", "topic", pk.TopicName, "err", err)
 	}
