@@ -120,7 +120,7 @@ func (n *Node) flushBatches(cl *mqtt.Client, cb *clientBatches) {
 
 // writeBatch writes b to FERRY_ROUTE and finishes its waiter when stored.
 func (n *Node) writeBatch(b *nodeBatch) {
-	f, err := n.js.PublishMsgAsync(&nats.Msg{Subject: b.subject, Data: b.buf.Bytes()})
+	f, err := n.js.PublishMsgAsync(&nats.Msg{Subject: b.subject, Data: b.buf.Bytes()}, n.storeOpts...)
 	if err != nil {
 		n.forwardFailed.Add(uint64(b.count))
 		b.w.finish(fmt.Errorf("cluster: write to %s: %w", b.subject, err))

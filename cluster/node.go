@@ -46,6 +46,13 @@ const (
 	// could not be stored in time loses its connection without an
 	// acknowledgement and sends the message again.
 	publishTimeout = 5 * time.Second
+	// storeRetryWait and storeRetryAttempts: a write no stream took (no
+	// responders: its leader being elected after a node died, which
+	// takes a few seconds) is sent again, up to publishTimeout, instead of
+	// failing the publisher at once. Nothing was stored, so nothing is
+	// stored twice.
+	storeRetryWait     = 250 * time.Millisecond
+	storeRetryAttempts = int(publishTimeout/storeRetryWait) - 1
 	// maxPendingWrites bounds the JetStream writes in flight per node;
 	// beyond it publishers wait (back-pressure).
 	maxPendingWrites = 8192
@@ -102,8 +109,11 @@ type Node struct {
 	// before Start; 0: unbounded.
 	QueueLimit int64
 
-	members   atomic.Pointer[map[string]Member]
-	lastBeat  atomic.Int64 // unix nanos of the last heartbeat written
+	members  atomic.Pointer[map[string]Member]
+	lastBeat atomic.Int64 // unix nanos of the last heartbeat written
+	// storeOpts are the options of every replicated write a publisher's
+	// acknowledgement waits for (storeRetryAttempts).
+	storeOpts []jetstream.PublishOpt
 	beatError atomic.Pointer[string]
 	started   time.Time
 
@@ -121,7 +131,8 @@ type Node struct {
 // New prepares a node for srv; cfg must have its defaults and be valid.
 // Start connects it.
 func New(cfg Config, srv *mqtt.Server, log *slog.Logger) *Node {
-	n := &Node{cfg: cfg, log: log, srv: srv}
+	n := &Node{cfg: cfg, log: log, srv: srv,
+		storeOpts: []jetstream.PublishOpt{jetstream.WithRetryWait(storeRetryWait), jetstream.WithRetryAttempts(storeRetryAttempts)}}
 	n.relay0 = srv.NewClient(nil, mqtt.LocalListener, "ferry-cluster-relay-0", true)
 	n.relay1 = srv.NewClient(nil, mqtt.LocalListener, "ferry-cluster-relay-1", true)
 	for _, cl := range []*mqtt.Client{n.relay0, n.relay1} {

@@ -61,7 +61,7 @@ func (r *retained) store(pk *packets.Packet) (jetstream.PubAckFuture, error) {
 		}
 		m.Data = buf.Bytes()
 	}
-	return r.n.js.PublishMsgAsync(m)
+	return r.n.js.PublishMsgAsync(m, r.n.storeOpts...)
 }
 
 // start loads the bucket into the topic index and follows it.

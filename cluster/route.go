@@ -128,7 +128,7 @@ func (h *hook) OnRoute(cl *mqtt.Client, pk packets.Packet, _ *mqtt.Route) error 
 			return
 		}
 		// The frame is copied: the async publish keeps it until acked.
-		f, err := n.js.PublishMsgAsync(&nats.Msg{Subject: subj, Data: bytes.Clone(buf.Bytes())})
+		f, err := n.js.PublishMsgAsync(&nats.Msg{Subject: subj, Data: bytes.Clone(buf.Bytes())}, n.storeOpts...)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("to node %s: %w", node, err))
 			return

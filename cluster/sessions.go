@@ -784,7 +784,7 @@ func (h *sessionHook) OnRoute(cl *mqtt.Client, pk packets.Packet, r *mqtt.Route)
 		if err := encodeQueued(buf, &out); err != nil {
 			return fmt.Errorf("cluster: encode: %w", err)
 		}
-		f, err := ss.n.js.PublishMsgAsync(&nats.Msg{Subject: queuePrefix + sessionKey(id), Data: bytes.Clone(buf.Bytes())})
+		f, err := ss.n.js.PublishMsgAsync(&nats.Msg{Subject: queuePrefix + sessionKey(id), Data: bytes.Clone(buf.Bytes())}, ss.n.storeOpts...)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("queue for %q: %w", id, err))
 			continue
