@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/ferrymq/ferry/internal/testutil"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -1024,4 +1025,68 @@ cluster:
 		t.Errorf("ferry logged that it started:\n%s", log)
 	}
 	t.Logf("ferry: %s", strings.TrimSpace(log))
+}
+
+// TestClusterQuorumLost: with two of three nodes killed, the last one
+// cannot store anything. It must say so, never serve on its own: /readyz
+// answers 503 naming the cluster, and a client connecting is refused with
+// CONNACK 0x88 (server unavailable), not accepted into a session no other
+// node would know of. The two killed nodes started again, it is ready and
+// serves again, and a message routed through the cluster arrives.
+func TestClusterQuorumLost(t *testing.T) {
+	c := startTestCluster(t, false)
+	waitMembers(t, c, 3)
+	c.Kill(1)
+	c.Kill(2)
+	killed := time.Now()
+	var body string
+	testutil.Eventually(t, 30*time.Second, "node "+c.ID(0)+" /readyz 503 without a quorum", func() bool {
+		var code int
+		code, body = nodeReadyz(c.AdminAddr(0))
+		return code == http.StatusServiceUnavailable
+	})
+	t.Logf("/readyz %s after the kills: %s", time.Since(killed).Round(time.Millisecond), body)
+	if !strings.Contains(body, "cluster:") {
+		t.Errorf("/readyz does not name the cluster: %q", body)
+	}
+
+	r := testutil.DialRaw(t, c.MQTTAddr(0), 5)
+	t0 := time.Now()
+	r.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
+		Connect: packets.ConnectParams{ClientIdentifier: "alone", Clean: true, Keepalive: 60}})
+	ack, err := r.Read(20 * time.Second)
+	if err != nil {
+		t.Fatalf("a client connecting without a quorum got no CONNACK within 20 s: %v", err)
+	}
+	if ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != packets.ErrServerUnavailable.Code {
+		t.Fatalf("a client connecting without a quorum: %s reason 0x%02x, want CONNACK 0x88 (server unavailable)",
+			packets.PacketNames[ack.FixedHeader.Type], ack.ReasonCode)
+	}
+	t.Logf("refused with CONNACK 0x88 after %s", time.Since(t0).Round(time.Millisecond))
+	r.ExpectClosed(5 * time.Second)
+
+	c.Restart(1, 2)
+	waitMembers(t, c, 3)
+	testutil.Eventually(t, 30*time.Second, "node "+c.ID(0)+" ready again", func() bool {
+		code, _ := nodeReadyz(c.AdminAddr(0))
+		return code == http.StatusOK
+	})
+	got := make(chan string, 1)
+	sub := clusterClient(t, c.MQTTAddr(0), "after-sub", true, nil)
+	waitTok(t, sub.Subscribe("quorum/t", 1, func(_ paho.Client, m paho.Message) {
+		select {
+		case got <- string(m.Payload()):
+		default:
+		}
+	}), "subscribe")
+	pub := clusterClient(t, c.MQTTAddr(2), "after-pub", true, nil)
+	testutil.Eventually(t, 20*time.Second, "a message published on node "+c.ID(2)+" reaches node "+c.ID(0), func() bool {
+		waitTok(t, pub.Publish("quorum/t", 1, false, "back"), "publish")
+		select {
+		case m := <-got:
+			return m == "back"
+		case <-time.After(300 * time.Millisecond):
+			return false
+		}
+	})
 }
