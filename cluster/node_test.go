@@ -298,14 +298,9 @@ func TestTakeoverAcrossNodes(t *testing.T) {
 	}
 }
 
-// rawWillClient connects client id to addr with a will (MQTT 3.1.1, QoS
+// rawWillClient connects client id to addr with a will of the given QoS (MQTT 3.1.1,
 // 1) and returns the socket, which the test closes without DISCONNECT.
-func rawWillClient(t *testing.T, addr, id, topic, payload string, clean bool) net.Conn {
-	t.Helper()
-	return rawWillClientQos(t, addr, id, topic, payload, clean, 1)
-}
-
-func rawWillClientQos(t *testing.T, addr, id, topic, payload string, clean bool, qos byte) net.Conn {
+func rawWillClient(t *testing.T, addr, id, topic, payload string, clean bool, qos byte) net.Conn {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -343,7 +338,7 @@ func TestWillAcrossNodes(t *testing.T) {
 	for _, qos := range []byte{0, 1} {
 		t.Run("qos"+strconv.Itoa(int(qos)), func(t *testing.T) {
 			want := "gone-" + strconv.Itoa(int(qos))
-			c := rawWillClientQos(t, nodes[0].addr, "dying", "will/x", want, true, qos)
+			c := rawWillClient(t, nodes[0].addr, "dying", "will/x", want, true, qos)
 			_ = c.Close()
 			select {
 			case m := <-got:
