@@ -298,8 +298,9 @@ func TestTakeoverAcrossNodes(t *testing.T) {
 	}
 }
 
-// rawWillClient connects client id to addr with a will of the given QoS (MQTT 3.1.1,
-// 1) and returns the socket, which the test closes without DISCONNECT.
+// rawWillClient connects client id to addr with a will of the given QoS
+// (MQTT 3.1.1) and returns the socket, which the test closes without
+// DISCONNECT.
 func rawWillClient(t *testing.T, addr, id, topic, payload string, clean bool, qos byte) net.Conn {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
