@@ -266,3 +266,37 @@ func TestRefuseSession(t *testing.T) {
 	_, ok := s.Clients.Get("mochi-v5")
 	require.False(t, ok, "no session")
 }
+
+// TestForgetSessionDuringDisconnect: a session taken over elsewhere while
+// its client sends DISCONNECT: the engine's clearing of the will and
+// ForgetSession's must not race (-race found it in a rolling restart).
+func TestForgetSessionDuringDisconnect(t *testing.T) {
+	s := newServer()
+	_ = s.Serve()
+	defer s.Close()
+	connect := []byte{
+		packets.Connect << 4, 24, 0, 4, 'M', 'Q', 'T', 'T', 4, 0x04, 0, 60, // will flag, QoS 0
+		0, 3, 'z', 'e', 'n', 0, 3, 'l', 'w', 't', 0, 2, 'g', 'o',
+	}
+	for range 100 {
+		c, sc := tcpPair(t)
+		done := make(chan error, 1)
+		go func() { done <- s.EstablishConnection("tcp", sc) }()
+		_, err := c.Write(connect)
+		require.NoError(t, err)
+		ack := make([]byte, 4)
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = io.ReadFull(c, ack)
+		require.NoError(t, err)
+		require.Equal(t, byte(packets.Connack<<4), ack[0])
+		forgot := make(chan struct{})
+		go func() {
+			s.ForgetSession("zen")
+			close(forgot)
+		}()
+		_, _ = c.Write([]byte{packets.Disconnect << 4, 0})
+		<-forgot
+		_ = c.Close()
+		<-done
+	}
+}
