@@ -52,3 +52,27 @@ func TestMembershipRelative(t *testing.T) {
 		})
 	}
 }
+
+// TestSubsChanged: a session's subscriptions count as changed when one is
+// added or its options change (a QoS 0 subscription made QoS 1 was not
+// queued for before), not when one is removed.
+func TestSubsChanged(t *testing.T) {
+	a := subRec{Filter: "a/#", Qos: 1}
+	b := subRec{Filter: "b", Qos: 1}
+	tests := []struct {
+		name       string
+		prev, next []subRec
+		want       bool
+	}{
+		{"same", []subRec{a, b}, []subRec{a, b}, false},
+		{"removed", []subRec{a, b}, []subRec{a}, false},
+		{"added", []subRec{a}, []subRec{a, b}, true},
+		{"qos changed", []subRec{{Filter: "a/#", Qos: 0}}, []subRec{a}, true},
+		{"from none", nil, []subRec{a}, true},
+	}
+	for _, tt := range tests {
+		if got := subsChanged(tt.prev, tt.next); got != tt.want {
+			t.Errorf("%s: subsChanged = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

@@ -103,8 +103,10 @@ func (h *hook) OnRoute(cl *mqtt.Client, pk packets.Packet, _ *mqtt.Route) error 
 	frame := buf.Len()
 	durable := pk.FixedHeader.Qos > 0
 	var queued map[string][]string
+	var known uint64
 	if v, ok := n.shared.queued.LoadAndDelete(pk.PublishID); ok {
-		queued = v.(map[string][]string)
+		qf := v.(*queuedFor)
+		queued, known = qf.byNode, qf.known
 	}
 	send := func(node string, info routeInfo) {
 		buf.Truncate(frame)
@@ -112,7 +114,8 @@ func (h *hook) OnRoute(cl *mqtt.Client, pk packets.Packet, _ *mqtt.Route) error 
 		if all := queued[anyNode]; len(all) > 0 {
 			info.Queued = append(slices.Clip(info.Queued), all...)
 		}
-		if len(info.Shares) > 0 || len(info.Queued) > 0 {
+		info.Known = known
+		if len(info.Shares) > 0 || len(info.Queued) > 0 || info.Known > 0 {
 			appendRouteInfo(buf, info)
 		}
 		subj := n.subject(node, durable, pk.TopicName)

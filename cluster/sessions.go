@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -141,6 +142,11 @@ type sessions struct {
 	indexed map[string][]string // client id -> filters in index
 	records map[string]sessionRec
 	revs    map[string]uint64 // client id -> revision of records[id]
+	// subsRev is, per client id, the revision from which the record's
+	// subscriptions are as they are now (the first seen, for records
+	// loaded at start); applied is the last revision applied.
+	subsRev map[string]uint64
+	applied uint64
 	// staleSelf holds this node's records found at start (client id ->
 	// connection nonce): left from before a restart, swept as a dead
 	// node's.
@@ -153,7 +159,7 @@ type sessions struct {
 
 func newSessions(n *Node) *sessions {
 	return &sessions{n: n, owned: map[string]*ownedSession{}, index: mqtt.NewTopicsIndex(),
-		indexed: map[string][]string{}, records: map[string]sessionRec{}, revs: map[string]uint64{}, staleSelf: map[string]string{},
+		indexed: map[string][]string{}, records: map[string]sessionRec{}, revs: map[string]uint64{}, subsRev: map[string]uint64{}, staleSelf: map[string]string{},
 		purgeKick: make(chan struct{}, 1), toPurge: map[string]uint64{}}
 }
 
@@ -222,16 +228,22 @@ func (ss *sessions) apply(e jetstream.KeyValueEntry) {
 				ss.unindexLocked(id)
 				delete(ss.records, id)
 				delete(ss.revs, id)
+				delete(ss.subsRev, id)
 				break
 			}
 		}
+		ss.applied = max(ss.applied, e.Revision())
 		ss.imu.Unlock()
 		return
 	}
 	ss.imu.Lock()
 	ss.unindexLocked(rec.ID)
+	if prev, had := ss.records[rec.ID]; !had || !prev.Persistent || subsChanged(prev.Subs, rec.Subs) {
+		ss.subsRev[rec.ID] = e.Revision()
+	}
 	ss.records[rec.ID] = rec
 	ss.revs[rec.ID] = e.Revision()
+	ss.applied = max(ss.applied, e.Revision())
 	if rec.Persistent {
 		fs := make([]string, 0, len(rec.Subs))
 		for _, s := range rec.Subs {
@@ -264,6 +276,27 @@ func (ss *sessions) apply(e jetstream.KeyValueEntry) {
 	}
 }
 
+// subsChanged says whether next has a subscription (filter and options)
+// that prev has not.
+func subsChanged(prev, next []subRec) bool {
+	for _, s := range next {
+		if !slices.Contains(prev, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// knownBefore says whether id's subscriptions are as they were at
+// revision known, so a node that had applied the bucket up to it queued
+// for id what they match.
+func (ss *sessions) knownBefore(id string, known uint64) bool {
+	ss.imu.RLock()
+	defer ss.imu.RUnlock()
+	r, ok := ss.subsRev[id]
+	return ok && r <= known
+}
+
 func (ss *sessions) unindexLocked(id string) {
 	for _, f := range ss.indexed[id] {
 		ss.index.Unsubscribe(f, id)
@@ -284,9 +317,15 @@ func (ss *sessions) connectedAt(id string) string {
 // persistentFor returns the persistent sessions, cluster-wide, with a
 // subscription matching topic. The map is shared: do not change it.
 func (ss *sessions) persistentFor(topic string) map[string]packets.Subscription {
+	m, _ := ss.persistentForAt(topic)
+	return m
+}
+
+// persistentForAt is persistentFor with the revision the index is at.
+func (ss *sessions) persistentForAt(topic string) (map[string]packets.Subscription, uint64) {
 	ss.imu.RLock()
 	defer ss.imu.RUnlock()
-	return ss.index.SubscribersReadOnly(topic).Subscriptions
+	return ss.index.SubscribersReadOnly(topic).Subscriptions, ss.applied
 }
 
 func persistentSession(cl *mqtt.Client) bool {
@@ -740,7 +779,7 @@ func (h *sessionHook) OnRoute(cl *mqtt.Client, pk packets.Packet, r *mqtt.Route)
 	if pk.FixedHeader.Qos == 0 || len(pk.TopicName) >= len(mqtt.SysPrefix) && pk.TopicName[:len(mqtt.SysPrefix)] == mqtt.SysPrefix {
 		return nil
 	}
-	targets := ss.persistentFor(pk.TopicName)
+	targets, known := ss.persistentForAt(pk.TopicName)
 	if len(targets) == 0 {
 		return nil
 	}
@@ -751,6 +790,13 @@ func (h *sessionHook) OnRoute(cl *mqtt.Client, pk packets.Packet, r *mqtt.Route)
 			if info := ss.n.shared.relay[i].Load(); info != nil {
 				for _, id := range info.Queued {
 					r.Skip(id)
+				}
+				if info.Known > 0 {
+					for id, sub := range targets {
+						if min(pk.FixedHeader.Qos, sub.Qos) > 0 && ss.knownBefore(id, info.Known) {
+							r.Skip(id)
+						}
+					}
 				}
 			}
 		}
@@ -808,8 +854,8 @@ func (h *sessionHook) OnRoute(cl *mqtt.Client, pk packets.Packet, r *mqtt.Route)
 		}
 		queued[node] = append(queued[node], id)
 	}
-	if queued != nil {
-		ss.n.shared.queued.Store(pk.PublishID, queued)
+	if queued != nil || buf != nil {
+		ss.n.shared.queued.Store(pk.PublishID, &queuedFor{byNode: queued, known: known})
 	}
 	return ss.n.hook.failed(cl, errs)
 }

@@ -32,6 +32,19 @@ type routeInfo struct {
 	// Queued are the persistent sessions connected here that the message
 	// was queued for: their queue brings it, not this copy.
 	Queued []string `json:"q,omitempty"`
+	// Known is the publishing node's watermark in the sessions bucket:
+	// it had applied every record up to this revision, so it queued the
+	// message for every persistent session whose subscription was in
+	// the bucket by then. A node skips those sessions here (their queue
+	// brings the message); a session that subscribed later gets the copy.
+	Known uint64 `json:"k,omitempty"`
+}
+
+// queuedFor is, for a message queued for persistent sessions, what the
+// copies for other nodes name (routeInfo.Queued and Known).
+type queuedFor struct {
+	byNode map[string][]string // node (or anyNode) -> sessions
+	known  uint64
 }
 
 // shareChoice is the nodes this node chose, in OnSelectSubscribers, for
@@ -43,7 +56,7 @@ type shared struct {
 	n       *Node
 	turn    sync.Map                     // group -> *atomic.Uint64, round robin
 	pending sync.Map                     // publish id -> shareChoice
-	queued  sync.Map                     // publish id -> node (or anyNode) -> persistent sessions it was queued for
+	queued  sync.Map                     // publish id -> *queuedFor
 	relay   [2]atomic.Pointer[routeInfo] // what the copy being delivered by relay i names
 }
 
