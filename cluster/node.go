@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -292,9 +293,13 @@ func (n *Node) createResources(ctx context.Context) error {
 
 // stored is told of every asynchronous JetStream write that is stored: an
 // append to a session's queue wakes the session's node.
-func (n *Node) stored(_ jetstream.JetStream, m *nats.Msg, _ *jetstream.PubAck) {
+func (n *Node) stored(_ jetstream.JetStream, m *nats.Msg, ack *jetstream.PubAck) {
 	if key, ok := strings.CutPrefix(m.Subject, queuePrefix); ok {
-		_ = n.nc.Publish(wakePrefix+key, nil)
+		var seq []byte
+		if ack != nil {
+			seq = strconv.AppendUint(nil, ack.Sequence, 10)
+		}
+		_ = n.nc.Publish(wakePrefix+key, seq)
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -111,9 +110,6 @@ func (h *hook) OnRoute(cl *mqtt.Client, pk packets.Packet, _ *mqtt.Route) error 
 	send := func(node string, info routeInfo) {
 		buf.Truncate(frame)
 		info.Queued = queued[node]
-		if all := queued[anyNode]; len(all) > 0 {
-			info.Queued = append(slices.Clip(info.Queued), all...)
-		}
 		info.Known = known
 		if len(info.Shares) > 0 || len(info.Queued) > 0 || info.Known > 0 {
 			appendRouteInfo(buf, info)

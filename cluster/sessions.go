@@ -13,6 +13,7 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -126,7 +127,18 @@ type ownedSession struct {
 	// may not find stored yet: finding nothing, it asks again shortly,
 	// in case the wake sent once it is stored never comes.
 	expect atomic.Bool
+	// storedUpTo is the highest sequence a wake said was stored in the
+	// queue (under qmu). A read that finds nothing from a cursor at or
+	// below it missed a stored message (a new stream leader still
+	// applying what was committed): the feed asks again shortly, for up
+	// to missWait, rather than wait for a wake that already came.
+	storedUpTo uint64
+	missSince  time.Time
 }
+
+// missWait bounds how long a feed asks again for a message a wake said
+// was stored but a read did not find (dropped from a full queue, say).
+const missWait = 10 * time.Second
 
 // sessions is the node's part of the session store.
 type sessions struct {
@@ -636,7 +648,14 @@ func (h *sessionHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	}); err == nil {
 		subs = append(subs, sub)
 	}
-	if sub, err := ss.n.nc.Subscribe(wakePrefix+o.key, func(*nats.Msg) { ss.n.srv.FeedStored(cl) }); err == nil {
+	if sub, err := ss.n.nc.Subscribe(wakePrefix+o.key, func(m *nats.Msg) {
+		if seq, err := strconv.ParseUint(string(m.Data), 10, 64); err == nil {
+			o.qmu.Lock()
+			o.storedUpTo = max(o.storedUpTo, seq)
+			o.qmu.Unlock()
+		}
+		ss.n.srv.FeedStored(cl)
+	}); err == nil {
 		subs = append(subs, sub)
 	}
 	o.qmu.Lock()
@@ -837,17 +856,11 @@ func (h *sessionHook) OnRoute(cl *mqtt.Client, pk packets.Packet, r *mqtt.Route)
 		}
 		ss.n.queued.Add(1)
 		ss.n.hook.hold(cl, futureWaiter{f})
+		// A session connected elsewhere is named in that node's copy: its
+		// subscriptions may have changed since this node's index (Known).
 		node := ss.connectedAt(id)
-		switch {
-		case node == ss.n.cfg.NodeID:
-			continue // skipped above
-		case node == "" || !ss.n.isMember(node):
-			// Disconnected, or its node gone: it may be resuming on any
-			// node, which must not deliver this copy as well as the queue.
-			if len(queued[anyNode]) >= maxQueuedAnywhere {
-				continue
-			}
-			node = anyNode
+		if node == "" || node == ss.n.cfg.NodeID {
+			continue
 		}
 		if queued == nil {
 			queued = map[string][]string{}
@@ -859,15 +872,6 @@ func (h *sessionHook) OnRoute(cl *mqtt.Client, pk packets.Packet, r *mqtt.Route)
 	}
 	return ss.n.hook.failed(cl, errs)
 }
-
-const (
-	// anyNode keys, in a message's queued sessions by node, those every
-	// node's copy names.
-	anyNode = "*"
-	// maxQueuedAnywhere bounds them: beyond it, a session resuming while
-	// the message is on its way may get it twice.
-	maxQueuedAnywhere = 256
-)
 
 // encodeQueued is encodeMessage keeping the subscription identifiers,
 // which a queued message is delivered with.
@@ -954,8 +958,20 @@ func (h *sessionHook) NextStored(cl *mqtt.Client, n int) ([]packets.Packet, erro
 		if o.expect.Swap(false) {
 			return nil, mqtt.ErrFeedLater // told of a message not stored yet
 		}
+		if o.storedUpTo >= max(o.cursor, 1) {
+			if o.missSince.IsZero() {
+				o.missSince = time.Now()
+			}
+			if time.Since(o.missSince) < missWait {
+				return nil, mqtt.ErrFeedLater // told it is stored, not found yet
+			}
+			ss.n.log.Warn("cluster: a queued message reported stored was not found", "key", o.key, "seq", o.storedUpTo, "from", o.cursor)
+			o.storedUpTo = 0
+		}
+		o.missSince = time.Time{}
 		return nil, nil
 	}
+	o.missSince = time.Time{}
 	// The cursor moves past what is filed only (QueuedStored).
 	o.cursor = o.batch[0]
 	return out, nil

@@ -43,7 +43,7 @@ type routeInfo struct {
 // queuedFor is, for a message queued for persistent sessions, what the
 // copies for other nodes name (routeInfo.Queued and Known).
 type queuedFor struct {
-	byNode map[string][]string // node (or anyNode) -> sessions
+	byNode map[string][]string // node -> sessions connected there
 	known  uint64
 }
 
