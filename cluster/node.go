@@ -202,8 +202,10 @@ func (n *Node) start(ctx context.Context) error {
 	if err := n.createResources(ctx); err != nil {
 		return err
 	}
-	if err := n.beat(ctx); err != nil {
-		return fmt.Errorf("cluster: first heartbeat: %w", err)
+	// The buckets may have no leader yet right after creation (seen on a
+	// busy machine: no response from stream), like a cluster re-electing.
+	if err := retry(ctx, n.log, "first heartbeat", n.beat); err != nil {
+		return err
 	}
 	if err := n.watchMembers(ctx); err != nil {
 		return err

@@ -224,6 +224,8 @@ func (ss *sessions) start(ctx context.Context) error {
 		}
 	}()
 	go ss.purger()
+	ss.n.wg.Add(1)
+	go ss.refeeder()
 	go ss.sweeper()
 	return nil
 }
@@ -689,12 +691,16 @@ func (h *sessionHook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 		ss.remove(o)
 		return
 	}
-	w := cl.Properties.Will
+	// The flag atomically: the engine clears it from other goroutines
+	// (ForgetSession, a takeover); the will's other fields stay as set at
+	// connect.
+	flag := atomic.LoadUint32(&cl.Properties.Will.Flag)
+	w := &cl.Properties.Will
 	_ = ss.update(o, func(r *sessionRec) {
 		r.Connected = false
 		r.Left = time.Now().Unix()
 		r.Will, r.WillAt = nil, 0
-		if w.Flag != 0 && w.WillDelayInterval > 0 {
+		if flag != 0 && w.WillDelayInterval > 0 {
 			// Waiting for its delay here; published by another node if
 			// this one dies first.
 			r.Will = &willRec{Topic: w.TopicName, Payload: w.Payload, Qos: w.Qos, Retain: w.Retain, User: w.User}
@@ -1107,6 +1113,41 @@ func (ss *sessions) markDone(o *ownedSession, _ uint64) {
 	default:
 	}
 }
+
+// refeeder asks the engine, every refeedEvery, to feed each session served
+// here whose queue holds a message a wake reported stored beyond what the
+// feed has read: a safety net for a feed that went idle between a read
+// that found nothing and a wake that came before it (ci3, ci4: the end of
+// a stream sat in a connected session's queue).
+func (ss *sessions) refeeder() {
+	defer ss.n.wg.Done()
+	t := time.NewTicker(refeedEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ss.n.ctx.Done():
+			return
+		case <-t.C:
+		}
+		ss.mu.Lock()
+		owned := make([]*ownedSession, 0, len(ss.owned))
+		for _, o := range ss.owned {
+			owned = append(owned, o)
+		}
+		ss.mu.Unlock()
+		for _, o := range owned {
+			o.qmu.Lock()
+			behind := o.wake != nil && o.storedUpTo >= max(o.cursor, 1)
+			o.qmu.Unlock()
+			if behind && !o.cl.Closed() {
+				ss.n.srv.FeedStored(o.cl)
+			}
+		}
+	}
+}
+
+// refeedEvery is how often refeeder looks.
+const refeedEvery = 2 * time.Second
 
 // purger purges acknowledged messages, one request per session per round.
 func (ss *sessions) purger() {
