@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -21,6 +23,7 @@ func (n *Node) beat(ctx context.Context) error {
 	if _, err := n.nodesKV.Put(ctx, n.cfg.NodeID, b); err != nil {
 		msg := err.Error()
 		n.beatError.Store(&msg)
+		n.beatFailed.Store(time.Now().UnixNano())
 		return err
 	}
 	n.lastBeat.Store(time.Now().UnixNano())
@@ -148,3 +151,42 @@ func latestBeat(m map[string]Member) time.Time {
 
 // current says whether v's heartbeat is at most nodeTTL older than ref.
 func current(v Member, ref time.Time) bool { return ref.Sub(v.Seen) <= nodeTTL }
+
+// barrierWait bounds how long barrier waits for one node's answer: a node
+// frozen or cut off is not waited for longer.
+const barrierWait = time.Second
+
+// barrier returns once every other member has answered a request sent
+// after the subscriptions this node made before the call: NATS sends a
+// subscription to the other servers on the routes that then carry the
+// request, so a node that answered publishes nothing the subscriptions
+// miss. A node that does not answer within barrierWait is not waited
+// for.
+func (n *Node) barrier() {
+	var wg sync.WaitGroup
+	for _, m := range n.Members() {
+		if m.ID == n.cfg.NodeID {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(n.ctx, barrierWait)
+			defer cancel()
+			if _, err := n.nc.RequestWithContext(ctx, controlPrefix+m.ID+".ping", nil); err != nil && n.ctx.Err() == nil {
+				n.log.Debug("cluster: node did not answer a ping", "node", m.ID, "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// servePing answers other nodes' barrier requests.
+func (n *Node) servePing() error {
+	sub, err := n.nc.Subscribe(controlPrefix+n.cfg.NodeID+".ping", func(m *nats.Msg) { _ = m.Respond(nil) })
+	if err != nil {
+		return fmt.Errorf("cluster: subscribe ping: %w", err)
+	}
+	n.stop = append(n.stop, func() { _ = sub.Unsubscribe() })
+	return nil
+}

@@ -76,3 +76,34 @@ func TestSubsChanged(t *testing.T) {
 		}
 	}
 }
+
+// TestCanJudge: a node takes others for dead only once it has run for
+// nodeTTL, stores its own heartbeats, and has stored them without a
+// failure for nodeTTL (after an election of the bucket's leader every
+// survivor's heartbeat lags the first one stored again).
+func TestCanJudge(t *testing.T) {
+	now := time.Now()
+	tests := []struct {
+		name                  string
+		started, beat, failed time.Duration // before now; failed 0: never
+		want                  bool
+	}{
+		{"healthy", time.Minute, 500 * time.Millisecond, 0, true},
+		{"just started", 2 * time.Second, 500 * time.Millisecond, 0, false},
+		{"own heartbeats not stored", time.Minute, 4 * time.Second, 0, false},
+		{"stored again after a failure", time.Minute, 500 * time.Millisecond, 2 * time.Second, false},
+		{"failure long ago", time.Minute, 500 * time.Millisecond, nodeTTL + time.Second, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := &Node{started: now.Add(-tt.started)}
+			n.lastBeat.Store(now.Add(-tt.beat).UnixNano())
+			if tt.failed > 0 {
+				n.beatFailed.Store(now.Add(-tt.failed).UnixNano())
+			}
+			if got := n.canJudge(now); got != tt.want {
+				t.Fatalf("canJudge = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}

@@ -112,6 +112,9 @@ type Node struct {
 
 	members  atomic.Pointer[map[string]Member]
 	lastBeat atomic.Int64 // unix nanos of the last heartbeat written
+	// beatFailed is when a heartbeat of this node was last not stored
+	// (unix nanos; 0: never).
+	beatFailed atomic.Int64
 	// storeOpts are the options of every replicated write a publisher's
 	// acknowledgement waits for (storeRetryAttempts).
 	storeOpts []jetstream.PublishOpt
@@ -219,6 +222,9 @@ func (n *Node) start(ctx context.Context) error {
 	if err := n.sessions.serveRelease(); err != nil {
 		return err
 	}
+	if err := n.servePing(); err != nil {
+		return err
+	}
 	if err := n.interest.start(ctx); err != nil {
 		return err
 	}
@@ -260,6 +266,8 @@ func (n *Node) createResources(ctx context.Context) error {
 					Replicas:          r,
 					MaxMsgsPerSubject: n.QueueLimit,
 					Discard:           jetstream.DiscardOld,
+					// Queues are read with batched direct gets (readQueue).
+					AllowDirect: true,
 				})
 				n.sessions.stream = st
 				return err

@@ -119,10 +119,17 @@ type ownedSession struct {
 	qmu      sync.Mutex
 	cursor   uint64            // next stream sequence to read from
 	inflight map[uint16]uint64 // packet id -> sequence, filed and not acknowledged
-	batch    []uint64          // sequences of the batch being filed, in order
-	filed    int               // how many of batch are filed
-	purged   uint64            // everything below was purged
-	wake     []*nats.Subscription
+	// order holds the sequences filed, oldest first, up to the oldest
+	// still in flight; settled, those after it that are done. The purge
+	// point is found without going over every message in flight (the
+	// engine keeps thousands in flight, and each acknowledgement looked
+	// at all of them).
+	order   []uint64
+	settled map[uint64]struct{}
+	batch   []uint64 // sequences of the batch being filed, in order
+	filed   int      // how many of batch are filed
+	purged  uint64   // everything below was purged
+	wake    []*nats.Subscription
 	// expect is set when the queue's subject carried a message the feed
 	// may not find stored yet: finding nothing, it asks again shortly,
 	// in case the wake sent once it is stored never comes.
@@ -224,8 +231,6 @@ func (ss *sessions) start(ctx context.Context) error {
 		}
 	}()
 	go ss.purger()
-	ss.n.wg.Add(1)
-	go ss.refeeder()
 	go ss.sweeper()
 	return nil
 }
@@ -459,7 +464,7 @@ const claimOp = 2 * time.Second
 // own records the claimed session as this node's and asks the node that
 // served it, if another and still a member, to let go of it.
 func (ss *sessions) own(ctx context.Context, cl *mqtt.Client, rec sessionRec, rev uint64, prev *sessionRec) *ownedSession {
-	o := &ownedSession{key: sessionKey(cl.ID), cl: cl, conn: rec.Conn, rev: rev, rec: rec, inflight: map[uint16]uint64{}}
+	o := &ownedSession{key: sessionKey(cl.ID), cl: cl, conn: rec.Conn, rev: rev, rec: rec, inflight: map[uint16]uint64{}, settled: map[uint64]struct{}{}}
 	ss.mu.Lock()
 	old := ss.owned[cl.ID]
 	ss.owned[cl.ID] = o
@@ -663,7 +668,16 @@ func (h *sessionHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	o.qmu.Lock()
 	o.wake = subs
 	o.qmu.Unlock()
-	ss.n.srv.FeedStored(cl)
+	// The first read waits until every other node has seen these
+	// subscriptions: a wake published before would be lost (ci8: a
+	// session that had just moved never got the next message).
+	// Not in n.wg: a connection may come while the node closes; the
+	// barrier ends with the node's context, and the engine starts no feed
+	// once it is closed.
+	go func() {
+		ss.n.barrier()
+		ss.n.srv.FeedStored(cl)
+	}()
 }
 
 func (ss *sessions) stopFeed(o *ownedSession) {
@@ -925,40 +939,71 @@ func (h *sessionHook) NextStored(cl *mqtt.Client, n int) ([]packets.Packet, erro
 	if o == nil {
 		return nil, nil
 	}
+	// Read without o.qmu: the acknowledgements of what is in flight take
+	// it, and a client's reads (with its acknowledgements) waited for
+	// each read of its queue. The engine runs one batch at a time per
+	// client, so nothing else moves the cursor meanwhile.
 	o.qmu.Lock()
-	defer o.qmu.Unlock()
 	o.batch, o.filed = o.batch[:0], 0
-	var out []packets.Packet
-	now := time.Now().Unix()
+	from := max(o.cursor, 1)
+	o.qmu.Unlock()
 	ctx, cancel := context.WithTimeout(ss.n.ctx, 5*time.Second)
 	defer cancel()
-	seq := max(o.cursor, 1)
-	for len(out) < n {
-		m, err := ss.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(queuePrefix+o.key))
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgNotFound) {
-				break
+	var (
+		out     []packets.Packet
+		seqs    []uint64
+		dropped bool
+		readErr error
+	)
+	now := time.Now().Unix()
+	next := from
+	for asked := 0; len(out) < n; {
+		msgs, end, err := ss.n.readQueue(ctx, queuePrefix+o.key, next, n-len(out))
+		if err == nil && end && len(msgs) == 0 && len(out) == 0 && asked < 4 {
+			// Any replica answers a direct read, and one that has not
+			// applied the last writes yet finds nothing where a message
+			// is stored whose wake has come already. Only the leader's
+			// answer lets the feed go idle.
+			asked++
+			msgs, end, err = ss.leaderRead(ctx, queuePrefix+o.key, next)
+		}
+		for _, m := range msgs {
+			next = m.seq + 1
+			pk, err := decodeQueued(m.data)
+			if err != nil {
+				ss.n.malformed.Add(1)
+				ss.n.log.Warn("cluster: dropping a malformed message from a session's queue", "key", o.key, "seq", m.seq, "err", err)
+				dropped = true
+				continue
 			}
-			if len(out) > 0 {
-				break
+			if pk.Expiry > 0 && pk.Expiry < now {
+				dropped = true
+				continue
 			}
-			return nil, mqtt.ErrFeedLater
+			pk.FixedHeader.Dup = false
+			out = append(out, pk)
+			seqs = append(seqs, m.seq)
 		}
-		seq = m.Sequence + 1
-		o.cursor = seq
-		pk, err := decodeQueued(m.Data)
 		if err != nil {
-			ss.n.malformed.Add(1)
-			ss.markDone(o, m.Sequence)
-			continue
+			readErr = err
+			break
 		}
-		if pk.Expiry > 0 && pk.Expiry < now {
-			ss.markDone(o, m.Sequence)
-			continue
+		if end {
+			break
 		}
-		pk.FixedHeader.Dup = false
-		out = append(out, pk)
-		o.batch = append(o.batch, m.Sequence)
+	}
+	o.qmu.Lock()
+	defer o.qmu.Unlock()
+	if readErr != nil && len(out) == 0 {
+		if next > from {
+			o.cursor = next // past dropped messages
+		}
+		ss.n.log.Debug("cluster: queue not read; asking again", "key", o.key, "err", readErr)
+		return nil, mqtt.ErrFeedLater
+	}
+	o.cursor = next
+	if dropped {
+		ss.markDone(o) // the dropped ones are purged with the acknowledged
 	}
 	if len(out) == 0 {
 		if o.expect.Swap(false) {
@@ -978,9 +1023,23 @@ func (h *sessionHook) NextStored(cl *mqtt.Client, n int) ([]packets.Packet, erro
 		return nil, nil
 	}
 	o.missSince = time.Time{}
+	o.batch = append(o.batch, seqs...)
 	// The cursor moves past what is filed only (QueuedStored).
 	o.cursor = o.batch[0]
 	return out, nil
+}
+
+// leaderRead reads the first message of subject from sequence from on
+// from the stream's leader, which has every message stored.
+func (ss *sessions) leaderRead(ctx context.Context, subject string, from uint64) ([]queued, bool, error) {
+	m, err := ss.stream.GetMsg(ctx, from, jetstream.WithGetMsgSubject(subject))
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return nil, true, nil
+	case err != nil:
+		return nil, false, fmt.Errorf("cluster: read %s: %w", subject, err)
+	}
+	return []queued{{seq: m.Sequence, data: m.Data}}, false, nil
 }
 
 // FiledStored maps the packet id the engine gave a message to its
@@ -994,6 +1053,7 @@ func (h *sessionHook) FiledStored(cl *mqtt.Client, pk packets.Packet) mqtt.AckWa
 	defer o.qmu.Unlock()
 	if o.filed < len(o.batch) {
 		o.inflight[pk.PacketID] = o.batch[o.filed]
+		o.order = append(o.order, o.batch[o.filed])
 		o.filed++
 	}
 	return nil
@@ -1028,8 +1088,8 @@ func (h *sessionHook) done(cl *mqtt.Client, pk packets.Packet) {
 	}
 	o.qmu.Lock()
 	if seq, ok := o.inflight[pk.PacketID]; ok {
-		delete(o.inflight, pk.PacketID)
-		h.ss.markDone(o, seq)
+		o.settle(pk.PacketID, seq)
+		h.ss.markDone(o)
 	}
 	o.qmu.Unlock()
 	if hasRel(o, pk.PacketID) {
@@ -1064,8 +1124,10 @@ func (h *sessionHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.
 		return pk, fmt.Errorf("cluster: record PUBREC: %w", err)
 	}
 	o.qmu.Lock()
-	delete(o.inflight, pk.PacketID)
-	h.ss.markDone(o, seq)
+	if _, still := o.inflight[pk.PacketID]; still {
+		o.settle(pk.PacketID, seq)
+		h.ss.markDone(o)
+	}
 	o.qmu.Unlock()
 	return pk, nil
 }
@@ -1091,12 +1153,26 @@ func deleteRel(rel []uint16, id uint16) []uint16 {
 	return out
 }
 
+// settle ends the delivery of the queued message seq, filed under packet
+// id pid; under o.qmu.
+func (o *ownedSession) settle(pid uint16, seq uint64) {
+	delete(o.inflight, pid)
+	o.settled[seq] = struct{}{}
+	for len(o.order) > 0 {
+		if _, ok := o.settled[o.order[0]]; !ok {
+			break
+		}
+		delete(o.settled, o.order[0])
+		o.order = o.order[1:]
+	}
+}
+
 // markDone schedules the purge of o's queue below its oldest message still
 // in flight or not yet read; under o.qmu.
-func (ss *sessions) markDone(o *ownedSession, _ uint64) {
+func (ss *sessions) markDone(o *ownedSession) {
 	lowest := o.cursor
-	for _, s := range o.inflight {
-		lowest = min(lowest, s)
+	if len(o.order) > 0 {
+		lowest = min(lowest, o.order[0])
 	}
 	if len(o.batch) > o.filed {
 		lowest = min(lowest, o.batch[o.filed])
@@ -1113,41 +1189,6 @@ func (ss *sessions) markDone(o *ownedSession, _ uint64) {
 	default:
 	}
 }
-
-// refeeder asks the engine, every refeedEvery, to feed each session served
-// here whose queue holds a message a wake reported stored beyond what the
-// feed has read: a safety net for a feed that went idle between a read
-// that found nothing and a wake that came before it (ci3, ci4: the end of
-// a stream sat in a connected session's queue).
-func (ss *sessions) refeeder() {
-	defer ss.n.wg.Done()
-	t := time.NewTicker(refeedEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ss.n.ctx.Done():
-			return
-		case <-t.C:
-		}
-		ss.mu.Lock()
-		owned := make([]*ownedSession, 0, len(ss.owned))
-		for _, o := range ss.owned {
-			owned = append(owned, o)
-		}
-		ss.mu.Unlock()
-		for _, o := range owned {
-			o.qmu.Lock()
-			behind := o.wake != nil && o.storedUpTo >= max(o.cursor, 1)
-			o.qmu.Unlock()
-			if behind && !o.cl.Closed() {
-				ss.n.srv.FeedStored(o.cl)
-			}
-		}
-	}
-}
-
-// refeedEvery is how often refeeder looks.
-const refeedEvery = 2 * time.Second
 
 // purger purges acknowledged messages, one request per session per round.
 func (ss *sessions) purger() {

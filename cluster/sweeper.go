@@ -36,20 +36,31 @@ func (ss *sessions) sweeper() {
 			return
 		case <-t.C:
 		}
-		// Until this node has seen a heartbeat of every live node, a node
-		// missing from its membership is not known dead.
-		if time.Since(ss.n.started) < nodeTTL {
-			continue
-		}
-		// A node whose own heartbeats are not being stored cannot tell a
-		// dead node from its own trouble reaching NATS.
-		if time.Since(time.Unix(0, ss.n.lastBeat.Load())) > 2*heartbeatEvery+time.Second {
-			continue
-		}
 		now := time.Now()
+		if !ss.n.canJudge(now) {
+			continue
+		}
 		ss.sweep(now)
 		ss.n.interest.sweepDead(now)
 	}
+}
+
+// canJudge says whether this node may take another node for dead now:
+//   - it has run for nodeTTL, so it has seen a heartbeat of every live
+//     node;
+//   - its own heartbeats are being stored: one that cannot store them
+//     cannot tell a dead node from its own trouble reaching NATS;
+//   - they have been stored without a failure for nodeTTL. After the
+//     bucket stored nothing for a while (its leader died or froze), the
+//     first node to store a heartbeat again saw every other one lagging
+//     and took them for dead (ci8: a subscriber that had just moved to a
+//     live node was disconnected); the others store theirs within a few
+//     heartbeats once the bucket has a leader.
+func (n *Node) canJudge(now time.Time) bool {
+	last, failed := time.Unix(0, n.lastBeat.Load()), time.Unix(0, n.beatFailed.Load())
+	return now.Sub(n.started) >= nodeTTL &&
+		now.Sub(last) <= 2*heartbeatEvery+time.Second &&
+		now.Sub(failed) > nodeTTL
 }
 
 type sweepItem struct {
