@@ -47,13 +47,14 @@ const (
 	// could not be stored in time loses its connection without an
 	// acknowledgement and sends the message again.
 	publishTimeout = 5 * time.Second
-	// storeRetryWait and storeRetryAttempts: a write no stream took (no
-	// responders: its leader being elected after a node died, which
-	// takes a few seconds) is sent again, up to publishTimeout, instead of
-	// failing the publisher at once. Nothing was stored, so nothing is
-	// stored twice.
-	storeRetryWait     = 250 * time.Millisecond
-	storeRetryAttempts = int(publishTimeout/storeRetryWait) - 1
+	// A write no stream took (no responders: its leader being elected) is
+	// not sent again: the publisher loses its connection without an
+	// acknowledgement and sends it again, with the messages after it.
+	// Sent again by the client library (by default twice, 250 ms apart),
+	// it was stored after newer messages of the same publisher that the
+	// new leader took at once, and a subscriber got them out of order
+	// with no resend to explain it (TestClusterRollingRestart).
+	storeRetryAttempts = 0
 	// maxPendingWrites bounds the JetStream writes in flight per node;
 	// beyond it publishers wait (back-pressure).
 	maxPendingWrites = 8192
@@ -136,7 +137,7 @@ type Node struct {
 // Start connects it.
 func New(cfg Config, srv *mqtt.Server, log *slog.Logger) *Node {
 	n := &Node{cfg: cfg, log: log, srv: srv,
-		storeOpts: []jetstream.PublishOpt{jetstream.WithRetryWait(storeRetryWait), jetstream.WithRetryAttempts(storeRetryAttempts)}}
+		storeOpts: []jetstream.PublishOpt{jetstream.WithRetryAttempts(storeRetryAttempts)}}
 	n.relay0 = srv.NewClient(nil, mqtt.LocalListener, "ferry-cluster-relay-0", true)
 	n.relay1 = srv.NewClient(nil, mqtt.LocalListener, "ferry-cluster-relay-1", true)
 	for _, cl := range []*mqtt.Client{n.relay0, n.relay1} {

@@ -231,17 +231,29 @@ func (n *Node) startIntake(ctx context.Context) error {
 		if err := m.Ack(); err != nil && n.ctx.Err() == nil {
 			n.log.Debug("cluster: ack", "err", err)
 		}
-	}, jetstream.PullMaxMessages(1024), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-		if n.ctx.Err() == nil {
-			n.log.Warn("cluster: consuming "+routeStream, "err", err)
-		}
-	}))
+	}, jetstream.PullMaxMessages(1024), jetstream.PullExpiry(pullExpiry), jetstream.PullHeartbeat(pullHeartbeat),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if n.ctx.Err() == nil {
+				n.log.Warn("cluster: consuming "+routeStream, "err", err)
+			}
+		}))
 	if err != nil {
 		return fmt.Errorf("cluster: consume %s: %w", routeStream, err)
 	}
 	n.stop = append(n.stop, cc.Stop)
 	return nil
 }
+
+// A pull request the consumer's leader did not take (no responders: the
+// consumer just created, or its leader being elected after a server
+// died) is sent again only when the client misses two heartbeats; with
+// the client's default (15 s) a node took nothing from FERRY_ROUTE for
+// 30 s after such an error (a shared group's member on that node got no
+// message for 20 s in TestClusterSharedGroup on a busy machine).
+const (
+	pullExpiry    = 4 * time.Second
+	pullHeartbeat = time.Second
+)
 
 // deliver hands a message from another node to this node's subscribers,
 // through relay client i (0: QoS 0, 1: QoS 1/2), one at a time each.
