@@ -358,11 +358,33 @@ func TestSpillDrainAcrossReconnects(t *testing.T) {
 		s.Disconnect(0)
 	}
 	<-done
-	connect(t, b.url, "sub", false, c.handle)
-	eventually(t, 10*time.Second, "the last message", func() bool {
+	last := connect(t, b.url, "sub", false, c.handle)
+	// Progress, if it stops: a feed stuck, or one slow on a busy machine
+	// (the window is 3 messages).
+	var progress []int
+	deadline, sample := time.Now().Add(10*time.Second), time.Now()
+	for {
 		got := c.snapshot()
-		return len(got) > 0 && got[len(got)-1] == strconv.Itoa(n-1)
-	})
+		if len(got) > 0 && got[len(got)-1] == strconv.Itoa(n-1) {
+			break
+		}
+		if time.Now().After(sample) {
+			progress = append(progress, len(got))
+			sample = sample.Add(500 * time.Millisecond)
+		}
+		if time.Now().After(deadline) {
+			cl, _ := b.srv.Clients.Get("sub")
+			hs := "no session"
+			b.hook.mu.Lock()
+			if ss := b.hook.sessions["sub"]; ss != nil {
+				hs = fmt.Sprintf("backlog %d, transfer %d, feed under way %v, pending spill %d", ss.backlog.len(), len(ss.transfer), ss.feedCl != nil, ss.pendingSpill)
+			}
+			b.hook.mu.Unlock()
+			t.Fatalf("the last message not within 10s; connected %v; deliveries every 0.5 s: %v; last %v; in flight %d; hook: %s",
+				last.IsConnected(), progress, got[max(len(got)-3, 0):], cl.State.Inflight.Len(), hs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	want := 0
 	for _, m := range c.snapshot() {
 		i, _ := strconv.Atoi(m)

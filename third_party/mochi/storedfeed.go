@@ -62,6 +62,7 @@ type feedState struct {
 	want    atomic.Bool                   // FeedStored was called since the store was last asked
 	starved atomic.Bool                   // the feed stopped for want of room in the window
 	kick    atomic.Pointer[chan struct{}] // wakes a feed waiting to ask again; made by its first wait
+	parked  atomic.Pointer[func()]        // tests: runs inside parkFeed, between its two stores
 }
 
 // wake wakes the feed if it waits to ask again.
@@ -210,11 +211,7 @@ func (s *Server) runFeed(cl *Client) {
 			}
 			continue
 		case feedStarved:
-			f.starved.Store(true)
-			f.running.Store(false)
-			// An acknowledgement or a write that made room before starved
-			// was set found nothing to restart.
-			if s.feedRoom(cl) > 0 && cl.queueRoom(0) && f.starved.CompareAndSwap(true, false) && f.running.CompareAndSwap(false, true) {
+			if s.parkFeed(cl) {
 				continue
 			}
 			return
@@ -227,6 +224,24 @@ func (s *Server) runFeed(cl *Client) {
 		}
 		return
 	}
+}
+
+// parkFeed stops cl's feed for want of room, for freedWindow to restart,
+// and reports whether it must go on at once instead: room was made while
+// it stopped. Not running is set before starved: freedWindow restarts a
+// feed that is starved, and cannot start one that still runs. Set the
+// other way round, an acknowledgement between the two found the feed
+// starved, cleared that and started nothing (it was still running), and
+// the feed stopped for good with messages stored and the window empty
+// (TestSpillDrainAcrossReconnects, 3 runs in 150 on a busy machine).
+func (s *Server) parkFeed(cl *Client) bool {
+	f := &cl.State.feed
+	f.running.Store(false)
+	if hook := f.parked.Load(); hook != nil {
+		(*hook)()
+	}
+	f.starved.Store(true)
+	return s.feedRoom(cl) > 0 && cl.queueRoom(0) && f.starved.CompareAndSwap(true, false) && f.running.CompareAndSwap(false, true)
 }
 
 func (cl *Client) feedStopped() bool {

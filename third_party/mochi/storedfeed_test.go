@@ -274,3 +274,31 @@ func TestStoredFeedLeavesQueueRoom(t *testing.T) {
 	require.LessOrEqual(t, bytes, s.Options.Capabilities.MaximumClientWritesPendingBytes)
 	expectPayloads(t, p, 0, 20, true)
 }
+
+// TestStoredFeedRestartsAfterStarving: an acknowledgement that frees the
+// window while the feed is stopping for want of room restarts it; the
+// feed does not end up stopped with room in the window and messages
+// stored.
+func TestStoredFeedRestartsAfterStarving(t *testing.T) {
+	s, q, addr := newFeedServer(t, 4) // the feed's window: 2
+	p, _ := connect(t, addr, 5, "fs", false, 3600)
+	cl, _ := s.Clients.Get("fs")
+	q.store("fs", 1, 0, 6)
+	// The acknowledgement comes while the feed stops, after its first
+	// batch filled the window.
+	var once sync.Once
+	parked := func() {
+		once.Do(func() {
+			for _, pk := range cl.State.Inflight.GetAll(false) {
+				if cl.State.Inflight.Delete(pk.PacketID) {
+					break
+				}
+			}
+			s.freedWindow(cl)
+		})
+	}
+	cl.State.feed.parked.Store(&parked)
+	s.FeedStored(cl)
+	// Two go out; the freed slot takes a third without an acknowledgement.
+	expectPayloads(t, p, 0, 3, false)
+}
