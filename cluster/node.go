@@ -113,6 +113,7 @@ type Node struct {
 
 	members  atomic.Pointer[map[string]Member]
 	lastBeat atomic.Int64 // unix nanos of the last heartbeat written
+	replies  *replies     // answers of queue reads (readQueue)
 	// beatFailed is when a heartbeat of this node was last not stored
 	// (unix nanos; 0: never).
 	beatFailed atomic.Int64
@@ -224,6 +225,9 @@ func (n *Node) start(ctx context.Context) error {
 		return err
 	}
 	if err := n.servePing(); err != nil {
+		return err
+	}
+	if err := n.startReplies(); err != nil {
 		return err
 	}
 	if err := n.interest.start(ctx); err != nil {

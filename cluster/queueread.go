@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
 )
@@ -41,20 +43,26 @@ func (n *Node) readQueue(ctx context.Context, subject string, from uint64, max i
 		Batch    int    `json:"batch,omitempty"`
 		MaxBytes int    `json:"max_bytes,omitempty"`
 	}{Seq: max1(from), NextFor: subject, Batch: max, MaxBytes: queueReadMaxBytes})
-	inbox := n.nc.NewRespInbox()
-	sub, err := n.nc.SubscribeSync(inbox)
-	if err != nil {
-		return nil, false, fmt.Errorf("cluster: read %s: %w", subject, err)
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	if err := n.nc.PublishRequest(directGetPrefix+queueStream, inbox, req); err != nil {
+	token := strconv.FormatUint(n.replies.next.Add(1), 36)
+	ch := make(chan *nats.Msg, max+2) // the messages, an end of batch, one spare
+	n.replies.mu.Lock()
+	n.replies.waiting[token] = ch
+	n.replies.mu.Unlock()
+	defer func() {
+		n.replies.mu.Lock()
+		delete(n.replies.waiting, token)
+		n.replies.mu.Unlock()
+	}()
+	if err := n.nc.PublishRequest(directGetPrefix+queueStream, n.replies.prefix+token, req); err != nil {
 		return nil, false, fmt.Errorf("cluster: read %s: %w", subject, err)
 	}
 	var out []queued
 	for len(out) < max {
-		m, err := sub.NextMsgWithContext(ctx)
-		if err != nil {
-			return out, false, fmt.Errorf("cluster: read %s: %w", subject, err)
+		var m *nats.Msg
+		select {
+		case m = <-ch:
+		case <-ctx.Done():
+			return out, false, fmt.Errorf("cluster: read %s: %w", subject, ctx.Err())
 		}
 		if len(m.Data) == 0 && m.Header.Get("Status") != "" {
 			switch m.Header.Get("Status") {
@@ -74,6 +82,40 @@ func (n *Node) readQueue(ctx context.Context, subject string, from uint64, max i
 		}
 	}
 	return out, false, nil
+}
+
+// replies hands the answers of queue reads, several messages each, to the
+// read waiting for them, through one subscription of the node: a
+// subscription per read was a SUB and an UNSUB sent to every NATS server,
+// and made delivering one message to each of 10,000 sessions 3.5 times
+// slower than one GetMsg each.
+type replies struct {
+	prefix  string // <inbox>. ; a read's answers come to prefix + its token
+	next    atomic.Uint64
+	mu      sync.Mutex
+	waiting map[string]chan *nats.Msg
+}
+
+// startReplies subscribes to the node's reply inbox.
+func (n *Node) startReplies() error {
+	r := &replies{prefix: nats.NewInbox() + ".", waiting: map[string]chan *nats.Msg{}}
+	sub, err := n.nc.Subscribe(r.prefix+"*", func(m *nats.Msg) {
+		r.mu.Lock()
+		ch := r.waiting[m.Subject[len(r.prefix):]]
+		r.mu.Unlock()
+		if ch != nil {
+			select {
+			case ch <- m:
+			default: // more than asked for: the read has what it wanted
+			}
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("cluster: subscribe to replies: %w", err)
+	}
+	n.replies = r
+	n.stop = append(n.stop, func() { _ = sub.Unsubscribe() })
+	return nil
 }
 
 // numPendingHeader is on every message of a batched answer.

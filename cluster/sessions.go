@@ -141,6 +141,16 @@ type ownedSession struct {
 	// to missWait, rather than wait for a wake that already came.
 	storedUpTo uint64
 	missSince  time.Time
+	// confirmed: the stream's leader has said once, since the session
+	// was established here, that the queue held nothing more. Until then
+	// an empty direct read is not believed (wakes sent before the
+	// barrier were not received); after, only when a wake says more is
+	// stored.
+	confirmed bool
+	// drainedAt is, when the last read reached the end of the queue, the
+	// sequence after it (0: it did not): asked again from there with no
+	// wake beyond it, the feed answers without a request.
+	drainedAt uint64
 }
 
 // missWait bounds how long a feed asks again for a message a wake said
@@ -946,6 +956,12 @@ func (h *sessionHook) NextStored(cl *mqtt.Client, n int) ([]packets.Packet, erro
 	o.qmu.Lock()
 	o.batch, o.filed = o.batch[:0], 0
 	from := max(o.cursor, 1)
+	if o.drainedAt == from && o.storedUpTo < from && !o.expect.Load() {
+		o.qmu.Unlock()
+		return nil, nil
+	}
+	o.drainedAt = 0
+	mustConfirm := !o.confirmed || o.storedUpTo >= from
 	o.qmu.Unlock()
 	ctx, cancel := context.WithTimeout(ss.n.ctx, 5*time.Second)
 	defer cancel()
@@ -954,18 +970,25 @@ func (h *sessionHook) NextStored(cl *mqtt.Client, n int) ([]packets.Packet, erro
 		seqs    []uint64
 		dropped bool
 		readErr error
+		// confirmedNow: the leader found nothing; reachedEnd: a read
+		// found the end of the queue.
+		confirmedNow, reachedEnd bool
 	)
 	now := time.Now().Unix()
 	next := from
 	for asked := 0; len(out) < n; {
 		msgs, end, err := ss.n.readQueue(ctx, queuePrefix+o.key, next, n-len(out))
-		if err == nil && end && len(msgs) == 0 && len(out) == 0 && asked < 4 {
+		if err == nil && end && len(msgs) == 0 && len(out) == 0 && mustConfirm && asked < 4 {
 			// Any replica answers a direct read, and one that has not
 			// applied the last writes yet finds nothing where a message
-			// is stored whose wake has come already. Only the leader's
-			// answer lets the feed go idle.
+			// is stored whose wake has come already (or came before the
+			// barrier, and was lost). Then only the leader's answer lets
+			// the feed go idle.
 			asked++
 			msgs, end, err = ss.leaderRead(ctx, queuePrefix+o.key, next)
+			if err == nil && len(msgs) == 0 {
+				confirmedNow = true
+			}
 		}
 		for _, m := range msgs {
 			next = m.seq + 1
@@ -989,11 +1012,16 @@ func (h *sessionHook) NextStored(cl *mqtt.Client, n int) ([]packets.Packet, erro
 			break
 		}
 		if end {
+			reachedEnd = true
 			break
 		}
 	}
 	o.qmu.Lock()
 	defer o.qmu.Unlock()
+	o.confirmed = o.confirmed || confirmedNow
+	if reachedEnd && readErr == nil && (o.confirmed || !mustConfirm) {
+		o.drainedAt = next
+	}
 	if readErr != nil && len(out) == 0 {
 		if next > from {
 			o.cursor = next // past dropped messages
