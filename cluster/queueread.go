@@ -25,7 +25,7 @@ var errQueueRead = errors.New("cluster: queue read refused")
 // queueReadMaxBytes bounds the payload one batched read brings.
 const queueReadMaxBytes = 1 << 20
 
-// readQueue reads up to n messages of subject in FERRY_QUEUE, in order,
+// readQueue reads up to limit messages of subject in FERRY_QUEUE, in order,
 // from sequence from on, in one request: a batched direct get, answered
 // by any replica that is current (nats-server 2.11 and later), or one
 // message from a server that does not batch (2.9 and 2.10 answer the same
@@ -36,15 +36,15 @@ const queueReadMaxBytes = 1 << 20
 // a persistent session about 200 messages a second on a busy 2-CPU
 // machine, slower than a publisher stores them: the end of a 20,000
 // message stream was still queued a minute after it was acknowledged.
-func (n *Node) readQueue(ctx context.Context, subject string, from uint64, max int) (msgs []queued, end bool, err error) {
+func (n *Node) readQueue(ctx context.Context, subject string, from uint64, limit int) (msgs []queued, end bool, err error) {
 	req, _ := json.Marshal(struct {
 		Seq      uint64 `json:"seq"`
 		NextFor  string `json:"next_by_subj"`
 		Batch    int    `json:"batch,omitempty"`
 		MaxBytes int    `json:"max_bytes,omitempty"`
-	}{Seq: max1(from), NextFor: subject, Batch: max, MaxBytes: queueReadMaxBytes})
+	}{Seq: max(from, 1), NextFor: subject, Batch: limit, MaxBytes: queueReadMaxBytes})
 	token := strconv.FormatUint(n.replies.next.Add(1), 36)
-	ch := make(chan *nats.Msg, max+2) // the messages, an end of batch, one spare
+	ch := make(chan *nats.Msg, limit+2) // the messages, an end of batch, one spare
 	n.replies.mu.Lock()
 	n.replies.waiting[token] = ch
 	n.replies.mu.Unlock()
@@ -57,7 +57,7 @@ func (n *Node) readQueue(ctx context.Context, subject string, from uint64, max i
 		return nil, false, fmt.Errorf("cluster: read %s: %w", subject, err)
 	}
 	var out []queued
-	for len(out) < max {
+	for len(out) < limit {
 		var m *nats.Msg
 		select {
 		case m = <-ch:
@@ -124,5 +124,3 @@ const numPendingHeader = "Nats-Num-Pending"
 // directGetPrefix is the subject of a stream's direct get, before the
 // stream's name.
 const directGetPrefix = "$JS.API.DIRECT.GET."
-
-func max1(v uint64) uint64 { return max(v, 1) }

@@ -680,10 +680,10 @@ func (h *sessionHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	o.qmu.Unlock()
 	// The first read waits until every other node has seen these
 	// subscriptions: a wake published before would be lost (ci8: a
-	// session that had just moved never got the next message).
-	// Not in n.wg: a connection may come while the node closes; the
-	// barrier ends with the node's context, and the engine starts no feed
-	// once it is closed.
+	// session that had just moved never got the next message). Not in
+	// n.wg: a connection may come while the node closes; the barrier ends
+	// with the node's context, and the engine starts no feed once it is
+	// closed.
 	go func() {
 		ss.n.barrier()
 		ss.n.srv.FeedStored(cl)
